@@ -1,0 +1,269 @@
+"""Turn policy text into validated ModelRollout values, or into diagnostics a human can act on.
+
+Every problem becomes one :class:`Diagnostic` — ``file:line:col: spec.path: reason`` — whether it
+is a YAML syntax error, an unknown field, a bad value or a cross-field rule. Hostile input is cut
+short: files over :data:`MAX_BYTES`, YAML aliases (the "billion laughs" bomb), and absurd nesting
+are refused before anything expands. Pure: the caller reads the file.
+"""
+
+from __future__ import annotations
+
+import difflib
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from controller import semantics
+from controller.policy import DNS_LABEL, GATEWAY, HOST, LABEL_KEY, LABEL_VALUE, ModelRollout
+from controller.policy import (
+    COOKIE_TOKEN,
+    HEADER_NAME,
+    PROM_LABEL_NAME,
+    PROM_METRIC_NAME,
+    SAFE_TEXT,
+    TRITON_MODEL,
+)
+from controller.quantity import DURATION_PATTERN
+
+MAX_BYTES = 1024 * 1024
+MAX_NODES = 100_000
+MAX_DEPTH = 64
+
+Path = tuple[str | int, ...]
+
+_PATTERN_HELP = {
+    DNS_LABEL: "must be a DNS-1123 label: lowercase letters, digits and '-', at most 63 characters",
+    HOST: "must be a DNS host name (lowercase letters, digits, '-' and '.'), optionally starting with '*.'",
+    GATEWAY: "must be 'mesh' or a gateway name, optionally as 'namespace/name'",
+    LABEL_KEY: "must be a Kubernetes label key ([prefix/]name: letters, digits, '-', '_' and '.')",
+    LABEL_VALUE: "must be a Kubernetes label value: letters, digits, '-', '_' and '.', at most 63 characters",
+    PROM_METRIC_NAME: "must be a Prometheus metric name ([a-zA-Z_:][a-zA-Z0-9_:]*)",
+    PROM_LABEL_NAME: "must be a Prometheus label name ([a-zA-Z][a-zA-Z0-9_]*)",
+    HEADER_NAME: "must be a lowercase HTTP header name (letters, digits and '-')",
+    COOKIE_TOKEN: "may contain only letters, digits, '_', '.' and '-'",
+    SAFE_TEXT: "must not contain quotes, backslashes, braces or control characters",
+    TRITON_MODEL: "must be a Triton model name (letters, digits, '_', '.' and '-')",
+    DURATION_PATTERN: "must be a duration with a unit, such as '500ms', '30s', '5m' or '1h30m'",
+}
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    """One problem in one file, located as precisely as the YAML allows."""
+
+    source: str
+    line: int
+    column: int
+    field: str
+    reason: str
+
+    def __str__(self) -> str:
+        field = f" {self.field}:" if self.field else ""
+        return f"{self.source}:{self.line}:{self.column}:{field} {self.reason}"
+
+
+class PolicyError(Exception):
+    """A policy file was refused; ``diagnostics`` holds every reason."""
+
+    def __init__(self, diagnostics: list[Diagnostic]) -> None:
+        super().__init__("\n".join(str(d) for d in diagnostics))
+        self.diagnostics = diagnostics
+
+
+@dataclass(frozen=True)
+class Document:
+    """One YAML document: its plain data and where each field path starts in the text."""
+
+    data: Any
+    positions: dict[Path, tuple[int, int]]
+
+
+def load(text: str, source: str) -> list[ModelRollout]:
+    """Parse and validate every ModelRollout in ``text``; raise PolicyError with all problems."""
+    documents = parse_yaml(text, source)
+    if not documents:
+        raise PolicyError([Diagnostic(source, 1, 1, "", "no ModelRollout document in this file")])
+    rollouts: list[ModelRollout] = []
+    diagnostics: list[Diagnostic] = []
+    for doc in documents:
+        try:
+            rollouts.append(validate(doc, source))
+        except PolicyError as exc:
+            diagnostics.extend(exc.diagnostics)
+    if diagnostics:
+        raise PolicyError(diagnostics)
+    return rollouts
+
+
+def validate(doc: Document, source: str) -> ModelRollout:
+    """Validate one parsed document: structure first, then the cross-field rules."""
+    if not isinstance(doc.data, dict):
+        line, col = doc.positions.get((), (1, 1))
+        raise PolicyError([Diagnostic(source, line, col, "", "a policy document must be a mapping")])
+    try:
+        rollout = ModelRollout.model_validate(doc.data)
+    except ValidationError as exc:
+        raise PolicyError(_structural(exc, doc, source)) from None
+    problems = semantics.check(rollout)
+    if problems:
+        raise PolicyError([_locate(doc, source, p.path, p.dotted, p.reason) for p in problems])
+    return rollout
+
+
+def parse_yaml(text: str, source: str) -> list[Document]:
+    """Compose YAML into plain data with positions; refuse what could hang or mislead us."""
+    if len(text.encode("utf-8", errors="replace")) > MAX_BYTES:
+        raise PolicyError([Diagnostic(source, 1, 1, "", f"file is larger than {MAX_BYTES // 1024} KiB")])
+    try:
+        nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        raise PolicyError([Diagnostic(source, line, col, "", f"invalid YAML: {exc.problem or exc}")]) from None
+    except yaml.YAMLError as exc:
+        raise PolicyError([Diagnostic(source, 1, 1, "", f"invalid YAML: {exc}")]) from None
+    except RecursionError:
+        raise PolicyError([Diagnostic(source, 1, 1, "", "YAML is nested too deeply")]) from None
+    documents = []
+    for node in nodes:
+        if node is None:
+            continue
+        builder = _Builder(source)
+        data = builder.build(node, (), 0)
+        if data is not None:
+            documents.append(Document(data, builder.positions))
+    return documents
+
+
+class _Builder:
+    """Turns a composed YAML node tree into plain data, recording where each path starts."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.positions: dict[Path, tuple[int, int]] = {}
+        self.seen: set[int] = set()
+        self.constructor = yaml.constructor.SafeConstructor()
+
+    def fail(self, node: yaml.Node, reason: str) -> PolicyError:
+        mark = node.start_mark
+        return PolicyError([Diagnostic(self.source, mark.line + 1, mark.column + 1, "", reason)])
+
+    def build(self, node: yaml.Node, path: Path, depth: int) -> Any:
+        if id(node) in self.seen:
+            raise self.fail(node, "YAML anchors and aliases are not allowed in policy files")
+        self.seen.add(id(node))
+        if len(self.seen) > MAX_NODES:
+            raise self.fail(node, f"more than {MAX_NODES} YAML nodes")
+        if depth > MAX_DEPTH:
+            raise self.fail(node, f"nested deeper than {MAX_DEPTH} levels")
+        self.positions.setdefault(path, (node.start_mark.line + 1, node.start_mark.column + 1))
+        if isinstance(node, yaml.MappingNode):
+            out: dict[str, Any] = {}
+            for key_node, value_node in node.value:
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                    raise self.fail(key_node, "mapping keys must be plain strings")
+                key = key_node.value
+                if key in out:
+                    raise self.fail(key_node, f"duplicate key {key!r}")
+                self.positions[(*path, key)] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+                out[key] = self.build(value_node, (*path, key), depth + 1)
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            return [self.build(item, (*path, i), depth + 1) for i, item in enumerate(node.value)]
+        assert isinstance(node, yaml.ScalarNode)
+        if node.tag in ("tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:binary"):
+            return node.value  # keep RFC 3339 timestamps as the strings Kubernetes uses
+        if node.tag not in self.constructor.yaml_constructors:
+            raise self.fail(node, f"unsupported YAML tag {node.tag!r}")
+        return self.constructor.construct_object(node)
+
+
+def _structural(exc: ValidationError, doc: Document, source: str) -> list[Diagnostic]:
+    out: dict[str, Diagnostic] = {}
+    for error in exc.errors():
+        path = _data_path(doc.data, error["loc"], error["type"])
+        dotted = semantics.Problem(path, "").dotted
+        reason = _reason(error, path)
+        if dotted not in out:
+            out[dotted] = _locate(doc, source, path, dotted, reason)
+    return list(out.values())
+
+
+def _data_path(data: Any, loc: tuple[str | int, ...], kind: str) -> Path:
+    """The part of pydantic's ``loc`` that names real fields (union branch tags are dropped)."""
+    path: list[str | int] = []
+    current = data
+    for i, part in enumerate(loc):
+        if isinstance(current, dict) and part in current:
+            current = current[part]
+            path.append(part)
+        elif isinstance(current, list) and isinstance(part, int) and 0 <= part < len(current):
+            current = current[part]
+            path.append(part)
+        elif kind == "missing" and i == len(loc) - 1:
+            path.append(part)
+    return tuple(path)
+
+
+def _reason(error: Any, path: Path) -> str:
+    kind = error["type"]
+    if kind == "missing":
+        return "required field is missing"
+    if kind == "extra_forbidden":
+        reason = "unknown field"
+        known = _known_fields(path[:-1])
+        close = difflib.get_close_matches(str(path[-1]), known, n=1, cutoff=0.6) if path else []
+        return f"{reason} (did you mean {close[0]!r}?)" if close else reason
+    if kind == "string_pattern_mismatch":
+        pattern = (error.get("ctx") or {}).get("pattern", "")
+        return _PATTERN_HELP.get(pattern, f"does not match the pattern {pattern}")
+    if kind == "literal_error":
+        return f"must be {error['ctx']['expected']}"
+    message = str(error["msg"])
+    message = message.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    return message[0].lower() + message[1:] if message else kind
+
+
+def _locate(doc: Document, source: str, path: Path, dotted: str, reason: str) -> Diagnostic:
+    """Place a problem at the deepest path prefix that exists in the text."""
+    for end in range(len(path), -1, -1):
+        if path[:end] in doc.positions:
+            line, col = doc.positions[path[:end]]
+            return Diagnostic(source, line, col, dotted, reason)
+    return Diagnostic(source, 1, 1, dotted, reason)
+
+
+def _known_fields(path: Path) -> list[str]:
+    """The wire names of the fields allowed at ``path``, for "did you mean" hints."""
+    model: Any = ModelRollout
+    for part in path:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return []
+        field = next((f for n, f in model.model_fields.items() if (f.alias or n) == part), None)
+        if field is None:
+            return []
+        model = _inner_model(field.annotation)
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return [f.alias or n for n, f in model.model_fields.items()]
+    return []
+
+
+def _inner_model(annotation: Any) -> Any:
+    """The BaseModel inside ``X | None``, ``list[X]`` or ``dict[str, X]``, if there is one."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _inner_model(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType, list, dict):
+        for arg in typing.get_args(annotation):
+            found = _inner_model(arg)
+            if found is not None:
+                return found
+    return None

@@ -1,0 +1,398 @@
+"""The ModelRollout policy: a pure, typed model of the files platform teams keep in git.
+
+Structure (types, ranges, unknown fields) is checked here by pydantic; rules that span fields or
+depend on a metric's kind live in :mod:`controller.semantics`, so every problem can be reported
+with the exact field path. Field names are camelCase on the wire, snake_case in Python.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, StringConstraints, WithJsonSchema
+from pydantic.alias_generators import to_camel
+
+from controller.quantity import DURATION_PATTERN, parse_duration
+
+API_VERSION = "canarist.io/v1alpha1"
+KIND = "ModelRollout"
+GROUP, VERSION = API_VERSION.split("/")
+PLURAL = "modelrollouts"
+
+# --- names and label syntax -------------------------------------------------------------------
+# Everything a user writes that later lands in a PromQL selector, an Istio object or a template is
+# restricted to a syntax that cannot break out of it: no quotes, braces, backslashes or newlines.
+
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+HOST = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+GATEWAY = r"^(mesh|([a-z0-9]([-a-z0-9]*[a-z0-9])?/)?[a-z0-9]([-a-z0-9]*[a-z0-9])?)$"
+LABEL_KEY = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+)
+LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+PROM_METRIC_NAME = r"^[a-zA-Z_:][a-zA-Z0-9_:]*$"
+PROM_LABEL_NAME = r"^[a-zA-Z][a-zA-Z0-9_]*$"
+HEADER_NAME = r"^[a-z0-9][a-z0-9-]*$"
+COOKIE_TOKEN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+SAFE_TEXT = r"^[^\x00-\x1f\x7f\"'`\\{}]*$"
+TRITON_MODEL = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+FRACTION_PATTERN = r"^[0-9]+(\.[0-9]+)?%$"
+
+DnsLabel = Annotated[str, StringConstraints(pattern=DNS_LABEL, max_length=63)]
+Host = Annotated[str, StringConstraints(pattern=HOST, max_length=253)]
+Gateway = Annotated[str, StringConstraints(pattern=GATEWAY, max_length=127)]
+LabelKey = Annotated[str, StringConstraints(pattern=LABEL_KEY, max_length=316)]
+LabelValue = Annotated[str, StringConstraints(pattern=LABEL_VALUE, max_length=63)]
+PromMetricName = Annotated[str, StringConstraints(pattern=PROM_METRIC_NAME, max_length=200)]
+PromLabelName = Annotated[str, StringConstraints(pattern=PROM_LABEL_NAME, max_length=100)]
+HeaderName = Annotated[str, StringConstraints(pattern=HEADER_NAME, max_length=100)]
+CookieToken = Annotated[str, StringConstraints(pattern=COOKIE_TOKEN, max_length=100)]
+SafeText = Annotated[str, StringConstraints(pattern=SAFE_TEXT, max_length=1024)]
+
+
+def _check_duration(text: str) -> str:
+    parse_duration(text)
+    return text
+
+
+def _check_regex(text: str) -> str:
+    """Accept only regular expressions that RE2 (Envoy's engine) also accepts."""
+    if re.search(r"\(\?[=!<]|\\[1-9]", text):
+        raise ValueError("lookarounds and back-references are not supported by Envoy's RE2")
+    try:
+        re.compile(text)
+    except re.error as exc:
+        raise ValueError(f"invalid regular expression: {exc}") from None
+    return text
+
+
+def parse_fraction(value: float | str) -> float:
+    """Read a share given as a number in [0, 1] or as a percentage string such as ``'2.5%'``."""
+    if isinstance(value, str):
+        if not re.match(FRACTION_PATTERN, value.strip()):
+            raise ValueError(f"invalid fraction {value!r}: use a number such as 0.02 or a percentage such as '2%'")
+        return float(value.strip()[:-1]) / 100.0
+    return float(value)
+
+
+def _check_fraction(value: Any) -> float | str:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"expected a fraction such as 0.02 or a percentage such as '2%', got {value!r}")
+    number = parse_fraction(value)
+    if not 0.0 <= number <= 1.0:
+        raise ValueError(f"must be between 0 and 1 (0% and 100%), got {value!r}")
+    return value
+
+
+def _check_quantity(value: Any) -> float | str:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"expected a number, a percentage such as '2%' or a duration such as '250ms', got {value!r}")
+    if isinstance(value, str) and len(value) > 32:
+        raise ValueError("is too long for a number, percentage or duration")
+    return value
+
+
+Duration = Annotated[
+    str,
+    StringConstraints(pattern=DURATION_PATTERN, max_length=32),
+    AfterValidator(_check_duration),
+]
+Regex = Annotated[str, StringConstraints(max_length=1024), AfterValidator(_check_regex)]
+Fraction = Annotated[
+    float | str,
+    PlainValidator(_check_fraction),
+    WithJsonSchema(
+        {"anyOf": [{"type": "number", "minimum": 0, "maximum": 1}, {"type": "string", "pattern": FRACTION_PATTERN}]}
+    ),
+]
+#: An SLO bound or absolute margin: a duration for latency kinds, a fraction otherwise.
+Quantity = Annotated[
+    float | str,
+    PlainValidator(_check_quantity),
+    WithJsonSchema({"anyOf": [{"type": "number"}, {"type": "string", "maxLength": 32}]}),
+]
+Percent = Annotated[float, Field(ge=0, le=100)]
+
+
+class Model(BaseModel):
+    """Base for policy values: immutable, camelCase on the wire, unknown fields refused."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        frozen=True,
+        extra="forbid",
+        str_strip_whitespace=False,
+    )
+
+
+# --- metadata ---------------------------------------------------------------------------------
+
+
+class ObjectMeta(Model):
+    """The subset of Kubernetes ObjectMeta a policy file sets, plus what the API server adds."""
+
+    name: DnsLabel
+    namespace: DnsLabel = "default"
+    labels: dict[LabelKey, LabelValue] = Field(default_factory=dict)
+    annotations: dict[LabelKey, str] = Field(default_factory=dict)
+    # Set by the API server on objects read from a cluster; never needed in a policy file.
+    uid: str | None = None
+    resource_version: str | None = None
+    generation: int | None = None
+    creation_timestamp: str | None = None
+    deletion_timestamp: str | None = None
+    finalizers: list[str] | None = None
+    owner_references: list[dict[str, Any]] | None = None
+    managed_fields: list[dict[str, Any]] | None = None
+
+
+# --- service and versions ---------------------------------------------------------------------
+
+
+class ServiceRef(Model):
+    """The Kubernetes Service whose traffic is split, and where the VirtualService answers."""
+
+    name: DnsLabel
+    port: int = Field(ge=1, le=65535)
+    host: Host | None = Field(
+        default=None, description="Mesh host; defaults to <name>.<namespace>.svc.cluster.local."
+    )
+    hosts: list[Host] = Field(
+        default_factory=list, description="Further hosts the VirtualService answers for (e.g. a public name)."
+    )
+    gateways: list[Gateway] = Field(
+        default_factory=lambda: ["mesh"], description="Istio gateways; 'mesh' means all sidecars."
+    )
+
+
+class ModelVersion(Model):
+    """One model version: its name (the DestinationRule subset) and the pod labels that select it."""
+
+    name: DnsLabel
+    labels: dict[LabelKey, LabelValue] = Field(default_factory=dict)
+
+
+# --- routing ----------------------------------------------------------------------------------
+
+
+class RoutingMode(StrEnum):
+    SUBSET = "Subset"
+    TRITON_VERSION = "TritonVersion"
+
+
+class TritonRouting(Model):
+    """Both versions are loaded in the same Triton pods; the route picks the model version."""
+
+    model: Annotated[str, StringConstraints(pattern=TRITON_MODEL, max_length=128)]
+    stable_version: int = Field(ge=1)
+    canary_version: int = Field(ge=1)
+
+
+class StringMatch(Model):
+    """How a header value matches: exactly one of exact, prefix or regex (RE2 syntax)."""
+
+    exact: SafeText | None = None
+    prefix: SafeText | None = None
+    regex: Regex | None = None
+
+
+class CookieMatch(Model):
+    name: CookieToken
+    value: CookieToken
+
+
+class CanaryMatch(Model):
+    """A set of users sent to the canary whatever the step's weight (an A/B cohort)."""
+
+    name: DnsLabel | None = None
+    headers: dict[HeaderName, StringMatch] = Field(default_factory=dict)
+    cookie: CookieMatch | None = None
+
+
+class StickySession(Model):
+    """Keep users on the version they first saw: the canary sets a cookie that routes them back."""
+
+    cookie_name: CookieToken = "canarist-canary"
+    max_age: Duration = "24h"
+
+
+class RetryPolicy(Model):
+    attempts: int = Field(ge=0, le=100)
+    per_try_timeout: Duration | None = None
+    retry_on: Annotated[str, StringConstraints(pattern=r"^[a-z0-9-]+(,[a-z0-9-]+)*$", max_length=256)] | None = None
+
+
+class Routing(Model):
+    mode: RoutingMode = RoutingMode.SUBSET
+    triton: TritonRouting | None = None
+    match: list[CanaryMatch] = Field(default_factory=list, description="A/B cohorts always routed to the canary.")
+    sticky: StickySession | None = None
+    timeout: Duration | None = None
+    retries: RetryPolicy | None = None
+
+
+# --- DestinationRule traffic policy (Istio's own field names) ---------------------------------
+
+
+class LoadBalancerAlgorithm(StrEnum):
+    ROUND_ROBIN = "ROUND_ROBIN"
+    LEAST_REQUEST = "LEAST_REQUEST"
+    RANDOM = "RANDOM"
+    PASSTHROUGH = "PASSTHROUGH"
+
+
+class LoadBalancer(Model):
+    simple: LoadBalancerAlgorithm
+
+
+class TcpPool(Model):
+    max_connections: int | None = Field(default=None, ge=1)
+    connect_timeout: Duration | None = None
+
+
+class HttpPool(Model):
+    http1_max_pending_requests: int | None = Field(default=None, ge=1)
+    http2_max_requests: int | None = Field(default=None, ge=1)
+    max_requests_per_connection: int | None = Field(default=None, ge=0)
+    max_retries: int | None = Field(default=None, ge=0)
+    idle_timeout: Duration | None = None
+
+
+class ConnectionPool(Model):
+    tcp: TcpPool | None = None
+    http: HttpPool | None = None
+
+
+class OutlierDetection(Model):
+    consecutive_5xx_errors: int | None = Field(default=None, ge=0, alias="consecutive5xxErrors")
+    consecutive_gateway_errors: int | None = Field(default=None, ge=0)
+    interval: Duration | None = None
+    base_ejection_time: Duration | None = None
+    max_ejection_percent: int | None = Field(default=None, ge=0, le=100)
+    min_health_percent: int | None = Field(default=None, ge=0, le=100)
+
+
+class TrafficPolicy(Model):
+    load_balancer: LoadBalancer | None = None
+    connection_pool: ConnectionPool | None = None
+    outlier_detection: OutlierDetection | None = None
+
+
+# --- the step schedule ------------------------------------------------------------------------
+
+
+class OnTimeout(StrEnum):
+    """What a rollout does when a step's deadline passes without a decision."""
+
+    HOLD = "Hold"  # keep the current weights and keep analysing
+    PAUSE = "Pause"  # keep the current weights and wait for a human
+    ABORT = "Abort"  # roll back to the stable version
+
+
+class MirrorPhase(Model):
+    """A shadow phase before the first weighted step: copies of live requests go to the canary."""
+
+    percentage: Percent = Field(gt=0)
+    intervals: int = Field(default=1, ge=1, le=100)
+
+
+class Strategy(Model):
+    steps: list[Annotated[int, Field(ge=1, le=100)]] | None = None
+    step_weight: int | None = Field(default=None, ge=1, le=100)
+    max_weight: int | None = Field(default=None, ge=1, le=100)
+    mirror: MirrorPhase | None = None
+    interval: Duration = "1m"
+    min_requests: int = Field(default=100, ge=1, description="Canary requests a step needs before it advances.")
+    progress_deadline: Duration = "30m"
+    on_no_data: OnTimeout = OnTimeout.PAUSE
+    on_inconclusive: OnTimeout = OnTimeout.PAUSE
+
+
+# --- analysis ---------------------------------------------------------------------------------
+
+
+class MetricKind(StrEnum):
+    ISTIO_LATENCY = "IstioLatency"
+    ISTIO_ERROR_RATE = "IstioErrorRate"
+    TRITON_LATENCY = "TritonLatency"
+    TRITON_QUEUE_LATENCY = "TritonQueueLatency"
+    TRITON_ERROR_RATE = "TritonErrorRate"
+    TRITON_GPU_UTILIZATION = "TritonGpuUtilization"
+    TRITON_GPU_MEMORY = "TritonGpuMemory"
+    DCGM_GPU_UTILIZATION = "DcgmGpuUtilization"
+    DCGM_GPU_MEMORY = "DcgmGpuMemory"
+    GPU_SECONDS_PER_INFERENCE = "GpuSecondsPerInference"
+    CUSTOM_RATIO = "CustomRatio"
+
+
+class Slo(Model):
+    """An absolute bound, checked on the canary alone: a breach rolls back at once."""
+
+    max: Quantity | None = None
+    min: Quantity | None = None
+
+
+class Margin(Model):
+    """How much worse than stable the canary may be (non-inferiority margin): one of the two."""
+
+    relative: Fraction | None = None
+    absolute: Quantity | None = None
+
+
+class RatioQuery(Model):
+    """Two counters whose increments form a proportion per version (e.g. correct / labelled)."""
+
+    success: PromMetricName
+    total: PromMetricName
+    version_label: PromLabelName = "version"
+    match_labels: dict[PromLabelName, LabelValue] = Field(default_factory=dict)
+
+
+class Metric(Model):
+    name: DnsLabel
+    kind: MetricKind
+    weight: float = Field(default=1.0, gt=0, le=1000, description="Share of the error budget alpha.")
+    quantile: float | None = Field(default=None, gt=0, lt=1, description="Latency quantile (IstioLatency).")
+    slo: Slo | None = None
+    margin: Margin | None = None
+    higher_is_better: bool | None = Field(default=None, description="CustomRatio only.")
+    ratio: RatioQuery | None = None
+
+
+class Analysis(Model):
+    alpha: float = Field(default=0.05, gt=0, le=0.5, description="False-rollback budget for the whole rollout.")
+    metrics: list[Metric] = Field(min_length=1, max_length=50)
+
+
+class RolloutSpec(Model):
+    service: ServiceRef
+    stable: ModelVersion
+    canary: ModelVersion
+    routing: Routing = Field(default_factory=Routing)
+    traffic_policy: TrafficPolicy | None = None
+    strategy: Strategy = Field(default_factory=Strategy)
+    analysis: Analysis
+
+
+class ModelRollout(Model):
+    api_version: Literal["canarist.io/v1alpha1"]
+    kind: Literal["ModelRollout"]
+    metadata: ObjectMeta
+    spec: RolloutSpec
+    status: dict[str, Any] | None = None
+
+    @property
+    def key(self) -> str:
+        """``namespace/name``: how the rollout is named in logs, events and the CLI."""
+        return f"{self.metadata.namespace}/{self.metadata.name}"
+
+    @property
+    def host(self) -> str:
+        """The mesh host of the service, defaulted from the Service's name and namespace."""
+        service = self.spec.service
+        return service.host or f"{service.name}.{self.metadata.namespace}.svc.cluster.local"

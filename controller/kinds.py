@@ -39,9 +39,7 @@ TRAITS: dict[MetricKind, KindTraits] = {
     MetricKind.TRITON_GPU_MEMORY: KindTraits(Unit.FRACTION, True, "Triton", "GPU memory used / total per pod"),
     MetricKind.DCGM_GPU_UTILIZATION: KindTraits(Unit.FRACTION, True, "DCGM", "mean GPU utilisation per pod"),
     MetricKind.DCGM_GPU_MEMORY: KindTraits(Unit.FRACTION, True, "DCGM", "framebuffer used / total per pod"),
-    MetricKind.GPU_SECONDS_PER_INFERENCE: KindTraits(
-        Unit.SECONDS, True, "DCGM + Triton", "GPU-seconds per inference"
-    ),
+    MetricKind.GPU_SECONDS_PER_INFERENCE: KindTraits(Unit.SECONDS, True, "DCGM + Triton", "GPU-seconds per inference"),
     MetricKind.CUSTOM_RATIO: KindTraits(Unit.FRACTION, False, "custom counters", "success / total"),
 }
 

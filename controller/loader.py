@@ -18,14 +18,19 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from controller import semantics
-from controller.policy import DNS_LABEL, GATEWAY, HOST, LABEL_KEY, LABEL_VALUE, ModelRollout
 from controller.policy import (
     COOKIE_TOKEN,
+    DNS_LABEL,
+    GATEWAY,
     HEADER_NAME,
+    HOST,
+    LABEL_KEY,
+    LABEL_VALUE,
     PROM_LABEL_NAME,
     PROM_METRIC_NAME,
     SAFE_TEXT,
     TRITON_MODEL,
+    ModelRollout,
 )
 from controller.quantity import DURATION_PATTERN
 
@@ -198,10 +203,9 @@ def _data_path(data: Any, loc: tuple[str | int, ...], kind: str) -> Path:
     path: list[str | int] = []
     current = data
     for i, part in enumerate(loc):
-        if isinstance(current, dict) and part in current:
-            current = current[part]
-            path.append(part)
-        elif isinstance(current, list) and isinstance(part, int) and 0 <= part < len(current):
+        if (isinstance(current, dict) and part in current) or (
+            isinstance(current, list) and isinstance(part, int) and 0 <= part < len(current)
+        ):
             current = current[part]
             path.append(part)
         elif kind == "missing" and i == len(loc) - 1:

@@ -11,7 +11,15 @@ import re
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, StringConstraints, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    StringConstraints,
+    WithJsonSchema,
+)
 from pydantic.alias_generators import to_camel
 
 from controller.quantity import DURATION_PATTERN, parse_duration
@@ -106,7 +114,12 @@ Fraction = Annotated[
     float | str,
     PlainValidator(_check_fraction),
     WithJsonSchema(
-        {"anyOf": [{"type": "number", "minimum": 0, "maximum": 1}, {"type": "string", "pattern": FRACTION_PATTERN}]}
+        {
+            "anyOf": [
+                {"type": "number", "minimum": 0, "maximum": 1},
+                {"type": "string", "pattern": FRACTION_PATTERN},
+            ]
+        }
     ),
 ]
 #: An SLO bound or absolute margin: a duration for latency kinds, a fraction otherwise.
@@ -159,9 +172,7 @@ class ServiceRef(Model):
 
     name: DnsLabel
     port: int = Field(ge=1, le=65535)
-    host: Host | None = Field(
-        default=None, description="Mesh host; defaults to <name>.<namespace>.svc.cluster.local."
-    )
+    host: Host | None = Field(default=None, description="Mesh host; defaults to <name>.<namespace>.svc.cluster.local.")
     hosts: list[Host] = Field(
         default_factory=list, description="Further hosts the VirtualService answers for (e.g. a public name)."
     )
@@ -215,7 +226,7 @@ class CanaryMatch(Model):
 
 
 class StickySession(Model):
-    """Keep users on the version they first saw: the canary sets a cookie that routes them back."""
+    """Users who reached the canary keep it: its responses set a cookie that routes them back."""
 
     cookie_name: CookieToken = "canarist-canary"
     max_age: Duration = "24h"

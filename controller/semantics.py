@@ -60,7 +60,10 @@ def _versions(rollout: ModelRollout) -> Iterator[Problem]:
     if spec.routing.mode is RoutingMode.SUBSET:
         for side in ("stable", "canary"):
             if not getattr(spec, side).labels:
-                yield Problem(("spec", side, "labels"), "required with routing mode Subset: the pod labels of this version")
+                yield Problem(
+                    ("spec", side, "labels"),
+                    "required with routing mode Subset: the pod labels of this version",
+                )
         if spec.stable.labels and spec.stable.labels == spec.canary.labels:
             yield Problem(("spec", "canary", "labels"), "select the same pods as spec.stable.labels")
     if rollout.host in spec.service.hosts:
@@ -164,7 +167,10 @@ def _metric(where: Path, metric: Metric) -> Iterator[Problem]:
     if metric.slo is not None:
         allowed, refused = ("max", "min") if lower_is_better(metric) else ("min", "max")
         if getattr(metric.slo, refused) is not None:
-            yield Problem((*where, "slo", refused), f"{metric.kind.value} is bounded by slo.{allowed}, not slo.{refused}")
+            yield Problem(
+                (*where, "slo", refused),
+                f"{metric.kind.value} is bounded by slo.{allowed}, not slo.{refused}",
+            )
         bound = getattr(metric.slo, allowed)
         if bound is None:
             yield Problem((*where, "slo", allowed), f"required: {unit_hint}")

@@ -1,0 +1,73 @@
+# canarist: two set-up commands on a fresh Debian machine, as root:
+#   make demo   runs the most complete real job the project has
+#   make test   lints, type-checks, checks import layers and runs the tests
+# Both install what they need themselves (Debian packages, the venv, the Python packages).
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SHARED ?= ../shared
+APT_GET := DEBIAN_FRONTEND=noninteractive apt-get
+# The Debian packages the tests and the demo run for real (added as the issues need them).
+DEBIAN_PACKAGES ?=
+
+.PHONY: all demo test lint typecheck layers pytest istio-validate debian-deps venv clean
+
+all: test
+
+debian-deps:
+	@missing=""; \
+	for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if ! $(PYTHON) -c 'import venv, ensurepip' >/dev/null 2>&1; then missing="$$missing python3-venv python3-pip"; fi; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(APT_GET) update -qq && $(APT_GET) install -y -qq --no-install-recommends $$missing; \
+	fi
+
+$(STAMP): pyproject.toml | debian-deps
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check controller tests bench
+	$(BIN)/ruff format --check controller tests bench
+	$(BIN)/hadolint Dockerfile
+
+typecheck: $(STAMP)
+	$(BIN)/mypy controller bench
+
+layers: $(STAMP)
+	$(BIN)/lint-imports
+
+pytest: $(STAMP) debian-deps
+	$(BIN)/pytest -q
+
+# Every example's rendered objects at every step, checked against Istio's own CRD schemas.
+istio-validate: $(STAMP)
+	@if [ -x $(SHARED)/tools/istio-validate ]; then \
+	  out=$$(mktemp -d); trap 'rm -rf $$out' EXIT; \
+	  for f in policies/*.yaml; do \
+	    last=$$($(BIN)/canarist steps $$f | grep -c '^  step'); \
+	    for k in $$(seq 0 $$((last - 1))); do $(BIN)/canarist render $$f --step $$k > $$out/$$(basename $$f .yaml)-$$k.yaml; done; \
+	  done; \
+	  $(BIN)/python $(SHARED)/tools/istio-validate $$out/*.yaml; \
+	else echo "istio-validate: $(SHARED)/tools/istio-validate not found, skipped (the tests validate with Istio's models)"; fi
+
+test: lint typecheck layers istio-validate pytest
+
+demo: $(STAMP)
+	$(BIN)/canarist validate policies/
+	@for f in policies/*.yaml; do \
+	  echo; echo "# ===== $$f"; $(BIN)/canarist steps $$f; \
+	  echo "# --- first step"; $(BIN)/canarist render $$f --step 0; \
+	done
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

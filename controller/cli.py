@@ -1,0 +1,189 @@
+"""The ``canarist`` command: parse arguments, call the same functions the controller calls, print.
+
+A user's mistake is one line on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+import yaml
+
+from controller import __version__
+from controller.loader import MAX_BYTES, Diagnostic, PolicyError, load
+from controller.policy import ModelRollout
+from controller.render import RenderError, render
+from controller.routing import RouteState, schedule, state_for_step
+from controller.templating import default_environment
+
+EXIT_INVALID = 2
+POLICY_SUFFIXES = (".yaml", ".yml")
+
+
+class UserError(click.ClickException):
+    """A mistake in what the user gave us: printed as one line, exit status 2."""
+
+    exit_code = EXIT_INVALID
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"canarist: error: {self.format_message()}", err=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="canarist")
+def cli() -> None:
+    """Statistical canary rollouts of ML model versions on Istio."""
+
+
+# --- validate ---------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+def validate(paths: tuple[Path, ...]) -> None:
+    """Check ModelRollout policy files (or directories of them).
+
+    Prints one line per problem, FILE:LINE:COL: FIELD: REASON, and exits 2 if there is any.
+    """
+    diagnostics: list[Diagnostic] = []
+    count = 0
+    files = list(_policy_files(paths, diagnostics))
+    for path in files:
+        try:
+            count += len(load_file(path))
+        except PolicyError as exc:
+            diagnostics.extend(exc.diagnostics)
+    for diagnostic in diagnostics:
+        click.echo(str(diagnostic))
+    if diagnostics:
+        sys.exit(EXIT_INVALID)
+    click.echo(f"ok: {count} polic{'y' if count == 1 else 'ies'} in {len(files)} file{'' if len(files) == 1 else 's'}")
+
+
+def _policy_files(paths: tuple[Path, ...], diagnostics: list[Diagnostic]) -> Iterator[Path]:
+    for path in paths:
+        if path.is_dir():
+            yield from sorted(p for p in path.rglob("*") if p.suffix in POLICY_SUFFIXES and p.is_file())
+        elif path.is_file():
+            yield path
+        else:
+            diagnostics.append(Diagnostic(str(path), 1, 1, "", "no such file or directory"))
+
+
+def load_file(path: Path) -> list[ModelRollout]:
+    """Read and validate a policy file; every problem, I/O included, becomes a PolicyError."""
+    source = str(path)
+    try:
+        if path.stat().st_size > MAX_BYTES:
+            raise PolicyError([Diagnostic(source, 1, 1, "", f"file is larger than {MAX_BYTES // 1024} KiB")])
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PolicyError([Diagnostic(source, 1, 1, "", f"not UTF-8 text: {exc.reason}")]) from None
+    except OSError as exc:
+        raise PolicyError([Diagnostic(source, 1, 1, "", f"cannot read: {exc.strerror or exc}")]) from None
+    return load(text, source)
+
+
+def load_or_fail(path: Path) -> list[ModelRollout]:
+    """Load a policy for a command that acts on it: print its problems and exit 2 if invalid."""
+    try:
+        return load_file(path)
+    except PolicyError as exc:
+        for diagnostic in exc.diagnostics:
+            click.echo(str(diagnostic), err=True)
+        sys.exit(EXIT_INVALID)
+
+
+# --- render -----------------------------------------------------------------------------------
+
+
+@cli.command("render")
+@click.argument("policy", type=click.Path(path_type=Path))
+@click.option("--weight", type=click.IntRange(0, 100), help="Canary weight in percent (0..100).")
+@click.option("--step", type=click.IntRange(0), help="Step index of the schedule (its length = promoted).")
+@click.option("-o", "--output", type=click.Choice(["yaml", "json"]), default="yaml", show_default=True)
+@click.option("--templates", type=click.Path(path_type=Path, file_okay=False), help="Use templates from DIR.")
+def render_command(policy: Path, weight: int | None, step: int | None, output: str, templates: Path | None) -> None:
+    """Print the DestinationRule and VirtualService for a point of the rollout.
+
+    Objects come in apply order (make before break): DestinationRule, then VirtualService.
+    Without --weight or --step, the first step is rendered.
+    """
+    if weight is not None and step is not None:
+        raise UserError("give --weight or --step, not both")
+    rollouts = load_or_fail(policy)
+    try:
+        env = default_environment(templates)
+    except FileNotFoundError as exc:
+        raise UserError(str(exc)) from None
+    objects: list[dict[str, Any]] = []
+    for rollout in rollouts:
+        state = _state(rollout, weight, step)
+        try:
+            objects.extend(render(rollout, state, env))
+        except RenderError as exc:
+            raise UserError(f"{policy}: {exc}") from None
+    if output == "json":
+        click.echo(json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}, indent=2))
+    else:
+        click.echo(yaml.safe_dump_all(objects, sort_keys=False, explicit_start=True), nl=False)
+
+
+def _state(rollout: ModelRollout, weight: int | None, step: int | None) -> RouteState:
+    if weight is not None:
+        return RouteState(weight)
+    try:
+        return state_for_step(rollout, step or 0)
+    except ValueError as exc:
+        raise UserError(f"{rollout.key}: --step: {exc}") from None
+
+
+# --- schema -----------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--crd", is_flag=True, help="Print the CustomResourceDefinition instead of the JSON Schema.")
+def schema(crd: bool) -> None:
+    """Print the policy's JSON Schema (for editors) or the ModelRollout CRD.
+
+    Point yaml-language-server at it with a first-line comment in each policy file:
+    # yaml-language-server: $schema=<path or URL of the schema>
+    """
+    from controller import schema as schemas
+
+    if crd:
+        click.echo(yaml.safe_dump(schemas.crd(), sort_keys=False), nl=False)
+    else:
+        click.echo(json.dumps(schemas.policy_json_schema(), indent=2))
+
+
+# --- steps ------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("policy", type=click.Path(path_type=Path))
+def steps(policy: Path) -> None:
+    """List the rollout's steps: the canary weight and mirror share of each."""
+    for rollout in load_or_fail(policy):
+        click.echo(f"{rollout.key}:")
+        plan = schedule(rollout)
+        for step in plan:
+            kind = "shadow" if step.is_shadow else "live"
+            mirror = f", mirror {step.mirror_percent:g}%" if step.mirror_percent else ""
+            click.echo(f"  step {step.index}: canary {step.canary_weight}%{mirror} ({kind})")
+        click.echo(f"  step {len(plan)}: canary 100% (promoted)")
+
+
+def main() -> NoReturn:
+    """Entry point of the console script."""
+    try:
+        cli.main(prog_name="canarist", standalone_mode=True)
+    except KeyboardInterrupt:
+        click.echo("canarist: interrupted", err=True)
+        sys.exit(130)
+    sys.exit(0)

@@ -1,0 +1,216 @@
+"""Render the Istio DestinationRule and VirtualService for a rollout at a given route state.
+
+The templates in ``templates/`` decide the layout; this module hands them plain, pre-decided
+values and a ``q`` filter that emits each value as JSON (which is YAML), so no user string is
+ever spliced into YAML as text. The output is parsed back into objects, checked against the
+invariants, and returned in make-before-break order: DestinationRule first.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import yaml
+
+from controller.policy import CanaryMatch, ModelRollout, RoutingMode, StringMatch
+from controller.quantity import parse_duration
+from controller.routing import RouteState, request_id_regex
+
+MANAGED_BY = {"app.kubernetes.io/managed-by": "canarist"}
+ROLLOUT_LABEL = "canarist.io/rollout"
+WEIGHT_ANNOTATION = "canarist.io/canary-weight"
+TEMPLATE_NAMES = ("destinationrule.yaml.j2", "virtualservice.yaml.j2")
+
+
+class RenderError(Exception):
+    """A template could not be rendered or produced an object that breaks an invariant."""
+
+
+@dataclass(frozen=True)
+class Destination:
+    host: str
+    port: int
+    subset: str | None
+
+
+def environment(template_dir: Path) -> jinja2.Environment:
+    """A strict jinja2 environment: a missing key is an error, never an empty string."""
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(template_dir)),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["q"] = _quote
+    return env
+
+
+def _quote(value: Any) -> str:
+    """Emit a value as JSON, which YAML reads back as exactly that value."""
+    if isinstance(value, jinja2.Undefined):
+        value._fail_with_undefined_error()
+    return json.dumps(value, ensure_ascii=False, sort_keys=False)
+
+
+def render(rollout: ModelRollout, state: RouteState, env: jinja2.Environment) -> list[dict[str, Any]]:
+    """The Istio objects for ``rollout`` at ``state``, DestinationRule before VirtualService."""
+    context = template_context(rollout, state)
+    objects: list[dict[str, Any]] = []
+    for name in TEMPLATE_NAMES:
+        try:
+            text = env.get_template(name).render(**context)
+        except jinja2.TemplateError as exc:
+            line = getattr(exc, "lineno", None)
+            where = f"{name}:{line}" if line else name
+            raise RenderError(f"{where}: template error: {exc}") from None
+        try:
+            documents = [d for d in yaml.safe_load_all(text) if d is not None]
+        except yaml.YAMLError as exc:
+            raise RenderError(f"{name}: template produced invalid YAML: {exc}") from None
+        objects.extend(documents)
+    check_invariants(objects)
+    return objects
+
+
+def template_context(rollout: ModelRollout, state: RouteState) -> dict[str, Any]:
+    """Everything the templates need, decided here: names, hosts, weights, matches, rewrites."""
+    spec = rollout.spec
+    triton = spec.routing.mode is RoutingMode.TRITON_VERSION
+    port = spec.service.port
+    stable = Destination(rollout.host, port, None if triton else spec.stable.name)
+    canary = Destination(rollout.host, port, None if triton else spec.canary.name)
+    labels = {**rollout.metadata.labels, **MANAGED_BY, ROLLOUT_LABEL: rollout.metadata.name}
+    sticky = spec.routing.sticky
+    context: dict[str, Any] = {
+        "name": rollout.metadata.name,
+        "namespace": rollout.metadata.namespace,
+        "labels": labels,
+        "annotations": {WEIGHT_ANNOTATION: str(state.canary_weight)},
+        "host": rollout.host,
+        "hosts": [rollout.host, *spec.service.hosts],
+        "gateways": list(spec.service.gateways),
+        "subsets": []
+        if triton
+        else [_subset(spec.stable.name, spec.stable.labels), _subset(spec.canary.name, spec.canary.labels)],
+        "traffic_policy": _traffic_policy(rollout),
+        "stable": _destination(stable),
+        "canary": _destination(canary),
+        "stable_weight": state.stable_weight,
+        "canary_weight": state.canary_weight,
+        "mirror_percent": state.mirror_percent,
+        "cohorts": [_cohort(i, m) for i, m in enumerate(spec.routing.match)] if state.cohorts else [],
+        "sticky": None,
+        "timeout": spec.routing.timeout,
+        "retries": _retries(rollout),
+        "triton": None,
+    }
+    if sticky is not None and state.cohorts and state.canary_weight > 0:
+        cookie_value = spec.canary.name
+        context["sticky"] = {
+            "match": {"cookie": {"regex": cookie_regex(sticky.cookie_name, cookie_value)}},
+            "set_cookie": f"{sticky.cookie_name}={cookie_value}; Max-Age={int(parse_duration(sticky.max_age))}; Path=/",
+        }
+    if triton:
+        assert spec.routing.triton is not None
+        model = spec.routing.triton.model
+        weight = state.canary_weight
+        context["triton"] = {
+            "infer_uri": f"/v2/models/{model}/infer",
+            "stable_uri": f"/v2/models/{model}/versions/{spec.routing.triton.stable_version}/infer",
+            "canary_uri": f"/v2/models/{model}/versions/{spec.routing.triton.canary_version}/infer",
+            "canary_request_ids": request_id_regex(weight) if 0 < weight < 100 else None,
+            "all_canary": weight == 100,
+        }
+    return context
+
+
+def _subset(name: str, labels: dict[str, str]) -> dict[str, Any]:
+    return {"name": name, "labels": dict(labels)}
+
+
+def _destination(destination: Destination) -> dict[str, Any]:
+    out: dict[str, Any] = {"host": destination.host, "port": {"number": destination.port}}
+    if destination.subset is not None:
+        out["subset"] = destination.subset
+    return out
+
+
+def _traffic_policy(rollout: ModelRollout) -> dict[str, Any] | None:
+    policy = rollout.spec.traffic_policy
+    if policy is None:
+        return None
+    dumped: dict[str, Any] = policy.model_dump(by_alias=True, exclude_none=True, mode="json")
+    return dumped or None
+
+
+def _retries(rollout: ModelRollout) -> dict[str, Any] | None:
+    retries = rollout.spec.routing.retries
+    if retries is None:
+        return None
+    dumped: dict[str, Any] = retries.model_dump(by_alias=True, exclude_none=True, mode="json")
+    return dumped
+
+
+def _cohort(index: int, match: CanaryMatch) -> dict[str, Any]:
+    headers = {name: _string_match(m) for name, m in match.headers.items()}
+    if match.cookie is not None:
+        headers["cookie"] = {"regex": cookie_regex(match.cookie.name, match.cookie.value)}
+    return {"name": f"cohort-{match.name or index}", "headers": headers}
+
+
+def cookie_regex(name: str, value: str) -> str:
+    """An RE2 pattern for a Cookie header that carries ``name=value`` among any other cookies."""
+    return f"^(.*; ?)?{re.escape(name)}={re.escape(value)}(;.*)?$"
+
+
+def _string_match(match: StringMatch) -> dict[str, str]:
+    for field in ("exact", "prefix", "regex"):
+        value = getattr(match, field)
+        if value is not None:
+            return {field: value}
+    raise ValueError("a header match needs exact, prefix or regex")
+
+
+def check_invariants(objects: list[dict[str, Any]]) -> None:
+    """Refuse output that breaks DESIGN.md section 4, whatever the templates say.
+
+    Weights are integers in 0..100 summing to 100 on every weighted route; every routed subset is
+    defined by a DestinationRule that comes *before* the VirtualService (make before break).
+    """
+    defined: dict[str, set[str]] = {}
+    for position, obj in enumerate(objects):
+        kind = obj.get("kind")
+        spec = obj.get("spec") or {}
+        if kind == "DestinationRule":
+            defined.setdefault(spec.get("host", ""), set()).update(s["name"] for s in spec.get("subsets") or [])
+        elif kind == "VirtualService":
+            for i, route in enumerate(spec.get("http") or []):
+                _check_route(i, route, defined)
+        else:
+            raise RenderError(f"object {position}: unexpected kind {kind!r}")
+
+
+def _check_route(index: int, route: dict[str, Any], defined: dict[str, set[str]]) -> None:
+    where = f"VirtualService http[{index}]"
+    destinations = route.get("route") or []
+    weights = [d.get("weight", 100 if len(destinations) == 1 else None) for d in destinations]
+    if any(not isinstance(w, int) or isinstance(w, bool) or not 0 <= w <= 100 for w in weights):
+        raise RenderError(f"{where}: weights {weights} are not integers in 0..100")
+    if destinations and sum(weights) != 100:
+        raise RenderError(f"{where}: weights {weights} sum to {sum(weights)}, not 100")
+    targets = [d["destination"] for d in destinations]
+    if route.get("mirror"):
+        targets.append(route["mirror"])
+    for target in targets:
+        subset = target.get("subset")
+        if subset is not None and subset not in defined.get(target.get("host", ""), set()):
+            raise RenderError(
+                f"{where}: subset {subset!r} of {target.get('host')!r} is not defined by an earlier DestinationRule"
+            )

@@ -45,7 +45,12 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
-def validate(paths: tuple[Path, ...]) -> None:
+@click.option(
+    "--ignore-other-kinds",
+    is_flag=True,
+    help="Skip YAML documents that are not ModelRollouts (for pre-commit over all YAML files).",
+)
+def validate(paths: tuple[Path, ...], ignore_other_kinds: bool) -> None:
     """Check ModelRollout policy files (or directories of them).
 
     Prints one line per problem, FILE:LINE:COL: FIELD: REASON, and exits 2 if there is any.
@@ -55,7 +60,7 @@ def validate(paths: tuple[Path, ...]) -> None:
     files = list(_policy_files(paths, diagnostics))
     for path in files:
         try:
-            count += len(load_file(path))
+            count += len(load_file(path, ignore_other_kinds=ignore_other_kinds))
         except PolicyError as exc:
             diagnostics.extend(exc.diagnostics)
     for diagnostic in diagnostics:
@@ -75,7 +80,7 @@ def _policy_files(paths: tuple[Path, ...], diagnostics: list[Diagnostic]) -> Ite
             diagnostics.append(Diagnostic(str(path), 1, 1, "", "no such file or directory"))
 
 
-def load_file(path: Path) -> list[ModelRollout]:
+def load_file(path: Path, *, ignore_other_kinds: bool = False) -> list[ModelRollout]:
     """Read and validate a policy file; every problem, I/O included, becomes a PolicyError."""
     source = str(path)
     try:
@@ -86,7 +91,7 @@ def load_file(path: Path) -> list[ModelRollout]:
         raise PolicyError([Diagnostic(source, 1, 1, "", f"not UTF-8 text: {exc.reason}")]) from None
     except OSError as exc:
         raise PolicyError([Diagnostic(source, 1, 1, "", f"cannot read: {exc.strerror or exc}")]) from None
-    return load(text, source)
+    return load(text, source, ignore_other_kinds=ignore_other_kinds)
 
 
 def load_or_fail(path: Path) -> list[ModelRollout]:

@@ -87,9 +87,17 @@ class Document:
     positions: dict[Path, tuple[int, int]]
 
 
-def load(text: str, source: str) -> list[ModelRollout]:
-    """Parse and validate every ModelRollout in ``text``; raise PolicyError with all problems."""
+def load(text: str, source: str, *, ignore_other_kinds: bool = False) -> list[ModelRollout]:
+    """Parse and validate every ModelRollout in ``text``; raise PolicyError with all problems.
+
+    With ``ignore_other_kinds``, documents that are plainly not ModelRollouts (another kind and
+    another API group) are skipped, so a pre-commit hook can be pointed at every YAML file.
+    """
     documents = parse_yaml(text, source)
+    if ignore_other_kinds:
+        documents = [d for d in documents if not _other_kind(d.data)]
+        if not documents:
+            return []
     if not documents:
         raise PolicyError([Diagnostic(source, 1, 1, "", "no ModelRollout document in this file")])
     rollouts: list[ModelRollout] = []
@@ -102,6 +110,13 @@ def load(text: str, source: str) -> list[ModelRollout]:
     if diagnostics:
         raise PolicyError(diagnostics)
     return rollouts
+
+
+def _other_kind(data: Any) -> bool:
+    if not isinstance(data, dict):
+        return True
+    api_version, kind = str(data.get("apiVersion", "")), data.get("kind")
+    return kind != "ModelRollout" and not api_version.startswith("canarist.io/")
 
 
 def validate(doc: Document, source: str) -> ModelRollout:

@@ -1,0 +1,414 @@
+"""The rollout state machine, table-driven over every transition."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+
+from controller.decision import (
+    Action,
+    Command,
+    CommandKind,
+    Evidence,
+    MetricEvidence,
+    Phase,
+    Status,
+    Verdict,
+    decide,
+    routes_for,
+)
+from controller.loader import load
+from controller.routing import RouteState, schedule
+
+ROOT = Path(__file__).resolve().parent.parent
+# fraud-detector: steps 1, 5, 25, 50; minRequests 500; deadline 20m; onNoData Pause; onInconclusive Abort
+(ROLLOUT,) = load((ROOT / "policies/fraud-detector-istio.yaml").read_text(), "fraud")
+LAST = len(schedule(ROLLOUT)) - 1
+T0 = 1_000_000.0
+DEADLINE = 20 * 60
+
+
+def metric(verdict: Verdict, *, breach: bool = False, name: str = "latency-p99") -> MetricEvidence:
+    return MetricEvidence(name=name, verdict=verdict, reason=f"{verdict.value.lower()} reason", slo_breached=breach)
+
+
+def evidence(*verdicts: Verdict, requests: int = 1000, breach: bool = False) -> Evidence:
+    metrics = tuple(metric(v, name=f"m{i}", breach=breach and i == 0) for i, v in enumerate(verdicts))
+    return Evidence(metrics=metrics, canary_requests_in_step=requests)
+
+
+P, F, U, N = Verdict.PASS, Verdict.FAIL, Verdict.INCONCLUSIVE, Verdict.NODATA
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    phase: Phase
+    step: int
+    evidence: Evidence | None
+    waited: float
+    commands: tuple[Command, ...]
+    action: Action
+    to_phase: Phase
+    to_step: int
+    reason: str
+
+
+def case(  # noqa: PLR0917 - one positional column per table column keeps the table readable
+    name: str,
+    phase: Phase,
+    step: int,
+    ev: Evidence | None,
+    action: Action,
+    to: Phase,
+    to_step: int,
+    reason: str,
+    *,
+    waited: float = 60.0,
+    commands: tuple[CommandKind, ...] = (),
+) -> Case:
+    return Case(
+        name, phase, step, ev, waited, tuple(Command(c, by="alice") for c in commands), action, to, to_step, reason
+    )
+
+
+CASES = [
+    case(
+        "initializing starts step 0",
+        Phase.INITIALIZING,
+        0,
+        None,
+        Action.START,
+        Phase.PROGRESSING,
+        0,
+        "analysing step 0",
+    ),
+    case("pass advances", Phase.PROGRESSING, 0, evidence(P, P), Action.ADVANCE, Phase.PROGRESSING, 1, "step 1 (5%)"),
+    case(
+        "no harm advances early steps",
+        Phase.PROGRESSING,
+        1,
+        evidence(P, U),
+        Action.ADVANCE,
+        Phase.PROGRESSING,
+        2,
+        "no harm detected",
+    ),
+    case(
+        "last step needs proof",
+        Phase.PROGRESSING,
+        LAST,
+        evidence(P, U),
+        Action.HOLD,
+        Phase.PROGRESSING,
+        LAST,
+        "inconclusive: m1",
+    ),
+    case(
+        "last step proven promotes",
+        Phase.PROGRESSING,
+        LAST,
+        evidence(P, P),
+        Action.PROMOTE,
+        Phase.PROMOTING,
+        LAST + 1,
+        "non-inferiority proven",
+    ),
+    case(
+        "too few requests holds",
+        Phase.PROGRESSING,
+        0,
+        evidence(P, P, requests=10),
+        Action.HOLD,
+        Phase.PROGRESSING,
+        0,
+        "10 of 500 canary requests",
+    ),
+    case("no data holds", Phase.PROGRESSING, 2, evidence(P, N), Action.HOLD, Phase.PROGRESSING, 2, "no data: m1"),
+    case(
+        "no data past deadline pauses",
+        Phase.PROGRESSING,
+        2,
+        evidence(P, N),
+        Action.PAUSE,
+        Phase.PAUSED,
+        2,
+        "past the progress deadline: paused",
+        waited=DEADLINE + 1,
+    ),
+    case(
+        "inconclusive past deadline aborts",
+        Phase.PROGRESSING,
+        LAST,
+        evidence(U, P),
+        Action.ROLLBACK,
+        Phase.ROLLING_BACK,
+        LAST,
+        "inconclusive: m0, past the progress deadline: abort",
+        waited=DEADLINE,
+    ),
+    case(
+        "regression rolls back",
+        Phase.PROGRESSING,
+        1,
+        evidence(F, P),
+        Action.ROLLBACK,
+        Phase.ROLLING_BACK,
+        1,
+        "regression proven: m0",
+    ),
+    case(
+        "regression beats too few requests",
+        Phase.PROGRESSING,
+        1,
+        evidence(F, P, requests=1),
+        Action.ROLLBACK,
+        Phase.ROLLING_BACK,
+        1,
+        "regression proven",
+    ),
+    case(
+        "slo breach rolls back at once",
+        Phase.PROGRESSING,
+        0,
+        evidence(F, N, requests=3, breach=True),
+        Action.ROLLBACK,
+        Phase.ROLLING_BACK,
+        0,
+        "SLO breached: m0",
+    ),
+    case(
+        "slo breach overrides pause",
+        Phase.PAUSED,
+        2,
+        evidence(F, P, breach=True),
+        Action.ROLLBACK,
+        Phase.ROLLING_BACK,
+        2,
+        "SLO breached",
+    ),
+    case(
+        "slo breach beats promote command",
+        Phase.PROGRESSING,
+        1,
+        evidence(F, P, breach=True),
+        Action.ROLLBACK,
+        Phase.ROLLING_BACK,
+        1,
+        "SLO breached",
+        commands=(CommandKind.PROMOTE_FULL,),
+    ),
+    case("paused ignores passing evidence", Phase.PAUSED, 1, evidence(P, P), Action.NONE, Phase.PAUSED, 1, ""),
+    case(
+        "promoting completes", Phase.PROMOTING, LAST + 1, None, Action.COMPLETE, Phase.SUCCEEDED, LAST + 1, "promoted"
+    ),
+    case("rolling back completes", Phase.ROLLING_BACK, 2, None, Action.COMPLETE, Phase.FAILED, 2, "rolled back"),
+    case(
+        "succeeded is terminal", Phase.SUCCEEDED, LAST + 1, evidence(F, F), Action.NONE, Phase.SUCCEEDED, LAST + 1, ""
+    ),
+    case("failed is terminal", Phase.FAILED, 1, evidence(P, P), Action.NONE, Phase.FAILED, 1, ""),
+    case("no analysis this tick", Phase.PROGRESSING, 1, None, Action.NONE, Phase.PROGRESSING, 1, ""),
+    case(
+        "abort",
+        Phase.PROGRESSING,
+        2,
+        evidence(P, P),
+        Action.ROLLBACK,
+        Phase.ROLLING_BACK,
+        2,
+        "aborted by alice",
+        commands=(CommandKind.ABORT,),
+    ),
+    case(
+        "abort while paused",
+        Phase.PAUSED,
+        2,
+        None,
+        Action.ROLLBACK,
+        Phase.ROLLING_BACK,
+        2,
+        "aborted by alice",
+        commands=(CommandKind.ABORT,),
+    ),
+    case(
+        "abort after success is ignored",
+        Phase.SUCCEEDED,
+        LAST + 1,
+        None,
+        Action.NONE,
+        Phase.SUCCEEDED,
+        LAST + 1,
+        "",
+        commands=(CommandKind.ABORT,),
+    ),
+    case(
+        "pause",
+        Phase.PROGRESSING,
+        1,
+        evidence(P, P),
+        Action.PAUSE,
+        Phase.PAUSED,
+        1,
+        "paused by alice",
+        commands=(CommandKind.PAUSE,),
+    ),
+    case(
+        "resume",
+        Phase.PAUSED,
+        1,
+        None,
+        Action.RESUME,
+        Phase.PROGRESSING,
+        1,
+        "resumed by alice",
+        commands=(CommandKind.RESUME,),
+    ),
+    case(
+        "resume when not paused is ignored",
+        Phase.PROGRESSING,
+        LAST,
+        evidence(U, U),
+        Action.HOLD,
+        Phase.PROGRESSING,
+        LAST,
+        "inconclusive",
+        commands=(CommandKind.RESUME,),
+    ),
+    case(
+        "promote skips one step",
+        Phase.PROGRESSING,
+        1,
+        evidence(U, N),
+        Action.ADVANCE,
+        Phase.PROGRESSING,
+        2,
+        "step 1 skipped by alice",
+        commands=(CommandKind.PROMOTE,),
+    ),
+    case(
+        "promote on last step promotes",
+        Phase.PROGRESSING,
+        LAST,
+        evidence(U, N),
+        Action.PROMOTE,
+        Phase.PROMOTING,
+        LAST + 1,
+        "skipped by alice",
+        commands=(CommandKind.PROMOTE,),
+    ),
+    case(
+        "promote full",
+        Phase.PAUSED,
+        0,
+        None,
+        Action.PROMOTE,
+        Phase.PROMOTING,
+        LAST + 1,
+        "promoted to 100% by alice",
+        commands=(CommandKind.PROMOTE_FULL,),
+    ),
+    case(
+        "retry after failure",
+        Phase.FAILED,
+        2,
+        None,
+        Action.RETRY,
+        Phase.INITIALIZING,
+        0,
+        "retried by alice",
+        commands=(CommandKind.RETRY,),
+    ),
+    case(
+        "retry while progressing is ignored",
+        Phase.PROGRESSING,
+        0,
+        evidence(P, P),
+        Action.ADVANCE,
+        Phase.PROGRESSING,
+        1,
+        "non-inferiority",
+        commands=(CommandKind.RETRY,),
+    ),
+]
+
+
+@pytest.mark.parametrize("c", CASES, ids=lambda c: c.name)
+def test_transition(c: Case) -> None:
+    status = Status(phase=c.phase, step=c.step, step_started_at=T0, canary_revision="r1", message="")
+    decision = decide(ROLLOUT, status, c.evidence, T0 + c.waited, commands=c.commands, canary_revision="r1")
+    assert decision.action is c.action, decision.reason
+    assert decision.status.phase is c.to_phase
+    assert decision.status.step == c.to_step
+    assert c.reason in decision.reason
+    assert decision.routes == routes_for(ROLLOUT, decision.status)
+    if c.action not in (Action.HOLD, Action.NONE):
+        last = decision.status.history[-1]
+        assert (last.from_phase, last.to_phase, last.action) == (c.phase, c.to_phase, c.action)
+        assert last.at == T0 + c.waited and c.reason in last.reason
+    else:
+        assert decision.status.history == status.history
+
+
+def test_every_phase_and_action_is_exercised() -> None:
+    assert {c.phase for c in CASES} == set(Phase)
+    assert {c.action for c in CASES} | {Action.RESTART} == set(Action)
+
+
+def test_new_canary_revision_restarts_from_step_zero() -> None:
+    status = Status(phase=Phase.PROGRESSING, step=3, step_started_at=T0, canary_revision="r1")
+    decision = decide(ROLLOUT, status, evidence(P, P), T0 + 5, canary_revision="r2")
+    assert (decision.action, decision.status.phase, decision.status.step) == (Action.RESTART, Phase.INITIALIZING, 0)
+    assert decision.status.canary_revision == "r2"
+    assert "r2" in decision.reason
+
+
+def test_routes_follow_the_phase() -> None:
+    assert routes_for(ROLLOUT, Status(Phase.ROLLING_BACK, 3)) == RouteState(0, cohorts=False)
+    assert routes_for(ROLLOUT, Status(Phase.FAILED, 3)) == RouteState(0, cohorts=False)
+    assert routes_for(ROLLOUT, Status(Phase.PROMOTING, LAST + 1)) == RouteState(100)
+    assert routes_for(ROLLOUT, Status(Phase.PROGRESSING, 2)) == RouteState(25)
+    assert routes_for(ROLLOUT, Status(Phase.PAUSED, 1)) == RouteState(5)
+
+
+def test_step_clock_restarts_on_advance_and_resume_but_not_on_hold() -> None:
+    status = Status(phase=Phase.PROGRESSING, step=1, step_started_at=T0)
+    held = decide(ROLLOUT, status, evidence(U, U, requests=10), T0 + 100).status
+    assert held.step_started_at == T0
+    advanced = decide(ROLLOUT, status, evidence(P, P), T0 + 100).status
+    assert advanced.step_started_at == T0 + 100
+    paused = replace(status, phase=Phase.PAUSED)
+    resumed = decide(ROLLOUT, paused, None, T0 + 5000, commands=(Command(CommandKind.RESUME),)).status
+    assert resumed.step_started_at == T0 + 5000
+
+
+def test_a_whole_good_rollout_walks_every_step_then_promotes() -> None:
+    status, now, seen = Status(canary_revision="r1"), T0, []
+    for _ in range(20):
+        decision = decide(ROLLOUT, status, evidence(P, P), now, canary_revision="r1")
+        status, now = decision.status, now + 60
+        seen.append((decision.action, decision.routes.canary_weight))
+        if status.phase is Phase.SUCCEEDED:
+            break
+    assert [w for _, w in seen] == [1, 5, 25, 50, 100, 100]
+    assert status.phase is Phase.SUCCEEDED
+    assert [t.action for t in status.history] == [Action.START, *[Action.ADVANCE] * 3, Action.PROMOTE, Action.COMPLETE]
+
+
+def test_weights_never_go_backwards_without_a_rollback() -> None:
+    """Across random evidence, the canary weight only falls by a rollback (to 0, cohorts off)."""
+    rng = random.Random(7)
+    for _ in range(200):
+        status, now, weight = Status(canary_revision="r"), T0, 0
+        for _ in range(30):
+            ev = Evidence(tuple(metric(rng.choice(list(Verdict)), name=f"m{i}") for i in range(2)), rng.randint(0, 900))
+            commands = (Command(rng.choice(list(CommandKind))),) if rng.random() < 0.1 else ()
+            decision = decide(ROLLOUT, status, ev, now, commands=commands, canary_revision="r")
+            new = decision.routes.canary_weight
+            if new < weight:
+                assert decision.status.phase in (Phase.ROLLING_BACK, Phase.INITIALIZING), decision
+                assert new == 0 or decision.status.phase is Phase.INITIALIZING
+            weight, status, now = new, decision.status, now + rng.choice([30, 60, 900])
+            assert len(status.history) <= 50

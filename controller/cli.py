@@ -185,10 +185,20 @@ def steps(policy: Path) -> None:
 
 
 def main() -> NoReturn:
-    """Entry point of the console script."""
+    """Entry point of the console script: every user error is one line on stderr."""
     try:
-        cli.main(prog_name="canarist", standalone_mode=True)
-    except KeyboardInterrupt:
+        code = cli.main(prog_name="canarist", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        click.echo(exc.format_message())
+        sys.exit(EXIT_INVALID)
+    except click.UsageError as exc:
+        command = exc.ctx.command_path if exc.ctx is not None else "canarist"
+        click.echo(f"{command}: error: {exc.format_message()} (see '{command} --help')", err=True)
+        sys.exit(EXIT_INVALID)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except (KeyboardInterrupt, click.Abort):
         click.echo("canarist: interrupted", err=True)
         sys.exit(130)
-    sys.exit(0)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -29,7 +29,6 @@ from controller.policy import (
     PROM_LABEL_NAME,
     PROM_METRIC_NAME,
     SAFE_TEXT,
-    TRITON_MODEL,
     ModelRollout,
 )
 from controller.quantity import DURATION_PATTERN
@@ -49,9 +48,8 @@ _PATTERN_HELP = {
     PROM_METRIC_NAME: "must be a Prometheus metric name ([a-zA-Z_:][a-zA-Z0-9_:]*)",
     PROM_LABEL_NAME: "must be a Prometheus label name ([a-zA-Z][a-zA-Z0-9_]*)",
     HEADER_NAME: "must be a lowercase HTTP header name (letters, digits and '-')",
-    COOKIE_TOKEN: "may contain only letters, digits, '_', '.' and '-'",
+    COOKIE_TOKEN: "may contain only letters, digits, '_', '.' and '-', starting with a letter or digit",
     SAFE_TEXT: "must not contain quotes, backslashes, braces or control characters",
-    TRITON_MODEL: "must be a Triton model name (letters, digits, '_', '.' and '-')",
     DURATION_PATTERN: "must be a duration with a unit, such as '500ms', '30s', '5m' or '1h30m'",
 }
 
@@ -140,12 +138,17 @@ def parse_yaml(text: str, source: str) -> list[Document]:
         raise PolicyError([Diagnostic(source, 1, 1, "", f"file is larger than {MAX_BYTES // 1024} KiB")])
     try:
         nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
+    except yaml.reader.ReaderError as exc:
+        line, col = _line_col(text, exc.position)
+        reason = f"invalid character {chr(exc.character)!r}" if isinstance(exc.character, int) else exc.reason
+        raise PolicyError([Diagnostic(source, line, col, "", f"invalid YAML: {reason}")]) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         raise PolicyError([Diagnostic(source, line, col, "", f"invalid YAML: {exc.problem or exc}")]) from None
     except yaml.YAMLError as exc:
-        raise PolicyError([Diagnostic(source, 1, 1, "", f"invalid YAML: {exc}")]) from None
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise PolicyError([Diagnostic(source, 1, 1, "", f"invalid YAML: {first}")]) from None
     except RecursionError:
         raise PolicyError([Diagnostic(source, 1, 1, "", "YAML is nested too deeply")]) from None
     documents = []
@@ -157,6 +160,11 @@ def parse_yaml(text: str, source: str) -> list[Document]:
         if data is not None:
             documents.append(Document(data, builder.positions))
     return documents
+
+
+def _line_col(text: str, position: int) -> tuple[int, int]:
+    before = text[:position]
+    return before.count("\n") + 1, position - (before.rfind("\n") + 1) + 1
 
 
 class _Builder:
@@ -182,6 +190,8 @@ class _Builder:
             raise self.fail(node, f"nested deeper than {MAX_DEPTH} levels")
         self.positions.setdefault(path, (node.start_mark.line + 1, node.start_mark.column + 1))
         if isinstance(node, yaml.MappingNode):
+            if node.tag != "tag:yaml.org,2002:map":
+                raise self.fail(node, f"unsupported YAML tag {node.tag!r}")
             out: dict[str, Any] = {}
             for key_node, value_node in node.value:
                 if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
@@ -193,6 +203,8 @@ class _Builder:
                 out[key] = self.build(value_node, (*path, key), depth + 1)
             return out
         if isinstance(node, yaml.SequenceNode):
+            if node.tag != "tag:yaml.org,2002:seq":
+                raise self.fail(node, f"unsupported YAML tag {node.tag!r}")
             return [self.build(item, (*path, i), depth + 1) for i, item in enumerate(node.value)]
         assert isinstance(node, yaml.ScalarNode)
         if node.tag in ("tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:binary"):
@@ -218,9 +230,10 @@ def _data_path(data: Any, loc: tuple[str | int, ...], kind: str) -> Path:
     path: list[str | int] = []
     current = data
     for i, part in enumerate(loc):
-        if (isinstance(current, dict) and part in current) or (
-            isinstance(current, list) and isinstance(part, int) and 0 <= part < len(current)
-        ):
+        if isinstance(current, dict) and part in current:
+            current = current[part]
+            path.append(part)
+        elif isinstance(current, list) and isinstance(part, int) and 0 <= part < len(current):
             current = current[part]
             path.append(part)
         elif kind == "missing" and i == len(loc) - 1:
@@ -258,31 +271,36 @@ def _locate(doc: Document, source: str, path: Path, dotted: str, reason: str) ->
 
 def _known_fields(path: Path) -> list[str]:
     """The wire names of the fields allowed at ``path``, for "did you mean" hints."""
-    model: Any = ModelRollout
+    annotation: Any = ModelRollout
     for part in path:
-        if isinstance(part, int):
+        annotation = _unwrap(annotation)
+        origin = typing.get_origin(annotation)
+        if origin is list or origin is dict:
+            annotation = typing.get_args(annotation)[-1]  # a list index or a map key: step into the item
             continue
-        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             return []
-        field = next((f for n, f in model.model_fields.items() if (f.alias or n) == part), None)
+        field = next((f for n, f in annotation.model_fields.items() if (f.alias or n) == part), None)
         if field is None:
             return []
-        model = _inner_model(field.annotation)
-    if isinstance(model, type) and issubclass(model, BaseModel):
-        return [f.alias or n for n, f in model.model_fields.items()]
+        annotation = field.annotation
+    annotation = _unwrap(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [f.alias or n for n, f in annotation.model_fields.items()]
     return []
 
 
-def _inner_model(annotation: Any) -> Any:
-    """The BaseModel inside ``X | None``, ``list[X]`` or ``dict[str, X]``, if there is one."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    origin = typing.get_origin(annotation)
-    if origin is typing.Annotated:
-        return _inner_model(typing.get_args(annotation)[0])
-    if origin in (typing.Union, types.UnionType, list, dict):
-        for arg in typing.get_args(annotation):
-            found = _inner_model(arg)
-            if found is not None:
-                return found
-    return None
+def _unwrap(annotation: Any) -> Any:
+    """Strip ``Annotated`` and ``Optional`` so what is left is a model, a list, a dict or a scalar."""
+    while True:
+        origin = typing.get_origin(annotation)
+        if origin is typing.Annotated:
+            annotation = typing.get_args(annotation)[0]
+        elif origin in (typing.Union, types.UnionType):
+            args = [a for a in typing.get_args(annotation) if a is not type(None)]
+            models = [a for a in args if typing.get_origin(a) in (list, dict) or isinstance(a, type)]
+            annotation = next(
+                (a for a in models if typing.get_origin(a) in (list, dict) or issubclass(a, BaseModel)), args[0]
+            )
+        else:
+            return annotation

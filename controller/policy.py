@@ -7,6 +7,7 @@ with the exact field path. Field names are camelCase on the wire, snake_case in 
 
 from __future__ import annotations
 
+import math
 import re
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -47,13 +48,25 @@ PROM_LABEL_NAME = r"^[a-zA-Z][a-zA-Z0-9_]*$"
 HEADER_NAME = r"^[a-z0-9][a-z0-9-]*$"
 COOKIE_TOKEN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 SAFE_TEXT = r"^[^\x00-\x1f\x7f\"'`\\{}]*$"
-TRITON_MODEL = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+TRITON_MODEL = COOKIE_TOKEN
 FRACTION_PATTERN = r"^[0-9]+(\.[0-9]+)?%$"
+QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(%|ms|s|m|h)([0-9]+(\.[0-9]+)?(ms|s|m|h))*$"
 
 DnsLabel = Annotated[str, StringConstraints(pattern=DNS_LABEL, max_length=63)]
 Host = Annotated[str, StringConstraints(pattern=HOST, max_length=253)]
 Gateway = Annotated[str, StringConstraints(pattern=GATEWAY, max_length=127)]
-LabelKey = Annotated[str, StringConstraints(pattern=LABEL_KEY, max_length=316)]
+
+
+def _check_label_key(key: str) -> str:
+    prefix, _, name = key.rpartition("/")
+    if len(name) > 63:
+        raise ValueError(f"label key name {name[:20]!r}... is longer than 63 characters")
+    if len(prefix) > 253:
+        raise ValueError("label key prefix is longer than 253 characters")
+    return key
+
+
+LabelKey = Annotated[str, StringConstraints(pattern=LABEL_KEY, max_length=317), AfterValidator(_check_label_key)]
 LabelValue = Annotated[str, StringConstraints(pattern=LABEL_VALUE, max_length=63)]
 PromMetricName = Annotated[str, StringConstraints(pattern=PROM_METRIC_NAME, max_length=200)]
 PromLabelName = Annotated[str, StringConstraints(pattern=PROM_LABEL_NAME, max_length=100)]
@@ -69,8 +82,11 @@ def _check_duration(text: str) -> str:
 
 def _check_regex(text: str) -> str:
     """Accept only regular expressions that RE2 (Envoy's engine) also accepts."""
-    if re.search(r"\(\?[=!<]|\\[1-9]", text):
-        raise ValueError("lookarounds and back-references are not supported by Envoy's RE2")
+    if re.search(r"\(\?[=!<>(]|\(\?P=|\\[1-9]|\\[ZG]|[*+?}]\+", text):
+        raise ValueError(
+            "not supported by Envoy's RE2: lookarounds, back-references, atomic groups, conditionals, "
+            "possessive quantifiers, \\Z and \\G"
+        )
     try:
         re.compile(text)
     except re.error as exc:
@@ -88,7 +104,7 @@ def parse_fraction(value: float | str) -> float:
 
 
 def _check_fraction(value: Any) -> float | str:
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
+    if isinstance(value, bool) or not isinstance(value, int | float | str) or not _finite(value):
         raise ValueError(f"expected a fraction such as 0.02 or a percentage such as '2%', got {value!r}")
     number = parse_fraction(value)
     if not 0.0 <= number <= 1.0:
@@ -96,11 +112,15 @@ def _check_fraction(value: Any) -> float | str:
     return value
 
 
+def _finite(value: float | str) -> bool:
+    return isinstance(value, str) or math.isfinite(value)
+
+
 def _check_quantity(value: Any) -> float | str:
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
+    if isinstance(value, bool) or not isinstance(value, int | float | str) or not _finite(value):
         raise ValueError(f"expected a number, a percentage such as '2%' or a duration such as '250ms', got {value!r}")
-    if isinstance(value, str) and len(value) > 32:
-        raise ValueError("is too long for a number, percentage or duration")
+    if isinstance(value, str) and (len(value) > 32 or not re.match(QUANTITY_PATTERN, value)):
+        raise ValueError(f"expected a number, a percentage such as '2%' or a duration such as '250ms', got {value!r}")
     return value
 
 
@@ -126,19 +146,26 @@ Fraction = Annotated[
 Quantity = Annotated[
     float | str,
     PlainValidator(_check_quantity),
-    WithJsonSchema({"anyOf": [{"type": "number"}, {"type": "string", "maxLength": 32}]}),
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "number"}, {"type": "string", "pattern": QUANTITY_PATTERN}],
+            "description": "A duration such as '250ms' for latency kinds; a share (0.02 or '2%') otherwise.",
+        }
+    ),
 ]
 Percent = Annotated[float, Field(ge=0, le=100)]
 
 
 class Model(BaseModel):
-    """Base for policy values: immutable, camelCase on the wire, unknown fields refused."""
+    """Base for policy values: immutable, camelCase on the wire, unknown fields and loose types refused."""
 
     model_config = ConfigDict(
         alias_generator=to_camel,
         populate_by_name=True,
         frozen=True,
         extra="forbid",
+        strict=True,  # no "8080" for a port, no `yes` for a count: what the CRD would refuse too
+        allow_inf_nan=False,
         str_strip_whitespace=False,
     )
 
@@ -239,7 +266,7 @@ class RetryPolicy(Model):
 
 
 class Routing(Model):
-    mode: RoutingMode = RoutingMode.SUBSET
+    mode: RoutingMode = Field(default=RoutingMode.SUBSET, strict=False)
     triton: TritonRouting | None = None
     match: list[CanaryMatch] = Field(default_factory=list, description="A/B cohorts always routed to the canary.")
     sticky: StickySession | None = None
@@ -258,7 +285,7 @@ class LoadBalancerAlgorithm(StrEnum):
 
 
 class LoadBalancer(Model):
-    simple: LoadBalancerAlgorithm
+    simple: LoadBalancerAlgorithm = Field(strict=False)
 
 
 class TcpPool(Model):
@@ -320,8 +347,16 @@ class Strategy(Model):
     interval: Duration = "1m"
     min_requests: int = Field(default=100, ge=1, description="Canary requests a step needs before it advances.")
     progress_deadline: Duration = "30m"
-    on_no_data: OnTimeout = OnTimeout.PAUSE
-    on_inconclusive: OnTimeout = OnTimeout.PAUSE
+    on_no_data: OnTimeout = Field(
+        default=OnTimeout.PAUSE,
+        strict=False,
+        description="After the progress deadline without data: Hold, Pause or Abort.",
+    )
+    on_inconclusive: OnTimeout = Field(
+        default=OnTimeout.PAUSE,
+        strict=False,
+        description="After the progress deadline without a conclusion: Hold, Pause or Abort.",
+    )
 
 
 # --- analysis ---------------------------------------------------------------------------------
@@ -366,12 +401,12 @@ class RatioQuery(Model):
 
 class Metric(Model):
     name: DnsLabel
-    kind: MetricKind
+    kind: MetricKind = Field(strict=False)
     weight: float = Field(default=1.0, gt=0, le=1000, description="Share of the error budget alpha.")
     quantile: float | None = Field(default=None, gt=0, lt=1, description="Latency quantile (IstioLatency).")
     slo: Slo | None = None
     margin: Margin | None = None
-    higher_is_better: bool | None = Field(default=None, description="CustomRatio only.")
+    higher_is_better: bool | None = Field(default=None, description="CustomRatio only (default true).")
     ratio: RatioQuery | None = None
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,16 +68,27 @@ def render(rollout: ModelRollout, state: RouteState, env: jinja2.Environment) ->
         try:
             text = env.get_template(name).render(**context)
         except jinja2.TemplateError as exc:
-            line = getattr(exc, "lineno", None)
-            where = f"{name}:{line}" if line else name
-            raise RenderError(f"{where}: template error: {exc}") from None
+            raise RenderError(f"{_template_location(exc, name)}: template error: {exc}") from None
         try:
             documents = [d for d in yaml.safe_load_all(text) if d is not None]
         except yaml.YAMLError as exc:
-            raise RenderError(f"{name}: template produced invalid YAML: {exc}") from None
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at output line {mark.line + 1}" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise RenderError(f"{name}: template produced invalid YAML{where}: {problem}") from None
         objects.extend(documents)
     check_invariants(objects)
     return objects
+
+
+def _template_location(exc: jinja2.TemplateError, default: str) -> str:
+    """``file:line`` of the template that failed, which may be an imported one, not ``default``."""
+    if isinstance(exc, jinja2.TemplateSyntaxError):
+        return f"{exc.name or default}:{exc.lineno}"
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename.endswith(".j2")]
+    if frames:
+        return f"{Path(frames[-1].filename).name}:{frames[-1].lineno}"
+    return default
 
 
 def template_context(rollout: ModelRollout, state: RouteState) -> dict[str, Any]:

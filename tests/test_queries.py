@@ -1,0 +1,737 @@
+"""The PromQL catalog and the answers-to-Observation builder, on plain values (no Prometheus)."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from controller.loader import load
+from controller.observe import build_observations, no_data
+from controller.policy import ModelRollout, ModelVersion, RatioQuery
+from controller.queries import (
+    ISTIO_BUCKETS,
+    ISTIO_REQUESTS,
+    REQUESTS_KEY,
+    CatalogError,
+    Family,
+    Labels,
+    Matcher,
+    Op,
+    Plan,
+    Reduce,
+    any_of,
+    check_label_name,
+    check_metric_name,
+    escape_label_value,
+    metric_queries,
+    plan,
+    pod_families,
+    promql_duration,
+    selector,
+)
+from controller.samples import CountSeries, GaugeSeries, HistogramSeries, Window
+
+SUBSET = """
+apiVersion: canarist.io/v1alpha1
+kind: ModelRollout
+metadata: {name: ranker, namespace: ml}
+spec:
+  service: {name: ranker, port: 8000}
+  stable: {name: r1, labels: {app: ranker, version: r1}}
+  canary: {name: r2, labels: {app: ranker, version: r2}}
+  analysis:
+    metrics:
+      - {name: p99, kind: IstioLatency, slo: {max: 250ms}}
+      - {name: errors, kind: IstioErrorRate, slo: {max: 2%}}
+      - {name: latency, kind: TritonLatency, margin: {relative: 10%}}
+      - {name: queue, kind: TritonQueueLatency, margin: {absolute: 20ms}}
+      - {name: failures, kind: TritonErrorRate, slo: {max: 1%}}
+      - {name: triton-util, kind: TritonGpuUtilization, slo: {max: 95%}}
+      - {name: triton-mem, kind: TritonGpuMemory, slo: {max: 90%}}
+      - {name: dcgm-util, kind: DcgmGpuUtilization, slo: {max: 95%}}
+      - {name: dcgm-mem, kind: DcgmGpuMemory, slo: {max: 90%}}
+      - {name: cost, kind: GpuSecondsPerInference, margin: {relative: 15%}}
+      - name: accuracy
+        kind: CustomRatio
+        ratio:
+          {success: correct_total, total: labelled_total, versionLabel: model_version, matchLabels: {model: ranker}}
+        margin: {absolute: 1%}
+"""
+
+TRITON = """
+apiVersion: canarist.io/v1alpha1
+kind: ModelRollout
+metadata: {name: ocr, namespace: docs}
+spec:
+  service: {name: triton, port: 8000}
+  stable: {name: ocr-v3}
+  canary: {name: ocr-v4}
+  routing: {mode: TritonVersion, triton: {model: ocr, stableVersion: 3, canaryVersion: 4}}
+  analysis:
+    metrics:
+      - {name: latency, kind: TritonLatency, margin: {relative: 10%}}
+      - {name: failures, kind: TritonErrorRate, slo: {max: 1%}}
+      - {name: p99, kind: IstioLatency, slo: {max: 250ms}}
+      - {name: gpu, kind: DcgmGpuUtilization, slo: {max: 95%}}
+      - name: accuracy
+        kind: CustomRatio
+        ratio: {success: chars_correct_total, total: chars_labelled_total, versionLabel: model_version}
+        margin: {absolute: 1%}
+"""
+
+(ROLLOUT,) = load(SUBSET, "subset.yaml")
+(TRITON_ROLLOUT,) = load(TRITON, "triton.yaml")
+
+ISTIO_SEL = (
+    'reporter="destination", destination_service_namespace="ml", destination_service_name="ranker", '
+    'destination_version=~"r1|r2"'
+)
+ISTIO_BY = "destination_service_namespace, destination_service_name, destination_version"
+POD_SEL = 'namespace="ml", version=~"r1|r2"'
+POD_BY = "namespace, version, pod"
+
+
+def counter(metric: str, by: str, sel: str, split: str = "") -> tuple[str, str]:
+    group = f"{by}, {split}" if split else by
+    return (
+        f"sum by ({group}) (increase({metric}{{{sel}}}[60s]))",
+        f"sum by ({by}) (resets({metric}{{{sel}}}[60s])) > 0",
+    )
+
+
+def gauge(metric: str, aggregate: str = "sum") -> str:
+    return f"{aggregate} by ({POD_BY}) (avg_over_time({metric}{{{POD_SEL}}}[60s]))"
+
+
+GOLDEN: dict[str, tuple[str, ...]] = {
+    REQUESTS_KEY: counter("istio_requests_total", ISTIO_BY, ISTIO_SEL, "response_code"),
+    "p99": counter("istio_request_duration_milliseconds_bucket", ISTIO_BY, ISTIO_SEL, "le"),
+    "errors": counter("istio_requests_total", ISTIO_BY, ISTIO_SEL, "response_code"),
+    "latency": (
+        *counter("nv_inference_request_duration_us", POD_BY, POD_SEL),
+        *counter("nv_inference_request_success", POD_BY, POD_SEL),
+    ),
+    "queue": (
+        *counter("nv_inference_queue_duration_us", POD_BY, POD_SEL),
+        *counter("nv_inference_request_success", POD_BY, POD_SEL),
+    ),
+    "failures": (
+        *counter("nv_inference_request_success", POD_BY, POD_SEL),
+        *counter("nv_inference_request_failure", POD_BY, POD_SEL),
+    ),
+    "triton-util": (gauge("nv_gpu_utilization", "avg"),),
+    "triton-mem": (gauge("nv_gpu_memory_used_bytes"), gauge("nv_gpu_memory_total_bytes")),
+    "dcgm-util": (gauge("DCGM_FI_DEV_GPU_UTIL", "avg"),),
+    "dcgm-mem": (gauge("DCGM_FI_DEV_FB_USED"), gauge("DCGM_FI_DEV_FB_FREE")),
+    "cost": (gauge("DCGM_FI_DEV_GPU_UTIL"), *counter("nv_inference_count", POD_BY, POD_SEL)),
+    "accuracy": (
+        *counter("correct_total", "model, model_version", 'model="ranker", model_version=~"r1|r2"'),
+        *counter("labelled_total", "model, model_version", 'model="ranker", model_version=~"r1|r2"'),
+    ),
+}
+
+TRITON_SEL = 'namespace="docs", model="ocr", version=~"3|4"'
+TRITON_BY = "namespace, model, version, pod"
+TRITON_GOLDEN: dict[str, tuple[str, ...]] = {
+    REQUESTS_KEY: (
+        *counter("nv_inference_request_success", TRITON_BY, TRITON_SEL),
+        *counter("nv_inference_request_failure", TRITON_BY, TRITON_SEL),
+    ),
+    "latency": (
+        *counter("nv_inference_request_duration_us", TRITON_BY, TRITON_SEL),
+        *counter("nv_inference_request_success", TRITON_BY, TRITON_SEL),
+    ),
+    "failures": (
+        *counter("nv_inference_request_success", TRITON_BY, TRITON_SEL),
+        *counter("nv_inference_request_failure", TRITON_BY, TRITON_SEL),
+    ),
+    "p99": (),
+    "gpu": (),
+    "accuracy": (
+        *counter("chars_correct_total", "model_version", 'model_version=~"3|4"'),
+        *counter("chars_labelled_total", "model_version", 'model_version=~"3|4"'),
+    ),
+}
+
+
+# --- golden PromQL ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(GOLDEN))
+def test_promql_for_every_kind(name: str) -> None:
+    assert metric_queries(ROLLOUT, 60.0)[name] == GOLDEN[name]
+
+
+@pytest.mark.parametrize("name", list(TRITON_GOLDEN))
+def test_promql_in_triton_version_mode(name: str) -> None:
+    assert metric_queries(TRITON_ROLLOUT, 60.0)[name] == TRITON_GOLDEN[name]
+
+
+def test_kinds_that_cannot_split_versions_in_triton_mode_say_why() -> None:
+    target = plan([TRITON_ROLLOUT], {TRITON_ROLLOUT.key: [Window(0, 60, 0.1)]}, 60).targets[0]
+    reasons = {m.name: m.unsupported for m in target.metrics}
+    assert "TritonVersion" in reasons["p99"]
+    assert "share the pods" in reasons["gpu"]
+    assert reasons["latency"] == reasons["accuracy"] == ""
+
+
+def test_configurable_pod_labels() -> None:
+    labels = Labels(namespace="kubernetes_namespace", pod="kubernetes_pod_name")
+    texts = metric_queries(ROLLOUT, 60.0, labels)["dcgm-util"]
+    assert texts == (
+        "avg by (kubernetes_namespace, version, kubernetes_pod_name) "
+        '(avg_over_time(DCGM_FI_DEV_GPU_UTIL{kubernetes_namespace="ml", version=~"r1|r2"}[60s]))',
+    )
+    same = metric_queries(ROLLOUT, 60.0, Labels(version="app"))  # app=ranker on both versions
+    assert same["dcgm-util"] == ()
+    target = plan([ROLLOUT], {ROLLOUT.key: [Window(0, 60, 0.1)]}, 60, Labels(version="app")).targets[0]
+    assert "cannot be told apart" in next(m.unsupported for m in target.metrics if m.name == "dcgm-util")
+
+
+def test_version_label_found_through_prometheus_sanitising() -> None:
+    """recsys-style pods: the label model-version is scraped as model_version."""
+    stable = ModelVersion(name="a", labels={"app": "x", "model-version": "2026-11-02"})
+    canary = ModelVersion(name="b", labels={"app": "x", "model-version": "2026-11-20"})
+    spec = ROLLOUT.spec.model_copy(update={"stable": stable, "canary": canary})
+    rollout = ROLLOUT.model_copy(update={"spec": spec})
+    queries = metric_queries(rollout, 60.0, Labels(version="model_version"))
+    assert 'model_version=~"2026-11-02|2026-11-20"' in queries["latency"][0]
+    assert queries[REQUESTS_KEY] == ()  # Istio reads its version from none of these labels
+    target = plan([rollout], {rollout.key: [Window(0, 60, 0.1)]}, 60).targets[0]
+    assert "Istio reads a version from none" in target.requests_unsupported
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"), [(60, "60s"), (3600, "3600s"), (90.5, "90500ms"), (0.25, "250ms"), (1e-3, "1ms")]
+)
+def test_window_durations(seconds: float, text: str) -> None:
+    assert promql_duration(seconds) == text
+
+
+@pytest.mark.parametrize("seconds", [0, -60, 1e-4, math.inf, math.nan])
+def test_bad_window_durations_are_refused(seconds: float) -> None:
+    with pytest.raises(CatalogError):
+        promql_duration(seconds)
+
+
+# --- no selector injection --------------------------------------------------------------------
+
+HOSTILE_VALUES = [
+    '"',
+    '"}',
+    '"} or vector(1) #',
+    'v1", destination_version=~".*',
+    "\\",
+    '\\"',
+    "\\\\",
+    'a\\"}b',
+    "\n",
+    'v1\n"}',
+    "\r\n",
+    "\t",
+    "\x00",
+    "\x7f",
+    "\x85",
+    "\u2028",
+    "{",
+    "}",
+    "{}",
+    "=~",
+    "!~.*",
+    ".*",
+    "a|b",
+    "|",
+    "(a)",
+    "[a-z]+",
+    "^$",
+    "v1)",
+    "`",
+    "'",
+    "é",
+    "版本",
+    "🚀",
+    "a b",
+    "\\u0022",
+    "\\x22",
+]
+
+
+def go_unquote(literal: str) -> str:
+    """Read a double-quoted PromQL string the way Prometheus' lexer and strconv.Unquote do."""
+    assert literal[0] == literal[-1] == '"', literal
+    body, out, i = literal[1:-1], [], 0
+    simple = {"a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v", "\\": "\\", '"': '"'}
+    while i < len(body):
+        c = body[i]
+        assert c != '"', f"unescaped quote in {literal!r}"
+        assert ord(c) >= 0x20 and c != "\x7f", f"raw control character in {literal!r}"
+        if c != "\\":
+            out.append(c)
+            i += 1
+            continue
+        e = body[i + 1]
+        if e in simple:
+            out.append(simple[e])
+            i += 2
+        elif e == "u":
+            out.append(chr(int(body[i + 2 : i + 6], 16)))
+            i += 6
+        else:
+            raise AssertionError(f"escape \\{e} is not PromQL")
+    return "".join(out)
+
+
+_MATCHER = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)(=~|!~|!=|=)("(?:[^"\\]|\\.)*")\s*(,|\})')
+
+
+def parse_selector(text: str) -> list[tuple[str, str, str]]:
+    """Every matcher of a selector (label, op, decoded value): proof of what Prometheus would see."""
+    assert text[0] == "{", text
+    found, pos = [], 1
+    while True:
+        m = _MATCHER.match(text, pos)
+        assert m, f"not a selector at {text[pos:]!r}"
+        found.append((m.group(1), m.group(2), go_unquote(m.group(3))))
+        pos = m.end()
+        if m.group(4) == "}":
+            assert pos == len(text), f"text after the selector: {text[pos:]!r}"
+            return found
+
+
+@pytest.mark.parametrize("value", HOSTILE_VALUES, ids=[ascii(v) for v in HOSTILE_VALUES])
+def test_hostile_value_is_escaped_in_equality(value: str) -> None:
+    text = selector([Matcher("destination_version", Op.EQ, value)])
+    assert parse_selector(text) == [("destination_version", "=", value)]
+
+
+@pytest.mark.parametrize("value", HOSTILE_VALUES, ids=[ascii(v) for v in HOSTILE_VALUES])
+def test_hostile_value_is_escaped_in_regex_unions(value: str) -> None:
+    other = "v2"
+    ((label, op, pattern),) = parse_selector(selector([any_of("destination_version", [value, other])]))
+    assert (label, op) == ("destination_version", "=~")
+    regex = re.compile(pattern, re.DOTALL)  # Prometheus anchors =~ at both ends (fullmatch)
+    assert regex.fullmatch(value) and regex.fullmatch(other)
+    for near_miss in (value + "x", "x" + value, "", "a", "v1", "anything"):
+        if near_miss not in (value, other):
+            assert not regex.fullmatch(near_miss), near_miss
+
+
+@pytest.mark.parametrize("value", HOSTILE_VALUES, ids=[ascii(v) for v in HOSTILE_VALUES])
+def test_hostile_value_in_a_policy_that_slipped_past_validation(value: str) -> None:
+    """Even a rollout built without validation cannot inject a matcher."""
+    canary = ModelVersion.model_construct(name="r2", labels={"version": value})
+    rollout = ROLLOUT.model_copy(update={"spec": ROLLOUT.spec.model_copy(update={"canary": canary})})
+    for text in metric_queries(rollout, 60.0)["errors"]:
+        found = parse_selector(re.search(r"\{.*\}(?=\[60s\])", text, re.DOTALL).group(0))  # type: ignore[union-attr]
+        assert [label for label, _, _ in found] == [
+            "reporter",
+            "destination_service_namespace",
+            "destination_service_name",
+            "destination_version",
+        ]
+
+
+@pytest.mark.parametrize("value", ["\ud800", "a\udfffb"], ids=["lone-high-surrogate", "lone-low-surrogate"])
+def test_values_that_are_not_utf8_are_refused(value: str) -> None:
+    with pytest.raises(CatalogError, match="surrogate"):
+        escape_label_value(value)
+
+
+def test_empty_values_are_refused() -> None:
+    """label="" matches every series without the label: never what a rollout means."""
+    with pytest.raises(CatalogError, match="empty"):
+        any_of("destination_version", ["v1", ""])
+    with pytest.raises(CatalogError, match="empty"):
+        any_of("destination_version", [])
+
+
+HOSTILE_LABEL_NAMES = [
+    'version"}',
+    "__name__",
+    "__meta_x",
+    "1abc",
+    "a-b",
+    "a b",
+    "ünï",
+    "",
+    "a{b",
+    "a=~b",
+    "le\n",
+    "a.b",
+]
+
+
+@pytest.mark.parametrize("name", HOSTILE_LABEL_NAMES, ids=[ascii(n) for n in HOSTILE_LABEL_NAMES])
+def test_hostile_label_names_are_refused(name: str) -> None:
+    with pytest.raises(CatalogError):
+        check_label_name(name)
+    with pytest.raises(CatalogError):
+        selector([Matcher(name, Op.EQ, "v1")])
+    with pytest.raises(CatalogError):
+        Labels(version=name)
+
+
+HOSTILE_METRICS = [
+    'foo{bar="x"}',
+    "foo or vector(1)",
+    "foo)",
+    "",
+    "foo bar",
+    "sum(foo)",
+    "1foo",
+    "foo\n",
+    'foo"',
+    "f[5m]",
+]
+
+
+@pytest.mark.parametrize("name", HOSTILE_METRICS, ids=[ascii(n) for n in HOSTILE_METRICS])
+def test_hostile_metric_names_are_refused(name: str) -> None:
+    with pytest.raises(CatalogError):
+        check_metric_name(name)
+    with pytest.raises(CatalogError):
+        Family(name, Reduce.INCREASE, ("version",))
+    ratio = RatioQuery.model_construct(success=name, total="labelled_total", version_label="version", match_labels={})
+    metric = ROLLOUT.spec.analysis.metrics[-1].model_copy(update={"ratio": ratio})
+    analysis = ROLLOUT.spec.analysis.model_copy(update={"metrics": [metric]})
+    rollout = ROLLOUT.model_copy(update={"spec": ROLLOUT.spec.model_copy(update={"analysis": analysis})})
+    with pytest.raises(CatalogError):
+        plan([rollout], {rollout.key: [Window(0, 60, 0.1)]}, 60)
+
+
+def test_hostile_match_label_names_of_custom_ratios_are_refused() -> None:
+    ratio = RatioQuery.model_construct(
+        success="ok_total", total="all_total", version_label="version", match_labels={'model"}': "x"}
+    )
+    metric = ROLLOUT.spec.analysis.metrics[-1].model_copy(update={"ratio": ratio})
+    analysis = ROLLOUT.spec.analysis.model_copy(update={"metrics": [metric]})
+    rollout = ROLLOUT.model_copy(update={"spec": ROLLOUT.spec.model_copy(update={"analysis": analysis})})
+    with pytest.raises(CatalogError):
+        plan([rollout], {rollout.key: [Window(0, 60, 0.1)]}, 60)
+
+
+def test_unknown_matcher_operators_are_refused() -> None:
+    with pytest.raises(CatalogError):
+        selector([Matcher("version", "=~~", "x")])  # type: ignore[arg-type]
+
+
+# --- grouping ---------------------------------------------------------------------------------
+
+
+def fleet(n: int) -> list[ModelRollout]:
+    """``n`` copies of the subset rollout, each its own service in its own namespace."""
+    out = []
+    for i in range(n):
+        meta = ROLLOUT.metadata.model_copy(update={"namespace": f"ns{i}", "name": f"svc{i}"})
+        service = ROLLOUT.spec.service.model_copy(update={"name": f"svc{i}"})
+        out.append(
+            ROLLOUT.model_copy(update={"metadata": meta, "spec": ROLLOUT.spec.model_copy(update={"service": service})})
+        )
+    return out
+
+
+def windows(n: int, length: float = 60.0, end: float = 6000.0) -> list[Window]:
+    return [Window(end - (n - i) * length, end - (n - i - 1) * length, 0.1) for i in range(n)]
+
+
+@pytest.mark.parametrize("n", [1, 5, 20, 100])
+def test_query_count_does_not_grow_with_rollouts(n: int) -> None:
+    rollouts = fleet(n)
+    the_plan = plan(rollouts, {r.key: windows(10) for r in rollouts}, at=6000)
+    assert len(the_plan.queries) == len(plan(fleet(1), {"ns0/svc0": windows(10)}, at=6000).queries) == 25
+    istio = next(q.promql for q in the_plan.queries if q.promql.startswith("sum by") and "istio_requests" in q.promql)
+    for i in range(n):
+        assert f"ns{i}" in istio and f"svc{i}" in istio
+    assert all(len(q.times) == 10 for q in the_plan.queries)
+
+
+def test_one_query_per_window_length_not_per_window() -> None:
+    rollouts = fleet(3)
+    by = {rollouts[0].key: windows(5, 60.0), rollouts[1].key: windows(5, 120.0), rollouts[2].key: windows(7, 60.0)}
+    the_plan = plan(rollouts, by, at=6000)
+    assert len(the_plan.queries) == 50  # two window lengths
+    sixty = [q for q in the_plan.queries if "[60s]" in q.promql]
+    assert {len(q.times) for q in sixty} == {7}
+
+
+def test_windows_after_the_look_are_not_asked_for() -> None:
+    the_plan = plan([ROLLOUT], {ROLLOUT.key: windows(3, end=6000)}, at=5950)
+    assert all(q.times == (5880.0, 5940.0) for q in the_plan.queries)
+    assert the_plan.targets[0].future == frozenset({2})
+
+
+# --- from answers to observations ---------------------------------------------------------------
+
+ENDS = (5880.0, 5940.0, 6000.0)
+
+
+class Answers:
+    """Hand-made answers for a plan: every query answered (empty) unless rows are added."""
+
+    def __init__(self, the_plan: Plan) -> None:
+        self.plan = the_plan
+        self.data: dict[tuple[str, int], list[tuple[dict[str, str], float]]] = {
+            (q.promql, round(t * 1000)): [] for q in the_plan.queries for t in q.times
+        }
+
+    def add(self, family: Family, window: int, value: float, *, resets: bool = False, **labels: str) -> Answers:
+        text = self.plan.text(family, 60_000, resets)
+        assert text is not None
+        self.data[(text, round(ENDS[window] * 1000))].append((labels, value))
+        return self
+
+    def drop(self, family: Family, window: int) -> None:
+        del self.data[(self.plan.text(family, 60_000), round(ENDS[window] * 1000))]  # type: ignore[arg-type]
+
+
+def istio(version: str, **extra: str) -> dict[str, str]:
+    return {
+        "destination_service_namespace": "ml",
+        "destination_service_name": "ranker",
+        "destination_version": version,
+        **extra,
+    }
+
+
+def look(rollout: ModelRollout = ROLLOUT, at: float = 6000.0) -> tuple[Plan, Answers]:
+    the_plan = plan([rollout], {rollout.key: windows(3)}, at=at)
+    return the_plan, Answers(the_plan)
+
+
+def observed(the_plan: Plan, answers: Answers, rollout: ModelRollout = ROLLOUT) -> Any:
+    return build_observations(the_plan, answers.data)[rollout.key]
+
+
+def test_requests_and_error_counts() -> None:
+    the_plan, a = look()
+    for w in range(3):
+        a.add(ISTIO_REQUESTS, w, 100.0, **istio("r1", response_code="200"))
+        a.add(ISTIO_REQUESTS, w, 5.0, **istio("r1", response_code="503"))
+        a.add(ISTIO_REQUESTS, w, 49.6, **istio("r2", response_code="200"))  # increase() extrapolates
+        a.add(ISTIO_REQUESTS, w, 1.0, **istio("r2", response_code="404"))  # not a server error
+    a.add(ISTIO_REQUESTS, 0, 999.0, **{**istio("r2", response_code="200"), "destination_service_namespace": "other"})
+    obs = observed(the_plan, a)
+    assert obs.stable_requests == (105, 105, 105)
+    assert obs.canary_requests == (51, 51, 51)
+    errors = obs.metric("errors")
+    assert errors.series == CountSeries((5, 5, 5), (105, 105, 105), (0, 0, 0), (51, 51, 51))
+    assert errors.reason == ""
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [(math.nan, "NaN in istio_requests_total"), (math.inf, "Inf in"), (-3.0, "negative increase")],
+)
+def test_nan_inf_and_negative_increments_are_no_data(value: float, reason: str) -> None:
+    the_plan, a = look()
+    for w in range(3):
+        a.add(ISTIO_REQUESTS, w, 100.0, **istio("r1", response_code="200"))
+        a.add(ISTIO_REQUESTS, w, 50.0 if w != 1 else value, **istio("r2", response_code="200"))
+    obs = observed(the_plan, a)
+    assert obs.canary_requests == (50, None, 50)
+    errors = obs.metric("errors")
+    assert errors.series.canary_trials == (50, None, 50)
+    assert errors.reason.startswith("canary: ")
+    assert reason in errors.reason and "(window 1)" in errors.reason
+
+
+def test_a_missing_version_is_no_data_with_the_reason() -> None:
+    the_plan, a = look()
+    for w in range(3):
+        a.add(ISTIO_REQUESTS, w, 100.0, **istio("r1", response_code="200"))
+    obs = observed(the_plan, a)
+    assert obs.canary_requests == (None, None, None)
+    errors = obs.metric("errors")
+    assert errors.series.stable_trials == (100, 100, 100)
+    assert errors.series.canary_trials == (None, None, None)
+    assert errors.reason == "canary: no istio_requests_total series (windows 0-2)"
+
+
+def test_nothing_at_all_is_no_series() -> None:
+    the_plan, a = look()
+    obs = observed(the_plan, a)
+    assert obs.stable_requests == obs.canary_requests == (None, None, None)
+    assert all(m.series is None for m in obs.metrics)
+    assert obs.metric("errors").reason.startswith("stable: no istio_requests_total series (windows 0-2)")
+
+
+def test_a_counter_reset_makes_that_window_no_data() -> None:
+    the_plan, a = look()
+    for w in range(3):
+        a.add(ISTIO_REQUESTS, w, 100.0, **istio("r1", response_code="200"))
+        a.add(ISTIO_REQUESTS, w, 50.0, **istio("r2", response_code="200"))
+    a.add(ISTIO_REQUESTS, 2, 1.0, resets=True, **istio("r2"))
+    obs = observed(the_plan, a)
+    assert obs.canary_requests == (50, 50, None)
+    assert obs.stable_requests == (100, 100, 100)
+    assert obs.metric("errors").reason == "canary: counter reset of istio_requests_total (window 2)"
+
+
+def test_an_unanswered_query_is_no_data() -> None:
+    the_plan, a = look()
+    for w in range(3):
+        a.add(ISTIO_REQUESTS, w, 100.0, **istio("r1", response_code="200"))
+        a.add(ISTIO_REQUESTS, w, 50.0, **istio("r2", response_code="200"))
+    a.drop(ISTIO_REQUESTS, 1)
+    obs = observed(the_plan, a)
+    assert obs.canary_requests == (50, None, 50)
+    assert "istio_requests_total not queried (window 1)" in obs.metric("errors").reason
+
+
+def test_windows_after_the_look_are_no_data() -> None:
+    the_plan, a = look(at=5950.0)
+    for w in range(2):
+        a.add(ISTIO_REQUESTS, w, 10.0, **istio("r1", response_code="200"))
+        a.add(ISTIO_REQUESTS, w, 10.0, **istio("r2", response_code="200"))
+    obs = observed(the_plan, a)
+    assert obs.canary_requests == (10, 10, None)
+    assert "window ends after the look (window 2)" in obs.metric("errors").reason
+
+
+def test_histograms_in_seconds_on_the_shared_edges() -> None:
+    the_plan, a = look()
+    for w in range(3):
+        for le, n in (("100", 10.0), ("250", 20.0), ("+Inf", 30.0)):
+            a.add(ISTIO_BUCKETS, w, n, **istio("r1", le=le))
+        for le, n in (("100", 5.0), ("250", 8.0), ("1000", 9.0), ("+Inf", 12.0)):  # one more bound
+            a.add(ISTIO_BUCKETS, w, n, **istio("r2", le=le))
+    series = observed(the_plan, a).metric("p99").series
+    assert isinstance(series, HistogramSeries)
+    assert series.edges == (0.1, 0.25, math.inf)
+    assert series.stable == ((10, 20, 30),) * 3
+    assert series.canary == ((5, 8, 12),) * 3
+
+
+def test_buckets_that_are_not_cumulative_are_no_data() -> None:
+    the_plan, a = look()
+    for w in range(3):
+        for le, n in (("100", 10.0), ("250", 20.0 if w else 5.0), ("+Inf", 30.0)):
+            a.add(ISTIO_BUCKETS, w, n, **istio("r1", le=le))
+            a.add(ISTIO_BUCKETS, w, n, **istio("r2", le=le))
+    data = observed(the_plan, a).metric("p99")
+    assert data.series.stable[0] is None and data.series.stable[1] is not None
+    assert "not cumulative" in data.reason
+
+
+def pod(version: str, name: str) -> dict[str, str]:
+    return {"namespace": "ml", "version": version, "pod": name}
+
+
+def family(name: str) -> Family:
+    return pod_families(Labels(), triton_mode=False)[name]
+
+
+def test_triton_latency_per_pod_in_seconds_dropping_a_reset_pod() -> None:
+    the_plan, a = look()
+    for w in range(3):
+        for version, us in (("r1", 2_000_000.0), ("r2", 3_000_000.0)):
+            for p in ("p0", "p1"):
+                a.add(family("duration"), w, us, **pod(version, f"{version}-{p}"))
+                a.add(family("success"), w, 100.0, **pod(version, f"{version}-{p}"))
+    a.add(family("success"), 1, 1.0, resets=True, **pod("r2", "r2-p1"))
+    data = observed(the_plan, a).metric("latency")
+    assert isinstance(data.series, GaugeSeries)
+    assert data.series.stable == ((0.02, 0.02),) * 3
+    assert data.series.canary == ((0.03, 0.03), (0.03,), (0.03, 0.03))
+    assert data.reason == "canary: 1 pod(s) dropped (counter reset, NaN, Inf or no inferences) (window 1)"
+
+
+def test_gpu_gauges_memory_and_cost_per_pod() -> None:
+    the_plan, a = look()
+    for w in range(3):
+        for version in ("r1", "r2"):
+            who = pod(version, f"{version}-p0")
+            a.add(family("dcgm_util"), w, 50.0, **who)
+            a.add(family("dcgm_util_sum"), w, 100.0, **who)  # two GPUs at 50 %
+            a.add(family("dcgm_used"), w, 3.0, **who)
+            a.add(family("dcgm_free"), w, 1.0, **who)
+            a.add(family("triton_util"), w, 0.4, **who)
+            a.add(family("triton_used"), w, 2.0, **who)
+            a.add(family("triton_total"), w, 8.0, **who)
+            a.add(family("inferences"), w, 300.0 if version == "r1" else 0.0, **who)
+    obs = observed(the_plan, a)
+    assert obs.metric("dcgm-util").series.stable == ((0.5,),) * 3
+    assert obs.metric("dcgm-mem").series.canary == ((0.75,),) * 3
+    assert obs.metric("triton-util").series.stable == ((0.4,),) * 3
+    assert obs.metric("triton-mem").series.stable == ((0.25,),) * 3
+    cost = obs.metric("cost")
+    assert cost.series.stable == ((pytest.approx(1.0 * 60 / 300),),) * 3  # 1 GPU-second per second, 300 inferences
+    assert cost.series.canary == (None, None, None)  # no inferences: no cost per inference
+    assert "no pod with usable GpuSecondsPerInference data" in cost.reason
+
+
+def test_triton_error_counts_sum_pods_and_default_failures_to_zero() -> None:
+    the_plan, a = look()
+    for w in range(3):
+        a.add(family("success"), w, 90.0, **pod("r1", "a"))
+        a.add(family("success"), w, 10.0, **pod("r1", "b"))
+        a.add(family("failure"), w, 4.0, **pod("r1", "a"))
+        a.add(family("success"), w, 50.0, **pod("r2", "c"))
+    series = observed(the_plan, a).metric("failures").series
+    assert series == CountSeries((4,) * 3, (104,) * 3, (0,) * 3, (50,) * 3)
+
+
+def custom(name: str) -> Family:
+    return Family(name, Reduce.INCREASE, ("model", "model_version"))
+
+
+def test_custom_ratio_counts() -> None:
+    the_plan, a = look()
+    for w in range(3):
+        a.add(custom("labelled_total"), w, 100.0, model="ranker", model_version="r1")
+        a.add(custom("correct_total"), w, 90.0, model="ranker", model_version="r1")
+        a.add(custom("labelled_total"), w, 40.0, model="ranker", model_version="r2")
+        if w == 1:
+            a.add(custom("correct_total"), w, 41.0, model="ranker", model_version="r2")
+        a.add(custom("labelled_total"), w, 7.0, model="other", model_version="r2")
+    data = observed(the_plan, a).metric("accuracy")
+    assert data.series == CountSeries((90,) * 3, (100,) * 3, (0, None, 0), (40, None, 40))
+    assert data.reason == "canary: correct_total grew more than labelled_total (window 1)"
+
+
+def test_triton_mode_requests_and_unsupported_metrics() -> None:
+    the_plan = plan([TRITON_ROLLOUT], {TRITON_ROLLOUT.key: windows(3)}, at=6000)
+    a = Answers(the_plan)
+    success = _triton_family("success")
+    for w in range(3):
+        a.add(success, w, 80.0, namespace="docs", model="ocr", version="3", pod="t0")
+        a.add(success, w, 20.0, namespace="docs", model="ocr", version="4", pod="t0")
+    obs = observed(the_plan, a, TRITON_ROLLOUT)
+    assert obs.stable_requests == (80, 80, 80) and obs.canary_requests == (20, 20, 20)
+    assert obs.metric("p99").series is None and "TritonVersion" in obs.metric("p99").reason
+
+
+def _triton_family(name: str) -> Family:
+    return pod_families(Labels(), triton_mode=True)[name]
+
+
+def test_no_data_observation() -> None:
+    obs = no_data(ROLLOUT, windows(2), "Prometheus unavailable: connection refused")
+    assert obs.stable_requests == obs.canary_requests == (None, None)
+    assert {m.reason for m in obs.metrics} == {"Prometheus unavailable: connection refused"}
+    assert len(obs.metrics) == len(ROLLOUT.spec.analysis.metrics)
+
+
+def test_results_are_split_per_rollout_by_exact_labels() -> None:
+    rollouts: Sequence[ModelRollout] = fleet(2)
+    the_plan = plan(rollouts, {r.key: windows(3) for r in rollouts}, at=6000)
+    a = Answers(the_plan)
+    for w in range(3):
+        for i, n in ((0, 10.0), (1, 20.0)):
+            for v in ("r1", "r2"):
+                labels = {
+                    "destination_service_namespace": f"ns{i}",
+                    "destination_service_name": f"svc{i}",
+                    "destination_version": v,
+                    "response_code": "200",
+                }
+                a.add(ISTIO_REQUESTS, w, n, **labels)
+        # matched by the regex union, belonging to neither rollout
+        a.add(ISTIO_REQUESTS, w, 1000.0, **{**labels, "destination_service_namespace": "ns0"})
+    obs = build_observations(the_plan, a.data)
+    assert obs["ns0/svc0"].canary_requests == (10, 10, 10)
+    assert obs["ns1/svc1"].canary_requests == (20, 20, 20)

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -17,8 +19,9 @@ import yaml
 from controller import __version__
 from controller.loader import MAX_BYTES, Diagnostic, PolicyError, load
 from controller.policy import ModelRollout
+from controller.quantity import parse_duration
 from controller.render import RenderError, render
-from controller.routing import RouteState, schedule, state_for_step
+from controller.routing import RouteState, realized_share, schedule, state_for_step
 from controller.templating import default_environment
 
 EXIT_INVALID = 2
@@ -146,6 +149,112 @@ def _state(rollout: ModelRollout, weight: int | None, step: int | None) -> Route
         return state_for_step(rollout, step or 0)
     except ValueError as exc:
         raise UserError(f"{rollout.key}: --step: {exc}") from None
+
+
+# --- analyze ----------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("policy", type=click.Path(path_type=Path))
+@click.option("--prometheus", "url", required=True, envvar="PROMETHEUS_URL", help="Prometheus base URL.")
+@click.option("--at", "at_text", help="Analysis time: RFC 3339 or Unix seconds (default: now).")
+@click.option("--since", default="30m", show_default=True, help="How far back the windows go.")
+@click.option("--step", type=click.IntRange(0), help="The step being analysed (default: the first).")
+@click.option("--weight", type=click.IntRange(0, 100), help="The canary weight in effect, instead of --step.")
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True, help="Seconds per query.")
+@click.option(
+    "--bearer-token-file", type=click.Path(dir_okay=False), help="Send this token (e.g. a service account's)."
+)
+@click.option("--ca-file", type=click.Path(dir_okay=False), help="Trust this CA for https.")
+@click.option("--insecure", is_flag=True, help="Skip TLS verification (testing only).")
+def analyze(  # click passes options by keyword
+    *,
+    policy: Path,
+    url: str,
+    at_text: str | None,
+    since: str,
+    step: int | None,
+    weight: int | None,
+    output: str,
+    timeout: float,
+    bearer_token_file: str | None,
+    ca_file: str | None,
+    insecure: bool,
+) -> None:
+    """Analyse a rollout once, from what Prometheus holds, and say what canarist would do.
+
+    Per metric: the verdict, the evidence (e-value) against its threshold, the effect and the
+    request counts. Exit status: 0 advance or promote, 1 rollback, 3 hold (no data or not yet
+    conclusive), 2 bad input.
+    """
+    from controller import oneshot
+    from controller.prometheus import PrometheusClient, PrometheusError, PrometheusSettings, observe_or_explain
+
+    if weight is not None and step is not None:
+        raise UserError("give --weight or --step, not both")
+    at = _parse_time(at_text)
+    try:
+        window_span = parse_duration(since)
+    except ValueError as exc:
+        raise UserError(f"--since: {exc}") from None
+    try:
+        settings = PrometheusSettings(
+            url=url, timeout=timeout, bearer_token_file=bearer_token_file, ca_file=ca_file, insecure=insecure
+        )
+    except (ValueError, PrometheusError) as exc:
+        raise UserError(f"--prometheus: {exc}") from None
+    rollouts = load_or_fail(policy)
+    client = PrometheusClient(settings)
+    worst = oneshot.Outcome.PROMOTE
+    try:
+        for rollout in rollouts:
+            try:
+                where = oneshot.point(rollout, step=step, weight=weight)
+            except ValueError as exc:
+                raise UserError(f"{rollout.key}: {exc}") from None
+            share = realized_share(rollout, where.routes)
+            windows = oneshot.windows(rollout, share, at=at, since=window_span)
+            observations, error = observe_or_explain(client, [rollout], {rollout.key: windows}, at)
+            observation = observations[rollout.key]
+            evidence, decision = oneshot.evaluate(rollout, where, observation, at=at)
+            doc = oneshot.report(
+                rollout,
+                where,
+                observation,
+                evidence,
+                decision,
+                at=at,
+                since=window_span,
+                prometheus=url,
+                error=error.reason if error is not None else None,
+            )
+            click.echo(json.dumps(doc, indent=2) if output == "json" else oneshot.table(doc))
+            worst = max(worst, oneshot.outcome(decision), key=_severity)
+    finally:
+        client.close()
+    sys.exit(worst.exit_code)
+
+
+def _severity(outcome: Any) -> int:
+    """Order outcomes so that a file of several rollouts exits with its most serious one."""
+    return ["promote", "advance", "hold", "rollback"].index(str(outcome))
+
+
+def _parse_time(text: str | None) -> float:
+    if text is None:
+        return time.time()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise UserError(f"--at: {text!r} is neither RFC 3339 nor Unix seconds") from None
+    if parsed.tzinfo is None:
+        raise UserError(f"--at: {text!r} has no time zone (add Z or +00:00)")
+    return parsed.timestamp()
 
 
 # --- schema -----------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""Reference statistics for the baselines and the report: plain fixed-horizon tests, written here so the
-benchmark depends on nothing under test (``controller.stats`` is the product; this is the yardstick)."""
+"""What the anchors compute and the report needs, beyond the fixed-horizon tests of ``controller.stats``:
+Prometheus' own histogram_quantile (with its bucket repair, as Flagger sees it), Kayenta's Mann-Whitney
+shift interval, Apache commons' percentile, and Clopper-Pearson intervals for the rates."""
 
 from __future__ import annotations
 
@@ -52,52 +53,6 @@ def clopper_pearson(k: int, n: int, confidence: float = 0.95) -> tuple[float, fl
     lo = 0.0 if k == 0 else float(sps.beta.ppf(a / 2, k, n - k + 1))
     hi = 1.0 if k == n else float(sps.beta.ppf(1 - a / 2, k + 1, n - k))
     return (lo, hi)
-
-
-@dataclass(frozen=True)
-class TestResult:
-    """A one-sided test: ``statistic`` (U or a proportion difference), ``z`` and ``pvalue``."""
-
-    statistic: float
-    z: float
-    pvalue: float
-
-
-def binned_mannwhitney(canary: npt.ArrayLike, stable: npt.ArrayLike) -> TestResult:
-    """Mann-Whitney U on binned data, one-sided: is the canary stochastically *larger* than the stable?
-
-    ``U = sum_k t_k (C_<k + c_k / 2)`` (t: canary counts, c: stable counts per ordered bin), normal
-    approximation with the exact tie correction and scipy's continuity correction (identical to
-    ``scipy.stats.mannwhitneyu(canary_values, stable_values, alternative="greater", method="asymptotic")``).
-    """
-    t = np.asarray(canary, dtype=np.float64)
-    c = np.asarray(stable, dtype=np.float64)
-    m, n = t.sum(), c.sum()
-    if m == 0 or n == 0:
-        return TestResult(math.nan, math.nan, math.nan)
-    below = np.cumsum(c) - c
-    u = float(np.sum(t * (below + c / 2)))
-    s = t + c
-    big = m + n
-    tie = float(np.sum(s**3 - s))
-    var = m * n / 12 * ((big + 1) - tie / (big * (big - 1)))
-    if var <= 0:
-        return TestResult(u, 0.0, 1.0)
-    z = (u - m * n / 2 - 0.5) / math.sqrt(var)
-    return TestResult(u, z, float(sps.norm.sf(z)))
-
-
-def two_proportion_z(x1: int, n1: int, x2: int, n2: int) -> TestResult:
-    """Pooled two-proportion z test, one-sided: is p1 > p2? (NaN without data in either group)."""
-    if n1 <= 0 or n2 <= 0:
-        return TestResult(math.nan, math.nan, math.nan)
-    p1, p2 = x1 / n1, x2 / n2
-    pooled = (x1 + x2) / (n1 + n2)
-    var = pooled * (1 - pooled) * (1 / n1 + 1 / n2)
-    if var <= 0:
-        return TestResult(p1 - p2, 0.0, 1.0)
-    z = (p1 - p2) / math.sqrt(var)
-    return TestResult(p1 - p2, z, float(sps.norm.sf(z)))
 
 
 def commons_percentile(values: npt.ArrayLike, p: float) -> float:

@@ -14,21 +14,44 @@ its traffic through every step before that single look: that exposure is its har
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from bench.engines.base import BenchPolicy, Schedule, Tally, Verdict
 from bench.simulate import IntervalData, Truth
-from bench.stats import binned_mannwhitney, two_proportion_z
+from controller.stats import StatsInputError, binned_mannwhitneyu, two_proportion_ztest
+
+
+def _pvalue(test: Callable[[], float]) -> float:
+    """A test's p-value, or NaN where a version has no data yet."""
+    try:
+        return test()
+    except StatsInputError:
+        return math.nan
 
 
 def regression_pvalues(canary: Tally, stable: Tally) -> dict[str, float]:
     """One-sided p-values that the canary is worse than stable, per metric (NaN without data)."""
     return {
-        "latency": binned_mannwhitney(canary.buckets, stable.buckets).pvalue,
-        "error-rate": two_proportion_z(canary.errors, canary.requests, stable.errors, stable.requests).pvalue,
+        "latency": _pvalue(lambda: binned_mannwhitneyu(canary.buckets, stable.buckets, alternative="greater").pvalue),
+        "error-rate": _pvalue(
+            lambda: (
+                two_proportion_ztest(
+                    canary.errors, canary.requests, stable.errors, stable.requests, alternative="greater"
+                ).pvalue
+            )
+        ),
         # worse accuracy = more misclassified labelled requests
-        "accuracy": two_proportion_z(
-            canary.labelled - canary.correct, canary.labelled, stable.labelled - stable.correct, stable.labelled
-        ).pvalue,
+        "accuracy": _pvalue(
+            lambda: (
+                two_proportion_ztest(
+                    canary.labelled - canary.correct,
+                    canary.labelled,
+                    stable.labelled - stable.correct,
+                    stable.labelled,
+                    alternative="greater",
+                ).pvalue
+            )
+        ),
     }
 
 
@@ -36,8 +59,10 @@ def rejects(canary: Tally, stable: Tally, level: float) -> bool:
     return any(not math.isnan(p) and p <= level for p in regression_pvalues(canary, stable).values())
 
 
-class NaiveMannWhitneyEngine:
-    name = "naive-mwu"
+class _PooledEngine:
+    """Pools the usable raw increments of both versions; subclasses decide when to test."""
+
+    name = ""
 
     def __init__(self) -> None:
         self.policy = BenchPolicy()
@@ -46,41 +71,36 @@ class NaiveMannWhitneyEngine:
         self.stable = Tally()
 
     def reset(self, policy: BenchPolicy) -> None:
+        self.__init__()  # type: ignore[misc]
         self.policy = policy
-        self.schedule.reset()
-        self.canary = Tally()
-        self.stable = Tally()
 
-    def decide(self, data: IntervalData) -> Verdict:
+    def _pool(self, data: IntervalData) -> None:
         self.canary.add(data.canary)
         self.stable.add(data.stable)
-        if rejects(self.canary, self.stable, self.policy.alpha / 3):
+
+    def _rejects(self) -> bool:
+        return rejects(self.canary, self.stable, self.policy.alpha / 3)
+
+
+class NaiveMannWhitneyEngine(_PooledEngine):
+    name = "naive-mwu"
+
+    def decide(self, data: IntervalData) -> Verdict:
+        self._pool(data)
+        if self._rejects():
             return Verdict.ROLLBACK
         return self.schedule.passed(data, self.policy)
 
 
-class FixedHorizonEngine:
+class FixedHorizonEngine(_PooledEngine):
     name = "fixed"
 
-    def __init__(self) -> None:
-        self.policy = BenchPolicy()
-        self.schedule = Schedule()
-        self.canary = Tally()
-        self.stable = Tally()
-
-    def reset(self, policy: BenchPolicy) -> None:
-        self.policy = policy
-        self.schedule.reset()
-        self.canary = Tally()
-        self.stable = Tally()
-
     def decide(self, data: IntervalData) -> Verdict:
-        self.canary.add(data.canary)
-        self.stable.add(data.stable)
+        self._pool(data)
         verdict = self.schedule.passed(data, self.policy)
         if verdict is not Verdict.PROMOTE:
             return verdict
-        return Verdict.ROLLBACK if rejects(self.canary, self.stable, self.policy.alpha / 3) else Verdict.PROMOTE
+        return Verdict.ROLLBACK if self._rejects() else Verdict.PROMOTE
 
 
 def make_naive(truth: Truth) -> NaiveMannWhitneyEngine:

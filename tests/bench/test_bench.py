@@ -16,8 +16,9 @@ import pytest
 from scipy import stats as sps
 
 from bench.engines import canarist, engine_factories, make_engine
-from bench.engines.base import BenchPolicy, Verdict
+from bench.engines.base import BenchPolicy, Tally, Verdict
 from bench.engines.kayenta import KayentaEngine
+from bench.engines.naive import regression_pvalues
 from bench.engines.oracle import OracleSprtEngine
 from bench.harness import RECORD_KEYS, Outcome, run_rollout, summarise
 from bench.simulate import (
@@ -31,11 +32,9 @@ from bench.simulate import (
     truth_for,
 )
 from bench.stats import (
-    binned_mannwhitney,
     clopper_pearson,
     histogram_quantile,
     kayenta_shift_interval,
-    two_proportion_z,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -223,25 +222,12 @@ def test_clopper_pearson_matches_scipy(k: int, n: int) -> None:
     assert hi == pytest.approx(ci.high, abs=1e-9)
 
 
-def test_binned_mannwhitney_matches_scipy_on_the_expanded_data() -> None:
-    rng = np.random.default_rng(0)
-    canary = rng.integers(0, 30, 8)
-    stable = rng.integers(0, 60, 8)
-    ours = binned_mannwhitney(canary, stable)
-    x = np.repeat(np.arange(8), canary)
-    y = np.repeat(np.arange(8), stable)
-    ref = sps.mannwhitneyu(x, y, alternative="greater", method="asymptotic")
-    assert ours.statistic == pytest.approx(ref.statistic)
-    assert ours.pvalue == pytest.approx(ref.pvalue, rel=1e-9)
-
-
-def test_two_proportion_z_is_the_pooled_test() -> None:
-    result = two_proportion_z(30, 1000, 15, 1000)
-    pooled = 45 / 2000
-    z = (0.03 - 0.015) / math.sqrt(pooled * (1 - pooled) * 2 / 1000)
-    assert result.z == pytest.approx(z)
-    assert result.pvalue == pytest.approx(sps.norm.sf(z))
-    assert math.isnan(two_proportion_z(1, 0, 1, 10).pvalue)
+def test_naive_pvalues_are_nan_until_both_versions_have_data() -> None:
+    empty, some = Tally(), Tally()
+    some.requests, some.errors, some.labelled, some.correct = 100, 1, 20, 18
+    some.buckets = np.ones_like(some.buckets)
+    assert all(math.isnan(p) for p in regression_pvalues(empty, some).values())
+    assert not any(math.isnan(p) for p in regression_pvalues(some, some).values())
 
 
 def test_histogram_quantile_follows_prometheus() -> None:

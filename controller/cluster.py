@@ -1,0 +1,109 @@
+"""What the controller needs from Kubernetes, as a small Protocol: the reconciler talks to this only.
+
+The concrete edge (:mod:`controller.kube`, the official ``kubernetes`` client) implements it; tests
+run that edge against a local fake of the API server. Values crossing the boundary are plain
+dicts (Kubernetes objects as the API returns them) and the small types below.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+#: Annotations through which people (and ``canarist promote|abort|...``) steer a rollout.
+COMMAND_ANNOTATION = "canarist.io/command"
+COMMAND_BY_ANNOTATION = "canarist.io/command-by"
+COMMAND_ID_ANNOTATION = "canarist.io/command-id"
+#: On a DestinationRule or VirtualService canarist adopted: the user's original spec, to restore.
+ORIGINAL_ANNOTATION = "canarist.io/original-spec"
+
+
+class ConflictError(Exception):
+    """The object changed since it was read (HTTP 409): read it again and retry."""
+
+
+class NotFoundError(Exception):
+    """The object does not exist (HTTP 404)."""
+
+
+class ClusterUnavailableError(Exception):
+    """The API server could not be reached or answered 5xx: retry after ``retry_after`` seconds."""
+
+    def __init__(self, reason: str, *, retry_after: float = 5.0) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    """One change of a ModelRollout: ADDED, MODIFIED or DELETED, with the object as it is now."""
+
+    type: str
+    object: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    """What :meth:`Cluster.apply_routes` did: the writes it made, in order, as (kind, name, verb)."""
+
+    writes: tuple[tuple[str, str, str], ...] = field(default_factory=tuple)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.writes)
+
+
+class Cluster(Protocol):
+    """The Kubernetes API as the controller uses it."""
+
+    def list_rollouts(self, namespace: str | None) -> tuple[list[dict[str, Any]], str]:
+        """Every ModelRollout (in ``namespace``, or all) and the list's resourceVersion."""
+        ...
+
+    def watch_rollouts(
+        self, namespace: str | None, resource_version: str, timeout_seconds: int
+    ) -> Iterator[WatchEvent]:
+        """Changes since ``resource_version``; ends after ``timeout_seconds``."""
+        ...
+
+    def get_rollout(self, namespace: str, name: str) -> dict[str, Any]:
+        """One ModelRollout; raises NotFoundError."""
+        ...
+
+    def create_or_update_rollout(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Create the ModelRollout or replace its spec and metadata labels/annotations (GitOps mode)."""
+        ...
+
+    def patch_rollout_status(
+        self, namespace: str, name: str, status: Mapping[str, Any], resource_version: str
+    ) -> dict[str, Any]:
+        """Write the status subresource if the object is still at ``resource_version``; else ConflictError."""
+        ...
+
+    def annotate_rollout(self, namespace: str, name: str, annotations: Mapping[str, str | None]) -> dict[str, Any]:
+        """Merge-patch metadata.annotations (None removes a key)."""
+        ...
+
+    def apply_routes(self, owner: Mapping[str, Any], objects: Sequence[Mapping[str, Any]]) -> ApplyResult:
+        """Apply DestinationRules and VirtualServices in the given order, writing only what changed.
+
+        Objects canarist created carry an owner reference to ``owner``; an object the user already
+        had for the same host is adopted: only canarist's subsets and routes are added, the rest is
+        kept, and the original spec is saved in :data:`ORIGINAL_ANNOTATION` for :meth:`release_routes`.
+        Conflicts (409) are retried with a fresh read.
+        """
+        ...
+
+    def release_routes(self, owner: Mapping[str, Any]) -> ApplyResult:
+        """Undo :meth:`apply_routes`: restore adopted objects exactly, delete the ones canarist created."""
+        ...
+
+    def emit_event(self, owner: Mapping[str, Any], *, reason: str, message: str, warning: bool = False) -> None:
+        """Record a Kubernetes Event on the rollout (best effort: never raises)."""
+        ...
+
+    def pods_ready(self, namespace: str, labels: Mapping[str, str]) -> tuple[int, int]:
+        """(ready, total) pods matching ``labels``: the gate before traffic moves to a version."""
+        ...

@@ -17,24 +17,15 @@ import click
 import yaml
 
 from controller import __version__
-from controller.loader import MAX_BYTES, Diagnostic, PolicyError, load
+from controller.clitools import EXIT_INVALID, UserError, load_file, load_or_fail
+from controller.loader import Diagnostic, PolicyError
 from controller.policy import ModelRollout
 from controller.quantity import parse_duration
 from controller.render import RenderError, render
 from controller.routing import RouteState, realized_share, schedule, state_for_step
 from controller.templating import default_environment
 
-EXIT_INVALID = 2
 POLICY_SUFFIXES = (".yaml", ".yml")
-
-
-class UserError(click.ClickException):
-    """A mistake in what the user gave us: printed as one line, exit status 2."""
-
-    exit_code = EXIT_INVALID
-
-    def show(self, file: Any = None) -> None:
-        click.echo(f"canarist: error: {self.format_message()}", err=True)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -81,30 +72,6 @@ def _policy_files(paths: tuple[Path, ...], diagnostics: list[Diagnostic]) -> Ite
             yield path
         else:
             diagnostics.append(Diagnostic(str(path), 1, 1, "", "no such file or directory"))
-
-
-def load_file(path: Path, *, ignore_other_kinds: bool = False) -> list[ModelRollout]:
-    """Read and validate a policy file; every problem, I/O included, becomes a PolicyError."""
-    source = str(path)
-    try:
-        if path.stat().st_size > MAX_BYTES:
-            raise PolicyError([Diagnostic(source, 1, 1, "", f"file is larger than {MAX_BYTES // 1024} KiB")])
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise PolicyError([Diagnostic(source, 1, 1, "", f"not UTF-8 text: {exc.reason}")]) from None
-    except OSError as exc:
-        raise PolicyError([Diagnostic(source, 1, 1, "", f"cannot read: {exc.strerror or exc}")]) from None
-    return load(text, source, ignore_other_kinds=ignore_other_kinds)
-
-
-def load_or_fail(path: Path) -> list[ModelRollout]:
-    """Load a policy for a command that acts on it: print its problems and exit 2 if invalid."""
-    try:
-        return load_file(path)
-    except PolicyError as exc:
-        for diagnostic in exc.diagnostics:
-            click.echo(str(diagnostic), err=True)
-        sys.exit(EXIT_INVALID)
 
 
 # --- render -----------------------------------------------------------------------------------

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -19,9 +18,7 @@ from controller.policy import API_VERSION, ModelRollout
 from controller.quantity import format_duration, parse_duration
 from controller.routing import RouteState, realized_share, schedule
 from controller.samples import Observation, Window
-
-#: e-values are unbounded; JSON has no infinity, so they are clamped to this.
-E_VALUE_CAP = 1e300
+from controller.status import metric_status, timestamp
 
 
 class Outcome(StrEnum):
@@ -111,7 +108,7 @@ def report(
         "apiVersion": API_VERSION,
         "kind": "Analysis",
         "rollout": rollout.key,
-        "at": datetime.fromtimestamp(at, UTC).isoformat().replace("+00:00", "Z"),
+        "at": timestamp(at),
         "since": format_duration(since),
         "step": where.step,
         "canaryWeight": where.routes.canary_weight,
@@ -120,31 +117,9 @@ def report(
         "requests": {"stable": stable, "canary": canary},
         "decision": result.value,
         "reason": decision.reason,
-        "metrics": [
-            {
-                "name": m.name,
-                "verdict": m.verdict.value,
-                "reason": m.reason,
-                "sloBreached": m.slo_breached,
-                "eValue": _e(m.e_regression),
-                "eValueNonInferiority": _e(m.e_noninferiority),
-                "threshold": _e(m.threshold),
-                "estimate": _finite(m.estimate),
-                "interval": [_finite(m.interval[0]), _finite(m.interval[1])] if m.interval else None,
-                "requests": {"stable": m.n_stable, "canary": m.n_canary},
-            }
-            for m in evidence.metrics
-        ],
+        "metrics": [metric_status(m) for m in evidence.metrics],
         "prometheus": {"url": prometheus, "error": error},
     }
-
-
-def _e(value: float) -> float:
-    return min(value, E_VALUE_CAP)
-
-
-def _finite(value: float | None) -> float | None:
-    return value if value is not None and math.isfinite(value) else None
 
 
 def table(doc: dict[str, Any]) -> str:

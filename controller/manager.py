@@ -1,0 +1,161 @@
+"""The controller's loop: which rollout to reconcile when, leadership, GitOps sync and shutdown.
+
+Each rollout is reconciled when it changes (a watch event) and when its requeue time comes (its
+interval, or at once after a transition that needs a follow-up). Only the leader acts; a follower
+keeps its lease renewed or waits for it. Time is injected so tests can drive the loop tick by tick.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import jinja2
+
+from controller.cluster import Cluster, ClusterUnavailableError, NotFoundError
+from controller.loader import PolicyError, load
+from controller.reconcile import MetricsSource, Outcome, reconcile
+
+log = logging.getLogger("canarist")
+
+
+class Elector(Protocol):
+    """Leader election (a Lease in production)."""
+
+    def try_acquire_or_renew(self, now: float) -> bool: ...
+
+    def release(self) -> None: ...
+
+
+class Observer(Protocol):
+    """Where the loop reports what it did (Prometheus metrics in production)."""
+
+    def reconciled(self, outcome: Outcome, seconds: float) -> None: ...
+
+    def leading(self, leader: bool) -> None: ...
+
+
+@dataclass
+class Manager:
+    cluster: Cluster
+    metrics: MetricsSource
+    env: jinja2.Environment
+    clock: Callable[[], float]
+    namespace: str | None = None
+    elector: Elector | None = None
+    observer: Observer | None = None
+    policies: Path | None = None
+    due: dict[str, float] = field(default_factory=dict)
+    leader: bool = False
+    resource_version: str = ""
+
+    def tick(self) -> list[Outcome]:
+        """One pass: renew leadership, sync GitOps policies, reconcile every rollout that is due."""
+        now = self.clock()
+        if not self._lead(now):
+            return []
+        if self.policies is not None:
+            self.sync_policies()
+        try:
+            objects, self.resource_version = self.cluster.list_rollouts(self.namespace)
+        except ClusterUnavailableError as exc:
+            log.warning("listing rollouts failed: %s", exc.reason)
+            return []
+        outcomes = []
+        present = set()
+        for obj in objects:
+            key = _key(obj)
+            present.add(key)
+            if self.due.get(key, 0.0) <= now:
+                outcomes.append(self.reconcile_one(obj))
+        for gone in set(self.due) - present:
+            del self.due[gone]
+        return outcomes
+
+    def reconcile_one(self, obj: Mapping[str, Any]) -> Outcome:
+        started = self.clock()
+        outcome = reconcile(obj, self.cluster, self.metrics, self.env, now=started)
+        self.due[outcome.key] = started + outcome.requeue_after
+        if self.observer is not None:
+            self.observer.reconciled(outcome, max(self.clock() - started, 0.0))
+        log.info(
+            "reconciled %s: %s (%s) weight=%s writes=%d",
+            outcome.key,
+            outcome.action.value,
+            outcome.reason,
+            outcome.canary_weight,
+            outcome.route_writes,
+        )
+        return outcome
+
+    def next_wakeup(self) -> float:
+        """Seconds until the next rollout is due (capped so leadership is renewed in time)."""
+        now = self.clock()
+        soonest = min(self.due.values(), default=now + 5.0)
+        return min(max(soonest - now, 0.0), 5.0)
+
+    def watch(self, seconds: float) -> list[Outcome]:
+        """Wait up to ``seconds`` for changes; reconcile each changed rollout at once."""
+        if not self.leader or not self.resource_version or seconds < 1:
+            return []
+        outcomes = []
+        try:
+            for event in self.cluster.watch_rollouts(self.namespace, self.resource_version, int(seconds)):
+                if event.type == "DELETED":
+                    self.due.pop(_key(event.object), None)
+                    continue
+                version = (event.object.get("metadata") or {}).get("resourceVersion")
+                if version:
+                    self.resource_version = str(version)
+                outcomes.append(self.reconcile_one(event.object))
+        except ClusterUnavailableError as exc:
+            log.warning("watch failed: %s", exc.reason)
+        return outcomes
+
+    def sync_policies(self) -> None:
+        """GitOps mode: create or update a ModelRollout for every valid policy file in the directory."""
+        assert self.policies is not None
+        for path in sorted(p for p in self.policies.rglob("*") if p.suffix in (".yaml", ".yml")):
+            try:
+                rollouts = load(path.read_text(encoding="utf-8"), str(path), ignore_other_kinds=True)
+            except (PolicyError, OSError, UnicodeDecodeError) as exc:
+                log.warning("policy %s refused, nothing applied: %s", path, str(exc).splitlines()[0])
+                continue
+            for rollout in rollouts:
+                body = rollout.model_dump(by_alias=True, exclude_none=True, mode="json", exclude={"status"})
+                try:
+                    self.cluster.create_or_update_rollout(body)
+                except (ClusterUnavailableError, NotFoundError) as exc:
+                    log.warning("could not apply %s: %s", rollout.key, exc)
+
+    def run(self, stop: threading.Event) -> None:
+        """Loop until ``stop`` is set (SIGTERM), then hand the lease back."""
+        try:
+            while not stop.is_set():
+                self.tick()
+                wait = self.next_wakeup()
+                if self.leader and wait >= 1:
+                    self.watch(wait)
+                else:
+                    stop.wait(wait if wait > 0 else 0.2)
+        finally:
+            if self.elector is not None and self.leader:
+                self.elector.release()
+
+    def _lead(self, now: float) -> bool:
+        leader = True if self.elector is None else self.elector.try_acquire_or_renew(now)
+        if leader != self.leader:
+            log.info("leadership %s", "acquired" if leader else "lost")
+            self.leader = leader
+            if self.observer is not None:
+                self.observer.leading(leader)
+        return leader
+
+
+def _key(obj: Mapping[str, Any]) -> str:
+    metadata = obj.get("metadata") or {}
+    return f"{metadata.get('namespace')}/{metadata.get('name')}"

@@ -1,0 +1,229 @@
+"""One reconcile of one ModelRollout: read -> gate -> observe -> analyse -> decide -> apply -> record.
+
+Short on purpose: the deciding is in :mod:`controller.decision` and :mod:`controller.analysis`,
+the talking in the edges behind :class:`controller.cluster.Cluster` and :class:`MetricsSource`.
+Order matters for the invariants: routes are applied before the status that claims them is
+written, so a controller killed between the two re-applies the same routes (idempotent) and never
+an older weight; a rollback's routes send 100 % to stable before anything else happens.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import jinja2
+
+from controller import semantics
+from controller.analysis import analyse
+from controller.cluster import Cluster, ClusterUnavailableError, ConflictError
+from controller.decision import Action, Decision, Evidence, Phase, Status, decide
+from controller.policy import ModelRollout
+from controller.quantity import parse_duration
+from controller.render import render
+from controller.samples import Observation, Window
+from controller.status import (
+    canary_revision,
+    from_status,
+    parse_timestamp,
+    pending_command,
+    share_at,
+    to_status,
+)
+
+#: How many analysis windows a look may span (two hours of one-minute windows).
+MAX_WINDOWS = 120
+
+
+class MetricsSource(Protocol):
+    """Where observations come from (Prometheus in production): one look for many rollouts."""
+
+    def observe(
+        self, rollouts: Sequence[ModelRollout], windows: Mapping[str, Sequence[Window]], at: float
+    ) -> tuple[dict[str, Observation], str | None]:
+        """Observations per rollout key, and the reason if the look failed (then: no data)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one reconcile did, for logs, metrics and tests."""
+
+    key: str
+    action: Action
+    reason: str
+    phase: Phase | None
+    canary_weight: int | None
+    route_writes: int
+    status_written: bool
+    requeue_after: float
+
+
+def reconcile(
+    obj: Mapping[str, Any], cluster: Cluster, metrics: MetricsSource, env: jinja2.Environment, *, now: float
+) -> Outcome:
+    """Bring one rollout one decision further; never raises for a user's mistake or a flaky edge."""
+    key = f"{obj.get('metadata', {}).get('namespace')}/{obj.get('metadata', {}).get('name')}"
+    rollout, problem = parse(obj)
+    if rollout is None:
+        cluster.emit_event(obj, reason="InvalidSpec", message=problem, warning=True)
+        return Outcome(key, Action.NONE, problem, None, None, 0, False, 300.0)
+    interval = parse_duration(rollout.spec.strategy.interval)
+    stored = obj.get("status") or {}
+    status = from_status(stored)
+    revision = canary_revision(rollout)
+    pending = pending_command(obj)
+    commands = (pending[0],) if pending else ()
+
+    gated = status.phase is Phase.INITIALIZING and not commands and rollout.spec.canary.labels
+    if gated:
+        ready, total = cluster.pods_ready(rollout.metadata.namespace, rollout.spec.canary.labels)
+        if total == 0 or ready < total:
+            reason = f"waiting for canary pods to be ready ({ready}/{total})"
+            return _record_hold(obj, cluster, rollout, status, reason, now=now)
+
+    evidence = None
+    if status.phase is Phase.PROGRESSING and _analysis_due(stored, now, interval):
+        evidence = look(rollout, status, metrics, now)
+    decision = decide(rollout, status, evidence, now, commands=commands, canary_revision=revision)
+
+    try:
+        applied = cluster.apply_routes(obj, render(rollout, decision.routes, env))
+        writes = len(applied.writes)
+        body = to_status(
+            decision.status,
+            routes=decision.routes,
+            evidence=evidence,
+            previous=stored,
+            generation=obj.get("metadata", {}).get("generation"),
+            now=now,
+            command_id=pending[1] if pending else None,
+        )
+        written = _write_status(cluster, obj, stored, body)
+    except ConflictError:
+        return Outcome(key, Action.NONE, "the rollout changed meanwhile: re-reading", None, None, 0, False, 0.0)
+    except ClusterUnavailableError as exc:
+        return Outcome(key, Action.NONE, f"API server unavailable: {exc.reason}", None, None, 0, False, exc.retry_after)
+    if decision.action not in (Action.HOLD, Action.NONE):
+        warning = decision.action is Action.ROLLBACK
+        cluster.emit_event(obj, reason=decision.action.value, message=decision.reason, warning=warning)
+    return Outcome(
+        key,
+        decision.action,
+        decision.reason,
+        decision.status.phase,
+        decision.routes.canary_weight,
+        writes,
+        written,
+        _requeue(decision, interval),
+    )
+
+
+def parse(obj: Mapping[str, Any]) -> tuple[ModelRollout | None, str]:
+    """The object as a validated ModelRollout, or the first problem in one line."""
+    from pydantic import ValidationError
+
+    metadata = obj.get("metadata") or {}
+    body = {
+        **obj,
+        "metadata": {
+            k: metadata[k] for k in ("name", "namespace", "labels", "annotations", "generation") if k in metadata
+        },
+    }
+    try:
+        rollout = ModelRollout.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        return None, f"{where}: {first['msg']}"
+    problems = semantics.check(rollout)
+    if problems:
+        return None, f"{problems[0].dotted}: {problems[0].reason}"
+    return rollout, ""
+
+
+def look(rollout: ModelRollout, status: Status, metrics: MetricsSource, now: float) -> Evidence:
+    """Observe every window since the analysis of this canary began and analyse them."""
+    windows = analysis_windows(rollout, status, now)
+    observations, _ = metrics.observe([rollout], {rollout.key: windows}, now)
+    observation = observations.get(rollout.key) or Observation(windows, (None,) * len(windows), (None,) * len(windows))
+    return analyse(rollout, observation, step_started_at=status.step_started_at)
+
+
+def analysis_windows(rollout: ModelRollout, status: Status, now: float) -> tuple[Window, ...]:
+    """Interval-long windows on the clock grid from the analysis start to ``now``.
+
+    Each window carries the canary share in force during it, time-weighted from the decision
+    history when a step changed inside the window.
+    """
+    interval = parse_duration(rollout.spec.strategy.interval)
+    started = next((t.at for t in reversed(status.history) if t.action in (Action.START, Action.RESTART)), None)
+    start = started if started is not None else status.step_started_at
+    last_end = math.floor(now / interval) * interval
+    first_end = max(math.floor(start / interval) * interval + interval, last_end - (MAX_WINDOWS - 1) * interval)
+    windows = []
+    end = first_end
+    while end <= last_end:
+        windows.append(Window(end - interval, end, _mean_share(rollout, status, end - interval, end)))
+        end += interval
+    return tuple(windows)
+
+
+def _mean_share(rollout: ModelRollout, status: Status, start: float, end: float) -> float:
+    cuts = sorted({start, end, *(t.at for t in status.history if start < t.at < end)})
+    total = 0.0
+    for a, b in itertools.pairwise(cuts):
+        total += (b - a) * share_at(rollout, status, a)
+    return min(max(total / (end - start), 0.0), 1.0)
+
+
+def _analysis_due(stored: Mapping[str, Any], now: float, interval: float) -> bool:
+    if not stored.get("lastAnalysisAt"):
+        return True
+    last = parse_timestamp(stored.get("lastAnalysisAt"))
+    return math.floor(now / interval) > math.floor(last / interval)
+
+
+def _write_status(cluster: Cluster, obj: Mapping[str, Any], stored: Mapping[str, Any], body: dict[str, Any]) -> bool:
+    """Patch the status subresource only when it changed (no write storms on quiet ticks)."""
+    if dict(stored) == body:
+        return False
+    metadata = obj.get("metadata") or {}
+    cluster.patch_rollout_status(metadata["namespace"], metadata["name"], body, metadata.get("resourceVersion", ""))
+    return True
+
+
+def _record_hold(
+    obj: Mapping[str, Any], cluster: Cluster, rollout: ModelRollout, status: Status, reason: str, *, now: float
+) -> Outcome:
+    """Hold before the first step (canary not ready): say why in the status, touch no route."""
+    from dataclasses import replace
+
+    from controller.decision import routes_for
+
+    held = replace(status, message=reason, canary_revision=canary_revision(rollout))
+    body = to_status(
+        held,
+        routes=routes_for(rollout, held),
+        evidence=None,
+        previous=obj.get("status") or {},
+        generation=obj.get("metadata", {}).get("generation"),
+        now=now,
+    )
+    try:
+        written = _write_status(cluster, obj, obj.get("status") or {}, body)
+    except (ConflictError, ClusterUnavailableError):
+        written = False
+    return Outcome(rollout.key, Action.HOLD, reason, held.phase, None, 0, written, 10.0)
+
+
+def _requeue(decision: Decision, interval: float) -> float:
+    """When to look again: at once after a transition that needs a follow-up, else next interval."""
+    if decision.status.phase in (Phase.PROMOTING, Phase.ROLLING_BACK, Phase.INITIALIZING):
+        return 1.0
+    if decision.status.phase in (Phase.SUCCEEDED, Phase.FAILED, Phase.PAUSED):
+        return 300.0
+    return interval

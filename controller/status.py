@@ -1,0 +1,225 @@
+"""The ModelRollout's status subresource: the state machine's Status and its evidence, as stored.
+
+The status is the source of truth: a controller restarted at any point reads it back and carries
+on from the same step. Everything here is pure conversion between the cluster's camelCase dicts
+and the state machine's values, plus the derived facts the reconciler needs (the canary's
+revision, the traffic share in force at any past time, human commands from annotations).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from controller.cluster import COMMAND_ANNOTATION, COMMAND_BY_ANNOTATION, COMMAND_ID_ANNOTATION
+from controller.decision import (
+    Action,
+    Command,
+    CommandKind,
+    Evidence,
+    MetricEvidence,
+    Phase,
+    Status,
+    Transition,
+    routes_for,
+)
+from controller.policy import ModelRollout
+from controller.routing import RouteState, realized_share
+
+E_VALUE_CAP = 1e300
+
+
+def timestamp(seconds: float) -> str:
+    """RFC 3339 in UTC with a Z, as Kubernetes writes times."""
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def parse_timestamp(text: Any, default: float = 0.0) -> float:
+    if not isinstance(text, str) or not text:
+        return default
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return default
+
+
+def canary_revision(rollout: ModelRollout) -> str:
+    """A short hash of what makes the canary this canary: a change restarts the analysis."""
+    spec = rollout.spec
+    triton = spec.routing.triton
+    identity = {
+        "name": spec.canary.name,
+        "labels": dict(sorted(spec.canary.labels.items())),
+        "tritonVersion": triton.canary_version if triton is not None else None,
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def to_status(
+    status: Status,
+    *,
+    routes: RouteState,
+    evidence: Evidence | None,
+    previous: Mapping[str, Any],
+    generation: int | None,
+    now: float,
+    command_id: str | None = None,
+) -> dict[str, Any]:
+    """The status subresource to write: the machine's state, the routes in force and the evidence."""
+    metrics = [metric_status(m) for m in evidence.metrics] if evidence is not None else previous.get("metrics", [])
+    out: dict[str, Any] = {
+        "phase": status.phase.value,
+        "currentStep": status.step,
+        "canaryWeight": routes.canary_weight,
+        "mirrorPercent": routes.mirror_percent,
+        "stepStartedAt": timestamp(status.step_started_at),
+        "canaryRevision": status.canary_revision,
+        "message": status.message,
+        "observedGeneration": generation,
+        "lastAnalysisAt": timestamp(now) if evidence is not None else previous.get("lastAnalysisAt"),
+        "lastCommandId": command_id if command_id is not None else previous.get("lastCommandId"),
+        "metrics": metrics,
+        "history": [transition_status(t) for t in status.history],
+        "conditions": conditions(status, previous.get("conditions", []), now),
+    }
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def metric_status(metric: MetricEvidence) -> dict[str, Any]:
+    return {
+        "name": metric.name,
+        "verdict": metric.verdict.value,
+        "reason": metric.reason,
+        "sloBreached": metric.slo_breached,
+        "eValue": _e(metric.e_regression),
+        "eValueNonInferiority": _e(metric.e_noninferiority),
+        "threshold": _e(metric.threshold),
+        "estimate": _finite(metric.estimate),
+        "interval": [_finite(metric.interval[0]), _finite(metric.interval[1])] if metric.interval else None,
+        "requests": {"stable": metric.n_stable, "canary": metric.n_canary},
+    }
+
+
+def transition_status(transition: Transition) -> dict[str, Any]:
+    return {
+        "at": timestamp(transition.at),
+        "fromPhase": transition.from_phase.value,
+        "toPhase": transition.to_phase.value,
+        "fromStep": transition.from_step,
+        "toStep": transition.to_step,
+        "action": transition.action.value,
+        "reason": transition.reason,
+    }
+
+
+def from_status(raw: Mapping[str, Any] | None) -> Status:
+    """Read a stored status back; anything missing or unreadable falls back to a fresh start."""
+    if not raw:
+        return Status()
+    history = []
+    for item in raw.get("history") or []:
+        try:
+            history.append(
+                Transition(
+                    at=parse_timestamp(item.get("at")),
+                    from_phase=Phase(item["fromPhase"]),
+                    to_phase=Phase(item["toPhase"]),
+                    from_step=int(item["fromStep"]),
+                    to_step=int(item["toStep"]),
+                    action=Action(item["action"]),
+                    reason=str(item.get("reason", "")),
+                )
+            )
+        except (KeyError, ValueError, TypeError):
+            continue
+    try:
+        phase = Phase(raw.get("phase", Phase.INITIALIZING.value))
+    except ValueError:
+        phase = Phase.INITIALIZING
+    step = raw.get("currentStep", 0)
+    return Status(
+        phase=phase,
+        step=step if isinstance(step, int) and step >= 0 else 0,
+        step_started_at=parse_timestamp(raw.get("stepStartedAt")),
+        canary_revision=str(raw.get("canaryRevision", "")),
+        message=str(raw.get("message", "")),
+        history=tuple(history),
+    )
+
+
+CONDITION_OF_PHASE = {
+    Phase.INITIALIZING: ("Progressing", "True"),
+    Phase.PROGRESSING: ("Progressing", "True"),
+    Phase.PROMOTING: ("Progressing", "True"),
+    Phase.ROLLING_BACK: ("Progressing", "True"),
+    Phase.PAUSED: ("Progressing", "False"),
+    Phase.SUCCEEDED: ("Progressing", "False"),
+    Phase.FAILED: ("Progressing", "False"),
+}
+
+
+def conditions(status: Status, previous: Sequence[Mapping[str, Any]], now: float) -> list[dict[str, Any]]:
+    """Kubernetes-style conditions (Progressing, Paused, Succeeded, Failed), transition times kept."""
+    wanted = {
+        "Progressing": CONDITION_OF_PHASE[status.phase][1],
+        "Paused": "True" if status.phase is Phase.PAUSED else "False",
+        "Succeeded": "True" if status.phase is Phase.SUCCEEDED else "False",
+        "Failed": "True" if status.phase is Phase.FAILED else "False",
+    }
+    before = {c.get("type"): c for c in previous if isinstance(c, Mapping)}
+    out = []
+    for kind, value in wanted.items():
+        old = before.get(kind)
+        since = old.get("lastTransitionTime") if old and old.get("status") == value else timestamp(now)
+        out.append(
+            {
+                "type": kind,
+                "status": value,
+                "reason": status.phase.value,
+                "message": status.message,
+                "lastTransitionTime": since,
+            }
+        )
+    return out
+
+
+def pending_command(rollout_obj: Mapping[str, Any]) -> tuple[Command, str] | None:
+    """The human command in the annotations not yet acted on, with its id; None if there is none."""
+    metadata = rollout_obj.get("metadata") or {}
+    annotations = metadata.get("annotations") or {}
+    text = annotations.get(COMMAND_ANNOTATION)
+    if not text:
+        return None
+    command_id = annotations.get(COMMAND_ID_ANNOTATION) or text
+    done = (rollout_obj.get("status") or {}).get("lastCommandId")
+    if command_id == done:
+        return None
+    try:
+        kind = CommandKind(text)
+    except ValueError:
+        return None
+    return Command(kind, by=annotations.get(COMMAND_BY_ANNOTATION, "unknown")), command_id
+
+
+def share_at(rollout: ModelRollout, status: Status, moment: float) -> float:
+    """The canary's realized traffic share in force at ``moment``, replayed from the history."""
+    state = Status(phase=Phase.INITIALIZING)
+    for transition in status.history:
+        if transition.at > moment:
+            break
+        state = Status(phase=transition.to_phase, step=transition.to_step)
+    if state.phase is Phase.INITIALIZING:
+        return 0.0
+    return realized_share(rollout, routes_for(rollout, state))
+
+
+def _e(value: float) -> float:
+    return min(value, E_VALUE_CAP)
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None

@@ -1,0 +1,269 @@
+"""The reconciler, tick by tick, against canarist's in-memory Cluster and a synthetic metrics source.
+
+The edge itself (the official client against the HTTP fake of the API server) is tested in
+test_kube.py; here the point is the composition: gates, analysis cadence, decisions, the order of
+writes, restarts, human commands, and that nothing goes backwards without a rollback.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from controller.cluster import COMMAND_ANNOTATION, COMMAND_BY_ANNOTATION, COMMAND_ID_ANNOTATION, ClusterUnavailableError
+from controller.decision import Action
+from controller.policy import ModelRollout
+from controller.reconcile import Outcome, analysis_windows, reconcile
+from controller.samples import CountSeries, HistogramSeries, MetricData, Observation, Window
+from controller.status import from_status
+from controller.templating import default_environment
+from tests.memory_cluster import MemoryCluster
+
+ROOT = Path(__file__).resolve().parent.parent
+POLICY = yaml.safe_load((ROOT / "policies/fraud-detector-istio.yaml").read_text())
+ENV = default_environment()
+EDGES = (0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, math.inf)
+HEALTHY = (0.0, 0.0, 0.0, 0.02, 0.25, 0.6, 0.93, 0.995, 0.9995, 1.0, 1.0, 1.0, 1.0, 1.0)  # cumulative shares
+SLOW = (0.0, 0.0, 0.0, 0.0, 0.02, 0.2, 0.6, 0.9, 0.99, 1.0, 1.0, 1.0, 1.0, 1.0)
+RPS = 200
+T0 = 1_800_000_000.0  # on the minute grid
+
+
+@dataclass
+class Synthetic:
+    """Deterministic traffic: 200 req/s split by each window's share; the canary as configured."""
+
+    canary_errors: float = 0.005
+    canary_latency: tuple[float, ...] = HEALTHY
+    down: bool = False
+    looks: int = 0
+
+    def observe(
+        self, rollouts: Sequence[ModelRollout], windows: Mapping[str, Sequence[Window]], at: float
+    ) -> tuple[dict[str, Observation], str | None]:
+        self.looks += 1
+        out = {}
+        for rollout in rollouts:
+            ws = tuple(windows[rollout.key])
+            if self.down:
+                none: tuple[None, ...] = (None,) * len(ws)
+                reason = "connection refused (temporary)"
+                metrics = tuple(MetricData(m.name, None, reason) for m in rollout.spec.analysis.metrics)
+                out[rollout.key] = Observation(ws, none, none, metrics)
+                continue
+            stable = [round(RPS * 60 * (1 - w.canary_share)) for w in ws]
+            canary = [round(RPS * 60 * w.canary_share) for w in ws]
+            hist = HistogramSeries(
+                EDGES,
+                tuple(tuple(float(round(n * s)) for s in HEALTHY) for n in stable),
+                tuple(tuple(float(round(n * s)) for s in self.canary_latency) for n in canary),
+            )
+            errors = CountSeries(
+                tuple(round(n * 0.005) for n in stable),
+                tuple(stable),
+                tuple(round(n * self.canary_errors) for n in canary),
+                tuple(canary),
+            )
+            metrics = (MetricData("latency-p99", hist), MetricData("error-rate", errors))
+            out[rollout.key] = Observation(ws, tuple(stable), tuple(canary), metrics)
+        return out, "connection refused" if self.down else None
+
+
+def drive(cluster: MemoryCluster, source: Synthetic, *, minutes: int, start: float = T0) -> list[Outcome]:
+    """Reconcile the rollout once every 30 s for ``minutes`` minutes; return every outcome."""
+    outcomes = []
+    for tick in range(minutes * 2):
+        (obj,), _ = cluster.list_rollouts(None)
+        outcomes.append(reconcile(obj, cluster, source, ENV, now=start + 30 * tick + 1))
+    return outcomes
+
+
+def weights(cluster: MemoryCluster) -> list[int]:
+    """The canary weight of every VirtualService write, in order."""
+    out = []
+    for kind, _, body in cluster.route_writes:
+        if kind == "VirtualService":
+            primary = next(r for r in body["spec"]["http"] if r["name"] == "primary")
+            out.append(primary["route"][1]["weight"])
+    return out
+
+
+def status(cluster: MemoryCluster) -> dict[str, Any]:
+    (obj,), _ = cluster.list_rollouts(None)
+    return obj["status"]
+
+
+@pytest.fixture
+def cluster() -> MemoryCluster:
+    memory = MemoryCluster()
+    memory.add(POLICY)
+    return memory
+
+
+def test_a_good_canary_walks_every_step_and_is_promoted(cluster: MemoryCluster) -> None:
+    drive(cluster, Synthetic(), minutes=40)
+    assert status(cluster)["phase"] == "Succeeded", status(cluster)["message"]
+    assert weights(cluster) == [1, 5, 25, 50, 100]
+    assert [k for k, _, _ in cluster.route_writes][:2] == ["DestinationRule", "VirtualService"]
+    actions = [t["action"] for t in status(cluster)["history"]]
+    assert actions == ["Start", "Advance", "Advance", "Advance", "Promote", "Complete"]
+    assert "non-inferiority proven" in status(cluster)["history"][-2]["reason"]
+    assert [reason for reason, _, _ in cluster.events] == actions
+
+
+def test_an_error_regression_rolls_back_to_100_percent_stable(cluster: MemoryCluster) -> None:
+    drive(cluster, Synthetic(canary_errors=0.03), minutes=20)
+    st = status(cluster)
+    assert st["phase"] == "Failed"
+    assert weights(cluster)[-1] == 0
+    rollback = next(t for t in st["history"] if t["action"] == "Rollback")
+    assert "error-rate" in rollback["reason"]
+    error_rate = next(m for m in st["metrics"] if m["name"] == "error-rate")
+    assert error_rate["verdict"] == "Fail" and error_rate["eValue"] >= error_rate["threshold"]
+    assert any(warning for reason, _, warning in cluster.events if reason == "Rollback")
+
+
+def test_an_slo_breach_rolls_back_at_the_first_analysis(cluster: MemoryCluster) -> None:
+    outcomes = drive(cluster, Synthetic(canary_latency=SLOW), minutes=6)
+    first_rollback = next(i for i, o in enumerate(outcomes) if o.action is Action.ROLLBACK)
+    analyses = [i for i, o in enumerate(outcomes) if o.phase is not None and i <= first_rollback]
+    assert "SLO breached: latency-p99" in outcomes[first_rollback].reason
+    assert weights(cluster)[-1] == 0 and status(cluster)["phase"] == "Failed"
+    assert first_rollback <= 4, analyses
+
+
+def test_prometheus_down_holds_with_the_reason_then_pauses_at_the_deadline(cluster: MemoryCluster) -> None:
+    source = Synthetic(down=True)
+    outcomes = drive(cluster, source, minutes=10)
+    assert all(o.action is not Action.ROLLBACK for o in outcomes)
+    assert "no data" in status(cluster)["message"] and "connection refused" in status(cluster)["message"]
+    assert weights(cluster) == [1]
+    drive(cluster, source, minutes=14, start=T0 + 600)
+    assert status(cluster)["phase"] == "Paused"
+    assert "past the progress deadline" in status(cluster)["message"]
+
+
+def test_prometheus_recovering_lets_the_rollout_continue(cluster: MemoryCluster) -> None:
+    drive(cluster, Synthetic(down=True), minutes=5)
+    assert weights(cluster) == [1]
+    drive(cluster, Synthetic(), minutes=40, start=T0 + 300)
+    assert status(cluster)["phase"] == "Succeeded"
+
+
+def test_canary_pods_not_ready_hold_before_any_route_is_written(cluster: MemoryCluster) -> None:
+    cluster.pods = (1, 3)
+    outcomes = drive(cluster, Synthetic(), minutes=2)
+    assert cluster.route_writes == []
+    assert "waiting for canary pods to be ready (1/3)" in outcomes[-1].reason
+    cluster.pods = (3, 3)
+    drive(cluster, Synthetic(), minutes=1, start=T0 + 120)
+    assert weights(cluster) == [1]
+
+
+def test_quiet_ticks_write_nothing(cluster: MemoryCluster) -> None:
+    outcomes = drive(cluster, Synthetic(), minutes=1)
+    assert outcomes[0].route_writes == 2 and outcomes[0].status_written
+    quiet = reconcile(cluster.list_rollouts(None)[0][0], cluster, Synthetic(), ENV, now=T0 + 45)
+    assert quiet.route_writes == 0 and not quiet.status_written
+
+
+def test_a_status_write_lost_after_the_routes_reapplies_the_same_weight(cluster: MemoryCluster) -> None:
+    """Killed between applying routes and recording them: the next run never goes back."""
+    drive(cluster, Synthetic(), minutes=3)
+    before = weights(cluster)
+    original = cluster.patch_rollout_status
+
+    def lost(*args: Any, **kwargs: Any) -> Any:
+        raise ClusterUnavailableError("connection reset", retry_after=1.0)
+
+    cluster.patch_rollout_status = lost  # type: ignore[method-assign]
+    obj = cluster.list_rollouts(None)[0][0]
+    reconcile(obj, cluster, Synthetic(), ENV, now=T0 + 200)
+    cluster.patch_rollout_status = original  # type: ignore[method-assign]
+    drive(cluster, Synthetic(), minutes=40, start=T0 + 201)
+    seen = weights(cluster)
+    assert seen[: len(before)] == before
+    assert all(b >= a for a, b in itertools.pairwise(seen)), seen
+    assert status(cluster)["phase"] == "Succeeded"
+
+
+@pytest.mark.parametrize("kill_after", range(1, 12))
+def test_restarting_at_any_tick_resumes_the_same_step(cluster: MemoryCluster, kill_after: int) -> None:
+    """State lives in the cluster: a fresh controller (nothing in memory) continues identically."""
+    drive(cluster, Synthetic(), minutes=kill_after)
+    step_before = status(cluster)["currentStep"]
+    fresh = reconcile(cluster.list_rollouts(None)[0][0], cluster, Synthetic(), ENV, now=T0 + kill_after * 60 + 5)
+    assert status(cluster)["currentStep"] >= step_before
+    assert fresh.action is not Action.ROLLBACK
+
+
+def annotate(cluster: MemoryCluster, command: str, command_id: str) -> None:
+    cluster.annotate_rollout(
+        "ml-serving",
+        "fraud-detector",
+        {COMMAND_ANNOTATION: command, COMMAND_BY_ANNOTATION: "alice", COMMAND_ID_ANNOTATION: command_id},
+    )
+
+
+def test_pause_resume_and_abort_are_honoured_once_with_who_asked(cluster: MemoryCluster) -> None:
+    drive(cluster, Synthetic(), minutes=2)
+    annotate(cluster, "pause", "1")
+    drive(cluster, Synthetic(), minutes=10, start=T0 + 120)
+    st = status(cluster)
+    assert st["phase"] == "Paused" and "paused by alice" in st["message"] and st["lastCommandId"] == "1"
+    paused_weights = weights(cluster)
+    annotate(cluster, "resume", "2")
+    drive(cluster, Synthetic(), minutes=1, start=T0 + 720)
+    assert status(cluster)["phase"] == "Progressing"
+    annotate(cluster, "abort", "3")
+    drive(cluster, Synthetic(), minutes=2, start=T0 + 780)
+    assert status(cluster)["phase"] == "Failed"
+    assert "aborted by alice" in [t["reason"] for t in status(cluster)["history"]][-2]
+    assert weights(cluster)[-1] == 0 and weights(cluster)[: len(paused_weights)] == paused_weights
+
+
+def test_promote_full_goes_straight_to_100(cluster: MemoryCluster) -> None:
+    drive(cluster, Synthetic(), minutes=1)
+    annotate(cluster, "promote-full", "9")
+    drive(cluster, Synthetic(), minutes=1, start=T0 + 60)
+    assert status(cluster)["phase"] == "Succeeded" and weights(cluster)[-1] == 100
+
+
+def test_a_new_canary_restarts_from_the_first_step(cluster: MemoryCluster) -> None:
+    drive(cluster, Synthetic(), minutes=8)
+    assert status(cluster)["currentStep"] >= 1
+    body = cluster.get_rollout("ml-serving", "fraud-detector")
+    body["spec"]["canary"] = {"name": "v43", "labels": {"app": "fraud-detector", "version": "v43"}}
+    cluster.create_or_update_rollout(body)
+    drive(cluster, Synthetic(), minutes=2, start=T0 + 480)
+    history = status(cluster)["history"]
+    assert any(t["action"] == "Restart" for t in history)
+    assert status(cluster)["currentStep"] <= 1
+
+
+def test_an_invalid_rollout_is_refused_with_an_event_and_no_routes(cluster: MemoryCluster) -> None:
+    body = cluster.get_rollout("ml-serving", "fraud-detector")
+    body["spec"]["strategy"]["steps"] = [50, 5]
+    cluster.create_or_update_rollout(body)
+    outcome = drive(cluster, Synthetic(), minutes=1)[0]
+    assert outcome.action is Action.NONE and "steps" in outcome.reason
+    assert cluster.route_writes == [] and cluster.events[0][0] == "InvalidSpec"
+
+
+def test_windows_carry_the_time_weighted_share_of_each_step(cluster: MemoryCluster) -> None:
+    drive(cluster, Synthetic(), minutes=6)
+    (obj,), _ = cluster.list_rollouts(None)
+    rollout = ModelRollout.model_validate({**obj, "metadata": {"name": "x", "namespace": "ml-serving"}})
+    st = from_status(obj["status"])
+    windows = analysis_windows(rollout, st, T0 + 6 * 60 + 1)
+    assert windows[0].start >= T0 and all(w.end - w.start == 60 for w in windows)
+    assert windows[0].canary_share == pytest.approx(0.01 * 59 / 60)  # started 1 s into the first window
+    assert windows[1].canary_share == pytest.approx(0.01)
+    assert all(0.0 <= w.canary_share <= 0.05 for w in windows)

@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 import click
 import yaml
 
-from controller import __version__
+from controller import __version__, commands
 from controller.clitools import EXIT_INVALID, UserError, load_file, load_or_fail
 from controller.loader import Diagnostic, PolicyError
 from controller.policy import ModelRollout
@@ -258,6 +258,18 @@ def steps(policy: Path) -> None:
             mirror = f", mirror {step.mirror_percent:g}%" if step.mirror_percent else ""
             click.echo(f"  step {step.index}: canary {step.canary_weight}%{mirror} ({kind})")
         click.echo(f"  step {len(plan)}: canary 100% (promoted)")
+
+
+for _command in (
+    commands.run,
+    commands.status,
+    commands.promote,
+    commands.abort,
+    commands.pause,
+    commands.resume,
+    commands.retry,
+):
+    cli.add_command(_command)
 
 
 def main() -> NoReturn:

@@ -15,6 +15,8 @@ from typing import Any, Protocol
 COMMAND_ANNOTATION = "canarist.io/command"
 COMMAND_BY_ANNOTATION = "canarist.io/command-by"
 COMMAND_ID_ANNOTATION = "canarist.io/command-id"
+#: Keeps a deleted rollout until canarist has restored the routes it replaced.
+FINALIZER = "canarist.io/restore-routes"
 #: On a DestinationRule or VirtualService canarist adopted: the user's original spec, to restore.
 ORIGINAL_ANNOTATION = "canarist.io/original-spec"
 
@@ -84,6 +86,10 @@ class Cluster(Protocol):
 
     def annotate_rollout(self, namespace: str, name: str, annotations: Mapping[str, str | None]) -> dict[str, Any]:
         """Merge-patch metadata.annotations (None removes a key)."""
+        ...
+
+    def set_finalizer(self, namespace: str, name: str, *, present: bool, resource_version: str) -> dict[str, Any]:
+        """Add or remove :data:`FINALIZER` if the rollout is still at ``resource_version``; else ConflictError."""
         ...
 
     def apply_routes(self, owner: Mapping[str, Any], objects: Sequence[Mapping[str, Any]]) -> ApplyResult:

@@ -19,7 +19,7 @@ import jinja2
 
 from controller import semantics
 from controller.analysis import analyse
-from controller.cluster import Cluster, ClusterUnavailableError, ConflictError
+from controller.cluster import FINALIZER, Cluster, ClusterUnavailableError, ConflictError
 from controller.decision import Action, Decision, Evidence, Phase, Status, decide
 from controller.policy import ModelRollout
 from controller.quantity import parse_duration
@@ -67,6 +67,14 @@ def reconcile(
 ) -> Outcome:
     """Bring one rollout one decision further; never raises for a user's mistake or a flaky edge."""
     key = f"{obj.get('metadata', {}).get('namespace')}/{obj.get('metadata', {}).get('name')}"
+    try:
+        if (obj.get("metadata") or {}).get("deletionTimestamp"):
+            return _release(obj, cluster, key)
+        obj = _finalized(obj, cluster)
+    except ConflictError:
+        return Outcome(key, Action.NONE, "the rollout changed meanwhile: re-reading", None, None, 0, False, 0.0)
+    except ClusterUnavailableError as exc:
+        return Outcome(key, Action.NONE, f"API server unavailable: {exc.reason}", None, None, 0, False, exc.retry_after)
     rollout, problem = parse(obj)
     if rollout is None:
         cluster.emit_event(obj, reason="InvalidSpec", message=problem, warning=True)
@@ -119,6 +127,29 @@ def reconcile(
         writes,
         written,
         _requeue(decision, interval),
+    )
+
+
+def _release(obj: Mapping[str, Any], cluster: Cluster, key: str) -> Outcome:
+    """A deleted rollout: restore the routes it replaced, then let the API server remove it."""
+    metadata = obj.get("metadata") or {}
+    if FINALIZER not in (metadata.get("finalizers") or []):
+        return Outcome(key, Action.NONE, "deleted", None, None, 0, False, 300.0)
+    released = cluster.release_routes(obj)
+    cluster.emit_event(obj, reason="RoutesReleased", message=f"routes restored ({len(released.writes)} writes)")
+    cluster.set_finalizer(
+        metadata["namespace"], metadata["name"], present=False, resource_version=metadata.get("resourceVersion", "")
+    )
+    return Outcome(key, Action.NONE, "deleted: routes restored", None, None, len(released.writes), False, 300.0)
+
+
+def _finalized(obj: Mapping[str, Any], cluster: Cluster) -> Mapping[str, Any]:
+    """The rollout with canarist's finalizer, added before any route is written."""
+    metadata = obj.get("metadata") or {}
+    if FINALIZER in (metadata.get("finalizers") or []):
+        return obj
+    return cluster.set_finalizer(
+        metadata["namespace"], metadata["name"], present=True, resource_version=metadata.get("resourceVersion", "")
     )
 
 

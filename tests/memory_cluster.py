@@ -13,7 +13,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from controller.cluster import ApplyResult, ConflictError, NotFoundError, WatchEvent
+from controller.cluster import FINALIZER, ApplyResult, ConflictError, NotFoundError, WatchEvent
 
 
 @dataclass
@@ -78,6 +78,17 @@ class MemoryCluster:
             else:
                 mine[key] = value
         current["metadata"]["resourceVersion"] = str(next(self.counter))
+        return copy.deepcopy(current)
+
+    def set_finalizer(self, namespace: str, name: str, *, present: bool, resource_version: str) -> dict[str, Any]:
+        current = self.rollouts[(namespace, name)]
+        if resource_version and current["metadata"]["resourceVersion"] != resource_version:
+            raise ConflictError(f"{namespace}/{name} changed")
+        finalizers = [f for f in current["metadata"].get("finalizers", []) if f != FINALIZER]
+        current["metadata"]["finalizers"] = [*finalizers, FINALIZER] if present else finalizers
+        current["metadata"]["resourceVersion"] = str(next(self.counter))
+        if not present and current["metadata"].get("deletionTimestamp"):
+            del self.rollouts[(namespace, name)]  # the last finalizer is gone: the API server deletes it
         return copy.deepcopy(current)
 
     def apply_routes(self, owner: Mapping[str, Any], objects: Sequence[Mapping[str, Any]]) -> ApplyResult:

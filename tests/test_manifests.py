@@ -261,13 +261,13 @@ def test_the_service_selects_the_controller_pods_on_the_metrics_port() -> None:
 # --- RBAC -------------------------------------------------------------------------------------
 
 EXPECTED_CLUSTER_GRANTS = {
-    ("canarist.io", "modelrollouts"): {"get", "list", "watch", "patch", "update"},
-    ("canarist.io", "modelrollouts/status"): {"get", "patch", "update"},
-    ("networking.istio.io", "virtualservices"): {"get", "list", "watch", "create", "update", "patch", "delete"},
-    ("networking.istio.io", "destinationrules"): {"get", "list", "watch", "create", "update", "patch", "delete"},
-    ("", "events"): {"create", "patch"},
-    ("events.k8s.io", "events"): {"create", "patch"},
-    ("", "pods"): {"get", "list", "watch"},
+    ("canarist.io", "modelrollouts"): {"get", "list", "watch", "create", "patch", "update"},
+    ("canarist.io", "modelrollouts/status"): {"update"},
+    ("networking.istio.io", "virtualservices"): {"get", "list", "create", "update", "delete"},
+    ("networking.istio.io", "destinationrules"): {"get", "list", "create", "update", "delete"},
+    ("", "events"): {"create"},
+    ("events.k8s.io", "events"): {"create"},
+    ("", "pods"): {"list"},
 }
 EXPECTED_NAMESPACED_GRANTS = {("coordination.k8s.io", "leases"): {"get", "create", "update"}}
 

@@ -267,3 +267,16 @@ def test_windows_carry_the_time_weighted_share_of_each_step(cluster: MemoryClust
     assert windows[0].canary_share == pytest.approx(0.01 * 59 / 60)  # started 1 s into the first window
     assert windows[1].canary_share == pytest.approx(0.01)
     assert all(0.0 <= w.canary_share <= 0.05 for w in windows)
+
+
+def test_deleting_a_rollout_restores_the_routes_then_lets_it_go(cluster: MemoryCluster) -> None:
+    drive(cluster, Synthetic(), minutes=2)
+    (obj,), _ = cluster.list_rollouts(None)
+    assert "canarist.io/restore-routes" in obj["metadata"]["finalizers"]
+    assert cluster.routes
+    cluster.rollouts[("ml-serving", "fraud-detector")]["metadata"]["deletionTimestamp"] = "2027-01-15T08:00:00Z"
+    (obj,), _ = cluster.list_rollouts(None)
+    outcome = reconcile(obj, cluster, Synthetic(), ENV, now=T0 + 200)
+    assert outcome.reason == "deleted: routes restored" and outcome.route_writes == 2
+    assert cluster.routes == {} and cluster.rollouts == {}
+    assert cluster.events[-1][0] == "RoutesReleased"

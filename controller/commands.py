@@ -1,0 +1,255 @@
+"""The in-cluster commands: ``run`` (the controller), ``status`` and the human steering commands.
+
+kubectl-style options (``--kubeconfig``, ``--context``, ``-n``). Steering commands write an
+annotation the controller honours on its next reconcile, recording who asked; they never touch
+routes themselves, so the controller stays the only writer of weights.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import yaml
+
+from controller.clitools import UserError
+from controller.cluster import (
+    COMMAND_ANNOTATION,
+    COMMAND_BY_ANNOTATION,
+    COMMAND_ID_ANNOTATION,
+    Cluster,
+    ClusterUnavailableError,
+    NotFoundError,
+)
+from controller.decision import CommandKind
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def kube_options(function: F) -> F:
+    """--kubeconfig, --context and -n/--namespace, as kubectl has them."""
+    function = click.option("-n", "--namespace", default=None, help="Namespace (default: all for lists).")(function)
+    function = click.option("--context", default=None, help="The kubeconfig context to use.")(function)
+    function = click.option(
+        "--kubeconfig", envvar="KUBECONFIG", type=click.Path(dir_okay=False), default=None, help="Path to a kubeconfig."
+    )(function)
+    return function
+
+
+def connect(kubeconfig: str | None, context: str | None) -> Cluster:
+    """The Kubernetes edge, from a kubeconfig or the in-cluster service account."""
+    from controller.kube import KubeCluster
+
+    try:
+        return KubeCluster.from_settings(kubeconfig=kubeconfig, context=context)
+    except Exception as exc:  # the client raises many kinds for a bad or missing config
+        raise UserError(f"cannot reach Kubernetes: {exc}") from None
+
+
+# --- steering ---------------------------------------------------------------------------------
+
+
+def _steer(kind: CommandKind, name: str, namespace: str | None, kubeconfig: str | None, context: str | None) -> None:
+    cluster = connect(kubeconfig, context)
+    ns = namespace or "default"
+    by = f"{getpass.getuser()} via canarist CLI"
+    try:
+        cluster.annotate_rollout(
+            ns,
+            name,
+            {COMMAND_ANNOTATION: kind.value, COMMAND_BY_ANNOTATION: by, COMMAND_ID_ANNOTATION: str(time.time_ns())},
+        )
+    except NotFoundError:
+        raise UserError(f"modelrollout {ns}/{name} not found") from None
+    except ClusterUnavailableError as exc:
+        raise UserError(f"API server unavailable: {exc.reason}") from None
+    click.echo(f"{ns}/{name}: {kind.value} requested; the controller acts on its next reconcile")
+
+
+def _steering_command(kind: CommandKind, help_text: str) -> click.Command:
+    @click.command(kind.value, help=help_text)
+    @click.argument("name")
+    @kube_options
+    def command(name: str, namespace: str | None, kubeconfig: str | None, context: str | None) -> None:
+        _steer(kind, name, namespace, kubeconfig, context)
+
+    return command
+
+
+@click.command(help="Skip the current step's analysis (or, with --full, go straight to 100%).")
+@click.argument("name")
+@click.option("--full", is_flag=True, help="Promote to 100% at once.")
+@kube_options
+def promote(*, name: str, full: bool, namespace: str | None, kubeconfig: str | None, context: str | None) -> None:
+    _steer(CommandKind.PROMOTE_FULL if full else CommandKind.PROMOTE, name, namespace, kubeconfig, context)
+
+
+abort = _steering_command(CommandKind.ABORT, "Roll back now: 100% to stable, then clean up.")
+pause = _steering_command(CommandKind.PAUSE, "Hold the current weights until resumed (SLO breaches still roll back).")
+resume = _steering_command(CommandKind.RESUME, "Resume a paused rollout; its step deadline starts afresh.")
+retry = _steering_command(CommandKind.RETRY, "Start a failed rollout again from its first step.")
+
+
+# --- status -----------------------------------------------------------------------------------
+
+
+@click.command()
+@click.argument("name", required=False)
+@click.option("-o", "--output", type=click.Choice(["table", "json", "yaml"]), default="table", show_default=True)
+@click.option("--watch", "-w", is_flag=True, help="Keep refreshing a live view (Ctrl-C to stop).")
+@kube_options
+def status(  # click passes options by keyword
+    *, name: str | None, output: str, watch: bool, namespace: str | None, kubeconfig: str | None, context: str | None
+) -> None:
+    """Show rollouts: phase, step, weights, the evidence behind the last decision, recent decisions."""
+    cluster = connect(kubeconfig, context)
+
+    def fetch() -> list[dict[str, Any]]:
+        try:
+            if name is not None:
+                return [cluster.get_rollout(namespace or "default", name)]
+            return cluster.list_rollouts(namespace)[0]
+        except NotFoundError:
+            raise UserError(f"modelrollout {namespace or 'default'}/{name} not found") from None
+        except ClusterUnavailableError as exc:
+            raise UserError(f"API server unavailable: {exc.reason}") from None
+
+    if output != "table":
+        docs = [_summary(o) for o in fetch()]
+        click.echo(json.dumps(docs, indent=2) if output == "json" else yaml.safe_dump(docs, sort_keys=False), nl=False)
+        if output == "json":
+            click.echo()
+        return
+    if not watch:
+        click.echo(render_table(fetch(), detailed=name is not None))
+        return
+    from rich.live import Live
+    from rich.text import Text
+
+    try:
+        with Live(Text(render_table(fetch(), detailed=name is not None)), refresh_per_second=1) as live:
+            while True:
+                time.sleep(2)
+                live.update(Text(render_table(fetch(), detailed=name is not None)))
+    except KeyboardInterrupt:
+        return
+
+
+def _summary(obj: Mapping[str, Any]) -> dict[str, Any]:
+    metadata = obj.get("metadata") or {}
+    return {"name": metadata.get("name"), "namespace": metadata.get("namespace"), "status": obj.get("status") or {}}
+
+
+def render_table(objects: list[dict[str, Any]], *, detailed: bool) -> str:
+    """Rollouts as text: one line each, and for a single rollout its evidence and decisions."""
+    rows = [("NAMESPACE", "NAME", "PHASE", "STEP", "WEIGHT", "MESSAGE")]
+    for obj in objects:
+        metadata, st = obj.get("metadata") or {}, obj.get("status") or {}
+        rows.append(
+            (
+                str(metadata.get("namespace", "")),
+                str(metadata.get("name", "")),
+                str(st.get("phase", "Pending")),
+                str(st.get("currentStep", "-")),
+                f"{st['canaryWeight']}%" if "canaryWeight" in st else "-",
+                str(st.get("message", "")),
+            )
+        )
+    lines = _columns(rows)
+    if detailed and objects:
+        st = objects[0].get("status") or {}
+        metric_rows = [("METRIC", "VERDICT", "E-VALUE", "THRESHOLD", "PROOF", "CANARY N", "WHY")]
+        for m in st.get("metrics", []):
+            metric_rows.append(
+                (
+                    m.get("name", ""),
+                    m.get("verdict", "") + (" (SLO)" if m.get("sloBreached") else ""),
+                    f"{m.get('eValue', 0):.3g}",
+                    f"{m.get('threshold', 0):.3g}",
+                    f"{m.get('eValueNonInferiority', 0):.3g}",
+                    str((m.get("requests") or {}).get("canary", "")),
+                    m.get("reason", ""),
+                )
+            )
+        lines += ["", "evidence at the last analysis (" + str(st.get("lastAnalysisAt", "never")) + "):"]
+        lines += _columns(metric_rows)
+        lines += ["", "decisions:"]
+        for t in st.get("history", [])[-10:]:
+            lines.append(
+                f"  {t.get('at')}  {t.get('fromPhase')}/{t.get('fromStep')} -> {t.get('toPhase')}/{t.get('toStep')}"
+                f"  {t.get('action')}: {t.get('reason')}"
+            )
+    return "\n".join(lines)
+
+
+def _columns(rows: Sequence[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    return ["  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1] for r in rows]
+
+
+# --- run ---------------------------------------------------------------------------------------
+
+
+@click.command()
+@kube_options
+@click.option("--prometheus", "url", envvar="PROMETHEUS_URL", required=True, help="Prometheus base URL.")
+@click.option("--policies", type=click.Path(file_okay=False, path_type=Path), help="GitOps: apply policies from DIR.")
+@click.option("--leader-elect", is_flag=True, help="Elect a leader on a Lease (for several replicas).")
+@click.option("--lease-namespace", envvar="POD_NAMESPACE", default="canarist-system", show_default=True)
+@click.option("--identity", envvar="POD_NAME", default=None, help="This replica's name in the Lease.")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=8080, show_default=True)
+@click.option("--templates", type=click.Path(path_type=Path, file_okay=False), help="Use templates from DIR.")
+def run(  # click passes options by keyword
+    *,
+    namespace: str | None,
+    kubeconfig: str | None,
+    context: str | None,
+    url: str,
+    policies: Path | None,
+    leader_elect: bool,
+    lease_namespace: str,
+    identity: str | None,
+    metrics_port: int,
+    templates: Path | None,
+) -> None:
+    """Run the controller: watch ModelRollouts and take each one step by step."""
+    from controller.manager import Manager
+    from controller.ops import ControllerMetrics, serve
+    from controller.prometheus import PrometheusError, PrometheusSettings
+    from controller.templating import default_environment
+    from controller.wiring import metrics_source
+
+    logging.basicConfig(level=logging.INFO, format='{"time":"%(asctime)s","level":"%(levelname)s","msg":"%(message)s"}')
+    try:
+        source = metrics_source("prometheus", PrometheusSettings(url=url))
+        env = default_environment(templates)
+    except (ValueError, PrometheusError, FileNotFoundError) as exc:
+        raise UserError(str(exc)) from None
+    cluster = connect(kubeconfig, context)
+    elector = None
+    if leader_elect:
+        from controller.leader import LeaderElector
+
+        name = identity or f"{getpass.getuser()}-{time.time_ns()}"
+        elector = LeaderElector(cluster.api_client, lease_namespace, "canarist-controller", name)  # type: ignore[attr-defined]
+    ops = ControllerMetrics()
+    server = serve(ops, metrics_port)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    manager = Manager(
+        cluster, source, env, time.time, namespace=namespace, elector=elector, observer=ops, policies=policies
+    )
+    try:
+        manager.run(stop)
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -1,0 +1,191 @@
+"""Whole rollouts: the controller loop, the official Kubernetes client against the fake API server,
+and a real Prometheus scraping live traffic whose split follows the VirtualService canarist writes.
+
+Seconds-long intervals keep each rollout under a minute. Every write the API server received is
+checked afterwards: integer weights summing to 100, and no route to a subset that no earlier
+DestinationRule defined (make before break).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+
+from controller.kube import KubeCluster
+from controller.manager import Manager
+from controller.prometheus import PrometheusClient, PrometheusSettings
+from controller.templating import default_environment
+from controller.wiring import PrometheusSource
+from tests.kube_fake import FakeApiServer, fake_api_server
+from tests.prometheus_fixture import PrometheusServer, free_port
+
+NS, NAME, SERVICE = "ml", "scorer", "scorer"
+BUCKETS_MS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000)
+RPS = 400
+
+
+def policy(*, steps: list[int]) -> dict[str, Any]:
+    return {
+        "apiVersion": "canarist.io/v1alpha1",
+        "kind": "ModelRollout",
+        "metadata": {"name": NAME, "namespace": NS},
+        "spec": {
+            "service": {"name": SERVICE, "port": 8080},
+            "stable": {"name": "v1", "labels": {"app": SERVICE, "version": "v1"}},
+            "canary": {"name": "v2", "labels": {"app": SERVICE, "version": "v2"}},
+            "strategy": {
+                "steps": steps,
+                "interval": "3s",
+                "minRequests": 200,
+                "progressDeadline": "90s",
+                "onNoData": "Hold",
+                "onInconclusive": "Hold",
+            },
+            "analysis": {
+                "alpha": 0.05,
+                "metrics": [
+                    {"name": "latency-p99", "kind": "IstioLatency", "slo": {"max": "250ms"}},
+                    {"name": "error-rate", "kind": "IstioErrorRate", "slo": {"max": "2%"}, "margin": {"absolute": "1%"}},
+                ],
+            },
+        },
+    }
+
+
+def ready_pod(version: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": f"{SERVICE}-{version}-0", "namespace": NS, "labels": {"app": SERVICE, "version": version}},
+        "status": {"conditions": [{"type": "Ready", "status": "True"}]},
+    }
+
+
+@dataclass
+class Mesh:
+    """Live traffic as an Istio sidecar would report it; the split follows the rendered VirtualService."""
+
+    api: FakeApiServer
+    canary_error_rate: float
+    stop: threading.Event
+    served: dict[str, int]
+
+    def weight(self) -> int:
+        service = self.api.get("networking.istio.io", "virtualservices", NS, NAME)
+        if service is None:
+            return 0
+        primary = next(r for r in service["spec"]["http"] if r.get("name") == "primary")
+        return int(primary["route"][1]["weight"])
+
+    def run(self, registry: CollectorRegistry) -> None:
+        labels = ["reporter", "destination_service_namespace", "destination_service_name", "destination_version"]
+        requests = Counter("istio_requests", "requests", [*labels, "response_code"], registry=registry)
+        duration = Histogram(
+            "istio_request_duration_milliseconds", "latency", labels, buckets=BUCKETS_MS, registry=registry
+        )
+        rng = random.Random(7)
+        while not self.stop.is_set():
+            weight = self.weight()
+            for _ in range(RPS // 10):
+                version = "v2" if rng.random() * 100 < weight else "v1"
+                error_rate = self.canary_error_rate if version == "v2" else 0.005
+                code = "503" if rng.random() < error_rate else "200"
+                common = ("destination", NS, SERVICE, version)
+                requests.labels(*common, code).inc()
+                duration.labels(*common).observe(rng.lognormvariate(math.log(40), 0.5))
+                self.served[version] += 1
+            self.stop.wait(0.1)
+
+
+@pytest.fixture
+def world(prometheus_factory: Callable[..., PrometheusServer]) -> Iterator[Callable[[float], tuple[Any, ...]]]:
+    stops: list[threading.Event] = []
+    contexts: list[Any] = []
+
+    def make(canary_error_rate: float) -> tuple[FakeApiServer, Manager, Mesh]:
+        context = fake_api_server()
+        api = context.__enter__()
+        contexts.append(context)
+        for version in ("v1", "v2"):
+            api.seed(ready_pod(version))
+        registry = CollectorRegistry()
+        port = free_port()
+        start_http_server(port, addr="127.0.0.1", registry=registry)
+        stop = threading.Event()
+        stops.append(stop)
+        mesh = Mesh(api, canary_error_rate, stop, {"v1": 0, "v2": 0})
+        threading.Thread(target=mesh.run, args=(registry,), daemon=True).start()
+        scrape = [{"job_name": "mesh", "scrape_interval": "1s", "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}]
+        prometheus = prometheus_factory(scrape_configs=scrape).start()
+        cluster = KubeCluster(api.api_client, propagation_delay=0.0)
+        source = PrometheusSource(PrometheusClient(PrometheusSettings(url=prometheus.url, timeout=5.0)))
+        manager = Manager(cluster, source, default_environment(), time.time, namespace=NS)
+        return api, manager, mesh
+
+    yield make
+    for stop in stops:
+        stop.set()
+    for context in contexts:
+        context.__exit__(None, None, None)
+
+
+def drive(api: FakeApiServer, manager: Manager, *, until: set[str], seconds: float) -> dict[str, Any]:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        manager.tick()
+        rollout = api.get("canarist.io", "modelrollouts", NS, NAME) or {}
+        if rollout.get("status", {}).get("phase") in until:
+            return rollout
+        time.sleep(0.5)
+    pytest.fail(f"rollout did not reach {until} in {seconds}s: {(rollout.get('status') or {}).get('message')}")
+
+
+def check_writes(api: FakeApiServer) -> list[int]:
+    """Invariants over the sequence of writes the API server received; returns the canary weights."""
+    defined: set[str] = set()
+    weights = []
+    for request in api.writes:
+        body = request.body if isinstance(request.body, dict) else {}
+        if "/destinationrules" in request.path and body.get("spec"):
+            defined = {s["name"] for s in body["spec"].get("subsets", [])} | defined
+        if "/virtualservices" in request.path and body.get("spec"):
+            for route in body["spec"]["http"]:
+                route_weights = [d.get("weight", 100) for d in route["route"]]
+                assert all(isinstance(w, int) for w in route_weights) and sum(route_weights) == 100
+                for destination in route["route"]:
+                    assert destination["destination"].get("subset") in defined
+            primary = next(r for r in body["spec"]["http"] if r["name"] == "primary")
+            weights.append(primary["route"][1]["weight"])
+    return weights
+
+
+def test_a_good_canary_is_promoted_step_by_step(world: Callable[[float], tuple[Any, ...]]) -> None:
+    api, manager, mesh = world(0.005)
+    manager.cluster.create_or_update_rollout(policy(steps=[20, 50]))
+    rollout = drive(api, manager, until={"Succeeded", "Failed"}, seconds=120)
+    assert rollout["status"]["phase"] == "Succeeded", rollout["status"]["message"]
+    assert check_writes(api) == [20, 50, 100]
+    assert mesh.served["v2"] > 200
+    actions = [t["action"] for t in rollout["status"]["history"]]
+    assert actions == ["Start", "Advance", "Promote", "Complete"]
+
+
+def test_an_error_regression_is_rolled_back_at_once(world: Callable[[float], tuple[Any, ...]]) -> None:
+    api, manager, _ = world(0.08)
+    manager.cluster.create_or_update_rollout(policy(steps=[20, 50]))
+    rollout = drive(api, manager, until={"Succeeded", "Failed"}, seconds=90)
+    status = rollout["status"]
+    assert status["phase"] == "Failed"
+    rollback = next(t for t in status["history"] if t["action"] == "Rollback")
+    assert "SLO breached: error-rate" in rollback["reason"] and rollback["fromStep"] == 0
+    assert check_writes(api) == [20, 0]
+    events = [o for (kind, *_), o in api.objects.items() if "events" in str(kind)]
+    assert any("Rollback" in str(e) for e in events)

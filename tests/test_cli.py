@@ -120,7 +120,8 @@ def test_render(policy: Path, args: list[str], weight: int, mirror: float, outpu
         assert obj["apiVersion"] == "networking.istio.io/v1"
         assert obj["metadata"]["name"] == rollout.metadata.name
         assert obj["metadata"]["namespace"] == rollout.metadata.namespace
-        assert obj["metadata"]["annotations"][WEIGHT_ANNOTATION] == str(weight)
+    assert service["metadata"]["annotations"][WEIGHT_ANNOTATION] == str(weight)
+    assert "annotations" not in rule["metadata"]  # a step rewrites only the VirtualService
     assert rule["spec"]["host"] == rollout.host
     assert service["spec"]["hosts"][0] == rollout.host
     if rollout.spec.routing.mode is RoutingMode.SUBSET:

@@ -139,7 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             },
             "naive-mwu": {"tests": "binned Mann-Whitney + two-proportion z, one-sided, each at alpha/3, every look"},
             "fixed": {"tests": "as naive-mwu, once after the last step"},
-            "oracle-sprt": {"beta": 0.2},
+            "oracle-sprt": {"beta": 0.2, "h0": "canary = stable"},
+            "oracle-sprt-margin": {"beta": 0.2, "h0": "canary = stable shifted by the policy's margins"},
         },
     }
     document = {"policy": policy_doc, "simulator": simulator, "results": records}

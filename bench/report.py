@@ -23,6 +23,9 @@ COLUMNS = (
 )
 
 
+_STYLES = {"oracle-sprt": "--", "oracle-sprt-margin": ":"}
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return "-"
@@ -60,7 +63,9 @@ def markdown(document: Mapping[str, Any]) -> str:
         "",
         "Harm: canary requests served before the decision (promotion, rollback or deadline) in regression "
         "scenarios; a promoted bad canary keeps serving after that, which `promote` shows. "
-        "`x oracle`: median canary requests to rollback over oracle-sprt's.",
+        "`x oracle`: median canary requests to rollback over oracle-sprt's (H0: canary = stable). "
+        "`oracle-sprt-margin` is the same SPRT with H0 at the policy's margin boundary, the limit for an "
+        "engine that may only roll back a canary proven worse than the margin.",
         "",
         markdown_table(document["results"]),
         "",
@@ -98,7 +103,7 @@ def plot(
             if (engine, "aa") in curves:  # a detection curve means little without its false-rollback rate
                 aa_rolled, aa_runs = curves[(engine, "aa")]
                 label = f"{engine} (A/A {len(aa_rolled) / aa_runs:.2f})"
-            ax.step(xs, ys, where="post", label=label, linestyle="--" if engine == "oracle-sprt" else "-")
+            ax.step(xs, ys, where="post", label=label, linestyle=_STYLES.get(engine, "-"))
         ax.set_xscale("log")
         ax.set_title(scenario, fontsize=10)
         ax.set_xlabel("canary requests served")

@@ -1,11 +1,36 @@
 """Per-metric verdicts from the rollout's observations: which test, at which threshold, and why.
 
-The error budget ``alpha`` is split across metrics by their weights (e-Bonferroni: metric j rolls
-back when its e-value reaches 1 / alpha_j, with sum alpha_j = alpha), and within a metric between
-its SLO guard and its comparison with stable. Every test is anytime-valid, so the whole rollout's
-false-rollback probability stays at most alpha however often the controller looks. A metric
-passes when every check it has is *proven* (SLO met, and non-inferior within the margin), at the
-same threshold. Missing or broken data is NoData with its reason: never a pass, never a failure.
+**Across metrics**, the error budget ``alpha`` is split by the metrics' weights (e-Bonferroni:
+alpha_j = alpha * w_j / sum w, so sum alpha_j = alpha); metric j reports the threshold 1 / alpha_j.
+
+**Within a metric** that has both an SLO guard and a comparison with stable, the two are tested by
+closed testing (Marcus, Peritz & Gabriel 1976; with e-values, Vovk & Wang 2021): the intersection
+e-value E_both = s * E_slo + (1 - s) * E_comparison with s = :data:`SLO_SHARE`, and check i is
+rejected when both E_i and E_both reach 1 / alpha_j. A false rejection needs the intersection of the
+true nulls to reach 1 / alpha_j, so the metric's false-rollback probability stays at most alpha_j
+however often the controller looks (every e-process here is anytime-valid, and Ville's inequality
+applies to each). Closed testing is never less powerful than splitting alpha_j into s and 1 - s:
+
+- a comparison with no SLO evidence (the usual regression) rolls back when (1 - s) E_comparison
+  reaches 1 / alpha_j, exactly as with the split;
+- once either check is far past its share, the other is judged at the metric's whole budget: a
+  blatant breach that is also a regression is reported as an *SLO breach* as soon as E_slo reaches
+  1 / alpha_j, not 1 / (s alpha_j).
+
+The metric's ``e_regression`` is max_i min(E_i, E_both), so it fails exactly when e_regression >=
+1 / alpha_j (for a metric with one check, simply its e-value). Why the SLO guard gets the small
+share: a breach of an absolute SLO is usually blatant (many times the allowed exceedance, measured
+on the canary alone, with no stable noise), so its e-value explodes within a few hundred requests
+and the smaller share costs it little (log 5 ~ 1.6 nats more than an even split: at 4x the allowed
+p99 exceedance, ~60 more canary requests), and less than that when the comparison fails as well.
+The comparison is the slow test, hunting an effect of about the margin through both versions' noise;
+from half the budget to 90 % lowers what it must gather by log(1.8) ~ 0.6 of 5-6 nats: some 5-10 %
+fewer canary requests to a rollback.
+
+**Passing** needs every check *proven* (SLO met, and non-inferior within the margin), each at
+1 / alpha_j: an intersection-union test (Berger 1982), whose error is at most the largest of its
+parts', so the proofs need no split. ``e_noninferiority`` is the smallest proof e-value. Missing or
+broken data is NoData with its reason: never a pass, never a failure.
 """
 
 from __future__ import annotations
@@ -24,6 +49,8 @@ from controller.samples import CountSeries, GaugeSeries, HistogramSeries, Metric
 
 #: Budget of the sample-ratio guard: a broken split holds the rollout, it never rolls back.
 SAMPLE_RATIO_ALPHA = 0.001
+#: Share of a metric's budget given to its SLO guard when the metric also compares with stable.
+SLO_SHARE = 0.1
 #: Latency gauges (Triton means) have no natural ceiling; bounded at this multiple of the SLO.
 GAUGE_CEILING_FACTOR = 20.0
 SAMPLE_RATIO_NAME = "traffic-split"
@@ -37,6 +64,15 @@ class Check:
     proof: float
     summary: str
     slo: bool = False
+
+
+def check_shares(metric: Metric) -> tuple[float, float]:
+    """(SLO guard, comparison) shares of the metric's budget; 0 for a check the metric lacks."""
+    has_slo = metric.slo is not None
+    has_margin = metric.margin is not None
+    if has_slo and has_margin:
+        return SLO_SHARE, 1.0 - SLO_SHARE
+    return (1.0, 0.0) if has_slo else (0.0, 1.0)
 
 
 def analyse(rollout: ModelRollout, observation: Observation, *, step_started_at: float) -> Evidence:
@@ -62,19 +98,21 @@ def evaluate(metric: Metric, data: MetricData | None, budget: float) -> MetricEv
     if data is None or data.series is None:
         reason = data.reason if data is not None and data.reason else "no series returned"
         return MetricEvidence(name=metric.name, verdict=Verdict.NODATA, reason=reason)
-    checks = 2 if (metric.slo is not None and metric.margin is not None) else 1
-    alpha = budget / checks
-    threshold = 1.0 / alpha
+    slo_share, comparison_share = check_shares(metric)
+    threshold = 1.0 / budget
     try:
-        result = _run(metric, data, alpha)
+        result = _run(metric, data, budget * (comparison_share or slo_share))
     except stats.StatsInputError as exc:
         return MetricEvidence(name=metric.name, verdict=Verdict.NODATA, reason=f"unusable data: {exc}")
     if result is None:
         return MetricEvidence(name=metric.name, verdict=Verdict.NODATA, reason=data.reason or "no canary traffic")
     found, numbers = result
-    harm = max(c.harm for c in found)
+    shares = [slo_share if c.slo else comparison_share for c in found]
+    both = sum(share * c.harm for share, c in zip(shares, found, strict=True))
+    rejected = [min(c.harm, both) for c in found]  # closed testing: the check and the intersection
+    harm = max(rejected)
     proof = min(c.proof for c in found)
-    breached = any(c.slo and c.harm >= threshold for c in found)
+    breached = any(c.slo and e >= threshold for c, e in zip(found, rejected, strict=True))
     summary = "; ".join(c.summary for c in found)
     if data.reason:
         summary += f" ({data.reason})"

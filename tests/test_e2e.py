@@ -53,7 +53,12 @@ def policy(*, steps: list[int]) -> dict[str, Any]:
                 "alpha": 0.05,
                 "metrics": [
                     {"name": "latency-p99", "kind": "IstioLatency", "slo": {"max": "250ms"}},
-                    {"name": "error-rate", "kind": "IstioErrorRate", "slo": {"max": "2%"}, "margin": {"absolute": "1%"}},
+                    {
+                        "name": "error-rate",
+                        "kind": "IstioErrorRate",
+                        "slo": {"max": "2%"},
+                        "margin": {"absolute": "1%"},
+                    },
                 ],
             },
         },

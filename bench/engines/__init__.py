@@ -12,10 +12,12 @@ from bench.simulate import Truth
 __all__ = ["BenchPolicy", "Engine", "EngineFactory", "Verdict", "engine_factories", "make_engine"]
 
 ORACLE = "oracle-sprt"
+#: The same SPRT with H0 at the policy's margin boundary: the limit for a margin-aware engine.
+ORACLE_MARGIN = "oracle-sprt-margin"
 
 
 def engine_factories(flagger_threshold: int = 5, kayenta_min_points: int = 2) -> Mapping[str, EngineFactory]:
-    """Every available engine's factory, in report order (the oracle last)."""
+    """Every available engine's factory, in report order (the oracles last)."""
     factories: dict[str, EngineFactory] = {}
     product: EngineFactory | None = getattr(canarist, "make_engine", None)
     if product is not None:
@@ -25,6 +27,7 @@ def engine_factories(flagger_threshold: int = 5, kayenta_min_points: int = 2) ->
     factories["naive-mwu"] = naive.make_naive
     factories["fixed"] = naive.make_fixed
     factories[ORACLE] = oracle.make_engine
+    factories[ORACLE_MARGIN] = oracle.make_margin_engine
     return factories
 
 

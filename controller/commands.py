@@ -54,12 +54,17 @@ def connect(kubeconfig: str | None, context: str | None) -> Cluster:
         raise UserError(f"cannot reach Kubernetes: {exc}") from None
 
 
+def _default_namespace(cluster: Cluster) -> str:
+    """Where a command acts without -n: the kubeconfig context's namespace (as kubectl), else "default"."""
+    return str(getattr(cluster, "default_namespace", None) or "default")
+
+
 # --- steering ---------------------------------------------------------------------------------
 
 
 def _steer(kind: CommandKind, name: str, namespace: str | None, kubeconfig: str | None, context: str | None) -> None:
     cluster = connect(kubeconfig, context)
-    ns = namespace or "default"
+    ns = namespace or _default_namespace(cluster)
     by = f"{getpass.getuser()} via canarist CLI"
     try:
         cluster.annotate_rollout(
@@ -115,10 +120,10 @@ def status(  # click passes options by keyword
     def fetch() -> list[dict[str, Any]]:
         try:
             if name is not None:
-                return [cluster.get_rollout(namespace or "default", name)]
+                return [cluster.get_rollout(namespace or _default_namespace(cluster), name)]
             return cluster.list_rollouts(namespace)[0]
         except NotFoundError:
-            raise UserError(f"modelrollout {namespace or 'default'}/{name} not found") from None
+            raise UserError(f"modelrollout {namespace or _default_namespace(cluster)}/{name} not found") from None
         except ClusterUnavailableError as exc:
             raise UserError(f"API server unavailable: {exc.reason}") from None
 

@@ -357,6 +357,13 @@ def _written(kind: Kind, obj: Mapping[str, Any]) -> _Written:
     return _Written(kind, _namespace(obj), _name(obj), int((obj.get("metadata") or {}).get("generation") or 1))
 
 
+def context_namespace(kubeconfig: str | None, context: str | None) -> str:
+    """The namespace set on the kubeconfig context (``context``, else the current one), else "default"."""
+    contexts, current = _untyped(config.list_kube_config_contexts)(config_file=kubeconfig)
+    chosen = next((c for c in contexts if c.get("name") == context), None) if context else current
+    return str(((chosen or {}).get("context") or {}).get("namespace") or "default")
+
+
 # --- the edge ---------------------------------------------------------------------------------
 
 
@@ -385,6 +392,8 @@ class KubeCluster:
         self.custom = client.CustomObjectsApi(api_client)
         self.core = client.CoreV1Api(api_client)
         self.events = client.EventsV1Api(api_client)
+        #: The namespace a command acts in without -n: the kubeconfig context's, as kubectl does.
+        self.default_namespace = "default"
 
     @classmethod
     def from_settings(
@@ -394,12 +403,16 @@ class KubeCluster:
         (``kubeconfig``, else ``$KUBECONFIG``, else ``~/.kube/config``) at ``context``."""
         configuration = client.Configuration()
         configuration.retries = retry_policy()
+        namespace = "default"
         if kubeconfig is None and context is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
             _untyped(config.load_incluster_config)(client_configuration=configuration)
         else:
             load = _untyped(config.load_kube_config)
             load(config_file=kubeconfig, context=context, client_configuration=configuration)
-        return cls(client.ApiClient(configuration), propagation_delay=propagation_delay)
+            namespace = context_namespace(kubeconfig, context)
+        cluster = cls(client.ApiClient(configuration), propagation_delay=propagation_delay)
+        cluster.default_namespace = namespace
+        return cluster
 
     # --- transport: every call goes through _call, which translates errors ---
 

@@ -2,9 +2,12 @@
 
 Short on purpose: the deciding is in :mod:`controller.decision` and :mod:`controller.analysis`,
 the talking in the edges behind :class:`controller.cluster.Cluster` and :class:`MetricsSource`.
-Order matters for the invariants: routes are applied before the status that claims them is
-written, so a controller killed between the two re-applies the same routes (idempotent) and never
-an older weight; a rollback's routes send 100 % to stable before anything else happens.
+Order matters for the invariants: the decision is recorded in the status (a compare-and-swap on
+the resourceVersion) *before* its routes are applied. A controller killed between the two finds
+the new step in the status and applies its routes (idempotent), so it never re-applies an older
+weight; had the routes gone first, a restarted controller would decide again from the old step
+and a hold would write the older weight back. A rollback's routes send 100 % to stable before
+anything else happens.
 """
 
 from __future__ import annotations
@@ -98,9 +101,8 @@ def reconcile(
         evidence = look(rollout, status, metrics, now)
     decision = decide(rollout, status, evidence, now, commands=commands, canary_revision=revision)
 
+    objects = render(rollout, decision.routes, env)
     try:
-        applied = cluster.apply_routes(obj, render(rollout, decision.routes, env))
-        writes = len(applied.writes)
         body = to_status(
             decision.status,
             routes=decision.routes,
@@ -111,6 +113,7 @@ def reconcile(
             command_id=pending[1] if pending else None,
         )
         written = _write_status(cluster, obj, stored, body)
+        writes = len(cluster.apply_routes(obj, objects).writes)
     except ConflictError:
         return Outcome(key, Action.NONE, "the rollout changed meanwhile: re-reading", None, None, 0, False, 0.0)
     except ClusterUnavailableError as exc:

@@ -174,8 +174,8 @@ def test_quiet_ticks_write_nothing(cluster: MemoryCluster) -> None:
     assert quiet.route_writes == 0 and not quiet.status_written
 
 
-def test_a_status_write_lost_after_the_routes_reapplies_the_same_weight(cluster: MemoryCluster) -> None:
-    """Killed between applying routes and recording them: the next run never goes back."""
+def test_a_lost_status_write_never_sends_the_weights_back(cluster: MemoryCluster) -> None:
+    """A failed status write stops the tick before any route moves; later ticks never go back."""
     drive(cluster, Synthetic(), minutes=3)
     before = weights(cluster)
     original = cluster.patch_rollout_status

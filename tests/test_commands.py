@@ -1,0 +1,284 @@
+"""The in-cluster commands through the real ``canarist`` executable, against the fake API server.
+
+Each test runs ``canarist status|promote|abort|pause|resume|retry`` as a subprocess with a kubeconfig
+written in ``tmp_path``, then looks at what the fake API server stored and received. The rollout's
+status is produced by real reconciles (the Kubernetes edge against the fake, a synthetic metrics
+source), so ``status`` shows evidence and decisions as the controller writes them.
+
+The kubeconfig's current context points at a closed port: every command that works proves that
+``--context`` is honoured, and the context's namespace is the default for ``-n`` (as in kubectl).
+"""
+
+from __future__ import annotations
+
+import copy
+import getpass
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from controller.cluster import COMMAND_ANNOTATION, COMMAND_BY_ANNOTATION, COMMAND_ID_ANNOTATION
+from controller.kube import KubeCluster
+from controller.reconcile import reconcile
+from tests.kube_fake import FakeApiServer, fake_api_server
+from tests.prometheus_fixture import free_port
+from tests.test_reconcile import ENV, POLICY, T0, Synthetic
+
+CANARIST = Path(sys.executable).parent / "canarist"
+NS, NAME = "ml-serving", "fraud-detector"
+OTHER_NS, OTHER = "ml-batch", "ranker"
+BY = f"{getpass.getuser()} via canarist CLI"
+
+
+def ready_pod(version: str) -> dict[str, Any]:
+    labels = {"app": NAME, "version": version}
+    metadata = {"name": f"{NAME}-{version}-0", "namespace": NS, "labels": labels}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": metadata,
+        "status": {"conditions": [{"type": "Ready", "status": "True"}]},
+    }
+
+
+def rollout(api: FakeApiServer, namespace: str = NS, name: str = NAME) -> dict[str, Any]:
+    found = api.get("canarist.io", "modelrollouts", namespace, name)
+    assert found is not None
+    return found
+
+
+@pytest.fixture
+def api() -> Iterator[FakeApiServer]:
+    """A fake API server holding two rollouts: fraud-detector at step 1 after six real reconciles
+    (start, holds, an advance: evidence and history in its status) and a fresh one elsewhere."""
+    with fake_api_server() as server:
+        server.seed(copy.deepcopy(POLICY))
+        for version in ("v41", "v42"):
+            server.seed(ready_pod(version))
+        other = copy.deepcopy(POLICY)
+        other["metadata"] = {"name": OTHER, "namespace": OTHER_NS}
+        server.seed(other)
+        cluster = KubeCluster(server.api_client, propagation_delay=0.0)
+        source = Synthetic()
+        for tick in range(6):
+            reconcile(cluster.get_rollout(NS, NAME), cluster, source, ENV, now=T0 + 60 * tick + 1)
+        status = rollout(server)["status"]
+        assert (status["phase"], status["currentStep"], status["canaryWeight"]) == ("Progressing", 1, 5)
+        assert [t["action"] for t in status["history"]] == ["Start", "Advance"]
+        yield server
+
+
+def write_kubeconfig(path: Path, server: str) -> Path:
+    """Contexts ``fake`` (the server, namespace ml-serving) and ``offline`` (a closed port: current)."""
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {"name": "fake", "cluster": {"server": server, "insecure-skip-tls-verify": True}},
+            {"name": "offline", "cluster": {"server": f"http://127.0.0.1:{free_port()}"}},
+        ],
+        "users": [{"name": "tester", "user": {"token": "dummy-token"}}],
+        "contexts": [
+            {"name": "fake", "context": {"cluster": "fake", "user": "tester", "namespace": NS}},
+            {"name": "offline", "context": {"cluster": "offline", "user": "tester", "namespace": NS}},
+        ],
+        "current-context": "offline",
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture
+def kubeconfig(api: FakeApiServer, tmp_path: Path) -> Path:
+    return write_kubeconfig(tmp_path / "kubeconfig", api.url)
+
+
+def canarist(kubeconfig: Path, *args: str, context: str | None = "fake") -> subprocess.CompletedProcess[str]:
+    command = [str(CANARIST), *args, "--kubeconfig", str(kubeconfig)]
+    if context is not None:
+        command += ["--context", context]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr
+    return proc
+
+
+def canarist_many(kubeconfig: Path, calls: list[tuple[str, ...]]) -> list[subprocess.CompletedProcess[str]]:
+    """Independent commands side by side (each one is mostly the interpreter starting)."""
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        return list(pool.map(lambda args: canarist(kubeconfig, *args), calls))
+
+
+def ok(proc: subprocess.CompletedProcess[str]) -> str:
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    return proc.stdout
+
+
+def one_line_error(proc: subprocess.CompletedProcess[str], *fragments: str) -> str:
+    """Exit status 2, nothing on stdout, one line on stderr naming the problem."""
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    assert proc.stdout == ""
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("canarist: error: "), lines[0]
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+# --- status -----------------------------------------------------------------------------------
+
+
+def test_status_table_lists_every_rollout_in_every_namespace(api: FakeApiServer, kubeconfig: Path) -> None:
+    out = ok(canarist(kubeconfig, "status"))
+    header, *rows = out.splitlines()
+    assert header.split() == ["NAMESPACE", "NAME", "PHASE", "STEP", "WEIGHT", "MESSAGE"]
+    by_name = {row.split()[1]: row.split() for row in rows}
+    assert by_name[NAME][:5] == [NS, NAME, "Progressing", "1", "5%"]
+    assert "no harm detected on every metric" in out
+    assert by_name[OTHER][:5] == [OTHER_NS, OTHER, "Pending", "-", "-"]
+    only = ok(canarist(kubeconfig, "status", "-n", OTHER_NS))
+    assert OTHER in only and NAME not in only
+
+
+def test_status_of_one_rollout_shows_its_evidence_and_decisions(api: FakeApiServer, kubeconfig: Path) -> None:
+    status = rollout(api)["status"]
+    out = ok(canarist(kubeconfig, "status", NAME))  # no -n: the context's namespace
+    assert out == ok(canarist(kubeconfig, "status", NAME, "-n", NS))
+    assert f"evidence at the last analysis ({status['lastAnalysisAt']}):" in out
+    evidence = out.split("evidence at the last analysis", 1)[1].split("decisions:", 1)[0]
+    assert evidence.splitlines()[1].split() == [
+        "METRIC",
+        "VERDICT",
+        "E-VALUE",
+        "THRESHOLD",
+        "PROOF",
+        "CANARY",
+        "N",
+        "WHY",
+    ]
+    for metric in status["metrics"]:
+        row = next(line for line in evidence.splitlines() if line.startswith(metric["name"] + " "))
+        cells = row.split()
+        assert cells[1] == metric["verdict"]
+        assert float(cells[2]) == pytest.approx(metric["eValue"], rel=1e-2)
+        assert float(cells[3]) == pytest.approx(metric["threshold"], rel=1e-2)
+        assert cells[5] == str(metric["requests"]["canary"])
+    decisions = out.split("decisions:", 1)[1].strip().splitlines()
+    assert len(decisions) == 2
+    assert "Initializing/0 -> Progressing/0  Start: routes in place" in decisions[0]
+    assert "Progressing/0 -> Progressing/1  Advance: no harm detected on every metric" in decisions[1]
+
+
+def test_status_json_shows_the_evidence_behind_the_last_decision(api: FakeApiServer, kubeconfig: Path) -> None:
+    docs = json.loads(ok(canarist(kubeconfig, "status", "-o", "json")))
+    assert {(d["namespace"], d["name"]) for d in docs} == {(NS, NAME), (OTHER_NS, OTHER)}
+    (doc,) = json.loads(ok(canarist(kubeconfig, "status", NAME, "-o", "json")))
+    status = doc["status"]
+    assert status == rollout(api)["status"]  # the stored status, whole
+    last = status["history"][-1]
+    assert last["action"] == "Advance" and status["message"] == last["reason"]
+    assert status["lastAnalysisAt"] == last["at"]  # the metrics are the evidence of that decision
+    assert {m["name"] for m in status["metrics"]} == {"latency-p99", "error-rate"}
+    for metric in status["metrics"]:
+        assert metric["verdict"] in ("Pass", "Inconclusive")
+        assert not metric["sloBreached"]
+        assert isinstance(metric["eValue"], float) and metric["eValue"] < metric["threshold"]
+        assert metric["threshold"] > 1 and metric["requests"]["canary"] >= 500  # the policy's minRequests
+        assert str(metric["requests"]["canary"]) in status["message"]
+
+
+def test_status_yaml_is_the_json_document(api: FakeApiServer, kubeconfig: Path) -> None:
+    as_json = json.loads(ok(canarist(kubeconfig, "status", NAME, "-o", "json")))
+    assert yaml.safe_load(ok(canarist(kubeconfig, "status", NAME, "-o", "yaml"))) == as_json
+
+
+# --- steering ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "command"),
+    [
+        (("promote", NAME), "promote"),
+        (("promote", NAME, "--full"), "promote-full"),
+        (("abort", NAME), "abort"),
+        (("pause", NAME), "pause"),
+        (("resume", NAME), "resume"),
+        (("retry", NAME), "retry"),
+    ],
+)
+def test_a_steering_command_writes_the_command_annotations(
+    api: FakeApiServer, kubeconfig: Path, args: tuple[str, ...], command: str
+) -> None:
+    before = rollout(api)
+    writes = len(api.writes)
+    out = ok(canarist(kubeconfig, *args, "-n", NS))
+    assert out == f"{NS}/{NAME}: {command} requested; the controller acts on its next reconcile\n"
+    after = rollout(api)
+    annotations = after["metadata"]["annotations"]
+    assert annotations[COMMAND_ANNOTATION] == command
+    assert annotations[COMMAND_BY_ANNOTATION] == BY
+    assert annotations[COMMAND_ID_ANNOTATION].isdigit()
+    assert annotations[COMMAND_ID_ANNOTATION] != before["status"].get("lastCommandId")
+    # one merge patch of the annotations; spec, status and routes untouched
+    (patch,) = api.writes[writes:]
+    assert (patch.method, patch.code) == ("PATCH", 200)
+    assert patch.path == f"/apis/canarist.io/v1alpha1/namespaces/{NS}/modelrollouts/{NAME}"
+    assert set(patch.body) == {"metadata"} and set(patch.body["metadata"]) == {"annotations"}
+    assert after["spec"] == before["spec"] and after["status"] == before["status"]
+    assert after["metadata"]["generation"] == before["metadata"]["generation"]
+
+
+def test_the_controller_records_who_asked(api: FakeApiServer, kubeconfig: Path) -> None:
+    cluster = KubeCluster(api.api_client, propagation_delay=0.0)
+    now = T0 + 6 * 60 + 1
+    for args, phase in ((("pause", NAME), "Paused"), (("resume", NAME), "Progressing"), (("pause", NAME), "Paused")):
+        ok(canarist(kubeconfig, *args))  # the context's namespace
+        reconcile(cluster.get_rollout(NS, NAME), cluster, Synthetic(), ENV, now=now)
+        now += 1
+        status = rollout(api)["status"]
+        assert status["phase"] == phase
+        assert status["history"][-1]["reason"] == f"{args[0]}d by {BY}"
+        assert status["lastCommandId"] == rollout(api)["metadata"]["annotations"][COMMAND_ID_ANNOTATION]
+    assert [t["action"] for t in status["history"]][-3:] == ["Pause", "Resume", "Pause"]
+
+
+# --- errors: one line, exit 2 -----------------------------------------------------------------
+
+
+def test_a_missing_rollout_is_one_line_and_exit_2(api: FakeApiServer, kubeconfig: Path) -> None:
+    writes = len([w for w in api.writes if w.code < 400])
+    calls = [("status", "nope"), ("status", "nope", "-o", "json"), ("pause", "nope"), ("promote", "nope", "--full")]
+    for proc in canarist_many(kubeconfig, calls):
+        one_line_error(proc, f"modelrollout {NS}/nope not found")
+    assert len([w for w in api.writes if w.code < 400]) == writes  # nothing was created
+
+
+def test_a_rollout_in_another_namespace_is_not_found(api: FakeApiServer, kubeconfig: Path) -> None:
+    one_line_error(canarist(kubeconfig, "abort", NAME, "-n", OTHER_NS), f"modelrollout {OTHER_NS}/{NAME} not found")
+    assert COMMAND_ANNOTATION not in (rollout(api)["metadata"].get("annotations") or {})
+
+
+def test_an_unreachable_api_server_is_one_clear_line_and_exit_2(tmp_path: Path) -> None:
+    with fake_api_server() as stopped:
+        kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", stopped.url)
+    calls = [("status",), ("status", NAME, "-o", "json"), ("pause", NAME), ("promote", NAME, "--full"), ("retry", NAME)]
+    for proc in canarist_many(kubeconfig, calls):
+        one_line_error(proc, "API server unavailable", "Connection refused")
+
+
+def test_the_current_context_is_used_without_context(api: FakeApiServer, kubeconfig: Path) -> None:
+    # the current context is "offline": a closed port
+    one_line_error(canarist(kubeconfig, "pause", NAME, context=None), "API server unavailable")
+    assert COMMAND_ANNOTATION not in (rollout(api)["metadata"].get("annotations") or {})
+
+
+def test_an_unknown_context_is_one_line_and_exit_2(api: FakeApiServer, kubeconfig: Path) -> None:
+    one_line_error(canarist(kubeconfig, "status", context="prod"), "cannot reach Kubernetes", "prod")

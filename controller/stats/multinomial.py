@@ -27,7 +27,7 @@ from controller.stats.validation import (
     check_nonnegative,
     check_positive,
     check_split,
-    check_successes,
+    two_arm_counts,
 )
 
 #: Dirichlet concentration k in alpha0 = k * theta0 (the default of Lindon & Malek's savvi package).
@@ -157,14 +157,7 @@ def count_regression_test(
     in convex order than the binomial (Hoeffding 1963), and the statistic is convex in the count; for
     m > 0 it relies on events being rare (the Poisson limit of the noncentral hypergeometric).
     """
-    ct = as_counts(canary_trials, name="canary_trials")
-    ce = as_counts(canary_events, name="canary_events")
-    check_successes(ce, ct, name="canary_events")
-    st = as_counts(stable_trials, name="stable_trials")
-    se = as_counts(stable_events, name="stable_events")
-    check_successes(se, st, name="stable_events")
-    if st.shape != ct.shape:
-        raise StatsInputError("stable_trials", f"{st.size} intervals but the canary has {ct.size}")
+    ce, ct, se, st = two_arm_counts(canary_events, canary_trials, stable_events, stable_trials, events="events")
     margin = check_nonnegative(relative_margin, name="relative_margin")
     if margin > 1e6:
         raise StatsInputError("relative_margin", "too large")

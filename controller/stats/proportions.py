@@ -16,13 +16,11 @@ import numpy.typing as npt
 from controller.stats.mixtures import normal_mixture_log_e, normal_mixture_radius, to_e_value
 from controller.stats.validation import (
     FloatArray,
-    IntArray,
     StatsInputError,
-    as_counts,
     check_alpha,
     check_nonnegative,
     check_positive,
-    check_successes,
+    two_arm_counts,
 )
 
 #: Mixing scale used when the margin is 0 (no natural effect size to centre the mixture on).
@@ -58,23 +56,6 @@ class ProportionResult:
 def _bernoulli_var(p: float) -> float:
     p = min(max(p, _EPS), 1.0 - _EPS)
     return p * (1.0 - p)
-
-
-def _inputs(
-    canary_successes: npt.ArrayLike,
-    canary_trials: npt.ArrayLike,
-    stable_successes: npt.ArrayLike,
-    stable_trials: npt.ArrayLike,
-) -> tuple[IntArray, IntArray, IntArray, IntArray]:
-    ct = as_counts(canary_trials, name="canary_trials")
-    cs = as_counts(canary_successes, name="canary_successes")
-    check_successes(cs, ct, name="canary_successes")
-    st = as_counts(stable_trials, name="stable_trials")
-    ss = as_counts(stable_successes, name="stable_successes")
-    check_successes(ss, st, name="stable_successes")
-    if st.shape != ct.shape:
-        raise StatsInputError("stable_trials", f"{st.size} intervals but the canary has {ct.size}")
-    return cs, ct, ss, st
 
 
 def _weighted(
@@ -124,7 +105,7 @@ def proportion_test(
     components with theta well above s^2 ~ p would turn single errors into large evidence, where the
     Gaussian approximation of a near-Poisson count no longer holds.
     """
-    cs, ct, ss, st = _inputs(canary_successes, canary_trials, stable_successes, stable_trials)
+    cs, ct, ss, st = two_arm_counts(canary_successes, canary_trials, stable_successes, stable_trials)
     margin = check_nonnegative(margin, name="margin")
     if margin >= 1.0:
         raise StatsInputError("margin", "must be < 1")

@@ -187,3 +187,23 @@ def check_value_groups(
     if flat.size and (flat.min() < lower or flat.max() > upper):
         raise StatsInputError(name, f"value outside [{lower}, {upper}]")
     return groups
+
+
+def two_arm_counts(
+    canary_events: object,
+    canary_trials: object,
+    stable_events: object,
+    stable_trials: object,
+    *,
+    events: str = "successes",
+) -> tuple[IntArray, IntArray, IntArray, IntArray]:
+    """Per-interval events of trials for both versions: counts, events <= trials, as many intervals."""
+    ct = as_counts(canary_trials, name="canary_trials")
+    ce = as_counts(canary_events, name=f"canary_{events}")
+    check_successes(ce, ct, name=f"canary_{events}")
+    st = as_counts(stable_trials, name="stable_trials")
+    se = as_counts(stable_events, name=f"stable_{events}")
+    check_successes(se, st, name=f"stable_{events}")
+    if st.shape != ct.shape:
+        raise StatsInputError("stable_trials", f"{st.size} intervals but the canary has {ct.size}")
+    return ce, ct, se, st

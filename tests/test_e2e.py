@@ -13,6 +13,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,36 +111,38 @@ class Mesh:
             self.stop.wait(0.1)
 
 
-@pytest.fixture
-def world(prometheus_factory: Callable[..., PrometheusServer]) -> Iterator[Callable[[float], tuple[Any, ...]]]:
-    stops: list[threading.Event] = []
-    contexts: list[Any] = []
-
-    def make(canary_error_rate: float) -> tuple[FakeApiServer, Manager, Mesh]:
-        context = fake_api_server()
-        api = context.__enter__()
-        contexts.append(context)
+@contextmanager
+def live_mesh(
+    prometheus_factory: Callable[..., PrometheusServer], canary_error_rate: float
+) -> Iterator[tuple[FakeApiServer, Mesh, PrometheusServer]]:
+    """A fake API server with ready pods, live traffic following its VirtualService, and a Prometheus scraping it."""
+    with fake_api_server() as api:
         for version in ("v1", "v2"):
             api.seed(ready_pod(version))
         registry = CollectorRegistry()
         port = free_port()
         start_http_server(port, addr="127.0.0.1", registry=registry)
-        stop = threading.Event()
-        stops.append(stop)
-        mesh = Mesh(api, canary_error_rate, stop, {"v1": 0, "v2": 0})
+        mesh = Mesh(api, canary_error_rate, threading.Event(), {"v1": 0, "v2": 0})
         threading.Thread(target=mesh.run, args=(registry,), daemon=True).start()
         scrape = [{"job_name": "mesh", "scrape_interval": "1s", "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}]
-        prometheus = prometheus_factory(scrape_configs=scrape).start()
-        cluster = KubeCluster(api.api_client, propagation_delay=0.0)
-        source = PrometheusSource(PrometheusClient(PrometheusSettings(url=prometheus.url, timeout=5.0)))
-        manager = Manager(cluster, source, default_environment(), time.time, namespace=NS)
-        return api, manager, mesh
+        try:
+            yield api, mesh, prometheus_factory(scrape_configs=scrape).start()
+        finally:
+            mesh.stop.set()
 
-    yield make
-    for stop in stops:
-        stop.set()
-    for context in contexts:
-        context.__exit__(None, None, None)
+
+@pytest.fixture
+def world(prometheus_factory: Callable[..., PrometheusServer]) -> Iterator[Callable[[float], tuple[Any, ...]]]:
+    with ExitStack() as stack:
+
+        def make(canary_error_rate: float) -> tuple[FakeApiServer, Manager, Mesh]:
+            api, mesh, prometheus = stack.enter_context(live_mesh(prometheus_factory, canary_error_rate))
+            cluster = KubeCluster(api.api_client, propagation_delay=0.0)
+            source = PrometheusSource(PrometheusClient(PrometheusSettings(url=prometheus.url, timeout=5.0)))
+            manager = Manager(cluster, source, default_environment(), time.time, namespace=NS)
+            return api, manager, mesh
+
+        yield make
 
 
 def drive(api: FakeApiServer, manager: Manager, *, until: set[str], seconds: float) -> dict[str, Any]:

@@ -16,13 +16,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from prometheus_client import CollectorRegistry, start_http_server
 
 import tests.prometheus_fixture
 import tests.test_e2e
@@ -36,8 +36,8 @@ from controller.reconcile import reconcile
 from controller.templating import default_environment
 from controller.wiring import PrometheusSource
 from tests.kube_fake import FakeApiServer, fake_api_server
-from tests.prometheus_fixture import PrometheusServer, free_port
-from tests.test_e2e import NAME, NS, Mesh, check_writes, policy, ready_pod
+from tests.prometheus_fixture import PrometheusServer
+from tests.test_e2e import NAME, NS, Mesh, check_writes, live_mesh, policy, ready_pod
 from tests.test_reconcile import ENV, POLICY, T0, Synthetic
 
 CANARIST = Path(sys.executable).parent / "canarist"
@@ -106,31 +106,13 @@ def world(
     prometheus_factory: Callable[..., PrometheusServer], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Callable[[], World]]:
     monkeypatch.setattr(tests.test_e2e, "RPS", 1000)  # more traffic than test_e2e.py: proofs come sooner
-    stops: list[threading.Event] = []
-    contexts: list[Any] = []
+    with ExitStack() as stack:
 
-    def make() -> World:
-        context = fake_api_server()
-        api = context.__enter__()
-        contexts.append(context)
-        for version in ("v1", "v2"):
-            api.seed(ready_pod(version))
-        registry = CollectorRegistry()
-        port = free_port()
-        start_http_server(port, addr="127.0.0.1", registry=registry)
-        stop = threading.Event()
-        stops.append(stop)
-        mesh = Mesh(api, 0.005, stop, {"v1": 0, "v2": 0})
-        threading.Thread(target=mesh.run, args=(registry,), daemon=True).start()
-        scrape = [{"job_name": "mesh", "scrape_interval": "1s", "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}]
-        prometheus = prometheus_factory(scrape_configs=scrape).start()
-        return World(api, prometheus, mesh, tmp_path)
+        def make() -> World:
+            api, mesh, prometheus = stack.enter_context(live_mesh(prometheus_factory, 0.005))
+            return World(api, prometheus, mesh, tmp_path)
 
-    yield make
-    for stop in stops:
-        stop.set()
-    for context in contexts:
-        context.__exit__(None, None, None)
+        yield make
 
 
 def wait_for(what: str, check: Callable[[], bool], seconds: float, tick: Callable[[], object] | None = None) -> None:

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from controller import stats
-from controller.decision import Evidence, MetricEvidence, Verdict
+from controller.decision import Distribution, Evidence, MetricEvidence, Verdict
 from controller.kinds import TRAITS, Unit, lower_is_better, parse_value, quantile
 from controller.policy import Metric, MetricKind, ModelRollout
 from controller.samples import CountSeries, GaugeSeries, HistogramSeries, MetricData, Observation
@@ -134,6 +134,7 @@ def evaluate(metric: Metric, data: MetricData | None, budget: float) -> MetricEv
         interval=numbers.interval,
         n_stable=numbers.n_stable,
         n_canary=numbers.n_canary,
+        distribution=numbers.distribution,
     )
 
 
@@ -143,6 +144,7 @@ class Numbers:
     interval: tuple[float, float] | None
     n_stable: int
     n_canary: int
+    distribution: Distribution | None = None
 
 
 def _run(metric: Metric, data: MetricData, alpha: float) -> tuple[list[Check], Numbers] | None:
@@ -205,7 +207,12 @@ def _latency(metric: Metric, series: HistogramSeries, alpha: float) -> tuple[lis
         )
     elif metric.margin is not None:
         checks.append(Check(1.0, 1.0, "no window with both versions"))
-    return checks, Numbers(estimate, None, n_stable, n_canary)
+    distribution = Distribution(
+        tuple(float(e) for e in edges),
+        tuple(float(v) for v in stable.sum(axis=0)) if stable.size else (0.0,) * len(edges),
+        tuple(float(v) for v in np.asarray(canary_only, dtype=np.float64).sum(axis=0)),
+    )
+    return checks, Numbers(estimate, None, n_stable, n_canary, distribution)
 
 
 def _relative_margin(metric: Metric, stable_level: float) -> float:

@@ -76,6 +76,15 @@ class Command:
 
 
 @dataclass(frozen=True)
+class Distribution:
+    """Both versions' cumulative bucket counts over the analysis so far (latency metrics)."""
+
+    edges: tuple[float, ...]  # upper bounds in seconds, the last one +Inf
+    stable: tuple[float, ...]
+    canary: tuple[float, ...]
+
+
+@dataclass(frozen=True)
 class MetricEvidence:
     """One metric's verdict and the numbers behind it (canonical units: seconds or fractions)."""
 
@@ -90,6 +99,7 @@ class MetricEvidence:
     interval: tuple[float, float] | None = None
     n_stable: int = 0
     n_canary: int = 0
+    distribution: Distribution | None = None
 
 
 @dataclass(frozen=True)

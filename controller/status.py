@@ -31,6 +31,10 @@ from controller.policy import ModelRollout
 from controller.routing import RouteState, realized_share
 
 E_VALUE_CAP = 1e300
+#: Bounds on the report's logs in the status, so an object stays far below etcd's 1.5 MiB.
+ANALYSES_LIMIT = 240
+WEIGHTS_LIMIT = 100
+DISTRIBUTIONS_LIMIT = 30
 
 
 def timestamp(seconds: float) -> str:
@@ -69,8 +73,13 @@ def to_status(
     now: float,
     command_id: str | None = None,
 ) -> dict[str, Any]:
-    """The status subresource to write: the machine's state, the routes in force and the evidence."""
+    """The status subresource to write: the machine's state, the routes in force and the evidence.
+
+    Besides the latest look, it keeps bounded logs for ``canarist report``: the weight in force over
+    time, every look's numbers, and the latency distributions at each decision that changed something.
+    """
     metrics = [metric_status(m) for m in evidence.metrics] if evidence is not None else previous.get("metrics", [])
+    changed = bool(status.history) and status.history[-1].at == now
     out: dict[str, Any] = {
         "phase": status.phase.value,
         "currentStep": status.step,
@@ -84,9 +93,60 @@ def to_status(
         "lastCommandId": command_id if command_id is not None else previous.get("lastCommandId"),
         "metrics": metrics,
         "history": [transition_status(t) for t in status.history],
+        "weights": weights_log(previous.get("weights"), routes.canary_weight, now),
+        "analyses": analyses_log(previous.get("analyses"), status, routes, evidence, now),
+        "distributions": distributions_log(previous.get("distributions"), status, evidence, now, changed=changed),
         "conditions": conditions(status, previous.get("conditions", []), now),
     }
     return {k: v for k, v in out.items() if v is not None}
+
+
+def _log(previous: Any) -> list[Any]:
+    return [item for item in previous if isinstance(item, Mapping)] if isinstance(previous, list) else []
+
+
+def weights_log(previous: Any, weight: int, now: float) -> list[Any]:
+    """The canary weight over time: one entry each time the weight in force changes."""
+    log = _log(previous)
+    if not log or log[-1].get("canaryWeight") != weight:
+        log.append({"at": timestamp(now), "canaryWeight": weight})
+    return log[-WEIGHTS_LIMIT:]
+
+
+def analyses_log(previous: Any, status: Status, routes: RouteState, evidence: Evidence | None, now: float) -> list[Any]:
+    """Every look's numbers (the e-value paths and estimates the report draws)."""
+    log = _log(previous)
+    if evidence is not None:
+        metrics = [{k: v for k, v in metric_status(m).items() if k != "reason"} for m in evidence.metrics]
+        log.append(
+            {"at": timestamp(now), "step": status.step, "canaryWeight": routes.canary_weight, "metrics": metrics}
+        )
+    return log[-ANALYSES_LIMIT:]
+
+
+def distributions_log(
+    previous: Any, status: Status, evidence: Evidence | None, now: float, *, changed: bool
+) -> list[Any]:
+    """Latency bucket counts of both versions at each look whose decision changed something."""
+    log = _log(previous)
+    if evidence is not None and changed:
+        action = status.history[-1].action.value
+        for metric in evidence.metrics:
+            shape = metric.distribution
+            if shape is None:
+                continue
+            log.append(
+                {
+                    "at": timestamp(now),
+                    "step": status.step,
+                    "action": action,
+                    "metric": metric.name,
+                    "edges": [e for e in shape.edges if math.isfinite(e)],
+                    "stable": [int(v) for v in shape.stable],
+                    "canary": [int(v) for v in shape.canary],
+                }
+            )
+    return log[-DISTRIBUTIONS_LIMIT:]
 
 
 def metric_status(metric: MetricEvidence) -> dict[str, Any]:

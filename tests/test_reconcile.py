@@ -21,8 +21,9 @@ from controller.cluster import COMMAND_ANNOTATION, COMMAND_BY_ANNOTATION, COMMAN
 from controller.decision import Action
 from controller.policy import ModelRollout
 from controller.reconcile import Outcome, analysis_windows, reconcile
+from controller.routing import RouteState
 from controller.samples import CountSeries, HistogramSeries, MetricData, Observation, Window
-from controller.status import from_status
+from controller.status import ANALYSES_LIMIT, from_status, timestamp, to_status
 from controller.templating import default_environment
 from tests.memory_cluster import MemoryCluster
 
@@ -280,3 +281,41 @@ def test_deleting_a_rollout_restores_the_routes_then_lets_it_go(cluster: MemoryC
     assert outcome.reason == "deleted: routes restored" and outcome.route_writes == 2
     assert cluster.routes == {} and cluster.rollouts == {}
     assert cluster.events[-1][0] == "RoutesReleased"
+
+
+def test_the_status_keeps_what_a_report_draws(cluster: MemoryCluster) -> None:
+    drive(cluster, Synthetic(), minutes=40)
+    stored = status(cluster)
+    assert [w["canaryWeight"] for w in stored["weights"]] == [1, 5, 25, 50, 100]
+    looks = stored["analyses"]
+    assert len(looks) >= 5
+    assert all(look["metrics"] and "reason" not in look["metrics"][0] for look in looks)
+    assert [look["step"] for look in looks] == sorted(look["step"] for look in looks)
+    regression = [look["metrics"][0]["eValue"] for look in looks]
+    assert all(e >= 0 for e in regression)
+    # One latency snapshot per decision that moved the rollout, its counts cumulative and per version.
+    snapshots = stored["distributions"]
+    assert [s["action"] for s in snapshots] == ["Advance", "Advance", "Advance", "Promote"]
+    for snapshot in snapshots:
+        assert snapshot["metric"] == "latency-p99"
+        assert len(snapshot["stable"]) == len(snapshot["canary"]) == len(snapshot["edges"]) + 1
+        assert snapshot["canary"] == sorted(snapshot["canary"]) and snapshot["canary"][-1] > 0
+    totals = [s["canary"][-1] for s in snapshots]
+    assert totals == sorted(totals)
+
+
+def test_the_report_logs_stay_bounded(cluster: MemoryCluster) -> None:
+    drive(cluster, Synthetic(canary_latency=SLOW), minutes=2)
+    previous = {"analyses": [{"at": "x", "metrics": []}] * 500, "weights": "not a list", "distributions": [1, 2]}
+    (obj,), _ = cluster.list_rollouts(None)
+    body = to_status(
+        from_status(obj["status"]),
+        routes=RouteState(5),
+        evidence=None,
+        previous=previous,
+        generation=1,
+        now=T0,
+    )
+    assert len(body["analyses"]) == ANALYSES_LIMIT
+    assert body["weights"] == [{"at": timestamp(T0), "canaryWeight": 5}]
+    assert body["distributions"] == []

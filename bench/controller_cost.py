@@ -64,9 +64,9 @@ MIN_PASSES = 20  # analysis passes over all rollouts, however many there are
 #: Runs in the child: serve the fake, answer one JSON line per command line on stdin.
 CHILD = """
 import json, sys
-from tests.kube_fake import FakeApiServer
+from controller.localapi import LocalApiServer
 
-api = FakeApiServer().start()
+api = LocalApiServer().start()
 print(json.dumps({"url": api.url}), flush=True)
 for line in sys.stdin:
     request = json.loads(line)

@@ -26,8 +26,8 @@ import yaml
 
 from controller.cluster import COMMAND_ANNOTATION, COMMAND_BY_ANNOTATION, COMMAND_ID_ANNOTATION
 from controller.kube import KubeCluster
+from controller.localapi import LocalApiServer, local_api_server
 from controller.reconcile import reconcile
-from tests.kube_fake import FakeApiServer, fake_api_server
 from tests.prometheus_fixture import free_port
 from tests.test_reconcile import ENV, POLICY, T0, Synthetic
 
@@ -48,17 +48,17 @@ def ready_pod(version: str) -> dict[str, Any]:
     }
 
 
-def rollout(api: FakeApiServer, namespace: str = NS, name: str = NAME) -> dict[str, Any]:
+def rollout(api: LocalApiServer, namespace: str = NS, name: str = NAME) -> dict[str, Any]:
     found = api.get("canarist.io", "modelrollouts", namespace, name)
     assert found is not None
     return found
 
 
 @pytest.fixture
-def api() -> Iterator[FakeApiServer]:
+def api() -> Iterator[LocalApiServer]:
     """A fake API server holding two rollouts: fraud-detector at step 1 after six real reconciles
     (start, holds, an advance: evidence and history in its status) and a fresh one elsewhere."""
-    with fake_api_server() as server:
+    with local_api_server() as server:
         server.seed(copy.deepcopy(POLICY))
         for version in ("v41", "v42"):
             server.seed(ready_pod(version))
@@ -96,7 +96,7 @@ def write_kubeconfig(path: Path, server: str) -> Path:
 
 
 @pytest.fixture
-def kubeconfig(api: FakeApiServer, tmp_path: Path) -> Path:
+def kubeconfig(api: LocalApiServer, tmp_path: Path) -> Path:
     return write_kubeconfig(tmp_path / "kubeconfig", api.url)
 
 
@@ -136,7 +136,7 @@ def one_line_error(proc: subprocess.CompletedProcess[str], *fragments: str) -> s
 # --- status -----------------------------------------------------------------------------------
 
 
-def test_status_table_lists_every_rollout_in_every_namespace(api: FakeApiServer, kubeconfig: Path) -> None:
+def test_status_table_lists_every_rollout_in_every_namespace(api: LocalApiServer, kubeconfig: Path) -> None:
     out = ok(canarist(kubeconfig, "status"))
     header, *rows = out.splitlines()
     assert header.split() == ["NAMESPACE", "NAME", "PHASE", "STEP", "WEIGHT", "MESSAGE"]
@@ -148,7 +148,7 @@ def test_status_table_lists_every_rollout_in_every_namespace(api: FakeApiServer,
     assert OTHER in only and NAME not in only
 
 
-def test_status_of_one_rollout_shows_its_evidence_and_decisions(api: FakeApiServer, kubeconfig: Path) -> None:
+def test_status_of_one_rollout_shows_its_evidence_and_decisions(api: LocalApiServer, kubeconfig: Path) -> None:
     status = rollout(api)["status"]
     out = ok(canarist(kubeconfig, "status", NAME))  # no -n: the context's namespace
     assert out == ok(canarist(kubeconfig, "status", NAME, "-n", NS))
@@ -177,7 +177,7 @@ def test_status_of_one_rollout_shows_its_evidence_and_decisions(api: FakeApiServ
     assert "Progressing/0 -> Progressing/1  Advance: no harm detected on every metric" in decisions[1]
 
 
-def test_status_json_shows_the_evidence_behind_the_last_decision(api: FakeApiServer, kubeconfig: Path) -> None:
+def test_status_json_shows_the_evidence_behind_the_last_decision(api: LocalApiServer, kubeconfig: Path) -> None:
     docs = json.loads(ok(canarist(kubeconfig, "status", "-o", "json")))
     assert {(d["namespace"], d["name"]) for d in docs} == {(NS, NAME), (OTHER_NS, OTHER)}
     (doc,) = json.loads(ok(canarist(kubeconfig, "status", NAME, "-o", "json")))
@@ -195,7 +195,7 @@ def test_status_json_shows_the_evidence_behind_the_last_decision(api: FakeApiSer
         assert str(metric["requests"]["canary"]) in status["message"]
 
 
-def test_status_yaml_is_the_json_document(api: FakeApiServer, kubeconfig: Path) -> None:
+def test_status_yaml_is_the_json_document(api: LocalApiServer, kubeconfig: Path) -> None:
     as_json = json.loads(ok(canarist(kubeconfig, "status", NAME, "-o", "json")))
     assert yaml.safe_load(ok(canarist(kubeconfig, "status", NAME, "-o", "yaml"))) == as_json
 
@@ -215,7 +215,7 @@ def test_status_yaml_is_the_json_document(api: FakeApiServer, kubeconfig: Path) 
     ],
 )
 def test_a_steering_command_writes_the_command_annotations(
-    api: FakeApiServer, kubeconfig: Path, args: tuple[str, ...], command: str
+    api: LocalApiServer, kubeconfig: Path, args: tuple[str, ...], command: str
 ) -> None:
     before = rollout(api)
     writes = len(api.writes)
@@ -236,7 +236,7 @@ def test_a_steering_command_writes_the_command_annotations(
     assert after["metadata"]["generation"] == before["metadata"]["generation"]
 
 
-def test_the_controller_records_who_asked(api: FakeApiServer, kubeconfig: Path) -> None:
+def test_the_controller_records_who_asked(api: LocalApiServer, kubeconfig: Path) -> None:
     cluster = KubeCluster(api.api_client, propagation_delay=0.0)
     now = T0 + 6 * 60 + 1
     for args, phase in ((("pause", NAME), "Paused"), (("resume", NAME), "Progressing"), (("pause", NAME), "Paused")):
@@ -253,7 +253,7 @@ def test_the_controller_records_who_asked(api: FakeApiServer, kubeconfig: Path) 
 # --- errors: one line, exit 2 -----------------------------------------------------------------
 
 
-def test_a_missing_rollout_is_one_line_and_exit_2(api: FakeApiServer, kubeconfig: Path) -> None:
+def test_a_missing_rollout_is_one_line_and_exit_2(api: LocalApiServer, kubeconfig: Path) -> None:
     writes = len([w for w in api.writes if w.code < 400])
     calls = [("status", "nope"), ("status", "nope", "-o", "json"), ("pause", "nope"), ("promote", "nope", "--full")]
     for proc in canarist_many(kubeconfig, calls):
@@ -261,24 +261,24 @@ def test_a_missing_rollout_is_one_line_and_exit_2(api: FakeApiServer, kubeconfig
     assert len([w for w in api.writes if w.code < 400]) == writes  # nothing was created
 
 
-def test_a_rollout_in_another_namespace_is_not_found(api: FakeApiServer, kubeconfig: Path) -> None:
+def test_a_rollout_in_another_namespace_is_not_found(api: LocalApiServer, kubeconfig: Path) -> None:
     one_line_error(canarist(kubeconfig, "abort", NAME, "-n", OTHER_NS), f"modelrollout {OTHER_NS}/{NAME} not found")
     assert COMMAND_ANNOTATION not in (rollout(api)["metadata"].get("annotations") or {})
 
 
 def test_an_unreachable_api_server_is_one_clear_line_and_exit_2(tmp_path: Path) -> None:
-    with fake_api_server() as stopped:
+    with local_api_server() as stopped:
         kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", stopped.url)
     calls = [("status",), ("status", NAME, "-o", "json"), ("pause", NAME), ("promote", NAME, "--full"), ("retry", NAME)]
     for proc in canarist_many(kubeconfig, calls):
         one_line_error(proc, "API server unavailable", "Connection refused")
 
 
-def test_the_current_context_is_used_without_context(api: FakeApiServer, kubeconfig: Path) -> None:
+def test_the_current_context_is_used_without_context(api: LocalApiServer, kubeconfig: Path) -> None:
     # the current context is "offline": a closed port
     one_line_error(canarist(kubeconfig, "pause", NAME, context=None), "API server unavailable")
     assert COMMAND_ANNOTATION not in (rollout(api)["metadata"].get("annotations") or {})
 
 
-def test_an_unknown_context_is_one_line_and_exit_2(api: FakeApiServer, kubeconfig: Path) -> None:
+def test_an_unknown_context_is_one_line_and_exit_2(api: LocalApiServer, kubeconfig: Path) -> None:
     one_line_error(canarist(kubeconfig, "status", context="prod"), "cannot reach Kubernetes", "prod")

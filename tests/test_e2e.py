@@ -21,11 +21,11 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
 from controller.kube import KubeCluster
+from controller.localapi import LocalApiServer, local_api_server
 from controller.manager import Manager
 from controller.prometheus import PrometheusClient, PrometheusSettings
 from controller.templating import default_environment
 from controller.wiring import PrometheusSource
-from tests.kube_fake import FakeApiServer, fake_api_server
 from tests.prometheus_fixture import PrometheusServer, free_port
 
 NS, NAME, SERVICE = "ml", "scorer", "scorer"
@@ -79,7 +79,7 @@ def ready_pod(version: str) -> dict[str, Any]:
 class Mesh:
     """Live traffic as an Istio sidecar would report it; the split follows the rendered VirtualService."""
 
-    api: FakeApiServer
+    api: LocalApiServer
     canary_error_rate: float
     stop: threading.Event
     served: dict[str, int]
@@ -114,9 +114,9 @@ class Mesh:
 @contextmanager
 def live_mesh(
     prometheus_factory: Callable[..., PrometheusServer], canary_error_rate: float
-) -> Iterator[tuple[FakeApiServer, Mesh, PrometheusServer]]:
+) -> Iterator[tuple[LocalApiServer, Mesh, PrometheusServer]]:
     """A fake API server with ready pods, live traffic following its VirtualService, and a Prometheus scraping it."""
-    with fake_api_server() as api:
+    with local_api_server() as api:
         for version in ("v1", "v2"):
             api.seed(ready_pod(version))
         registry = CollectorRegistry()
@@ -135,7 +135,7 @@ def live_mesh(
 def world(prometheus_factory: Callable[..., PrometheusServer]) -> Iterator[Callable[[float], tuple[Any, ...]]]:
     with ExitStack() as stack:
 
-        def make(canary_error_rate: float) -> tuple[FakeApiServer, Manager, Mesh]:
+        def make(canary_error_rate: float) -> tuple[LocalApiServer, Manager, Mesh]:
             api, mesh, prometheus = stack.enter_context(live_mesh(prometheus_factory, canary_error_rate))
             cluster = KubeCluster(api.api_client, propagation_delay=0.0)
             source = PrometheusSource(PrometheusClient(PrometheusSettings(url=prometheus.url, timeout=5.0)))
@@ -145,7 +145,7 @@ def world(prometheus_factory: Callable[..., PrometheusServer]) -> Iterator[Calla
         yield make
 
 
-def drive(api: FakeApiServer, manager: Manager, *, until: set[str], seconds: float) -> dict[str, Any]:
+def drive(api: LocalApiServer, manager: Manager, *, until: set[str], seconds: float) -> dict[str, Any]:
     deadline = time.time() + seconds
     while time.time() < deadline:
         manager.tick()
@@ -156,7 +156,7 @@ def drive(api: FakeApiServer, manager: Manager, *, until: set[str], seconds: flo
     pytest.fail(f"rollout did not reach {until} in {seconds}s: {(rollout.get('status') or {}).get('message')}")
 
 
-def check_writes(api: FakeApiServer) -> list[int]:
+def check_writes(api: LocalApiServer) -> list[int]:
     """Invariants over the sequence of writes the API server received; returns the canary weights."""
     defined: set[str] = set()
     weights = []

@@ -30,12 +30,12 @@ from controller.cluster import COMMAND_BY_ANNOTATION
 from controller.decision import Action
 from controller.kube import KubeCluster
 from controller.leader import LeaderElector
+from controller.localapi import LocalApiServer, local_api_server
 from controller.manager import Manager
 from controller.prometheus import PrometheusClient, PrometheusSettings
 from controller.reconcile import reconcile
 from controller.templating import default_environment
 from controller.wiring import PrometheusSource
-from tests.kube_fake import FakeApiServer, fake_api_server
 from tests.prometheus_fixture import PrometheusServer
 from tests.test_e2e import NAME, NS, Mesh, check_writes, live_mesh, policy, ready_pod
 from tests.test_reconcile import ENV, POLICY, T0, Synthetic
@@ -52,7 +52,7 @@ def non_decreasing(weights: Sequence[int]) -> bool:
 class World:
     """The fake API server, Prometheus and the mesh's traffic; controllers are made on demand."""
 
-    api: FakeApiServer
+    api: LocalApiServer
     prometheus: PrometheusServer
     mesh: Mesh
     tmp: Path
@@ -312,7 +312,7 @@ def test_a_controller_killed_at_every_step_boundary_resumes_from_the_status(worl
 
 
 def test_a_controller_killed_between_routes_and_status_never_applies_an_older_weight() -> None:
-    with fake_api_server() as api:
+    with local_api_server() as api:
         api.seed(copy.deepcopy(POLICY))
         labels = POLICY["spec"]["canary"]["labels"]
         pod = ready_pod("v42")

@@ -33,11 +33,11 @@ from controller.kube import (
     merge_virtual_service,
     retry_policy,
 )
+from controller.localapi import LocalApiServer, local_api_server
 from controller.policy import ModelRollout
 from controller.render import render
 from controller.routing import RouteState
 from controller.templating import default_environment
-from tests.kube_fake import FakeApiServer, fake_api_server
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICY = yaml.safe_load((ROOT / "policies/fraud-detector-istio.yaml").read_text())
@@ -48,17 +48,17 @@ ISTIO = "networking.istio.io"
 
 
 @pytest.fixture
-def server() -> Iterator[FakeApiServer]:
-    with fake_api_server() as fake:
+def server() -> Iterator[LocalApiServer]:
+    with local_api_server() as fake:
         yield fake
 
 
 @pytest.fixture
-def cluster(server: FakeApiServer) -> KubeCluster:
+def cluster(server: LocalApiServer) -> KubeCluster:
     return KubeCluster(edge_client(server), identity="test", propagation_delay=0)
 
 
-def edge_client(server: FakeApiServer) -> Any:
+def edge_client(server: LocalApiServer) -> Any:
     """An ApiClient configured as KubeCluster.from_settings configures its own."""
     return server.make_client(retries=retry_policy())
 
@@ -73,7 +73,7 @@ def routes(weight: int, policy: dict[str, Any] = POLICY) -> list[dict[str, Any]]
     return render(ModelRollout.model_validate(policy), RouteState(weight), ENV)
 
 
-def route_writes(server: FakeApiServer) -> list[tuple[str, str]]:
+def route_writes(server: LocalApiServer) -> list[tuple[str, str]]:
     """(method, plural/name) of every successful write to an Istio object."""
     out = []
     for request in server.writes:
@@ -82,7 +82,7 @@ def route_writes(server: FakeApiServer) -> list[tuple[str, str]]:
     return out
 
 
-def check_make_before_break(server: FakeApiServer) -> None:
+def check_make_before_break(server: LocalApiServer) -> None:
     """Replay the successful Istio writes: after each one, every routed subset is defined."""
     state: dict[str, dict[str, Any]] = {}
     for request in server.writes:
@@ -116,7 +116,7 @@ def check_make_before_break(server: FakeApiServer) -> None:
                         )
 
 
-def stored(server: FakeApiServer, plural: str, name: str) -> dict[str, Any]:
+def stored(server: LocalApiServer, plural: str, name: str) -> dict[str, Any]:
     found = server.get(ISTIO, plural, NS, name)
     assert found is not None, f"{plural}/{name} missing"
     return found
@@ -246,7 +246,7 @@ def test_server_errors_and_refusals_are_temporary_errors(server, cluster, owner)
 
 
 def test_an_unreachable_server_is_a_temporary_error() -> None:
-    with fake_api_server() as fake:
+    with local_api_server() as fake:
         url = fake.url  # stopped on leaving: nothing listens there any more
     configuration = client.Configuration()
     configuration.host = url
@@ -284,7 +284,7 @@ def test_waits_for_istio_before_routing_to_a_new_subset(server, owner) -> None:
 
 
 def test_istio_status_reporting_ends_the_wait_early() -> None:
-    with fake_api_server(istio_status=True) as fake:
+    with local_api_server(istio_status=True) as fake:
         slept: list[float] = []
         cluster = KubeCluster(edge_client(fake), propagation_delay=5.0, sleep=slept.append)
         owner = cluster.create_or_update_rollout({k: v for k, v in POLICY.items() if k != "status"})

@@ -20,7 +20,7 @@ from controller.leader import (
     renew_deadline_passed,
     successor,
 )
-from tests.kube_fake import FakeApiServer, fake_api_server
+from controller.localapi import LocalApiServer, local_api_server
 
 NS, LEASE = "canarist-system", "canarist-controller"
 
@@ -76,16 +76,16 @@ def test_renew_deadline() -> None:
 
 
 @pytest.fixture
-def server() -> Iterator[FakeApiServer]:
-    with fake_api_server() as fake:
+def server() -> Iterator[LocalApiServer]:
+    with local_api_server() as fake:
         yield fake
 
 
-def elector(server: FakeApiServer, identity: str, clock: Any = lambda: 0.0) -> LeaderElector:
+def elector(server: LocalApiServer, identity: str, clock: Any = lambda: 0.0) -> LeaderElector:
     return LeaderElector(server.make_client(retries=retry_policy()), NS, LEASE, identity, lease_seconds=15, clock=clock)
 
 
-def lease(server: FakeApiServer) -> dict[str, Any]:
+def lease(server: LocalApiServer) -> dict[str, Any]:
     found = server.get("coordination.k8s.io", "leases", NS, LEASE)
     assert found is not None
     return found["spec"]

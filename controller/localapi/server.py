@@ -1,7 +1,9 @@
-"""A local fake of the Kubernetes API server that the official ``kubernetes`` client talks to over HTTP.
+"""An embedded local stand-in for the Kubernetes API server, spoken to over HTTP by the official client.
 
-It keeps the API server's semantics where canarist depends on them, so the edge is tested against
-behaviour, not against a mock of the client's methods:
+No kube-apiserver can be had where canarist is developed and demonstrated, so the tests and
+``canarist demo`` run the controller's real Kubernetes edge against this. It keeps the API
+server's semantics where canarist depends on them, so the edge is tested against behaviour, not
+against a mock of the client's methods:
 
 - objects get ``uid``, ``creationTimestamp``, ``generation`` (bumped when anything but metadata and
   status changes) and a ``resourceVersion`` from one global counter on every write; a write that
@@ -16,13 +18,13 @@ behaviour, not against a mock of the client's methods:
   stored status (and create drops it) for resources that have one;
 - watch: ``?watch=true&resourceVersion=N`` streams ADDED/MODIFIED/DELETED since N as JSON lines
   (chunked), ends after ``timeoutSeconds``; no resourceVersion means "current state as ADDED, then
-  changes"; a resourceVersion older than the last :meth:`FakeApiServer.compact` gets an ERROR event
+  changes"; a resourceVersion older than the last :meth:`LocalApiServer.compact` gets an ERROR event
   with a 410 Expired Status, as the real server sends it;
 - errors are ``kind: Status`` objects with ``reason`` and ``code``.
 
-For tests: :attr:`FakeApiServer.log` records every request in order (method, path, body, answer
-code), :meth:`FakeApiServer.fail` injects faults (the next N matching requests answer a code and/or
-are delayed), :meth:`FakeApiServer.seed` puts objects in directly (status included), and
+For tests and the demo: :attr:`LocalApiServer.log` records every request in order (method, path, body, answer
+code), :meth:`LocalApiServer.fail` injects faults (the next N matching requests answer a code and/or
+are delayed), :meth:`LocalApiServer.seed` puts objects in directly (status included), and
 ``istio_status=True`` plays istiod writing the ``Reconciled`` condition after each Istio write.
 
 Not supported: namespaces as objects, admission and schema validation, defaulting, managedFields and
@@ -35,7 +37,6 @@ from __future__ import annotations
 
 import copy
 import json
-import re
 import secrets
 import threading
 import time
@@ -47,8 +48,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import pytest
-from kubernetes import client  # type: ignore[import-untyped]
+from kubernetes import client
+
+from controller.localapi.documents import ApiError, field_matcher, json_patch, label_matcher, merge_patch, selected
 
 
 @dataclass(frozen=True)
@@ -73,25 +75,7 @@ RESOURCES = {
         Resource("coordination.k8s.io", "leases", "Lease", ("v1",)),
     )
 }
-# fmt: off
-REASONS = {400: "BadRequest", 404: "NotFound", 405: "MethodNotAllowed", 409: "Conflict", 410: "Expired",
-           415: "UnsupportedMediaType", 422: "Invalid", 429: "TooManyRequests", 500: "InternalError",
-           503: "ServiceUnavailable", 504: "Timeout"}
-# fmt: on
 Key = tuple[str, str, str, str]  # group, plural, namespace, name
-
-
-class ApiError(Exception):
-    """An error answer: becomes a ``kind: Status`` object with this code and reason."""
-
-    def __init__(self, code: int, message: str, reason: str | None = None, details: dict[str, Any] | None = None):
-        super().__init__(message)
-        self.code, self.message, self.details = code, message, details or {}
-        self.reason = reason or REASONS.get(code, "Unknown")
-
-    def status(self) -> dict[str, Any]:
-        status = {"status": "Failure", "message": self.message, "reason": self.reason, "details": self.details}
-        return {"kind": "Status", "apiVersion": "v1", "metadata": {}, **status, "code": self.code}
 
 
 @dataclass
@@ -144,136 +128,11 @@ def _content(obj: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in obj.items() if k not in ("metadata", "status", "apiVersion", "kind")}
 
 
-# --- patches and selectors --------------------------------------------------------------------
-
-
-def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386 JSON merge patch."""
-    if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    result = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = merge_patch(result.get(key), value)
-    return result
-
-
-def _pointer(path: str) -> list[str]:
-    if path == "":
-        return []
-    if not path.startswith("/"):
-        raise ApiError(422, f"invalid JSON pointer {path!r}")
-    return [p.replace("~1", "/").replace("~0", "~") for p in path[1:].split("/")]
-
-
-def _walk(doc: Any, parts: list[str]) -> Any:
-    for part in parts:
-        try:
-            doc = doc[int(part)] if isinstance(doc, list) else doc[part]
-        except (KeyError, IndexError, ValueError, TypeError):
-            raise ApiError(422, f"JSON patch: path segment {part!r} does not exist") from None
-    return doc
-
-
-def json_patch(doc: Any, ops: Any) -> Any:
-    """RFC 6902 JSON patch: add, remove, replace, move, copy, test."""
-    if not isinstance(ops, list):
-        raise ApiError(400, "a JSON patch must be a list of operations")
-    doc = copy.deepcopy(doc)
-
-    def add(parts: list[str], value: Any) -> None:
-        nonlocal doc
-        if not parts:
-            doc = value
-            return
-        parent, last = _walk(doc, parts[:-1]), parts[-1]
-        if isinstance(parent, list):
-            parent.insert(len(parent) if last == "-" else int(last), value)
-        else:
-            parent[last] = value
-
-    def remove(parts: list[str]) -> Any:
-        parent, last = _walk(doc, parts[:-1]), parts[-1]
-        _walk(parent, [last])
-        return parent.pop(int(last) if isinstance(parent, list) else last)
-
-    for op in ops:
-        kind, parts = op.get("op"), _pointer(op.get("path", ""))
-        if kind == "add":
-            add(parts, copy.deepcopy(op["value"]))
-        elif kind == "remove":
-            remove(parts)
-        elif kind == "replace":
-            if parts:
-                remove(parts)
-            add(parts, copy.deepcopy(op["value"]))
-        elif kind in ("move", "copy"):
-            source = _pointer(op["from"])
-            value = remove(source) if kind == "move" else copy.deepcopy(_walk(doc, source))
-            add(parts, value)
-        elif kind == "test":
-            if _walk(doc, parts) != op.get("value"):
-                raise ApiError(422, f"JSON patch test failed at {op.get('path')!r}")
-        else:
-            raise ApiError(422, f"unknown JSON patch operation {kind!r}")
-    return doc
-
-
-_KEY = r"[A-Za-z0-9][-A-Za-z0-9_./]*"
-
-
-def label_matcher(selector: str) -> list[tuple[str, str, set[str]]]:
-    """Parse a label selector into (key, operator, values) requirements."""
-    requirements: list[tuple[str, str, set[str]]] = []
-    for term in (t.strip() for t in re.split(r",(?![^(]*\))", selector) if selector.strip()):
-        if m := re.fullmatch(rf"({_KEY})\s+(in|notin)\s*\(([^)]*)\)", term):
-            requirements.append((m[1], m[2], {v.strip() for v in m[3].split(",")}))
-        elif m := re.fullmatch(rf"({_KEY})\s*(==|=|!=)\s*([-A-Za-z0-9_.]*)", term):
-            requirements.append((m[1], "!=" if m[2] == "!=" else "=", {m[3]}))
-        elif m := re.fullmatch(rf"!\s*({_KEY})", term):
-            requirements.append((m[1], "!", set()))
-        elif re.fullmatch(_KEY, term):
-            requirements.append((term, "exists", set()))
-        else:
-            raise ApiError(400, f"unable to parse requirement: {term!r} in {selector!r}")
-    return requirements
-
-
-def _selected(obj: dict[str, Any], labels: list[tuple[str, str, set[str]]], fields: dict[str, str]) -> bool:
-    metadata = obj.get("metadata") or {}
-    have = metadata.get("labels") or {}
-    for key, op, values in labels:
-        ok = {
-            "=": key in have and have[key] in values,
-            "in": key in have and have[key] in values,
-            "!=": have.get(key) not in values,
-            "notin": have.get(key) not in values,
-            "exists": key in have,
-            "!": key not in have,
-        }[op]
-        if not ok:
-            return False
-    return all(str(metadata.get(name.removeprefix("metadata."), "")) == value for name, value in fields.items())
-
-
-def _fields(selector: str) -> dict[str, str]:
-    out = {}
-    for term in filter(None, (t.strip() for t in selector.split(","))):
-        name, _, value = term.partition("=")
-        name = name.rstrip("=")
-        if name not in ("metadata.name", "metadata.namespace"):
-            raise ApiError(400, f'field label not supported: "{name}"')
-        out[name] = value.lstrip("=")
-    return out
-
-
 # --- the server -------------------------------------------------------------------------------
 
 
 @dataclass
-class FakeApiServer:
+class LocalApiServer:
     """The API server's state and semantics; :meth:`start` serves it on a free loopback port."""
 
     istio_status: bool = False
@@ -340,7 +199,7 @@ class FakeApiServer:
 
     # --- serving ---
 
-    def start(self) -> FakeApiServer:
+    def start(self) -> LocalApiServer:
         http = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         http.daemon_threads = True
         http.fake = self  # type: ignore[attr-defined]
@@ -456,11 +315,11 @@ class FakeApiServer:
 
     def _list(self, route: Route, query: dict[str, str]) -> dict[str, Any]:
         labels = label_matcher(query.get("labelSelector", ""))
-        fields = _fields(query.get("fieldSelector", ""))
+        fields = field_matcher(query.get("fieldSelector", ""))
         items = [
             self._out(route, obj)
             for key, obj in sorted(self.objects.items())
-            if key[:2] == route.key()[:2] and route.namespace in ("", key[2]) and _selected(obj, labels, fields)
+            if key[:2] == route.key()[:2] and route.namespace in ("", key[2]) and selected(obj, labels, fields)
         ]
         listing = {"apiVersion": route.api_version, "kind": f"{route.resource.kind}List", "items": items}
         return {**listing, "metadata": {"resourceVersion": str(self.resource_version)}}
@@ -607,7 +466,7 @@ class FakeApiServer:
     def watch(self, route: Route, query: dict[str, str]) -> Iterator[dict[str, Any]]:
         """The watch stream: events since ``resourceVersion`` until ``timeoutSeconds`` or shutdown."""
         labels = label_matcher(query.get("labelSelector", ""))
-        fields = _fields(query.get("fieldSelector", ""))
+        fields = field_matcher(query.get("fieldSelector", ""))
         deadline = time.monotonic() + float(query.get("timeoutSeconds") or 1800)
         since = query.get("resourceVersion", "")
         with self.cond:
@@ -640,7 +499,7 @@ class FakeApiServer:
     @staticmethod
     def _watched(route: Route, key: Key, obj: dict[str, Any], labels: Any, fields: dict[str, str]) -> bool:
         same = key[:2] == route.key()[:2] and route.namespace in ("", key[2])
-        return same and _selected(obj, labels, fields)
+        return same and selected(obj, labels, fields)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -652,7 +511,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _handle(self) -> None:
         method = self.command
-        fake: FakeApiServer = self.server.fake  # type: ignore[attr-defined]
+        fake: LocalApiServer = self.server.fake  # type: ignore[attr-defined]
         url = urlsplit(self.path)
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
         length = int(self.headers.get("Content-Length") or 0)
@@ -711,23 +570,10 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 @contextmanager
-def fake_api_server(*, istio_status: bool = False) -> Iterator[FakeApiServer]:
+def local_api_server(*, istio_status: bool = False) -> Iterator[LocalApiServer]:
     """Start a fake API server on a free loopback port; its ``api_client`` talks to it."""
-    server = FakeApiServer(istio_status=istio_status).start()
+    server = LocalApiServer(istio_status=istio_status).start()
     try:
         yield server
     finally:
         server.stop()
-
-
-@pytest.fixture
-def kube_server() -> Iterator[FakeApiServer]:
-    """A running fake API server (``kube_server.api_client`` is an official client configured for it)."""
-    with fake_api_server() as server:
-        yield server
-
-
-@pytest.fixture
-def kube_api_client(kube_server: FakeApiServer) -> Any:
-    """A ``kubernetes.client.ApiClient`` talking to :func:`kube_server`."""
-    return kube_server.api_client

@@ -13,19 +13,20 @@ import pytest
 from kubernetes import client, watch
 from kubernetes.client import ApiException
 
-from tests.kube_fake import ApiError, FakeApiServer, fake_api_server, json_patch, label_matcher, merge_patch
+from controller.localapi import ApiError, LocalApiServer, local_api_server
+from controller.localapi.documents import json_patch, label_matcher, merge_patch
 
 GROUP, VERSION, PLURAL, NS = "canarist.io", "v1alpha1", "modelrollouts", "default"
 
 
 @pytest.fixture
-def server() -> Iterator[FakeApiServer]:
-    with fake_api_server() as fake:
+def server() -> Iterator[LocalApiServer]:
+    with local_api_server() as fake:
         yield fake
 
 
 @pytest.fixture
-def api(server: FakeApiServer) -> client.CustomObjectsApi:
+def api(server: LocalApiServer) -> client.CustomObjectsApi:
     return client.CustomObjectsApi(server.api_client)
 
 

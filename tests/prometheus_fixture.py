@@ -18,12 +18,8 @@ selectors see a sample at both edges and ``increase()`` is exact (no extrapolati
 
 from __future__ import annotations
 
-import contextlib
 import os
-import socket
 import subprocess
-import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,11 +29,11 @@ import numpy as np
 import pytest
 import yaml
 
+from controller.demo.processes import PartMissingError, Prometheus, StartError, Supervisor
 from controller.loader import load
 from controller.policy import ModelRollout
 from controller.samples import Window
 
-PROMETHEUS = os.environ.get("CANARIST_PROMETHEUS", "/usr/bin/prometheus")
 PROMTOOL = os.environ.get("CANARIST_PROMTOOL", "/usr/bin/promtool")
 INSTALL_HINT = "install Debian's package: apt-get install -y --no-install-recommends prometheus (make test does)"
 
@@ -60,35 +56,23 @@ def require(binary: str) -> str:
     return binary
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 # --- the server -------------------------------------------------------------------------------
 
 
-class PrometheusServer:
-    """``prometheus`` in the foreground with its own config and TSDB, started and stopped by PID."""
+class PrometheusServer(Prometheus):
+    """The demo's :class:`~controller.demo.processes.Prometheus` (15 s scrapes), plus backfilled histories.
+
+    A missing binary or a server that never gets ready FAILS the test (nothing is skipped).
+    """
 
     def __init__(self, workdir: Path, *, scrape_configs: list[dict[str, Any]] | None = None) -> None:
-        self.workdir = workdir
+        super().__init__(workdir, scrape_configs=scrape_configs or [], scrape_interval="15s")
         self.tsdb = workdir / "tsdb"
         self.tsdb.mkdir(parents=True, exist_ok=True)
-        self.config = workdir / "prometheus.yml"
-        self.log = workdir / "prometheus.log"
-        self.scrape_configs = scrape_configs or []
-        self.port = 0
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     @property
     def pid(self) -> int | None:
-        return self.process.pid if self.process else None
+        return self.process.pid if self.process is not None else None
 
     def write_history(self, openmetrics: str, name: str = "history") -> None:
         """Backfill ``openmetrics`` (must end with ``# EOF``) into the TSDB; before :meth:`start`."""
@@ -106,54 +90,14 @@ class PrometheusServer:
         if done.returncode != 0:
             pytest.fail(f"promtool could not write the history: {done.stderr.strip()[-2000:]}", pytrace=False)
 
-    def start(self, timeout: float = 30.0) -> PrometheusServer:
-        binary = require(PROMETHEUS)
-        config = {"global": {"scrape_interval": "15s"}, "scrape_configs": self.scrape_configs}
-        self.config.write_text(yaml.safe_dump(config))
-        for _ in range(3):  # a port taken between free_port() and the bind: try another
-            self.port = free_port()
-            with self.log.open("ab") as log:
-                self.process = subprocess.Popen(
-                    [
-                        binary,
-                        f"--config.file={self.config}",
-                        f"--storage.tsdb.path={self.tsdb}",
-                        f"--web.listen-address=127.0.0.1:{self.port}",
-                        "--storage.tsdb.retention.time=100y",  # histories are old: keep them
-                        "--query.lookback-delta=1m",
-                        "--log.level=warn",
-                    ],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                )
-            if self._wait_ready(timeout):
-                return self
-            self.stop()
-        pytest.fail(f"Prometheus did not become ready; log:\n{self.log.read_text()[-3000:]}", pytrace=False)
-
-    def _wait_ready(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process is None or self.process.poll() is not None:
-                return False
-            with contextlib.suppress(OSError), urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as answer:
-                if answer.status == 200:
-                    return True
-            time.sleep(0.05)
-        return False
-
-    def stop(self) -> None:
-        """Terminate, wait, then kill if it will not go."""
-        process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
+    def start(
+        self, supervisor: Supervisor | None = None, timeout: float = 30.0, *, port: int | None = None
+    ) -> PrometheusServer:
         try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+            super().start(supervisor, timeout, port=port)
+        except (PartMissingError, StartError) as exc:
+            pytest.fail(f"{exc} ({INSTALL_HINT})", pytrace=False)
+        return self
 
 
 @pytest.fixture

@@ -25,10 +25,10 @@ import pytest
 import yaml
 
 from controller.cluster import COMMAND_ANNOTATION, COMMAND_BY_ANNOTATION, COMMAND_ID_ANNOTATION
+from controller.demo.processes import free_port
 from controller.kube import KubeCluster
 from controller.localapi import LocalApiServer, local_api_server
 from controller.reconcile import reconcile
-from tests.prometheus_fixture import free_port
 from tests.test_reconcile import ENV, POLICY, T0, Synthetic
 
 CANARIST = Path(sys.executable).parent / "canarist"

@@ -20,13 +20,14 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
+from controller.demo.processes import free_port
 from controller.kube import KubeCluster
 from controller.localapi import LocalApiServer, local_api_server
 from controller.manager import Manager
 from controller.prometheus import PrometheusClient, PrometheusSettings
 from controller.templating import default_environment
 from controller.wiring import PrometheusSource
-from tests.prometheus_fixture import PrometheusServer, free_port
+from tests.prometheus_fixture import PrometheusServer
 
 NS, NAME, SERVICE = "ml", "scorer", "scorer"
 BUCKETS_MS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000)

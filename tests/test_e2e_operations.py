@@ -156,8 +156,7 @@ def test_prometheus_down_holds_with_the_reason_then_the_rollout_continues(
     assert set(stuck.values()) == {"NoData"}, stuck
 
     port = w.prometheus.port  # the same server (same TSDB) back at the same address
-    monkeypatch.setattr(tests.prometheus_fixture, "free_port", lambda: port)
-    w.prometheus.start()
+    w.prometheus.start(port=port)
     assert w.prometheus.port == port
 
     wait_for("the promotion", lambda: w.status().get("phase") in ("Succeeded", "Failed"), 60, manager.tick)

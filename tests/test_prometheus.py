@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
+from controller.demo.processes import free_port
 from controller.observe import Results
 from controller.policy import ModelRollout
 from controller.prometheus import (
@@ -39,7 +40,6 @@ from tests.prometheus_fixture import (
     OpenMetrics,
     PrometheusServer,
     ScenarioPrometheus,
-    free_port,
     scenario_rollout,
 )
 

@@ -74,6 +74,50 @@ def test_a_good_canary_is_proven_no_worse() -> None:
     assert noninferior >= 0.8
 
 
+def test_a_service_without_errors_is_proven_no_worse_and_stays_valid() -> None:
+    """Stable with no errors at all (common): a clean canary is proven within a 1-point margin, and a
+    canary exactly at the margin (1% errors) is not, beyond alpha, under continuous peeking."""
+    rng = np.random.default_rng(15)
+    proven = 0
+    for _ in range(200):
+        nt, nc = split_trials(rng, 400)
+        zeros = np.zeros_like(nt)
+        proven += any(
+            proportion_test(zeros[:t], nt[:t], zeros[:t], nc[:t], margin=0.01).e_value_noninferior >= THRESHOLD
+            for t in range(1, LOOKS + 1)
+        )
+    assert proven / 200 >= 0.95
+    fooled = 0
+    for _ in range(RUNS):
+        nt, nc = split_trials(rng, 400)
+        xt, xc = rng.binomial(nt, 0.01), np.zeros_like(nc)
+        fooled += any(
+            proportion_test(xt[:t], nt[:t], xc[:t], nc[:t], margin=0.01).e_value_noninferior >= THRESHOLD
+            for t in range(1, LOOKS + 1)
+        )
+    print(f"proportions (error-free stable): proven {proven / 200:.3f}, type-I 'no worse' {fooled / RUNS:.4f}")
+    assert fooled / RUNS <= max_rate()
+
+
+def test_a_regression_against_an_error_free_stable_is_caught_and_the_margin_is_not() -> None:
+    """Stable without errors, margin 1 point: 3% errors are caught; exactly 1% is not, beyond alpha."""
+    rng = np.random.default_rng(16)
+
+    def caught(canary_rate: float) -> bool:
+        nt, nc = split_trials(rng, 100)
+        xt, zeros = rng.binomial(nt, canary_rate), np.zeros_like(nc)
+        return any(
+            proportion_test(xt[:t], nt[:t], zeros[:t], nc[:t], margin=0.01).e_value >= THRESHOLD
+            for t in range(1, LOOKS + 1)
+        )
+
+    power = np.mean([caught(0.03) for _ in range(200)])
+    type_one = np.mean([caught(0.01) for _ in range(RUNS)])
+    print(f"proportions (error-free stable): power at 3% {power:.3f}, type-I at the margin {type_one:.4f}")
+    assert power >= 0.9
+    assert type_one <= max_rate()
+
+
 def test_accuracy_direction() -> None:
     """higher_is_better: 85% accurate canary against a 90% stable with a 1 point margin."""
     n = np.full(10, 2000)

@@ -1,4 +1,4 @@
-"""The in-cluster commands: ``run`` (the controller), ``status`` and the human steering commands.
+"""The in-cluster commands: ``run`` (the controller), ``status``, ``report`` and the steering commands.
 
 kubectl-style options (``--kubeconfig``, ``--context``, ``-n``). Steering commands write an
 annotation the controller honours on its next reconcile, recording who asked; they never touch
@@ -10,6 +10,7 @@ from __future__ import annotations
 import getpass
 import json
 import logging
+import re
 import signal
 import threading
 import time
@@ -30,6 +31,7 @@ from controller.cluster import (
     NotFoundError,
 )
 from controller.decision import CommandKind
+from controller.policy import DNS_LABEL
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -198,6 +200,51 @@ def render_table(objects: list[dict[str, Any]], *, detailed: bool) -> str:
 def _columns(rows: Sequence[tuple[str, ...]]) -> list[str]:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     return ["  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1] for r in rows]
+
+
+# --- report ------------------------------------------------------------------------------------
+
+
+@click.command()
+@click.argument("target")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory for index.html and its plots (created if missing).",
+)
+@kube_options
+def report(  # click passes options by keyword
+    *, target: str, out: Path, namespace: str | None, kubeconfig: str | None, context: str | None
+) -> None:
+    """Write an HTML report with plots of a rollout: its weights, latency, evidence and decisions.
+
+    TARGET is a file holding the ModelRollout with its status (the output of kubectl get
+    modelrollout NAME -o json, or -o yaml), or the name of a rollout to read from the cluster.
+    Prints the path of the page.
+    """
+    path = Path(target)
+    if not path.is_file() and (path.exists() or not re.fullmatch(DNS_LABEL, target)):
+        raise UserError(f"{target}: not a file" if path.exists() else f"{target}: no such file")
+    from controller import report as reports  # matplotlib: only for this command
+
+    try:
+        obj = reports.read_object(path) if path.is_file() else _fetch(target, namespace, kubeconfig, context)
+        written = reports.build_report(obj, out)
+    except reports.ReportError as exc:
+        raise UserError(str(exc)) from None
+    click.echo(str(written.index))
+
+
+def _fetch(name: str, namespace: str | None, kubeconfig: str | None, context: str | None) -> dict[str, Any]:
+    cluster = connect(kubeconfig, context)
+    ns = namespace or _default_namespace(cluster)
+    try:
+        return cluster.get_rollout(ns, name)
+    except NotFoundError:
+        raise UserError(f"modelrollout {ns}/{name} not found (and no file of that name here)") from None
+    except ClusterUnavailableError as exc:
+        raise UserError(f"API server unavailable: {exc.reason}") from None
 
 
 # --- run ---------------------------------------------------------------------------------------

@@ -236,12 +236,12 @@ def _record_hold(
     """Hold before the first step (canary not ready): say why in the status, touch no route."""
     from dataclasses import replace
 
-    from controller.decision import routes_for
+    from controller.routing import RouteState
 
     held = replace(status, message=reason, canary_revision=canary_revision(rollout))
     body = to_status(
         held,
-        routes=routes_for(rollout, held),
+        routes=RouteState(0, cohorts=False),  # no route written yet: all traffic is the stable's
         evidence=None,
         previous=obj.get("status") or {},
         generation=obj.get("metadata", {}).get("generation"),

@@ -1,0 +1,540 @@
+"""``canarist report``: the series drawn from a stored status, the page, and the command end to end.
+
+The series functions are pure and tested with hand-made statuses in the exact format the controller
+writes (camelCase, RFC 3339 times, logs oldest first), including statuses missing every optional
+field. One status comes from real reconciles against the in-memory cluster, so the report is
+checked against what the controller actually stores. The command runs as the real executable.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import struct
+import subprocess
+import sys
+from html import escape
+from pathlib import Path
+from typing import Any
+
+import matplotlib.image
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from controller import commands
+from controller.reconcile import parse
+from controller.report import ReportError, build_report, policy_of, read_object, rollout_object
+from controller.reportplots import (
+    EstimatePath,
+    Mark,
+    WeightSeries,
+    draw_weights,
+    entries,
+    estimate_limits,
+    estimate_paths,
+    estimate_scale,
+    evidence_paths,
+    latency_cdfs,
+    metric_names,
+    number,
+    origin,
+    parse_time,
+    weight_after,
+    weight_series,
+)
+from controller.status import ANALYSES_LIMIT, timestamp
+from tests.memory_cluster import MemoryCluster
+from tests.test_reconcile import POLICY, Synthetic, drive
+
+CANARIST = Path(sys.executable).parent / "canarist"
+T0 = 1_795_000_020.0  # 2026-11-18T11:07:00Z
+EDGES = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0]
+EVIL = "<script>alert('x')</script>"
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def at(minutes: float) -> str:
+    return timestamp(T0 + 60 * minutes)
+
+
+def look(minute: int, step: int, weight: int, e_errors: float, *, estimate: float | None = 0.004) -> dict[str, Any]:
+    """One entry of status.analyses: latency and error rate (regression evidence ``e_errors``)."""
+    return {
+        "at": at(minute),
+        "step": step,
+        "canaryWeight": weight,
+        "metrics": [
+            {"name": "latency-p99", "verdict": "Inconclusive", "sloBreached": False, "eValue": 0.8,
+             "eValueNonInferiority": 1.5 * minute, "threshold": 30.0, "estimate": 0.02, "interval": None,
+             "requests": {"stable": 6000 * minute, "canary": 300 * minute}},
+            {"name": "error-rate", "verdict": "Fail" if e_errors >= 60 else "Inconclusive", "sloBreached": False,
+             "eValue": e_errors, "eValueNonInferiority": 0.5, "threshold": 60.0, "estimate": estimate,
+             "interval": [estimate - 0.01, estimate + 0.01] if estimate is not None else None,
+             "requests": {"stable": 6000 * minute, "canary": 300 * minute}},
+        ],
+    }  # fmt: skip
+
+
+def distribution(minute: int, step: int, action: str, slow: float) -> dict[str, Any]:
+    stable = [0, 100, 900, 3000, 5000, 5900, 5990, 6000, 6000]
+    canary = [0, round(50 * (1 - slow)), 400, 1200, 2000, 2600, 2900, 2990, 3000]
+    return {"at": at(minute), "step": step, "action": action, "metric": "latency-p99", "edges": EDGES,
+            "stable": stable, "canary": canary}  # fmt: skip
+
+
+def transition(minute: float, frm: tuple[str, int], to: tuple[str, int], action: str, reason: str) -> dict[str, Any]:
+    return {"at": at(minute), "fromPhase": frm[0], "fromStep": frm[1], "toPhase": to[0], "toStep": to[1],
+            "action": action, "reason": reason}  # fmt: skip
+
+
+def rolled_back() -> dict[str, Any]:
+    """A hand-made ModelRollout as stored: started, advanced to 5 %, rolled back on its error rate."""
+    history = [
+        transition(0, ("Initializing", 0), ("Progressing", 0), "Start", "routes in place: analysing step 0"),
+        transition(5, ("Progressing", 0), ("Progressing", 1), "Advance", "no harm detected: step 1 (5%)"),
+        transition(9, ("Progressing", 1), ("RollingBack", 1), "Rollback", f"regression proven: error-rate {EVIL}"),
+        transition(9.5, ("RollingBack", 1), ("Failed", 1), "Complete", "stable serves 100%: rolled back"),
+    ]
+    analyses = [look(m, 0 if m <= 5 else 1, 1 if m <= 5 else 5, 2.0**m) for m in range(1, 10)]
+    latest = copy.deepcopy(analyses[-1]["metrics"])
+    for m in latest:
+        m["reason"] = f"canary worse {EVIL}" if m["name"] == "error-rate" else "p99 within margin"
+    status = {
+        "phase": "Failed",
+        "currentStep": 1,
+        "canaryWeight": 0,
+        "message": f"stable serves 100%: rolled back {EVIL}",
+        "stepStartedAt": at(9.5),
+        "lastAnalysisAt": at(9),
+        "metrics": latest,
+        "history": history,
+        "weights": [
+            {"at": at(0), "canaryWeight": 1},
+            {"at": at(5), "canaryWeight": 5},
+            {"at": at(9), "canaryWeight": 0},
+        ],
+        "analyses": analyses,
+        "distributions": [distribution(5, 1, "Advance", 0.0), distribution(9, 1, "Rollback", 0.5)],
+    }
+    return {**copy.deepcopy(POLICY), "status": status}
+
+
+def real_rollout(canary_errors: float = 0.005, minutes: int = 40) -> dict[str, Any]:
+    """The rollout after real reconciles against the in-memory cluster and synthetic traffic."""
+    cluster = MemoryCluster()
+    cluster.add(POLICY)
+    drive(cluster, Synthetic(canary_errors=canary_errors), minutes=minutes)
+    (obj,), _ = cluster.list_rollouts(None)
+    return obj
+
+
+def validated(obj: dict[str, Any]) -> Any:
+    rollout, problem = parse(obj)
+    assert rollout is not None, problem
+    return rollout
+
+
+def assert_png(path: Path) -> None:
+    """A real, non-blank PNG: signature, IHDR size, and pixels that are not all the same."""
+    data = path.read_bytes()
+    assert data[:8] == PNG, path
+    assert data[12:16] == b"IHDR"
+    width, height = struct.unpack(">II", data[16:24])
+    assert width > 0 and height > 0
+    image = matplotlib.image.imread(path)
+    assert image.shape[:2] == (height, width) and image.shape[2] in (3, 4)
+    assert float(image[..., :3].var()) > 0, f"{path} is blank"
+
+
+# --- small readers ----------------------------------------------------------------------------
+
+
+def test_times_are_read_from_rfc3339_or_yaml_datetimes_and_anything_else_is_none() -> None:
+    from datetime import UTC, datetime
+
+    assert parse_time("2026-11-23T22:10:52Z") == datetime(2026, 11, 23, 22, 10, 52, tzinfo=UTC).timestamp()
+    assert parse_time("2026-11-23T23:10:52+01:00") == parse_time("2026-11-23T22:10:52Z")
+    assert parse_time(datetime(2026, 11, 23, 22, 10, 52)) == parse_time("2026-11-23T22:10:52Z")
+    assert [parse_time(v) for v in (None, "", "yesterday", 17, [])] == [None] * 5
+
+
+def test_numbers_are_finite_and_never_booleans_or_strings() -> None:
+    assert [number(v) for v in (3, 2.5, True, "1", None, math.nan, math.inf)] == [
+        3.0,
+        2.5,
+        None,
+        None,
+        None,
+        None,
+        None,
+    ]
+
+
+def test_log_entries_are_sorted_by_time_and_unreadable_ones_dropped() -> None:
+    status = {"history": [{"at": at(2), "n": 2}, "junk", {"at": "never", "n": 9}, {"at": at(1), "n": 1}, {"n": 0}]}
+    assert [e["n"] for e in entries(status, "history")] == [1, 2]
+    assert entries({"history": "not a list"}, "history") == []
+    assert entries({}, "weights") == []
+
+
+def test_time_zero_is_the_first_recorded_event() -> None:
+    assert origin(rolled_back()["status"]) == T0
+    assert origin({"stepStartedAt": at(3), "lastAnalysisAt": at(4)}) == T0 + 180
+    assert origin({"phase": "Progressing"}) is None
+
+
+# --- weights ----------------------------------------------------------------------------------
+
+
+def test_weights_come_from_the_weights_log_with_each_decision_marked() -> None:
+    obj = rolled_back()
+    series = weight_series(obj["status"], validated(obj), T0)
+    assert series is not None and series.source == "weights"
+    assert series.minutes == (0.0, 5.0, 9.0) and series.weights == (1.0, 5.0, 0.0)
+    assert series.end == 9.5  # drawn up to the last recorded event
+    assert [(m.minutes, m.action, m.weight) for m in series.marks] == [
+        (0.0, "Start", 1.0),
+        (5.0, "Advance", 5.0),
+        (9.0, "Rollback", 0.0),
+        (9.5, "Complete", 0.0),
+    ]
+
+
+def test_without_a_weights_log_the_weights_are_replayed_from_the_decisions() -> None:
+    obj = rolled_back()
+    del obj["status"]["weights"]
+    series = weight_series(obj["status"], validated(obj), T0)
+    assert series is not None and series.source == "history"
+    assert series.weights == (1.0, 5.0, 0.0, 0.0)
+    assert [m.weight for m in series.marks] == [1.0, 5.0, 0.0, 0.0]
+
+
+def test_without_a_valid_policy_only_phases_that_fix_the_weight_are_replayed() -> None:
+    obj = rolled_back()
+    del obj["status"]["weights"]
+    series = weight_series(obj["status"], None, T0)
+    assert series is not None and series.weights == (0.0, 0.0)  # the rollback and its completion
+    assert [m.weight for m in series.marks] == [None, None, 0.0, 0.0]
+
+
+def test_no_weights_and_no_decisions_give_no_weight_series() -> None:
+    assert weight_series({"phase": "Progressing", "canaryWeight": 5}, None, T0) is None
+
+
+def test_the_weight_a_decision_puts_in_force() -> None:
+    rollout = validated(copy.deepcopy(POLICY))
+    assert weight_after(rollout, "Progressing", 2) == 25.0
+    assert weight_after(rollout, "Initializing", 0) == 1.0
+    assert weight_after(rollout, "Failed", 3) == 0.0 and weight_after(None, "RollingBack", 1) == 0.0
+    assert weight_after(rollout, "Succeeded", 4) == 100.0 and weight_after(None, "Promoting", 4) == 100.0
+    assert weight_after(rollout, "Progressing", 99) == 100.0  # past the schedule: as the controller routes it
+    assert weight_after(rollout, "Progressing", -1) is None
+    assert weight_after(rollout, "Sideways", 1) is None
+    assert weight_after(rollout, "Progressing", "2") is None and weight_after(rollout, "Progressing", True) is None
+
+
+def test_a_real_rollback_ends_at_zero_weight() -> None:
+    obj = real_rollout(canary_errors=0.03, minutes=20)
+    status = obj["status"]
+    assert status["phase"] == "Failed"
+    t0 = origin(status)
+    assert t0 is not None
+    series = weight_series(status, validated(obj), t0)
+    assert series is not None and series.weights[0] == 1.0 and series.weights[-1] == 0.0
+    assert "Rollback" in [m.action for m in series.marks]
+
+
+# --- evidence and estimates -------------------------------------------------------------------
+
+
+def test_evidence_paths_follow_every_look_against_the_real_threshold() -> None:
+    obj = rolled_back()
+    paths = evidence_paths(obj["status"], validated(obj), T0)
+    assert [p.metric for p in paths] == ["latency-p99", "error-rate"]
+    errors = paths[1]
+    assert errors.minutes == tuple(float(m) for m in range(1, 10))
+    assert errors.regression == tuple(2.0**m for m in range(1, 10)) and errors.threshold == 60.0
+    assert errors.noninferiority == (0.5,) * 9
+
+
+def test_the_e_value_cap_is_no_threshold_and_missing_e_values_are_gaps() -> None:
+    status = {
+        "analyses": [
+            {"at": at(1), "metrics": [{"name": "m", "eValue": 1.0, "threshold": 1e300}]},
+            {"at": at(2), "metrics": [{"name": "m", "eValue": 0, "eValueNonInferiority": "high", "threshold": 40}]},
+            {"at": at(3), "metrics": [{"name": "m", "eValue": 3.0, "threshold": 1e300}, {"verdict": "Pass"}]},
+            {"at": at(4), "metrics": "garbage"},
+        ]
+    }
+    (path,) = evidence_paths(status, None, T0)
+    assert path.threshold == 40.0
+    assert path.regression[0] == 1.0 and math.isnan(path.regression[1]) and path.regression[2] == 3.0
+    assert all(math.isnan(v) for v in path.noninferiority)
+
+
+def test_an_old_status_without_analyses_shows_its_latest_look() -> None:
+    obj = rolled_back()
+    status = {k: v for k, v in obj["status"].items() if k not in ("analyses", "weights", "distributions")}
+    paths = evidence_paths(status, validated(obj), T0)
+    assert [(p.metric, p.minutes) for p in paths] == [("latency-p99", (9.0,)), ("error-rate", (9.0,))]
+
+
+def test_metrics_are_in_the_policy_order_then_extra_ones() -> None:
+    obj = rolled_back()
+    obj["status"]["analyses"][0]["metrics"].insert(0, {"name": "traffic-split", "eValue": 3.0, "threshold": 1000})
+    assert metric_names(obj["status"], validated(obj)) == ["latency-p99", "error-rate", "traffic-split"]
+    assert metric_names(obj["status"], None) == ["traffic-split", "latency-p99", "error-rate"]
+
+
+def metric(**fields: Any) -> Any:
+    body = copy.deepcopy(POLICY)
+    body["spec"]["analysis"]["metrics"] = [{"name": "m", **fields}]
+    return validated(body).spec.analysis.metrics[0]
+
+
+def test_estimates_are_shown_in_the_units_the_analysis_computes_them_in() -> None:
+    latency = estimate_scale(metric(kind="IstioLatency", margin={"relative": "5%"}))
+    assert (latency.factor, latency.unit, latency.margin, latency.points) == (100.0, "%", 5.0, True)
+    errors = estimate_scale(metric(kind="IstioErrorRate", margin={"absolute": "0.25%"}))
+    assert (errors.factor, errors.unit, errors.points) == (100.0, "pp", False)
+    assert errors.margin == pytest.approx(0.25)
+    accuracy = estimate_scale(
+        metric(kind="CustomRatio", margin={"absolute": 0.01}, ratio={"success": "c", "total": "t"})
+    )
+    assert accuracy.margin == pytest.approx(-1.0)  # higher is better: harm is below zero
+    ratio = estimate_scale(metric(kind="TritonErrorRate", margin={"relative": "20%"}))
+    assert (ratio.unit, ratio.margin, ratio.points) == ("%", 20.0, True)  # rate ratio - 1
+    plug_in = estimate_scale(
+        metric(kind="CustomRatio", margin={"relative": "2%"}, ratio={"success": "c", "total": "t"})
+    )
+    assert plug_in.margin is None  # relative to the stable's rate: not known from the status
+    gauge = estimate_scale(metric(kind="TritonLatency", margin={"absolute": "20ms"}))
+    assert (gauge.factor, gauge.unit) == (1000.0, "ms") and gauge.margin == pytest.approx(20.0)
+    unknown = estimate_scale(None)
+    assert (unknown.factor, unknown.margin) == (1.0, None)
+
+
+def test_estimate_paths_scale_values_and_intervals_and_skip_looks_without_one() -> None:
+    obj = rolled_back()
+    obj["status"]["analyses"][0] = look(1, 0, 1, 2.0, estimate=None)
+    paths = {p.metric: p for p in estimate_paths(obj["status"], validated(obj), T0)}
+    errors, latency = paths["error-rate"], paths["latency-p99"]
+    assert errors.minutes == tuple(float(m) for m in range(2, 10))
+    assert errors.values == pytest.approx((0.4,) * 8) and errors.lows == pytest.approx((-0.6,) * 8)
+    assert errors.highs == pytest.approx((1.4,) * 8) and errors.margin == pytest.approx(0.25)
+    assert latency.points and latency.values == pytest.approx((2.0,) * 9) and all(math.isnan(v) for v in latency.lows)
+
+
+def test_the_estimate_axis_keeps_values_margin_and_zero_but_cuts_a_huge_early_interval() -> None:
+    item = EstimatePath("m", "pp", "pp", (1.0, 2.0), (0.3, 0.1), (-40.0, -0.2), (40.0, 0.4), 0.25, False)
+    low, high = estimate_limits(item)
+    assert low < -0.2 and high > 0.4 and low > -40 and high < 40
+    narrow = EstimatePath("m", "pp", "pp", (1.0,), (1.0,), (0.9,), (1.1,), None, False)
+    low, high = estimate_limits(narrow)
+    assert low <= 0.0 and high >= 1.1
+
+
+# --- latency distributions --------------------------------------------------------------------
+
+
+def test_latency_distributions_become_cdfs_with_the_slo_and_quantile() -> None:
+    obj = rolled_back()
+    first, last = latency_cdfs(obj["status"], validated(obj), T0)
+    assert (first.minutes, first.step, first.action, last.action) == (5.0, 1, "Advance", "Rollback")
+    assert first.edges_ms == pytest.approx([1000 * e for e in EDGES])
+    assert first.stable == pytest.approx([0, 100 / 6000, 900 / 6000, 0.5, 5000 / 6000, 5900 / 6000, 5990 / 6000, 1.0])
+    assert (first.n_stable, first.n_canary, first.slo_ms, first.quantile) == (6000, 3000, 250.0, 0.99)
+
+
+def test_malformed_distributions_are_skipped_and_empty_versions_are_none() -> None:
+    good = distribution(1, 0, "Advance", 0.0)
+    status = {
+        "distributions": [
+            {**good, "stable": good["stable"][:-1]},  # one count short
+            {**good, "edges": ["5ms", *EDGES[1:]]},
+            {**good, "canary": "many"},
+            {**good, "at": at(2), "canary": [0] * (len(EDGES) + 1)},
+        ]
+    }
+    (cdf,) = latency_cdfs(status, None, T0)
+    assert cdf.canary is None and cdf.stable is not None and cdf.minutes == 2.0
+    assert cdf.slo_ms is None and cdf.quantile is None  # no valid policy: no lines drawn
+
+
+def test_only_the_latest_six_decisions_are_drawn() -> None:
+    status = {"distributions": [distribution(m, m, "Advance", 0.0) for m in range(10)]}
+    assert [c.step for c in latency_cdfs(status, None, T0)] == [4, 5, 6, 7, 8, 9]
+
+
+# --- a full log, an empty status ----------------------------------------------------------
+
+
+def test_a_status_with_240_analyses_gives_paths_of_240_looks(tmp_path: Path) -> None:
+    obj = rolled_back()
+    obj["status"]["analyses"] = [look(m, 1, 5, 1.01**m) for m in range(1, ANALYSES_LIMIT + 1)]
+    paths = evidence_paths(obj["status"], validated(obj), T0)
+    assert [len(p.minutes) for p in paths] == [ANALYSES_LIMIT] * 2
+    assert list(paths[0].minutes) == sorted(paths[0].minutes) and paths[0].minutes[-1] == 240.0
+    assert [len(p.values) for p in estimate_paths(obj["status"], validated(obj), T0)] == [ANALYSES_LIMIT] * 2
+    report = build_report(obj, tmp_path / "big")
+    assert {p.name for p in report.images} == {"weights.png", "latency.png", "evidence.png", "estimates.png"}
+
+
+def test_a_status_missing_every_optional_field_gives_a_page_of_notes(tmp_path: Path) -> None:
+    obj = {**copy.deepcopy(POLICY), "status": {"phase": "Progressing"}}
+    status = obj["status"]
+    assert weight_series(status, None, 0.0) is None
+    assert evidence_paths(status, None, 0.0) == () == estimate_paths(status, None, 0.0)
+    assert latency_cdfs(status, None, 0.0) == ()
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "weights.png").write_bytes(PNG)  # an older report's
+    report = build_report(obj, tmp_path / "r")
+    assert report.images == () and len(report.notes) == 4 and report.files == (report.index,)
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["index.html"]
+    page = report.index.read_text()
+    assert page.count("Not drawn:") == 4 and "No decision recorded" in page and "Progressing" in page
+
+
+def test_the_spec_is_validated_as_the_controller_validates_it() -> None:
+    good = rolled_back()
+    mine, theirs = policy_of(good)[0], parse(good)[0]
+    assert mine is not None and theirs is not None and mine.spec == theirs.spec
+    for path, value in ((("strategy", "interval"), "soon"), (("analysis", "alpha"), 7), (("service", "port"), 0)):
+        bad = rolled_back()
+        bad["spec"][path[0]][path[1]] = value
+        assert policy_of(bad) == parse(bad) and policy_of(bad)[0] is None
+
+
+# --- the page ---------------------------------------------------------------------------------
+
+
+def test_the_report_of_real_reconciles_has_every_plot_and_every_decision(tmp_path: Path) -> None:
+    obj = real_rollout()
+    assert obj["status"]["phase"] == "Succeeded"
+    report = build_report(obj, tmp_path / "r")
+    assert report.notes == ()
+    assert [p.name for p in report.images] == ["weights.png", "latency.png", "evidence.png", "estimates.png"]
+    for image in report.images:
+        assert_png(image)
+    page = report.index.read_text()
+    assert "ml-serving/fraud-detector" in page and "Succeeded" in page
+    for row in obj["status"]["history"]:
+        assert f"<td>{row['at']}</td>" in page and escape(row["reason"]) in page
+    for image in report.images:
+        assert f'src="{image.name}"' in page
+
+
+def test_every_string_from_the_object_is_escaped_even_when_the_spec_is_invalid(tmp_path: Path) -> None:
+    obj = rolled_back()
+    obj["metadata"]["name"] = "<b>name</b>"  # not a valid policy any more: the page must still be safe
+    obj["status"]["history"][1]["action"] = "Ad$vance"  # dollars are text in a plot, not mathtext
+    obj["status"]["distributions"][0]["action"] = r"$\frac{$"  # bad mathtext
+    report = build_report(obj, tmp_path / "r")
+    assert any("does not validate" in n and "metadata.name" in n for n in report.notes)
+    assert len(report.images) == 4  # without margins, SLO lines and replayed weights
+    page = report.index.read_text()
+    assert "<script>" not in page and "<b>name" not in page
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in page
+    assert "&lt;b&gt;name&lt;/b&gt;" in page
+
+
+def test_the_same_series_draws_the_same_bytes(tmp_path: Path) -> None:
+    series = WeightSeries((0.0, 5.0), (1.0, 5.0), 9.0, (Mark(5.0, "Advance", 5.0),), "weights")
+    draw_weights(series, tmp_path / "a.png", "minutes", "t")
+    draw_weights(series, tmp_path / "b.png", "minutes", "t")
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+    assert b"Software" not in (tmp_path / "a.png").read_bytes()
+
+
+# --- the input ----------------------------------------------------------------------------------
+
+
+def test_inputs_that_are_not_a_reported_rollout_are_refused_in_one_line() -> None:
+    obj = rolled_back()
+    assert rollout_object({"kind": "List", "items": [obj]})["status"] == obj["status"]
+    for doc, fragment in (
+        ({"kind": "List", "items": [obj, obj]}, "List of 2"),
+        ([obj], "not a ModelRollout"),
+        ({**obj, "kind": "Service"}, "but a Service"),
+        ({**obj, "status": {}}, "no status yet"),
+        ({k: v for k, v in obj.items() if k != "status"}, "no status yet"),
+    ):
+        with pytest.raises(ReportError, match=fragment):
+            rollout_object(doc, "x.yaml")
+
+
+def test_yaml_with_unquoted_times_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "rollout.yaml"
+    text = yaml.safe_dump(rolled_back(), sort_keys=False)
+    path.write_text(text.replace("'2026-", "2026-").replace("Z'", "Z"))  # YAML now loads datetimes
+    obj = read_object(path)
+    assert not isinstance(obj["status"]["history"][0]["at"], str)
+    assert origin(obj["status"]) == T0
+
+
+def test_report_by_name_reads_the_rollout_from_the_cluster(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    cluster = MemoryCluster()
+    cluster.add(POLICY)
+    drive(cluster, Synthetic(), minutes=3)
+    monkeypatch.setattr(commands, "connect", lambda kubeconfig, context: cluster)
+    result = CliRunner().invoke(commands.report, ["fraud-detector", "-n", "ml-serving", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == str(tmp_path / "r" / "index.html")
+    result = CliRunner().invoke(commands.report, ["fraud-detector", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "modelrollout default/fraud-detector not found" in result.output
+
+
+# --- the executable -----------------------------------------------------------------------------
+
+
+def run_canarist(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(CANARIST), *args], capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_report_from_a_file_through_the_executable(tmp_path: Path) -> None:
+    source = tmp_path / "rollout.json"
+    source.write_text(json.dumps(rolled_back()))
+    out = tmp_path / "report"
+    proc = run_canarist("report", str(source), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stdout.strip() == str(out / "index.html")
+    page = (out / "index.html").read_text()
+    assert "<script>" not in page and "&lt;script&gt;" in page
+    assert page.count("<tr><td>2026-") == 4  # the four decisions
+    assert "regression proven: error-rate &lt;script&gt;" in page and ">Rollback<" in page
+    assert f"<td>{at(9.5)}</td>" in page and "RollingBack / step 1" in page
+    for name in ("weights.png", "latency.png", "evidence.png", "estimates.png"):
+        assert_png(out / name)
+        assert f'src="{name}"' in page
+
+
+def test_a_bad_input_through_the_executable_is_one_line_and_a_non_zero_exit(tmp_path: Path) -> None:
+    proc = run_canarist("report", str(tmp_path / "missing.json"), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.splitlines() == [f"canarist: error: {tmp_path / 'missing.json'}: no such file"]
+
+
+def test_every_bad_input_is_one_line_and_exit_status_2(tmp_path: Path) -> None:
+    source = tmp_path / "rollout.yaml"
+    service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "x"}, "spec": {}, "status": {"a": 1}}
+    no_status = {k: v for k, v in rolled_back().items() if k != "status"}
+    cases = [
+        (service, "out", "not a ModelRollout but a Service"),
+        (no_status, "out", "no status yet"),
+        ("{not: [yaml", "out", "neither JSON nor YAML"),
+        (rolled_back(), "rollout.yaml/report", "cannot create the report directory"),
+    ]
+    for doc, out, fragment in cases:
+        source.write_text(doc if isinstance(doc, str) else yaml.safe_dump(doc))
+        result = CliRunner().invoke(commands.report, [str(source), "--out", str(tmp_path / out)])
+        assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and fragment in lines[0], result.output
+    result = CliRunner().invoke(commands.report, [str(tmp_path), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and f"{tmp_path}: not a file" in result.output
+    result = CliRunner().invoke(commands.report, [str(source), "--out", str(source)])
+    assert result.exit_code == 2 and "is a file" in result.output  # click's usage error: one line via main()

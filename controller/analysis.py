@@ -327,15 +327,16 @@ def _gauge(metric: Metric, series: GaugeSeries, alpha: float) -> tuple[list[Chec
 def sample_ratio_guard(rollout: ModelRollout, observation: Observation) -> MetricEvidence | None:
     """Hold the rollout when the versions do not get their configured shares: the data is suspect.
 
-    Skipped when A/B cohorts or sticky cookies send extra users to the canary on purpose, and for
-    shadow windows (no live split to check).
+    Skipped when A/B cohorts or sticky cookies send extra users to the canary on purpose, for
+    shadow windows (no live split to check), and for windows around a step change (not steady:
+    scrape lag blurs which split their requests saw).
     """
     routing = rollout.spec.routing
     if routing.match or routing.sticky is not None:
         return None
     rows, splits = [], []
     for window, s, c in zip(observation.windows, observation.stable_requests, observation.canary_requests, strict=True):
-        if s is not None and c is not None and 0.0 < window.canary_share < 1.0 and s + c > 0:
+        if s is not None and c is not None and window.steady and 0.0 < window.canary_share < 1.0 and s + c > 0:
             rows.append([s, c])
             splits.append([1.0 - window.canary_share, window.canary_share])
     if not rows:

@@ -201,7 +201,8 @@ def analysis_windows(rollout: ModelRollout, status: Status, now: float) -> tuple
     windows = []
     end = first_end
     while end <= last_end:
-        windows.append(Window(end - interval, end, _mean_share(rollout, status, end - interval, end)))
+        changes = [t.at for t in status.history if end - 2 * interval < t.at < end]
+        windows.append(Window(end - interval, end, _mean_share(rollout, status, end - interval, end), not changes))
         end += interval
     return tuple(windows)
 

@@ -16,11 +16,17 @@ Cumulative = tuple[float, ...]
 
 @dataclass(frozen=True)
 class Window:
-    """One analysis interval ``(start, end]`` and the canary's realized share of traffic in it."""
+    """One analysis interval ``(start, end]`` and the canary's realized share of traffic in it.
+
+    ``steady``: the share did not change in this window or the one before. Counts come from
+    scrapes, which lag the clock by up to a scrape interval, so a window around a step change
+    mixes two splits in proportions the time-weighted share only approximates.
+    """
 
     start: float
     end: float
     canary_share: float
+    steady: bool = True
 
     def __post_init__(self) -> None:
         if not self.end > self.start:

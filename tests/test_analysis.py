@@ -380,3 +380,11 @@ def test_canary_requests_in_step_count_only_windows_after_the_step_started() -> 
     assert analyse(policy, obs, step_started_at=150.0).canary_requests_in_step == 120 + 140 + 150  # (120, 180]
     assert analyse(policy, obs, step_started_at=180.0).canary_requests_in_step == 140 + 150
     assert analyse(policy, obs, step_started_at=360.0).canary_requests_in_step == 0
+
+
+def test_sample_ratio_guard_skips_windows_around_a_step_change() -> None:
+    """A window whose requests straddle a step change (scrape lag) is no evidence of broken routing."""
+    broken = split_observation(0.2)
+    unsteady = tuple(Window(w.start, w.end, w.canary_share, steady=False) for w in broken.windows)
+    obs = Observation(unsteady, broken.stable_requests, broken.canary_requests, broken.metrics)
+    assert [m.name for m in analyse(rollout(ERRORS), obs, step_started_at=0.0).metrics] == ["errors"]

@@ -319,3 +319,16 @@ def test_the_report_logs_stay_bounded(cluster: MemoryCluster) -> None:
     assert len(body["analyses"]) == ANALYSES_LIMIT
     assert body["weights"] == [{"at": timestamp(T0), "canaryWeight": 5}]
     assert body["distributions"] == []
+
+
+def test_windows_around_a_step_change_are_marked_unsteady(cluster: MemoryCluster) -> None:
+    drive(cluster, Synthetic(), minutes=6)
+    (obj,), _ = cluster.list_rollouts(None)
+    status = from_status(obj["status"])
+    changes = [t.at for t in status.history]
+    rollout = ModelRollout.model_validate({**obj, "metadata": {"name": "x", "namespace": "ml-serving"}})
+    found = analysis_windows(rollout, status, T0 + 6 * 60)
+    for window in found:
+        near = any(window.end - 120 < at < window.end for at in changes)
+        assert window.steady is not near, (window, changes)
+    assert any(w.steady for w in found) and not all(w.steady for w in found)

@@ -1,5 +1,5 @@
 # canarist: two set-up commands on a fresh Debian machine, as root:
-#   make demo   runs the most complete real job the project has
+#   make demo   a whole model rollout on this machine (SCENARIO=good|latency|accuracy|errors|slo-breach)
 #   make test   lints, type-checks, checks import layers and runs the tests
 # Both install what they need themselves (Debian packages, the venv, the Python packages).
 
@@ -11,8 +11,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SHARED ?= ../shared
 APT_GET := DEBIAN_FRONTEND=noninteractive apt-get
-# The Debian packages the tests and the demo run for real (added as the issues need them).
-DEBIAN_PACKAGES ?= prometheus
+# The Debian packages the tests and the demo run for real.
+DEBIAN_PACKAGES ?= prometheus haproxy
+SCENARIO ?= good
+DEMO_OUT ?= canarist-demo
 
 .PHONY: all demo test lint typecheck layers pytest istio-validate debian-deps venv clean
 
@@ -62,12 +64,9 @@ istio-validate: $(STAMP)
 
 test: lint typecheck layers istio-validate pytest
 
-demo: $(STAMP)
-	$(BIN)/canarist validate policies/
-	@for f in policies/*.yaml; do \
-	  echo; echo "# ===== $$f"; $(BIN)/canarist steps $$f; \
-	  echo "# --- first step"; $(BIN)/canarist render $$f --step 0; \
-	done
+# Real model servers, haproxy, Prometheus and the controller; a report in $(DEMO_OUT)/index.html.
+demo: $(STAMP) debian-deps
+	$(BIN)/canarist demo --scenario $(SCENARIO) --out $(DEMO_OUT)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis $(DEMO_OUT)

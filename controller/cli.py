@@ -18,6 +18,7 @@ import yaml
 
 from controller import __version__, commands
 from controller.clitools import EXIT_INVALID, UserError, load_file, load_or_fail
+from controller.demo import command as demo_command
 from controller.loader import Diagnostic, PolicyError
 from controller.policy import ModelRollout
 from controller.quantity import parse_duration
@@ -268,6 +269,8 @@ for _command in (
     commands.pause,
     commands.resume,
     commands.retry,
+    commands.report,
+    demo_command.demo,
 ):
     cli.add_command(_command)
 

@@ -1,0 +1,1 @@
+"""The local demo: a whole rollout on one machine."""

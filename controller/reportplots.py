@@ -388,6 +388,22 @@ def draw_weights(series: WeightSeries, path: Path, time_label: str, title: str) 
     _save(figure, path)
 
 
+def latency_range(cdf: Cdf) -> tuple[float, float]:
+    """The x range worth showing: from the edge below the first request to the edge past the last (and the SLO)."""
+    edges = cdf.edges_ms
+    lo, hi = len(edges) - 1, 0
+    for shares in (cdf.stable, cdf.canary):
+        if shares is None:
+            continue
+        lo = min(lo, next((i for i, v in enumerate(shares) if v > 0), len(edges) - 1))
+        hi = max(hi, next((i for i, v in enumerate(shares) if v >= 1.0), len(edges) - 1))
+    low = edges[max(lo - 1, 0)] / 2
+    high = edges[min(hi + 1, len(edges) - 1)] * 2
+    if cdf.slo_ms is not None:
+        low, high = min(low, cdf.slo_ms / 2), max(high, cdf.slo_ms * 2)
+    return low, high
+
+
 def draw_latency(cdfs: Sequence[Cdf], path: Path, title: str) -> None:
     figure, axes = _panels(len(cdfs), width=4.6, height=3.4)
     for ax, cdf in zip(axes, cdfs, strict=False):
@@ -403,6 +419,7 @@ def draw_latency(cdfs: Sequence[Cdf], path: Path, title: str) -> None:
         if cdf.quantile is not None:
             ax.axhline(cdf.quantile, color="gray", linestyle=":", label=f"p{cdf.quantile * 100:g}")
         ax.set_xscale("log")
+        ax.set_xlim(*latency_range(cdf))
         ax.set_yscale("logit", nonpositive="clip")  # spreads the tail out: 0.9, 0.99, 0.999
         ax.set_ylim(SHARE_TICKS[0], SHARE_TICKS[-1])
         ax.set_yticks(SHARE_TICKS, [f"{t * 100:g}%" for t in SHARE_TICKS])
@@ -410,7 +427,8 @@ def draw_latency(cdfs: Sequence[Cdf], path: Path, title: str) -> None:
         ax.set_xlabel("latency (ms, log scale)")
         ax.set_ylabel("requests at or below (logit scale)")
         step = "" if cdf.step is None else f", step {cdf.step}"
-        ax.set_title(f"{cdf.metric}: {cdf.action} at {cdf.minutes:.0f} min{step}", fontsize=10, parse_math=False)
+        when = f"{cdf.minutes:.1f}" if cdf.minutes < 10 else f"{cdf.minutes:.0f}"
+        ax.set_title(f"{cdf.metric}: {cdf.action} at {when} min{step}", fontsize=10, parse_math=False)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
     figure.suptitle(

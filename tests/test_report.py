@@ -538,3 +538,14 @@ def test_every_bad_input_is_one_line_and_exit_status_2(tmp_path: Path) -> None:
     assert result.exit_code == 2 and f"{tmp_path}: not a file" in result.output
     result = CliRunner().invoke(commands.report, [str(source), "--out", str(source)])
     assert result.exit_code == 2 and "is a file" in result.output  # click's usage error: one line via main()
+
+
+def test_the_latency_plot_shows_the_range_with_data_and_the_slo() -> None:
+    from controller.reportplots import Cdf, latency_range
+
+    edges = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000)
+    shares = (0, 0, 0, 0.02, 0.6, 0.95, 0.999, 1, 1, 1, 1, 1, 1, 1, 1, 1)
+    no_slo = Cdf("latency", 1.0, 1, "Advance", edges, shares, shares, 100, 100, None, 0.9)
+    assert latency_range(no_slo) == (2.5, 1000)  # from below 10 ms to past 250 ms, where every request is in
+    far_slo = Cdf("latency", 1.0, 1, "Advance", edges, shares, None, 100, 0, 2500.0, 0.9)
+    assert latency_range(far_slo) == (2.5, 5000)

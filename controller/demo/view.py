@@ -12,6 +12,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from rich import box
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.panel import Panel
@@ -21,7 +22,7 @@ from rich.text import Text
 from controller.demo.run import World
 from controller.demo.scenarios import CANARY, STABLE, Scenario
 
-BAR = 24
+BAR = 12
 
 
 def evidence_bar(e_value: float | None, threshold: float | None) -> Text:
@@ -36,20 +37,29 @@ def evidence_bar(e_value: float | None, threshold: float | None) -> Text:
 def _number(value: Any, *, percent: bool = False) -> str:
     if not isinstance(value, int | float) or not math.isfinite(value):
         return "-"
-    return f"{value:+.2%}" if percent else f"{value:.3g}"
+    if percent:
+        return f"{value:+.2%}"
+    return f"{value:.1e}" if value >= 1e4 or 0 < value < 1e-2 else f"{value:.2f}"
+
+
+def _points(value: Any) -> str:
+    return f"{value * 100:+.1f}" if isinstance(value, int | float) and math.isfinite(value) else "-"
 
 
 def metrics_table(metrics: Sequence[Mapping[str, Any]]) -> Table:
-    table = Table(expand=True, show_edge=False, pad_edge=False)
-    for column in ("metric", "verdict", "regression evidence", "no-worse evidence", "canary - stable", "requests"):
-        table.add_column(column, no_wrap=True)
+    table = Table(expand=True, show_edge=False, pad_edge=False, box=box.SIMPLE_HEAD)
+    table.add_column("metric", no_wrap=True, min_width=11)
+    table.add_column("verdict", no_wrap=True, min_width=12)
+    table.add_column("evidence of harm", no_wrap=True, min_width=BAR + 8)
+    table.add_column("of no harm", no_wrap=True, min_width=BAR + 8)
+    table.add_column("canary - stable", no_wrap=True, min_width=19)
     style = {"Pass": "green", "Fail": "red", "Inconclusive": "yellow", "NoData": "dim"}
     for m in metrics:
-        requests = m.get("requests") or {}
         interval = m.get("interval")
-        estimate = _number(m.get("estimate"), percent=True)
-        if isinstance(interval, list) and len(interval) == 2 and None not in interval:
-            estimate += f" [{_number(interval[0], percent=True)}, {_number(interval[1], percent=True)}]"
+        if isinstance(interval, list) and len(interval) == 2 and None not in interval:  # a rate, in points
+            estimate = f"{_points(m.get('estimate'))}pp [{_points(interval[0])}, {_points(interval[1])}]"
+        else:  # a latency quantile's relative change
+            estimate = _number(m.get("estimate"), percent=True)
         table.add_row(
             str(m.get("name", "?")),
             Text(str(m.get("verdict", "?")), style=style.get(str(m.get("verdict")), "")),
@@ -59,7 +69,6 @@ def metrics_table(metrics: Sequence[Mapping[str, Any]]) -> Table:
                 f" {_number(m.get('eValueNonInferiority'))}",
             ),
             estimate,
-            f"{requests.get('stable', 0)} / {requests.get('canary', 0)}",
         )
     return table
 
@@ -67,36 +76,37 @@ def metrics_table(metrics: Sequence[Mapping[str, Any]]) -> Table:
 def decisions_table(history: Sequence[Mapping[str, Any]], started: float, limit: int = 6) -> Table:
     from controller.status import parse_timestamp
 
-    table = Table(expand=True, show_edge=False, pad_edge=False, show_header=False)
+    table = Table(expand=True, show_edge=False, pad_edge=False, show_header=False, box=None)
     table.add_column("t", no_wrap=True, width=6)
     table.add_column("action", no_wrap=True, width=9)
-    table.add_column("reason", overflow="fold")
+    table.add_column("reason", overflow="fold", ratio=1)
     for t in list(history)[-limit:]:
         at = parse_timestamp(t.get("at"), started) - started
-        table.add_row(f"{at:5.0f}s", str(t.get("action")), str(t.get("reason", "")))
+        table.add_row(f"{max(at, 0.0):5.0f}s", str(t.get("action")), str(t.get("reason", "")))
     return table
 
 
-def frame(world: World, scenario: Scenario, now: float | None = None) -> RenderableType:
-    """One picture of the rollout as it stands."""
-    now = time.time() if now is None else now
-    status = world.rollout().get("status") or {}
-    served = world.haproxy.served()
+def frame(
+    rollout: Mapping[str, Any], served: Mapping[str, int], scenario: Scenario, *, started: float, now: float
+) -> RenderableType:
+    """One picture of the rollout as it stands: its stored object, and what haproxy served."""
+    status = rollout.get("status") or {}
     weight = int(status.get("canaryWeight", 0) or 0)
-    steps = (world.rollout().get("spec") or {}).get("strategy", {}).get("steps", [])
+    steps = (rollout.get("spec") or {}).get("strategy", {}).get("steps", [])
     head = Table.grid(expand=True)
     head.add_column()
     head.add_column(justify="right")
     head.add_row(
         Text.assemble(("canarist demo ", "bold"), f"· scenario {scenario.name}: {scenario.summary}"),
-        f"{now - world.started:5.0f}s",
+        f"{now - started:5.0f}s",
     )
-    split = round(weight / 100 * 40)
+    split = round(weight / 100 * 30)
     head.add_row(
         Text.assemble(
-            f"phase {status.get('phase', 'Initializing')} · step {status.get('currentStep', 0) + 1}/{len(steps)} ",
+            f"{status.get('phase', 'Initializing')} · step {min(status.get('currentStep', 0) + 1, len(steps))}"
+            f"/{len(steps)} ",
             (f"{STABLE} {100 - weight:3d}% ", "cyan"),
-            ("▇" * (40 - split), "cyan"),
+            ("▇" * (30 - split), "cyan"),
             ("▇" * split, "magenta"),
             (f" {weight:3d}% {CANARY}", "magenta"),
         ),
@@ -107,7 +117,7 @@ def frame(world: World, scenario: Scenario, now: float | None = None) -> Rendera
         head,
         message,
         Panel(metrics_table(status.get("metrics") or []), title="evidence (bars: log e-value / log threshold)"),
-        Panel(decisions_table(status.get("history") or [], world.started), title="decisions"),
+        Panel(decisions_table(status.get("history") or [], started), title="decisions"),
     )
     return body
 
@@ -133,7 +143,10 @@ class LiveView:
 
     def __call__(self, world: World) -> None:
         if self.live is not None:
-            self.live.update(frame(world, self.scenario))
+            picture = frame(
+                world.rollout(), world.haproxy.served(), self.scenario, started=world.started, now=time.time()
+            )
+            self.live.update(picture)
             return
         from controller.status import parse_timestamp
 

@@ -25,9 +25,11 @@ LABEL org.opencontainers.image.title="canarist" \
       org.opencontainers.image.source="https://github.com/canarist/canarist" \
       org.opencontainers.image.licenses="Apache-2.0"
 
+# MPLCONFIGDIR: `canarist report` runs matplotlib, whose cache must be writable (the root is read-only).
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1
+    PYTHONUNBUFFERED=1 \
+    MPLCONFIGDIR=/tmp/matplotlib
 
 COPY --from=builder /opt/venv /opt/venv
 

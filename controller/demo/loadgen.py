@@ -29,7 +29,6 @@ import json
 import math
 import queue
 import random
-import signal
 import sys
 import threading
 import time
@@ -37,7 +36,6 @@ from collections import Counter as Tally
 from collections.abc import Iterator, Mapping
 from enum import StrEnum
 from pathlib import Path
-from types import FrameType
 from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
@@ -45,6 +43,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Counter, start_http_server
 
 from controller.demo.model import generate
+from controller.demo.processes import stop_on_signals
 
 T = TypeVar("T")
 UNKNOWN = "unknown"
@@ -332,13 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         print(f"loadgen: {exc}", file=sys.stderr)
         return 2
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = stop_on_signals()
     print(f"loadgen: {args.rate:g}/s to {args.target}, metrics on :{args.metrics_port}", file=sys.stderr, flush=True)
     summary = generator.run(stop, args.duration)
     metrics.shutdown()

@@ -18,19 +18,18 @@ import argparse
 import json
 import math
 import random
-import signal
 import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import numpy as np
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
 from controller.demo.model import N_FEATURES, Model
+from controller.demo.processes import stop_on_signals
 
 #: Istio's default buckets for ``istio_request_duration_milliseconds``.
 ISTIO_BUCKETS_MS = (
@@ -258,13 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, KeyError) as exc:
         print(f"model server {args.version}: {exc}", file=sys.stderr)
         return 2
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = stop_on_signals()
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
     thread.start()
     print(f"model server {args.version} listening on {args.host}:{args.port}", file=sys.stderr, flush=True)

@@ -20,8 +20,8 @@ STABLE, CANARY = "v1", "v2"
 BASE_INTERVAL = 10.0
 BASE_DEADLINE = 150.0
 STEPS = (10, 25, 50)
-#: The accuracy scenario's broken label join: about 10 points less accurate, above the 75% SLO.
-MISLABEL_RATE = 0.37
+#: The accuracy scenario's broken label join: 11 to 15 points less accurate (seeds 0-3), above the 75% SLO.
+MISLABEL_RATE = 0.4
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ filtered on the object's state in the event), authentication.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import secrets
@@ -548,7 +549,8 @@ class _Handler(BaseHTTPRequestHandler):
         for name, value in headers.items():
             self.send_header(name, value)
         self.end_headers()
-        self.wfile.write(data)
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the client gave up waiting
+            self.wfile.write(data)
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle  # noqa: N815  (http.server's names)
 
@@ -557,6 +559,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Transfer-Encoding", "chunked")
+        # Said, not only done: a client that pooled this connection would send its next request
+        # into a socket we are closing (RemoteDisconnected), depending on who is faster.
+        self.send_header("Connection", "close")
         self.end_headers()
         try:
             for event in events:

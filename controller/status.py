@@ -31,8 +31,9 @@ from controller.policy import ModelRollout
 from controller.routing import RouteState, realized_share
 
 E_VALUE_CAP = 1e300
-#: Bounds on the report's logs in the status, so an object stays far below etcd's 1.5 MiB.
-ANALYSES_LIMIT = 240
+#: Bounds on the report's logs in the status, so an object stays far below etcd's 1.5 MiB
+#: (a look is about 1 KiB; 120 looks are two hours of one-minute intervals).
+ANALYSES_LIMIT = 120
 WEIGHTS_LIMIT = 100
 DISTRIBUTIONS_LIMIT = 30
 
@@ -77,9 +78,12 @@ def to_status(
 
     Besides the latest look, it keeps bounded logs for ``canarist report``: the weight in force over
     time, every look's numbers, and the latency distributions at each decision that changed something.
+    A new canary revision starts them afresh: they describe this canary's rollout.
     """
     metrics = [metric_status(m) for m in evidence.metrics] if evidence is not None else previous.get("metrics", [])
     changed = bool(status.history) and status.history[-1].at == now
+    if previous.get("canaryRevision") not in (None, "", status.canary_revision):
+        previous = {k: v for k, v in previous.items() if k not in ("weights", "analyses", "distributions")}
     out: dict[str, Any] = {
         "phase": status.phase.value,
         "currentStep": status.step,

@@ -282,3 +282,14 @@ def test_the_current_context_is_used_without_context(api: LocalApiServer, kubeco
 
 def test_an_unknown_context_is_one_line_and_exit_2(api: LocalApiServer, kubeconfig: Path) -> None:
     one_line_error(canarist(kubeconfig, "status", context="prod"), "cannot reach Kubernetes", "prod")
+
+
+def test_report_by_name_reads_the_rollout_through_the_api(
+    api: LocalApiServer, kubeconfig: Path, tmp_path: Path
+) -> None:
+    out = ok(canarist(kubeconfig, "report", NAME, "--out", str(tmp_path / "report")))
+    assert out.strip() == str(tmp_path / "report" / "index.html")
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert f"{NS}/{NAME}" in page and "Advance" in page
+    assert (tmp_path / "report" / "weights.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    one_line_error(canarist(kubeconfig, "report", "missing", "--out", str(tmp_path / "x")), "missing", "not found")

@@ -23,7 +23,7 @@ from controller.policy import ModelRollout
 from controller.reconcile import Outcome, analysis_windows, reconcile
 from controller.routing import RouteState
 from controller.samples import CountSeries, HistogramSeries, MetricData, Observation, Window
-from controller.status import ANALYSES_LIMIT, from_status, timestamp, to_status
+from controller.status import ANALYSES_LIMIT, from_status, parse_timestamp, timestamp, to_status
 from controller.templating import default_environment
 from tests.memory_cluster import MemoryCluster
 
@@ -247,6 +247,9 @@ def test_a_new_canary_restarts_from_the_first_step(cluster: MemoryCluster) -> No
     history = status(cluster)["history"]
     assert any(t["action"] == "Restart" for t in history)
     assert status(cluster)["currentStep"] <= 1
+    restarted = parse_timestamp(next(t["at"] for t in history if t["action"] == "Restart"))
+    for log in ("weights", "analyses"):  # the report's logs describe the new canary only
+        assert all(parse_timestamp(entry["at"]) >= restarted for entry in status(cluster)[log]), log
 
 
 def test_an_invalid_rollout_is_refused_with_an_event_and_no_routes(cluster: MemoryCluster) -> None:

@@ -474,18 +474,6 @@ def test_yaml_with_unquoted_times_is_read(tmp_path: Path) -> None:
     assert origin(obj["status"]) == T0
 
 
-def test_report_by_name_reads_the_rollout_from_the_cluster(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    cluster = MemoryCluster()
-    cluster.add(POLICY)
-    drive(cluster, Synthetic(), minutes=3)
-    monkeypatch.setattr(commands, "connect", lambda kubeconfig, context: cluster)
-    result = CliRunner().invoke(commands.report, ["fraud-detector", "-n", "ml-serving", "--out", str(tmp_path / "r")])
-    assert result.exit_code == 0, result.output
-    assert result.output.strip() == str(tmp_path / "r" / "index.html")
-    result = CliRunner().invoke(commands.report, ["fraud-detector", "--out", str(tmp_path / "r")])
-    assert result.exit_code == 2 and "modelrollout default/fraud-detector not found" in result.output
-
-
 # --- the executable -----------------------------------------------------------------------------
 
 

@@ -194,7 +194,10 @@ def test_an_error_regression_is_rolled_back_at_once(world: Callable[[float], tup
     status = rollout["status"]
     assert status["phase"] == "Failed"
     rollback = next(t for t in status["history"] if t["action"] == "Rollback")
-    assert "SLO breached: error-rate" in rollback["reason"]
+    # 8 % errors breach the 2 % SLO and are 7.5 points worse than stable: whichever evidence reaches
+    # its threshold first at that look (it depends on how many requests the first windows hold) names
+    # the metric; both roll back at once.
+    assert rollback["reason"].startswith(("SLO breached: error-rate", "regression proven: error-rate"))
     # The first look may see too little data to call the breach yet (no harm shown, so it advances);
     # the breach is then called at the next look, before any promotion.
     assert check_writes(api) in ([20, 0], [20, 50, 0])

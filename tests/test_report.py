@@ -371,12 +371,12 @@ def test_only_the_latest_six_decisions_are_drawn() -> None:
 # --- a full log, an empty status ----------------------------------------------------------
 
 
-def test_a_status_with_240_analyses_gives_paths_of_240_looks(tmp_path: Path) -> None:
+def test_a_full_analyses_log_gives_a_path_through_every_look(tmp_path: Path) -> None:
     obj = rolled_back()
     obj["status"]["analyses"] = [look(m, 1, 5, 1.01**m) for m in range(1, ANALYSES_LIMIT + 1)]
     paths = evidence_paths(obj["status"], validated(obj), T0)
     assert [len(p.minutes) for p in paths] == [ANALYSES_LIMIT] * 2
-    assert list(paths[0].minutes) == sorted(paths[0].minutes) and paths[0].minutes[-1] == 240.0
+    assert list(paths[0].minutes) == sorted(paths[0].minutes) and paths[0].minutes[-1] == float(ANALYSES_LIMIT)
     assert [len(p.values) for p in estimate_paths(obj["status"], validated(obj), T0)] == [ANALYSES_LIMIT] * 2
     report = build_report(obj, tmp_path / "big")
     assert {p.name for p in report.images} == {"weights.png", "latency.png", "evidence.png", "estimates.png"}

@@ -44,6 +44,7 @@ def demo(*, scenario: str, speed: float, rate: float, seed: int, out: Path, budg
     decided within --budget seconds.
     """
     # Imported here: the controller, its edges and matplotlib would slow every other command's start.
+    from controller.demo.haproxy import HaproxyError
     from controller.demo.processes import PartMissingError, StartError
     from controller.demo.run import DemoOptions, run_demo
     from controller.demo.view import LiveView
@@ -55,7 +56,7 @@ def demo(*, scenario: str, speed: float, rate: float, seed: int, out: Path, budg
     try:
         with LiveView(chosen, console) as view:
             result = run_demo(options, show=view)
-    except (PartMissingError, StartError, ReportError) as exc:
+    except (PartMissingError, StartError, HaproxyError, ReportError) as exc:
         raise UserError(str(exc).splitlines()[0]) from None
     print_summary(console, result)
     if result.phase not in ("Succeeded", "Failed"):

@@ -16,21 +16,18 @@ stops it at once.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import os
 import shutil
-import signal
 import socket
-import subprocess
 import tempfile
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-HAPROXY = os.environ.get("CANARIST_HAPROXY", "/usr/sbin/haproxy")
+from controller.demo.processes import HAPROXY, ManagedProcess, PartMissingError, StartError, require
+
 INSTALL_HINT = "install Debian's package: apt-get install -y --no-install-recommends haproxy"
 BACKEND = "model"
 _SUN_PATH_MAX = 107  # bytes in sockaddr_un.sun_path, less the final NUL
@@ -94,11 +91,13 @@ class Haproxy:
         self.log = workdir / "haproxy.log"
         self.socket = workdir / "admin.sock"
         self._sockdir: Path | None = None
-        self._process: subprocess.Popen[bytes] | None = None
+        self._process: ManagedProcess | None = None
+        self._pid: int | None = None
 
     @property
     def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
+        """The PID haproxy ran as (kept after a stop, so a caller can check it is gone)."""
+        return self._pid
 
     def render_config(self) -> str:
         """haproxy.cfg. The route timeouts stay generous: the VirtualService's own timeout is Envoy's business."""
@@ -133,37 +132,27 @@ class Haproxy:
         """Write the config, start haproxy and wait until its frontend accepts connections."""
         if self._process is not None:
             raise HaproxyError("haproxy is already started")
-        if not (os.path.isfile(HAPROXY) and os.access(HAPROXY, os.X_OK)):
-            raise HaproxyError(f"{HAPROXY} not found: {INSTALL_HINT}")
+        try:
+            binary = require(HAPROXY, "haproxy")
+        except PartMissingError as exc:
+            raise HaproxyError(str(exc)) from None
         self.workdir.mkdir(parents=True, exist_ok=True)
         if len(os.fsencode(self.socket)) > _SUN_PATH_MAX:  # too long for a Unix socket: use a short directory
             self._sockdir = Path(tempfile.mkdtemp(prefix="canarist-haproxy-"))
             self.socket = self._sockdir / "admin.sock"
         self.config.write_text(self.render_config(), encoding="utf-8")
-        with self.log.open("wb") as log:
-            self._process = subprocess.Popen(
-                [HAPROXY, "-db", "-f", str(self.config)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + timeout
-        while True:
-            if self._process.poll() is not None:
-                code = self._process.returncode
-                self.stop()
-                raise HaproxyError(f"haproxy exited with {code} at start: {self._log_tail()}")
-            if self.socket.exists() and _accepts(self.frontend_port):
-                return self
-            if time.monotonic() > deadline:
-                self.stop()
-                raise HaproxyError(f"haproxy did not accept connections within {timeout:g}s: {self._log_tail()}")
-            time.sleep(0.02)
+        self._process = ManagedProcess("haproxy", [binary, "-db", "-f", str(self.config)], self.log)
+        try:
+            self._process.start(lambda: self.socket.exists() and _accepts(self.frontend_port), timeout)
+        except StartError as exc:
+            self.stop()
+            raise HaproxyError(str(exc)) from None
+        self._pid = self._process.pid
+        return self
 
     def command(self, line: str) -> str:
         """One command on the admin socket, its answer."""
-        if self._process is None or self._process.poll() is not None:
+        if self._process is None or not self._process.alive():
             raise HaproxyError("haproxy is not running")
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(5.0)
@@ -210,14 +199,8 @@ class Haproxy:
 
     def stop(self, timeout: float = 5.0) -> None:
         """SIGTERM (haproxy stops at once), SIGKILL if it lingers; idempotent."""
-        process = self._process
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        if self._process is not None:
+            self._process.stop(timeout)
         if self._sockdir is not None:
             shutil.rmtree(self._sockdir, ignore_errors=True)
             self._sockdir = None
@@ -227,11 +210,6 @@ class Haproxy:
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.stop()
-
-    def _log_tail(self) -> str:
-        with contextlib.suppress(OSError):
-            return " | ".join(self.log.read_text(errors="replace").strip().splitlines()[-5:]) or "(no output)"
-        return "(no log)"
 
 
 def _check_weights(servers: Mapping[str, int], weights: Mapping[str, int]) -> None:

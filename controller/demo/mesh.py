@@ -32,11 +32,17 @@ class ObjectSource(Protocol):
 
 @dataclass(frozen=True)
 class Period:
-    """A stretch of time under one set of weights, with haproxy's counters when it began."""
+    """A stretch of time under one set of weights, with haproxy's counters around its change.
+
+    ``served_before`` is read just before the weights changed and ``served_at_start`` just after:
+    requests answered in between (a snapshot can lag while the process is busy) are counted in
+    neither period, so none is charged to weights it was not routed by.
+    """
 
     started: float
     weights: dict[str, int]
     served_at_start: dict[str, int]
+    served_before: dict[str, int]
 
 
 @dataclass(frozen=True)
@@ -58,7 +64,7 @@ class SplitCheck:
 def split_checks(periods: list[Period], served_now: Mapping[str, int], now: float) -> list[SplitCheck]:
     """Per period: the requests each version served while its weights were in force."""
     out = []
-    ends = [(p.started, p.served_at_start) for p in periods[1:]] + [(now, dict(served_now))]
+    ends = [(p.started, p.served_before) for p in periods[1:]] + [(now, dict(served_now))]
     for period, (end, at_end) in zip(periods, ends, strict=True):
         served = {v: at_end.get(v, 0) - period.served_at_start.get(v, 0) for v in at_end}
         out.append(SplitCheck(dict(period.weights), end - period.started, served))
@@ -81,8 +87,7 @@ class MeshAgent:
 
     def begin(self, weights: Mapping[str, int]) -> None:
         """The weights in force before any VirtualService exists (all traffic to stable)."""
-        self.plane.set_weights(weights)
-        self.periods.append(Period(self.clock(), dict(weights), self.plane.served()))
+        self._change(weights)
 
     def sync(self) -> None:
         """One look: apply the VirtualService's weights if they changed."""
@@ -102,8 +107,12 @@ class MeshAgent:
             return
         if self.periods and self.periods[-1].weights == weights:
             return
+        self._change(weights)
+
+    def _change(self, weights: Mapping[str, int]) -> None:
+        before = self.plane.served()
         self.plane.set_weights(weights)
-        self.periods.append(Period(self.clock(), weights, self.plane.served()))
+        self.periods.append(Period(self.clock(), dict(weights), self.plane.served(), before))
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():

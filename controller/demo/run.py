@@ -39,6 +39,7 @@ from controller.localapi import LocalApiServer
 from controller.manager import Manager
 from controller.prometheus import PrometheusClient, PrometheusSettings
 from controller.report import build_report
+from controller.status import parse_timestamp
 from controller.templating import default_environment
 from controller.wiring import PrometheusSource
 
@@ -95,7 +96,11 @@ class World:
         return self.api.get("canarist.io", "modelrollouts", NAMESPACE, NAME) or {}
 
 
-def run_demo(options: DemoOptions, *, show: Callable[[World], None] | None = None) -> DemoResult:
+#: Shows the world and the rollout object just read (the demo's live view).
+Show = Callable[["World", dict[str, Any]], None]
+
+
+def run_demo(options: DemoOptions, *, show: Show | None = None) -> DemoResult:
     """Run one scenario to its decision and return what happened; every process is stopped after."""
     with tempfile.TemporaryDirectory(prefix="canarist-demo-") as tmp, Supervisor() as supervisor, _interruptible():
         work = Path(tmp)
@@ -190,7 +195,7 @@ def _start(options: DemoOptions, work: Path, supervisor: Supervisor) -> tuple[Wo
     return World(api, haproxy, mesh, manager, canary_admin, time.time()), loadgen
 
 
-def _drive(world: World, options: DemoOptions, show: Callable[[World], None] | None) -> float | None:
+def _drive(world: World, options: DemoOptions, show: Show | None) -> float | None:
     """Reconcile until the rollout ends (or the budget is spent); break the canary when the scenario says."""
     scenario = options.scenario
     deadline = world.started + options.budget
@@ -198,9 +203,10 @@ def _drive(world: World, options: DemoOptions, show: Callable[[World], None] | N
     settle = interval_seconds(options.speed)
     while time.time() < deadline:
         world.manager.tick()
-        status = world.rollout().get("status") or {}
+        obj = world.rollout()
+        status = obj.get("status") or {}
         if show is not None:
-            show(world)
+            show(world, obj)
         if status.get("phase") in TERMINAL:
             break
         if (
@@ -254,8 +260,6 @@ def _stop_loadgen(loadgen: ManagedProcess, summary: Path) -> dict[str, Any]:
 
 
 def _step_started(status: dict[str, Any]) -> float:
-    from controller.status import parse_timestamp
-
     return parse_timestamp(status.get("stepStartedAt"), time.time())
 
 
@@ -269,8 +273,6 @@ def _final_reason(obj: dict[str, Any]) -> str:
 
 def _seconds_to_decide(obj: dict[str, Any]) -> float | None:
     """From the first step (Start) to the promotion or rollback."""
-    from controller.status import parse_timestamp
-
     history = (obj.get("status") or {}).get("history") or []
     start = next((t for t in history if t.get("action") == "Start"), None)
     decided = next((t for t in history if t.get("action") in DECIDING), None)
@@ -282,10 +284,9 @@ def _seconds_to_decide(obj: dict[str, Any]) -> float | None:
 def _canary_requests_to_decide(world: World) -> int | None:
     """Requests the canary served before the weights changed for the promotion or rollback."""
     final = [p for p in world.mesh.periods if p.weights.get(CANARY, 0) in (0, 100)]
-    deciding = next((p for p in final[1:]), None)  # the first is the all-stable start
-    if deciding is None:
+    if len(final) < 2:  # the first is the all-stable start
         return None
-    return deciding.served_at_start.get(CANARY, 0)
+    return final[1].served_before.get(CANARY, 0)
 
 
 def _ready_pod(version: str) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from rich.text import Text
 
 from controller.demo.run import World
 from controller.demo.scenarios import CANARY, STABLE, Scenario
+from controller.status import parse_timestamp
 
 BAR = 12
 
@@ -74,8 +75,6 @@ def metrics_table(metrics: Sequence[Mapping[str, Any]]) -> Table:
 
 
 def decisions_table(history: Sequence[Mapping[str, Any]], started: float, limit: int = 6) -> Table:
-    from controller.status import parse_timestamp
-
     table = Table(expand=True, show_edge=False, pad_edge=False, show_header=False, box=None)
     table.add_column("t", no_wrap=True, width=6)
     table.add_column("action", no_wrap=True, width=9)
@@ -141,16 +140,12 @@ class LiveView:
         if self.live is not None:
             self.live.__exit__(None, None, None)
 
-    def __call__(self, world: World) -> None:
+    def __call__(self, world: World, rollout: Mapping[str, Any]) -> None:
         if self.live is not None:
-            picture = frame(
-                world.rollout(), world.haproxy.served(), self.scenario, started=world.started, now=time.time()
-            )
+            picture = frame(rollout, world.haproxy.served(), self.scenario, started=world.started, now=time.time())
             self.live.update(picture)
             return
-        from controller.status import parse_timestamp
-
-        history = (world.rollout().get("status") or {}).get("history") or []
+        history = (rollout.get("status") or {}).get("history") or []
         for t in history[self.printed :]:
             at = parse_timestamp(t.get("at"), world.started) - world.started
             self.console.print(f"{at:6.1f}s  {t.get('action'):<8} step {t.get('toStep')}: {t.get('reason')}")

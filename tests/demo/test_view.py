@@ -91,15 +91,9 @@ def test_off_a_terminal_each_decision_is_printed_once() -> None:
     class World:
         started = T0
 
-        def __init__(self, obj: dict[str, Any]) -> None:
-            self.obj = obj
-
-        def rollout(self) -> dict[str, Any]:
-            return self.obj
-
     with view:
-        view(World(stored()))  # type: ignore[arg-type]
-        view(World(stored()))  # type: ignore[arg-type]
+        view(World(), stored())  # type: ignore[arg-type]
+        view(World(), stored())  # type: ignore[arg-type]
     lines = out.getvalue().splitlines()
     assert len(lines) == 2
     assert "Start" in lines[0] and "Advance" in lines[1] and "step 1: no harm detected" in lines[1]

@@ -29,13 +29,13 @@ import numpy as np
 import pytest
 import yaml
 
+from controller.demo import processes
 from controller.demo.processes import PartMissingError, Prometheus, StartError, Supervisor
 from controller.loader import load
 from controller.policy import ModelRollout
 from controller.samples import Window
 
 PROMTOOL = os.environ.get("CANARIST_PROMTOOL", "/usr/bin/promtool")
-INSTALL_HINT = "install Debian's package: apt-get install -y --no-install-recommends prometheus (make test does)"
 
 T0 = 1_700_000_040  # a multiple of 60: windows end on whole minutes
 SCRAPE = 15
@@ -51,9 +51,11 @@ PODS = 2
 
 
 def require(binary: str) -> str:
-    if not (os.path.isfile(binary) and os.access(binary, os.X_OK)):
-        pytest.fail(f"{binary} not found: {INSTALL_HINT}", pytrace=False)
-    return binary
+    """The binary, or the test FAILS saying how to install it (nothing is skipped)."""
+    try:
+        return processes.require(binary, "prometheus")
+    except PartMissingError as exc:
+        pytest.fail(str(exc), pytrace=False)
 
 
 # --- the server -------------------------------------------------------------------------------
@@ -96,7 +98,7 @@ class PrometheusServer(Prometheus):
         try:
             super().start(supervisor, timeout, port=port)
         except (PartMissingError, StartError) as exc:
-            pytest.fail(f"{exc} ({INSTALL_HINT})", pytrace=False)
+            pytest.fail(str(exc), pytrace=False)
         return self
 
 

@@ -54,7 +54,8 @@ stable's histogram, never on the canary's data. Why twice Delta: the half-normal
 little when tau is too wide (2x: ~6 % more requests) and much when it is too narrow (1/3: ~25 %),
 and regressions worth a rollback are rarely a uniform slowdown of exactly twice the margin: a tail
 regression (a slow dependency, a queue) moves the outer bounds' exceedance 2-3 times as much as a
-uniform slowdown of the same p99. On the benchmark, tau = Delta needed 25 % more canary requests
+uniform slowdown of the same p99. With a margin of 0, "one more margin" is
+:data:`REFERENCE_SLOWDOWN` (5 %). On the benchmark, tau = Delta needed 25 % more canary requests
 for the tail scenario than 2 Delta and 1.5 % fewer for the uniform +10 % one. tau is capped at V,
 as in :func:`proportion_test`, for rare tail events.
 
@@ -92,6 +93,9 @@ from controller.stats.validation import (
 #: Mixing scale in units of Delta, the effect one more margin of uniform slowdown has on the
 #: statistic (see the module docstring).
 TAU_MARGINS = 2.0
+#: The slowdown that stands in for "one more margin" when the margin is 0 ("no slower than stable"):
+#: without it the direction and the mixing scale would be 0 and the test blind.
+REFERENCE_SLOWDOWN = 0.05
 #: Bounds whose stable exceedance is below this share of (1 - q) carry too few events to test.
 TAIL_FACTOR = 0.25
 #: ... and above this share they describe the body, not the latency the metric watches.
@@ -276,7 +280,8 @@ def latency_shift_test(
     finite = bounds[:-1]
     pooled = stable.sum(axis=0)
     stable_total = float(pooled[-1])
-    both_points = locate(bounds, pooled, np.concatenate([finite / (1.0 + margin), finite / (1.0 + margin) ** 2]))
+    step = 1.0 + (margin if margin > 0 else REFERENCE_SLOWDOWN)
+    both_points = locate(bounds, pooled, np.concatenate([finite / (1.0 + margin), finite / ((1.0 + margin) * step)]))
     size = finite.size
     at_margin = Located(both_points.k[:size], both_points.fraction[:size])
     beyond = Located(both_points.k[size:], both_points.fraction[size:])

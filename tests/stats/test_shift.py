@@ -48,12 +48,18 @@ def _rollout(rng: np.random.Generator, canary: np.ndarray, stable: np.ndarray, p
     return c, s
 
 
-def _looks(rng: np.random.Generator, canary: np.ndarray, stable: np.ndarray, per_look: float = PER_LOOK):
+def _looks(
+    rng: np.random.Generator,
+    canary: np.ndarray,
+    stable: np.ndarray,
+    per_look: float = PER_LOOK,
+    margin: float = MARGIN,
+):
     """(e_value, e_value_noninferior) at every look of one simulated rollout."""
     c, s = _rollout(rng, canary, stable, per_look)
     out = []
     for t in range(1, LOOKS + 1):
-        r = latency_shift_test(ISTIO, c[:t], s[:t], quantile=Q, relative_margin=MARGIN)
+        r = latency_shift_test(ISTIO, c[:t], s[:t], quantile=Q, relative_margin=margin)
         out.append((r.e_value, r.e_value_noninferior))
     return out
 
@@ -129,6 +135,23 @@ def test_power_against_the_benchmark_regressions(name: str, canary: np.ndarray, 
     print(f"shift power ({name}): {caught:.2f}, median first look {np.median(first)}")
     assert caught >= 0.95
     assert np.median(first) <= by_look
+
+
+def test_a_zero_margin_is_valid_for_an_identical_canary_and_not_blind() -> None:
+    """A margin of 0 ("no slower than stable at all"): the identical canary is the null boundary; +10 % is caught.
+
+    A zero margin once made "one more margin" zero: a direction and a mixing scale of 0, a test that
+    never rolled back anything. The reference slowdown (5 %) stands in for it.
+    """
+    stable = _probs(stats.lognorm(s=0.5, scale=40.0))
+    slower = _probs(stats.lognorm(s=0.5, scale=44.0))
+    rng = np.random.default_rng(25)
+    runs = 300
+    rejected = sum(any(e >= THRESHOLD for e, _ in _looks(rng, stable, stable, margin=0.0)) for _ in range(runs))
+    caught = sum(any(e >= THRESHOLD for e, _ in _looks(rng, slower, stable, margin=0.0)) for _ in range(100))
+    print(f"shift, margin 0: type-I {rejected / runs:.4f}, power against x1.1 {caught / 100:.2f}")
+    assert rejected / runs <= max_rate(runs=runs)
+    assert caught >= 95
 
 
 def test_an_identical_canary_is_proven_within_the_margin() -> None:

@@ -35,9 +35,11 @@ make.
 stable exceedance shares) over the watched bounds for a direction u >= 0, weighted by
 I_j = 1 / (V (1/n_canary,j + 1/n_stable,j)) with V = u' Sigma u the variance of u'(exceedance
 indicators) at the null boundary (Sigma from the stable's shares). As in :func:`proportion_test`,
-S = sum_j I_j d_j is a Gaussian martingale with drift <= 0 under the null whatever the split does
-(u >= 0 keeps every null distribution at drift <= 0), and the one-sided normal mixture of
-exp(theta S - theta^2 I / 2) over theta >= 0 is the e-process. One direction per watched bound b0:
+S = sum_j I_j d_j is a martingale with drift <= 0 under the null whatever the split does
+(u >= 0 keeps every null distribution at drift <= 0), and a half-normal mixture over theta >= 0 of
+exp(theta S - K(theta)) is the e-process, K charging each request's u'(exceedance indicators) its
+exact cumulant generating function at the null (a Gaussian theta^2 I / 2 under-charges the few,
+right-skewed tail events of a small canary share). One direction per watched bound b0:
 the locally most powerful direction against "the stable scaled by one more margin", restricted to
 the bounds >= b0 (u = Sigma^-1 Delta on those bounds, clipped at 0, where Delta is the change in
 exceedance one more margin of slowdown would cause). The first direction pools every watched bound
@@ -77,7 +79,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import special
 
-from controller.stats.mixtures import normal_mixture_log_e, to_e_value
+from controller.stats.mixtures import Part, exact_mixture_log_e, to_e_value
 from controller.stats.validation import (
     FloatArray,
     IntArray,
@@ -218,22 +220,30 @@ def _exceedance_covariance(shares: FloatArray) -> FloatArray:
 
 
 def _direction_log_e(
-    diff: FloatArray, weight: FloatArray, u: FloatArray, cov: FloatArray, delta: FloatArray
+    diff: FloatArray, trials: tuple[FloatArray, FloatArray], u: FloatArray, shares: FloatArray, delta: FloatArray
 ) -> tuple[float, float]:
     """log e-values (harmful side, harmless side) of the mixture test along direction ``u``.
 
-    ``diff``: per interval, canary minus scaled-stable exceedance shares at each bound; ``weight``:
-    per interval 1 / (1/n_canary + 1/n_stable).
+    ``diff``: per interval, canary minus scaled-stable exceedance shares at each bound; ``trials``:
+    the canary's and the stable's requests behind them; ``shares``: the null's exceedance share at
+    each bound. A request's u'(exceedance indicators) takes one value per bucket between watched
+    bounds; each version is charged that value's exact cumulant generating function at the null
+    (:func:`exact_mixture_log_e`): tail bounds see few events per interval at a small canary share,
+    where a Gaussian charge would be too light.
     """
+    n_canary, n_stable = trials
+    cov = _exceedance_covariance(shares)
     variance = max(float(u @ cov @ u), _FLOOR)
-    info_j = weight / variance
+    info_j = 1.0 / (variance * (1.0 / n_canary + 1.0 / n_stable))
     score = float((info_j * (diff @ u)).sum())
-    info = float(info_j.sum())
     tau = min(max(TAU_MARGINS * float(u @ delta), _FLOOR), variance)
-    return (
-        normal_mixture_log_e(score, info, tau, side="greater"),
-        normal_mixture_log_e(score, info, tau, side="less"),
-    )
+    s = np.clip(shares, 0.0, 1.0)
+    values = np.concatenate([[0.0], np.cumsum(u)])
+    probs = np.clip(-np.diff(np.concatenate([[1.0], s, [0.0]])), 0.0, None)
+    probs = probs / probs.sum()
+    harm = (Part(info_j / n_canary, n_canary, values, probs), Part(-info_j / n_stable, n_stable, values, probs))
+    proof = (Part(-info_j / n_canary, n_canary, values, probs), Part(info_j / n_stable, n_stable, values, probs))
+    return exact_mixture_log_e(score, harm, tau), exact_mixture_log_e(-score, proof, tau)
 
 
 def _tail_direction(cov: FloatArray, delta: FloatArray, start: int) -> FloatArray:
@@ -303,17 +313,17 @@ def latency_shift_test(
     )
     both = (canary_trials > 0) & (stable_trials > 0)
     diff = canary_above[both] / canary_trials[both, None] - scaled_above[both] / stable_trials[both, None]
-    weight = 1.0 / (1.0 / canary_trials[both] + 1.0 / stable_trials[both])
+    trials = (canary_trials[both], stable_trials[both])
     cov = _exceedance_covariance(share[watched])
     delta = np.clip(share_beyond[watched] - share[watched], 0.0, None)
 
     harm, proof = [], []
     for i in range(watched.size):
-        harm.append(_direction_log_e(diff, weight, _tail_direction(cov, delta, i), cov, delta)[0])
+        harm.append(_direction_log_e(diff, trials, _tail_direction(cov, delta, i), share[watched], delta)[0])
         if share[watched[i]] >= 1.0 - q or i == 0:
             single = np.zeros(watched.size)
             single[i] = 1.0
-            proof.append(_direction_log_e(diff, weight, single, cov, delta)[1])
+            proof.append(_direction_log_e(diff, trials, single, share[watched], delta)[1])
     log_harm = float(np.log(np.mean(np.exp(np.asarray(harm) - max(harm))))) + max(harm)
 
     canary_shares = canary_above.sum(axis=0) / max(canary_trials.sum(), 1.0)

@@ -8,11 +8,14 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from scipy import integrate, stats
+from scipy import integrate, special, stats
 
 from controller.stats.mixtures import (
+    Part,
+    bernoulli,
     beta_binomial_confidence_sequence,
     binomial_shift_log_e,
+    exact_mixture_log_e,
     normal_mixture_log_e,
     normal_mixture_radius,
 )
@@ -67,3 +70,50 @@ def test_beta_binomial_sequence_contains_the_mle_and_moves_with_the_data(n: int,
         lo2, hi2 = beta_binomial_confidence_sequence(s + 1, n, alpha=alpha, prior_a=1.0, prior_b=99.0)
         assert lo2 >= lo - 1e-12
         assert hi2 >= hi - 1e-12
+
+
+# --- the exact-CGF mixture: rare events ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("n", "p", "tau"), [(60, 0.005, 0.005), (300, 0.001, 0.001), (40, 0.08, 0.01)])
+def test_exact_mixture_has_expectation_one_where_the_gaussian_one_does_not(n: int, p: float, tau: float) -> None:
+    """One window of n Bernoulli(p) requests, coefficient 1 / p(1-p) (a canary beside a large stable).
+
+    The exact mixture's expectation over the binomial is 1 (a mixture of mean-one components); the
+    Gaussian mixture's, with the same score and information, is above 1 for rare events: it is not
+    an e-value there.
+    """
+    var = p * (1 - p)
+    coef = 1.0 / var
+    part = Part(np.array([coef]), np.array([float(n)]), *bernoulli(p))
+    xs = np.arange(n + 1)
+    log_pmf = stats.binom.logpmf(xs, n, p)
+    exact_log = [exact_mixture_log_e(coef * (x - n * p), (part,), tau) for x in xs]
+    gaussian_log = [normal_mixture_log_e(coef * (x - n * p), n * coef, tau, side="greater") for x in xs]
+    exact = special.logsumexp(log_pmf + np.asarray(exact_log))  # log of the expectation
+    gaussian = special.logsumexp(log_pmf + np.asarray(gaussian_log))
+    print(f"n {n}, p {p}: log E[exact] {exact:.2e}, log E[gaussian] {gaussian:.3g}")
+    assert exact == pytest.approx(0.0, abs=1e-9)
+    if p < 0.01:
+        assert gaussian > math.log(1.02)
+
+
+def test_exact_mixture_matches_the_gaussian_one_for_many_frequent_events() -> None:
+    """Where the central limit theorem holds (many events a window), the two agree within 0.05 nats."""
+    rng = np.random.default_rng(3)
+    p, tau = 0.3, 0.01
+    n = rng.poisson(5000, 30).astype(float)
+    x = rng.binomial(n.astype(int), p + 0.005)
+    coef = 1.0 / (p * (1 - p))
+    score = float((coef * (x - n * p)).sum())
+    part = Part(np.full(n.size, coef), n, *bernoulli(p))
+    exact = exact_mixture_log_e(score, (part,), tau)
+    gaussian = normal_mixture_log_e(score, float((n * coef).sum()), tau, side="greater")
+    assert exact == pytest.approx(gaussian, abs=0.05)
+    assert exact > 3.0  # and it is real evidence, not a degenerate zero
+
+
+def test_exact_mixture_without_requests_is_no_evidence() -> None:
+    empty = Part(np.array([]), np.array([]), *bernoulli(0.01))
+    assert exact_mixture_log_e(5.0, (empty,), 0.01) == 0.0
+    assert exact_mixture_log_e(5.0, (), 0.01) == 0.0

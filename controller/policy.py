@@ -347,6 +347,10 @@ class Strategy(Model):
     interval: Duration = "1m"
     min_requests: int = Field(default=100, ge=1, description="Canary requests a step needs before it advances.")
     progress_deadline: Duration = "30m"
+    hold_on_suspicion: Duration = Field(
+        default="10m",
+        description="How long a step keeps its weight while a metric leans towards a regression (0s: never).",
+    )
     on_no_data: OnTimeout = Field(
         default=OnTimeout.PAUSE,
         strict=False,

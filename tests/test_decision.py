@@ -40,6 +40,15 @@ def evidence(*verdicts: Verdict, requests: int = 1000, breach: bool = False) -> 
     return Evidence(metrics=metrics, canary_requests_in_step=requests)
 
 
+def leaning(against: float, for_: float, *, requests: int = 1000) -> Evidence:
+    """A passing m0 and an inconclusive m1 with e-values ``against`` and ``for_`` the canary."""
+    m1 = replace(metric(Verdict.INCONCLUSIVE, name="m1"), e_regression=against, e_noninferiority=for_)
+    return Evidence(metrics=(metric(Verdict.PASS, name="m0"), m1), canary_requests_in_step=requests)
+
+
+HOLD = 10 * 60  # the default holdOnSuspicion
+
+
 P, F, U, N = Verdict.PASS, Verdict.FAIL, Verdict.INCONCLUSIVE, Verdict.NODATA
 
 
@@ -96,6 +105,67 @@ CASES = [
         Phase.PROGRESSING,
         2,
         "no harm detected",
+    ),
+    case(
+        "suspect holds its weight",
+        Phase.PROGRESSING,
+        1,
+        leaning(4.0, 0.5),
+        Action.HOLD,
+        Phase.PROGRESSING,
+        1,
+        "suspect: m1 (e-value 4 against, 0.5 for)",
+    ),
+    case(
+        "suspect advances after holdOnSuspicion",
+        Phase.PROGRESSING,
+        1,
+        leaning(4.0, 0.5),
+        Action.ADVANCE,
+        Phase.PROGRESSING,
+        2,
+        "no harm detected",
+        waited=HOLD,
+    ),
+    case(
+        "leaning towards the canary advances",
+        Phase.PROGRESSING,
+        1,
+        leaning(0.5, 4.0),
+        Action.ADVANCE,
+        Phase.PROGRESSING,
+        2,
+        "no harm detected",
+    ),
+    case(
+        "no evidence either way advances",
+        Phase.PROGRESSING,
+        1,
+        leaning(1.0, 1.0),
+        Action.ADVANCE,
+        Phase.PROGRESSING,
+        2,
+        "no harm detected",
+    ),
+    case(
+        "suspect on the last step is inconclusive",
+        Phase.PROGRESSING,
+        LAST,
+        leaning(4.0, 0.5),
+        Action.HOLD,
+        Phase.PROGRESSING,
+        LAST,
+        "inconclusive: m1",
+    ),
+    case(
+        "suspect with too few requests waits for them",
+        Phase.PROGRESSING,
+        1,
+        leaning(4.0, 0.5, requests=10),
+        Action.HOLD,
+        Phase.PROGRESSING,
+        1,
+        "10 of 500 canary requests",
     ),
     case(
         "last step needs proof",
@@ -371,6 +441,25 @@ def test_routes_follow_the_phase() -> None:
     assert routes_for(ROLLOUT, Status(Phase.PROMOTING, LAST + 1)) == RouteState(100)
     assert routes_for(ROLLOUT, Status(Phase.PROGRESSING, 2)) == RouteState(25)
     assert routes_for(ROLLOUT, Status(Phase.PAUSED, 1)) == RouteState(5)
+
+
+def test_a_suspect_held_past_the_progress_deadline_gets_the_policy_choice() -> None:
+    """A hold longer than the deadline ends as any inconclusive step does: here onInconclusive: Abort."""
+    strategy = ROLLOUT.spec.strategy.model_copy(update={"hold_on_suspicion": "1h"})
+    rollout = ROLLOUT.model_copy(update={"spec": ROLLOUT.spec.model_copy(update={"strategy": strategy})})
+    status = Status(phase=Phase.PROGRESSING, step=1, step_started_at=T0)
+    held = decide(rollout, status, leaning(4.0, 0.5), T0 + DEADLINE - 1)
+    assert held.action is Action.HOLD and "suspect: m1" in held.reason
+    aborted = decide(rollout, status, leaning(4.0, 0.5), T0 + DEADLINE + 1)
+    assert aborted.action is Action.ROLLBACK
+    assert "suspect: m1" in aborted.reason and "past the progress deadline" in aborted.reason
+
+
+def test_hold_on_suspicion_zero_never_holds() -> None:
+    strategy = ROLLOUT.spec.strategy.model_copy(update={"hold_on_suspicion": "0s"})
+    rollout = ROLLOUT.model_copy(update={"spec": ROLLOUT.spec.model_copy(update={"strategy": strategy})})
+    status = Status(phase=Phase.PROGRESSING, step=1, step_started_at=T0)
+    assert decide(rollout, status, leaning(4.0, 0.5), T0 + 60).action is Action.ADVANCE
 
 
 def test_step_clock_restarts_on_advance_and_resume_but_not_on_hold() -> None:

@@ -66,10 +66,11 @@ class Synthetic:
                 tuple(tuple(float(round(n * s)) for s in HEALTHY) for n in stable),
                 tuple(tuple(float(round(n * s)) for s in self.canary_latency) for n in canary),
             )
+            # rounded down: rounding 0.6 expected errors up would make a healthy 1 % canary fail 0.83 %
             errors = CountSeries(
-                tuple(round(n * 0.005) for n in stable),
+                tuple(math.floor(n * 0.005) for n in stable),
                 tuple(stable),
-                tuple(round(n * self.canary_errors) for n in canary),
+                tuple(math.floor(n * self.canary_errors) for n in canary),
                 tuple(canary),
             )
             metrics = (MetricData("latency-p99", hist), MetricData("error-rate", errors))

@@ -1,7 +1,7 @@
 """The demo's scenarios and its rollout policy: what the canary does wrong, and what should happen.
 
 Pure values. The policy is an ordinary ModelRollout (validated like any file in git), with its
-interval and deadline divided by the demo's speed: a faster demo looks more often on fewer
+interval, deadline and suspicion hold divided by the demo's speed: a faster demo looks more often on fewer
 requests per look, so it decides in fewer seconds but over about as many requests.
 """
 
@@ -16,6 +16,8 @@ NAMESPACE = "demo"
 NAME = "fraud-detector"
 SERVICE = "fraud-detector"
 STABLE, CANARY = "v1", "v2"
+#: Looks a step keeps its weight while a metric leans towards a regression.
+SUSPICION_INTERVALS = 3
 #: Seconds between looks at speed 1, and how long one step may wait for evidence.
 BASE_INTERVAL = 10.0
 BASE_DEADLINE = 150.0
@@ -100,6 +102,7 @@ def demo_policy(speed: float = 1.0) -> dict[str, Any]:
                 "progressDeadline": format_duration(max(BASE_DEADLINE / speed, interval)),
                 "onNoData": "Hold",
                 "onInconclusive": "Abort",
+                "holdOnSuspicion": format_duration(SUSPICION_INTERVALS * interval),
             },
             "analysis": {
                 "alpha": 0.05,

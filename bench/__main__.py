@@ -6,11 +6,14 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from bench import report
-from bench.engines import engine_factories
+from bench.engines import engine_factories, oracle
 from bench.engines.base import BenchPolicy
+from bench.engines.canarist import HOLD_ON_SUSPICION, MIN_REQUESTS
 from bench.harness import EngineOptions, Unit, default_jobs, rollback_curves, run_all, summarise
 from bench.simulate import SCENARIOS, SimConfig
 
@@ -34,6 +37,29 @@ def _delay(text: str) -> tuple[int, int]:
     if len(parts) != 2:
         raise argparse.ArgumentTypeError("give MIN,MAX intervals")
     return (parts[0], parts[1])
+
+
+#: Baselines canarist is also run against at their own measured A/A false-rollback rate.
+MATCHED_BASELINES = ("kayenta", "fixed")
+
+
+def matched_alphas(
+    records: Sequence[dict[str, Any]], engines: Sequence[str], scenarios: Sequence[str]
+) -> dict[str, float]:
+    """Each matched baseline's A/A rollback rate, where this run measured one and canarist ran.
+
+    Only rates in (0, 0.5]: a policy's alpha is at most 0.5 (a judge that rolls back most identical
+    canaries has no question worth matching).
+    """
+    if "canarist" not in engines or "aa" not in scenarios:
+        return {}
+    rates = {r["engine"]: r["rollback_rate"] for r in records if r["scenario"] == "aa"}
+    return {b: float(rates[b]) for b in MATCHED_BASELINES if 0.0 < rates.get(b, 0.0) <= 0.5}
+
+
+def matched_policy(policy: BenchPolicy, alpha: float) -> BenchPolicy:
+    """The baselines' question (worse than stable at all: margins 0) at their false-rollback rate."""
+    return replace(policy, alpha=alpha, latency_margin_rel=0.0, error_margin_abs=0.0, accuracy_margin_abs=0.0)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -118,6 +144,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{len(units)} rollouts x {len(engines)} engines ({', '.join(engines)}) on {args.jobs} job(s)", flush=True)
     outcomes = run_all(units, args.jobs)
     records = summarise(outcomes, config.interval_s, engines, scenarios)
+    matched = matched_alphas(records, engines, scenarios)
+    if matched:
+        names = ", ".join(f"canarist@{b} (alpha {a:g})" for b, a in matched.items())
+        print(f"{len(matched) * len(units)} rollouts of {names}", flush=True)
+        extra = [
+            replace(unit, engines=("canarist",), policy=matched_policy(policy, alpha), label=f"canarist@{baseline}")
+            for baseline, alpha in matched.items()
+            for unit in units
+        ]
+        outcomes += run_all(extra, args.jobs)
+    labels = [*engines, *(f"canarist@{b}" for b in matched)]
+    records = summarise(outcomes, config.interval_s, labels, scenarios)
     wall = time.perf_counter() - started
     simulator = {
         **config.as_dict(),
@@ -139,12 +177,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             },
             "naive-mwu": {"tests": "binned Mann-Whitney + two-proportion z, one-sided, each at alpha/3, every look"},
             "fixed": {"tests": "as naive-mwu, once after the last step"},
-            "oracle-sprt": {"beta": 0.2, "h0": "canary = stable"},
-            "oracle-sprt-margin": {"beta": 0.2, "h0": "canary = stable shifted by the policy's margins"},
+            "oracle-sprt": {"beta": oracle.BETA, "h0": "canary = stable"},
+            "oracle-sprt-margin": {"beta": oracle.BETA, "h0": "canary = stable shifted by the policy's margins"},
+            "canarist": {"holdOnSuspicion": HOLD_ON_SUSPICION, "minRequests": MIN_REQUESTS},
         },
     }
-    document = {"policy": policy_doc, "simulator": simulator, "results": records}
-    written = report.write(args.out, document, rollback_curves(outcomes), engines, scenarios)
+    document = {"policy": policy_doc, "simulator": simulator, "results": records, "matched": matched}
+    written = report.write(args.out, document, rollback_curves(outcomes), labels, scenarios)
     print(report.markdown_table(records))
     print(f"wrote {', '.join(str(p) for p in written)} in {wall:.1f} s")
     return 0

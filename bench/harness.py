@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.engines import ORACLE, engine_factories
+from bench.engines import ORACLE, ORACLE_MARGIN, engine_factories
 from bench.engines.base import BenchPolicy, Engine, Verdict
 from bench.simulate import SCENARIOS, Rollout, RunTraffic, Served, SimConfig
 from bench.stats import clopper_pearson
@@ -27,7 +27,12 @@ UNDECIDED = "undecided"
 
 @dataclass(frozen=True)
 class Outcome:
-    """How one engine's rollout ended: ``decision``, after ``intervals``, with ``canary_requests`` served."""
+    """How one engine's rollout ended: ``decision``, after ``intervals``, with ``canary_requests`` served.
+
+    ``harm_requests``: the requests the canary served within the progress deadline's horizon, the
+    ones after a promotion included (then it serves every request): what a bad canary costs users
+    over the same two hours whatever the engine decided. Defaults to ``canary_requests``.
+    """
 
     engine: str
     scenario: str
@@ -35,6 +40,11 @@ class Outcome:
     decision: str
     intervals: int
     canary_requests: int
+    harm_requests: int | None = None
+
+    @property
+    def harm(self) -> int:
+        return self.canary_requests if self.harm_requests is None else self.harm_requests
 
 
 @dataclass(frozen=True)
@@ -56,7 +66,7 @@ def run_rollout(
     engine.reset(policy)
     step = 0
     canary_requests = 0
-    max_intervals = max(1, math.floor(policy.deadline_s / config.interval_s + 1e-9))
+    max_intervals = horizon_intervals(policy, config)
     for t in range(max_intervals):
         data, served = rollout.step(steps[step], step, len(steps))
         canary_requests += served.canary
@@ -83,6 +93,18 @@ class Unit:
     config: SimConfig
     policy: BenchPolicy
     options: EngineOptions
+    label: str = ""  # the engine's name in the results, when it runs under another policy
+
+
+def horizon_intervals(policy: BenchPolicy, config: SimConfig) -> int:
+    """Intervals in the progress deadline: a rollout's horizon."""
+    return max(1, math.floor(policy.deadline_s / config.interval_s + 1e-9))
+
+
+def served_after(traffic: RunTraffic, policy: BenchPolicy, intervals: int) -> int:
+    """Expected requests of every version from interval ``intervals`` to the horizon's end."""
+    end = horizon_intervals(policy, traffic.config)
+    return round(sum(traffic.rate(t) * traffic.config.interval_s for t in range(intervals, end)))
 
 
 def run_unit(unit: Unit) -> list[Outcome]:
@@ -93,7 +115,8 @@ def run_unit(unit: Unit) -> list[Outcome]:
     for name in unit.engines:
         engine = factories[name](traffic.truth)
         decision, intervals, requests = run_rollout(engine, traffic, unit.policy)
-        outcomes.append(Outcome(name, unit.scenario, unit.run, decision, intervals, requests))
+        harm = requests + (served_after(traffic, unit.policy, intervals) if decision == PROMOTE else 0)
+        outcomes.append(Outcome(unit.label or name, unit.scenario, unit.run, decision, intervals, requests, harm))
     return outcomes
 
 
@@ -130,8 +153,10 @@ RECORD_KEYS = (
     "median_canary_requests_to_rollback",
     "p90_canary_requests_to_rollback",
     "median_harm_requests",
+    "mean_harm_requests",
     "median_minutes_to_decision",
     "ratio_to_oracle",
+    "ratio_to_margin_oracle",
 )
 
 
@@ -154,7 +179,8 @@ def summarise(
         promoted = sum(o.decision == PROMOTE for o in runs)
         decided = [o for o in runs if o.decision != UNDECIDED]
         lo, hi = clopper_pearson(len(rolled), n)
-        harm = None if scenario == "aa" else _quantile((o.canary_requests for o in runs), 50)
+        harm = None if scenario == "aa" else _quantile((o.harm for o in runs), 50)
+        mean_harm = None if scenario == "aa" else round(float(np.mean([o.harm for o in runs])), 1)
         records.append(
             {
                 "engine": engine,
@@ -166,16 +192,19 @@ def summarise(
                 "median_canary_requests_to_rollback": _quantile((o.canary_requests for o in rolled), 50),
                 "p90_canary_requests_to_rollback": _quantile((o.canary_requests for o in rolled), 90),
                 "median_harm_requests": harm,
+                "mean_harm_requests": mean_harm,
                 "median_minutes_to_decision": _quantile((o.intervals * interval_s / 60 for o in decided), 50),
                 "ratio_to_oracle": None,
+                "ratio_to_margin_oracle": None,
             }
         )
-    oracle = {r["scenario"]: r["median_canary_requests_to_rollback"] for r in records if r["engine"] == ORACLE}
-    for r in records:
-        base = oracle.get(r["scenario"])
-        mine = r["median_canary_requests_to_rollback"]
-        if r["scenario"] != "aa" and base and mine is not None:
-            r["ratio_to_oracle"] = round(mine / base, 2)
+    for key, limit in (("ratio_to_oracle", ORACLE), ("ratio_to_margin_oracle", ORACLE_MARGIN)):
+        oracle = {r["scenario"]: r["median_canary_requests_to_rollback"] for r in records if r["engine"] == limit}
+        for r in records:
+            base = oracle.get(r["scenario"])
+            mine = r["median_canary_requests_to_rollback"]
+            if r["scenario"] != "aa" and base and mine is not None:
+                r[key] = round(mine / base, 2)
     return records
 
 

@@ -18,8 +18,10 @@ COLUMNS = (
     ("median_canary_requests_to_rollback", "median canary req. to rollback"),
     ("p90_canary_requests_to_rollback", "p90 canary req. to rollback"),
     ("median_harm_requests", "median harm req."),
+    ("mean_harm_requests", "mean harm req."),
     ("median_minutes_to_decision", "median min. to decision"),
     ("ratio_to_oracle", "x oracle"),
+    ("ratio_to_margin_oracle", "x margin oracle"),
 )
 
 
@@ -43,6 +45,11 @@ def markdown_table(records: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join([head, rule, *rows])
 
 
+def _oracle_beta(policy: Mapping[str, Any]) -> str:
+    beta = policy.get("engine_parameters", {}).get("oracle-sprt", {}).get("beta")
+    return "?" if beta is None else f"{beta:g}"
+
+
 def markdown(document: Mapping[str, Any]) -> str:
     policy = document["policy"]
     sim = document["simulator"]
@@ -61,15 +68,27 @@ def markdown(document: Mapping[str, Any]) -> str:
         f"{sim['p_missed_scrape']:g}, p reset {sim['p_reset']:g} per interval and version); seed {sim['seed']}; "
         f"runs {sim['runs']}.",
         "",
-        "Harm: canary requests served before the decision (promotion, rollback or deadline) in regression "
-        "scenarios; a promoted bad canary keeps serving after that, which `promote` shows. "
-        "`x oracle`: median canary requests to rollback over oracle-sprt's (H0: canary = stable). "
-        "`oracle-sprt-margin` is the same SPRT with H0 at the policy's margin boundary, the limit for an "
-        "engine that may only roll back a canary proven worse than the margin.",
+        "Harm: requests the bad canary served within the progress deadline's horizon (2 h from the start) in "
+        "regression scenarios: those before a rollback, or, after a promotion, every request from then on. "
+        "`x oracle`: median canary requests to rollback over oracle-sprt's (H0: canary = stable); "
+        "`x margin oracle`: over oracle-sprt-margin's, the same SPRT with H0 at the policy's margin boundary, "
+        "the limit for an engine that may only roll back a canary proven worse than the margin. Both oracles "
+        f"use beta = {_oracle_beta(policy)}: the power asked of canarist.",
         "",
         markdown_table(document["results"]),
         "",
     ]
+    matched = document.get("matched", {})
+    if matched:
+        lines += [
+            "## canarist at the baselines' false-rollback rates",
+            "",
+            "`canarist@X`: canarist asked X's question (is the canary worse than stable at all? margins 0) with "
+            "alpha = X's A/A rollback rate measured above: "
+            + "; ".join(f"{name}: alpha {alpha:g}" for name, alpha in matched.items())
+            + ". Same traffic, same SLOs.",
+            "",
+        ]
     return "\n".join(lines)
 
 

@@ -19,6 +19,9 @@ from controller.samples import CountSeries, HistogramSeries, MetricData, Observa
 EDGES_S = tuple(b / 1000.0 for b in ISTIO_BUCKETS_MS)
 #: Canary requests a step needs before it may advance (a tenth of a minute at 1 % of 100 rps).
 MIN_REQUESTS = 50
+#: How long a step keeps its weight while a metric leans towards a regression (the policy's
+#: ``holdOnSuspicion``; the default is 10m, the benchmark allows more of its 2 h deadline).
+HOLD_ON_SUSPICION = "20m"
 
 
 def benchmark_rollout(policy: BenchPolicy, steps: list[int]) -> ModelRollout:
@@ -39,6 +42,7 @@ def benchmark_rollout(policy: BenchPolicy, steps: list[int]) -> ModelRollout:
                     "progressDeadline": f"{int(policy.deadline_s)}s",
                     "onNoData": "Hold",
                     "onInconclusive": "Hold",
+                    "holdOnSuspicion": HOLD_ON_SUSPICION,
                 },
                 "analysis": {
                     "alpha": policy.alpha,

@@ -15,12 +15,13 @@ import numpy.typing as npt
 import pytest
 from scipy import stats as sps
 
+from bench.__main__ import matched_alphas, matched_policy
 from bench.engines import canarist, engine_factories, make_engine
 from bench.engines.base import BenchPolicy, Tally, Verdict
 from bench.engines.kayenta import KayentaEngine
 from bench.engines.naive import regression_pvalues
 from bench.engines.oracle import OracleSprtEngine
-from bench.harness import RECORD_KEYS, Outcome, run_rollout, summarise
+from bench.harness import RECORD_KEYS, Outcome, horizon_intervals, run_rollout, served_after, summarise
 from bench.simulate import (
     ISTIO_BUCKETS_MS,
     SCENARIOS,
@@ -268,13 +269,50 @@ def test_summaries_have_exactly_the_record_keys() -> None:
     assert records[1]["median_minutes_to_decision"] == 3.0
 
 
+def test_harm_counts_every_request_after_a_promotion_until_the_horizon() -> None:
+    config, policy = SimConfig(), BenchPolicy()
+    traffic = RunTraffic(config, SCENARIOS["errors-x2"], 0, 0)
+    horizon = horizon_intervals(policy, config)
+    assert horizon == 120
+    after = served_after(traffic, policy, 5)
+    assert after == round(sum(traffic.rate(t) * 60 for t in range(5, 120)))
+    assert 0.7 * 100 * 60 * 115 < after < 1.3 * 100 * 60 * 115
+    assert served_after(traffic, policy, horizon) == 0
+    outcomes = [Outcome("fixed", "errors-x2", 0, "promote", 5, 5000, 5000 + after)]
+    (record,) = summarise(outcomes, 60.0, ["fixed"], ["errors-x2"])
+    assert record["median_harm_requests"] == record["mean_harm_requests"] == 5000 + after
+
+
+def test_matched_runs_ask_the_baselines_question_at_their_false_rollback_rate() -> None:
+    records = [
+        {"engine": "kayenta", "scenario": "aa", "rollback_rate": 0.2},
+        {"engine": "fixed", "scenario": "aa", "rollback_rate": 0.0},
+        {"engine": "naive-mwu", "scenario": "aa", "rollback_rate": 0.3},  # not a matched baseline
+        {"engine": "kayenta", "scenario": "errors-x2", "rollback_rate": 0.4},
+    ]
+    assert matched_alphas(records, ["canarist", "kayenta", "fixed"], ["aa", "errors-x2"]) == {"kayenta": 0.2}
+    assert matched_alphas(records, ["kayenta", "fixed"], ["aa"]) == {}  # no canarist to match
+    wild = [{"engine": "kayenta", "scenario": "aa", "rollback_rate": 0.6}]
+    assert matched_alphas(wild, ["canarist", "kayenta"], ["aa"]) == {}  # beyond any policy's alpha
+    assert matched_alphas(records, ["canarist", "kayenta"], ["errors-x2"]) == {}  # no A/A rate measured
+    policy = matched_policy(BenchPolicy(), 0.2)
+    assert (policy.alpha, policy.latency_margin_rel, policy.error_margin_abs, policy.accuracy_margin_abs) == (
+        0.2,
+        0.0,
+        0.0,
+        0.0,
+    )
+    assert policy.slo_p99_ms == BenchPolicy().slo_p99_ms
+
+
 def test_command_line_writes_the_results(tmp_path: Path) -> None:
     out = tmp_path / "results"
     cmd = [sys.executable, "-m", "bench", "--runs", "3", "--quick", "--scenarios", "aa", "--jobs", "1"]
     subprocess.run([*cmd, "--out", str(out)], cwd=ROOT, check=True, capture_output=True, timeout=120)
     document = json.loads((out / "stats.json").read_text())
-    assert set(document) == {"policy", "simulator", "results"}
-    assert {r["engine"] for r in document["results"]} == set(engine_factories())
+    assert set(document) == {"policy", "simulator", "results", "matched"}
+    matched = {f"canarist@{name}" for name in document["matched"]}  # baselines that rolled back an A/A canary
+    assert {r["engine"] for r in document["results"]} == set(engine_factories()) | matched
     for record in document["results"]:
         assert tuple(record) == RECORD_KEYS
         assert record["runs"] == 3

@@ -97,6 +97,11 @@ def parser() -> argparse.ArgumentParser:
     pol.add_argument("--step-intervals", type=int, default=p.step_intervals, help="intervals per step (baselines)")
     pol.add_argument("--flagger-threshold", type=int, default=5, help="failed checks before Flagger rolls back")
     pol.add_argument("--kayenta-min-points", type=int, default=2, help="points per side before Kayenta judges")
+    pol.add_argument(
+        "--hold-on-suspicion",
+        default=HOLD_ON_SUSPICION,
+        help="canarist's holdOnSuspicion, a duration (0s: advance on 'no harm' at once)",
+    )
     return ap
 
 
@@ -124,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         gpu_sd=args.gpu_sd,
     )
     policy = BenchPolicy(alpha=args.alpha, deadline_s=args.deadline, step_intervals=args.step_intervals)
-    options = EngineOptions(args.flagger_threshold, args.kayenta_min_points)
+    options = EngineOptions(args.flagger_threshold, args.kayenta_min_points, args.hold_on_suspicion)
     available = list(engine_factories(options.flagger_threshold, options.kayenta_min_points))
     engines = args.engines or available
     scenarios = args.scenarios or list(SCENARIOS)
@@ -182,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "fixed": {"tests": "as naive-mwu, once after the last step"},
             "oracle-sprt": {"beta": oracle.BETA, "h0": "canary = stable"},
             "oracle-sprt-margin": {"beta": oracle.BETA, "h0": "canary = stable shifted by the policy's margins"},
-            "canarist": {"holdOnSuspicion": HOLD_ON_SUSPICION, "minRequests": MIN_REQUESTS},
+            "canarist": {"holdOnSuspicion": options.canarist_hold, "minRequests": MIN_REQUESTS},
         },
     }
     document = {"policy": policy_doc, "simulator": simulator, "results": records, "matched": matched}

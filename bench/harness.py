@@ -17,6 +17,7 @@ import numpy as np
 
 from bench.engines import ORACLE, ORACLE_MARGIN, engine_factories
 from bench.engines.base import BenchPolicy, Engine, Verdict
+from bench.engines.canarist import HOLD_ON_SUSPICION
 from bench.simulate import SCENARIOS, Rollout, RunTraffic, Served, SimConfig
 from bench.stats import clopper_pearson
 
@@ -51,6 +52,7 @@ class Outcome:
 class EngineOptions:
     flagger_threshold: int = 5
     kayenta_min_points: int = 2
+    canarist_hold: str = HOLD_ON_SUSPICION
 
 
 def run_rollout(
@@ -110,7 +112,8 @@ def served_after(traffic: RunTraffic, policy: BenchPolicy, intervals: int) -> in
 def run_unit(unit: Unit) -> list[Outcome]:
     """Every engine on one (scenario, run), all on the same traffic."""
     traffic = RunTraffic(unit.config, SCENARIOS[unit.scenario], unit.seed, unit.run)
-    factories = engine_factories(unit.options.flagger_threshold, unit.options.kayenta_min_points)
+    options = unit.options
+    factories = engine_factories(options.flagger_threshold, options.kayenta_min_points, options.canarist_hold)
     outcomes = []
     for name in unit.engines:
         engine = factories[name](traffic.truth)

@@ -1,9 +1,10 @@
-"""The engines under benchmark, by name. ``canarist`` is listed only when its module provides a factory."""
+"""The engines under benchmark, by name, with the options that tune them."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from functools import partial
+from typing import Any
 
 from bench.engines import canarist, flagger, kayenta, naive, oracle
 from bench.engines.base import BenchPolicy, Engine, EngineFactory, Verdict
@@ -16,12 +17,12 @@ ORACLE = "oracle-sprt"
 ORACLE_MARGIN = "oracle-sprt-margin"
 
 
-def engine_factories(flagger_threshold: int = 5, kayenta_min_points: int = 2) -> Mapping[str, EngineFactory]:
+def engine_factories(
+    flagger_threshold: int = 5, kayenta_min_points: int = 2, canarist_hold: str = canarist.HOLD_ON_SUSPICION
+) -> Mapping[str, EngineFactory]:
     """Every available engine's factory, in report order (the oracles last)."""
     factories: dict[str, EngineFactory] = {}
-    product: EngineFactory | None = getattr(canarist, "make_engine", None)
-    if product is not None:
-        factories["canarist"] = product
+    factories["canarist"] = partial(canarist.make_engine, hold_on_suspicion=canarist_hold)
     factories["flagger"] = partial(flagger.make_engine, threshold=flagger_threshold)
     factories["kayenta"] = lambda truth: kayenta.KayentaEngine(min_points=kayenta_min_points)
     factories["naive-mwu"] = naive.make_naive
@@ -31,7 +32,7 @@ def engine_factories(flagger_threshold: int = 5, kayenta_min_points: int = 2) ->
     return factories
 
 
-def make_engine(name: str, truth: Truth, **options: int) -> Engine:
+def make_engine(name: str, truth: Truth, **options: Any) -> Engine:
     """Build one engine by name; an unknown name raises (no silent fallback)."""
     factories = engine_factories(**options)
     if name not in factories:

@@ -24,7 +24,9 @@ MIN_REQUESTS = 50
 HOLD_ON_SUSPICION = "20m"
 
 
-def benchmark_rollout(policy: BenchPolicy, steps: list[int]) -> ModelRollout:
+def benchmark_rollout(
+    policy: BenchPolicy, steps: list[int], hold_on_suspicion: str = HOLD_ON_SUSPICION
+) -> ModelRollout:
     """The benchmark's policy written as a ModelRollout, as a platform team would."""
     return ModelRollout.model_validate(
         {
@@ -42,7 +44,7 @@ def benchmark_rollout(policy: BenchPolicy, steps: list[int]) -> ModelRollout:
                     "progressDeadline": f"{int(policy.deadline_s)}s",
                     "onNoData": "Hold",
                     "onInconclusive": "Hold",
-                    "holdOnSuspicion": HOLD_ON_SUSPICION,
+                    "holdOnSuspicion": hold_on_suspicion,
                 },
                 "analysis": {
                     "alpha": policy.alpha,
@@ -78,7 +80,8 @@ class CanaristEngine:
 
     name = "canarist"
 
-    def __init__(self) -> None:
+    def __init__(self, hold_on_suspicion: str = HOLD_ON_SUSPICION) -> None:
+        self.hold_on_suspicion = hold_on_suspicion
         self.policy = BenchPolicy()
         self.rollout: ModelRollout | None = None
         self.status = Status()
@@ -90,7 +93,7 @@ class CanaristEngine:
         self.buckets: tuple[list[tuple[float, ...] | None], list[tuple[float, ...] | None]] = ([], [])
 
     def reset(self, policy: BenchPolicy) -> None:
-        self.__init__()  # type: ignore[misc]
+        self.__init__(self.hold_on_suspicion)  # type: ignore[misc]
         self.policy = policy
 
     def _rollout(self, data: IntervalData) -> ModelRollout:
@@ -101,7 +104,7 @@ class CanaristEngine:
                 if data.n_steps == len(default)
                 else [round(50 * (i + 1) / data.n_steps) for i in range(data.n_steps)]
             )
-            self.rollout = benchmark_rollout(self.policy, steps)
+            self.rollout = benchmark_rollout(self.policy, steps, self.hold_on_suspicion)
         return self.rollout
 
     def _add(self, side: int, version: VersionInterval) -> None:
@@ -150,7 +153,7 @@ def _counts(
     return CountSeries(tuple(events[0]), tuple(trials[0]), tuple(events[1]), tuple(trials[1]))
 
 
-def make_engine(truth: Truth) -> CanaristEngine:
+def make_engine(truth: Truth, hold_on_suspicion: str = HOLD_ON_SUSPICION) -> CanaristEngine:
     """The harness's factory; ``truth`` is ignored (only the oracle may know it)."""
     del truth
-    return CanaristEngine()
+    return CanaristEngine(hold_on_suspicion)

@@ -18,7 +18,6 @@ from scipy import stats as sps
 from bench.__main__ import matched_alphas, matched_policy
 from bench.engines import canarist, engine_factories, make_engine
 from bench.engines.base import BenchPolicy, Tally, Verdict
-from bench.engines.kayenta import KayentaEngine
 from bench.engines.naive import regression_pvalues
 from bench.engines.oracle import OracleSprtEngine
 from bench.harness import RECORD_KEYS, Outcome, horizon_intervals, run_rollout, served_after, summarise
@@ -193,13 +192,19 @@ def test_each_baseline_decides_with_verdicts(name: str) -> None:
     assert requests > 0
 
 
-def test_canarist_is_listed_only_when_its_module_provides_an_engine(monkeypatch: pytest.MonkeyPatch) -> None:
-    if canarist.make_engine is None:
-        assert "canarist" not in engine_factories()
-    monkeypatch.setattr(canarist, "make_engine", lambda truth: KayentaEngine())
+def test_canarist_comes_first_and_states_its_hold_in_the_policy_it_runs() -> None:
+    truth = truth_for(CONFIG, SCENARIOS["aa"])
     assert next(iter(engine_factories())) == "canarist"
+    engine = engine_factories(canarist_hold="0s")["canarist"](truth)
+    assert isinstance(engine, canarist.CanaristEngine)
+    engine.reset(POLICY)  # a new rollout keeps the engine's option
+    traffic = RunTraffic(CONFIG, SCENARIOS["aa"], 0, 0)
+    run_rollout(engine, traffic, POLICY)
+    assert engine.rollout is not None and engine.rollout.spec.strategy.hold_on_suspicion == "0s"
+    default = canarist.benchmark_rollout(POLICY, [1, 5, 10, 25, 50])
+    assert default.spec.strategy.hold_on_suspicion == canarist.HOLD_ON_SUSPICION
     with pytest.raises(KeyError):
-        make_engine("no-such-engine", truth_for(CONFIG, SCENARIOS["aa"]))
+        make_engine("no-such-engine", truth)
 
 
 def test_oracle_alternative_in_aa_is_the_policy_margin() -> None:

@@ -12,8 +12,9 @@ them. The rules, in order of precedence:
    advance on "no harm": every metric has data and none is worse, because the point of a small
    step is to limit exposure while the evidence accumulates (the e-values carry across steps).
    A *suspect* canary is the exception: while some metric leans towards a regression (its
-   evidence against the canary exceeds its evidence for it, i.e. the estimate is past the margin),
-   the step keeps its weight for up to ``holdOnSuspicion`` before advancing on "no harm".
+   evidence against the canary exceeds its evidence for it; for one comparison, its estimate is
+   past the margin), the step keeps its weight for up to ``holdOnSuspicion``, then advances on
+   "no harm" as before.
 6. Otherwise hold, saying what is missing, until ``progressDeadline``; then the policy's
    ``onNoData`` / ``onInconclusive`` choice (Hold, Pause or Abort).
 

@@ -23,8 +23,9 @@ of its requests can tell. Compared with stable on the same interval, a canary re
 1 - w of one compared with a perfectly known stable (the information of a difference of two means,
 1 / (1/n_canary + 1/n_stable), per canary request), so at 50 % it tells half of what it tells at
 5 %. Racing a suspect to the last step buys time with requests; holding it spends time to save
-them. On the benchmark (bench/README.md) holding cut the canary requests served before a rollback
-by 1.3-1.9x, and a good canary's promotion took a few minutes longer.
+them. On the benchmark (bench/README.md) holding for up to 20 minutes cut the canary requests
+served before a rollback by 1.2-1.9x; rollbacks came later and a good canary's promotion took five
+minutes longer.
 """
 
 from __future__ import annotations

@@ -305,7 +305,12 @@ def _ready_pod(version: str) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def _interruptible() -> Iterator[None]:
-    """SIGTERM ends the demo like Ctrl-C does: through the finally blocks that stop every process."""
+    """SIGTERM and SIGINT end the demo through the finally blocks that stop every process.
+
+    SIGINT too, explicitly: a process started in the background by a non-interactive shell inherits
+    SIGINT ignored, and Python then leaves it ignored (a CI run launched that way saw the demo
+    finish its rollout after Ctrl-C).
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -313,8 +318,10 @@ def _interruptible() -> Iterator[None]:
     def on_term(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, on_term)
+    previous_term = signal.signal(signal.SIGTERM, on_term)
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGTERM, previous_term)
+        signal.signal(signal.SIGINT, previous_int)

@@ -58,19 +58,13 @@ def _bernoulli_var(p: float) -> float:
     return p * (1.0 - p)
 
 
-def _weights(n_t: FloatArray, n_c: FloatArray, *, var_t: float, var_c: float) -> FloatArray:
-    """Per-interval information I_j of the difference of the two rates."""
-    out: FloatArray = 1.0 / (var_t / n_t + var_c / n_c)
-    return out
-
-
 def _weighted(
     bad_t: FloatArray, n_t: FloatArray, bad_c: FloatArray, n_c: FloatArray, *, var_t: float, var_c: float
-) -> tuple[float, float]:
-    """Information sum_j I_j and score sum_j I_j * d_j of the per-interval differences d_j."""
-    weight = _weights(n_t, n_c, var_t=var_t, var_c=var_c)
+) -> tuple[FloatArray, float]:
+    """Per-interval information I_j of the difference of the rates, and the score sum_j I_j * d_j."""
+    weight: FloatArray = 1.0 / (var_t / n_t + var_c / n_c)
     diff = bad_t / n_t - bad_c / n_c
-    return float(weight.sum()), float((weight * diff).sum())
+    return weight, float((weight * diff).sum())
 
 
 def proportion_test(
@@ -133,7 +127,8 @@ def proportion_test(
 
     p_c = (bad_c.sum() + 0.5) / (st.sum() + 1.0)
     var_t0, var_c = _bernoulli_var(p_c + margin), _bernoulli_var(p_c)
-    info, score = _weighted(b_t, n_t, b_c, n_c, var_t=var_t0, var_c=var_c)
+    weight, score = _weighted(b_t, n_t, b_c, n_c, var_t=var_t0, var_c=var_c)
+    info = float(weight.sum())
     score -= info * margin
     statistic = score / math.sqrt(info) if info > 0 else 0.0
     tau = min(tau, var_t0)
@@ -141,7 +136,6 @@ def proportion_test(
     # requests; charging each arm its exact Bernoulli cumulant generating function (at the null
     # boundary p_C + margin for the canary, p_C for the stable) keeps every mixture component a
     # supermartingale for rare failures too (see exact_mixture_log_e).
-    weight = _weights(n_t, n_c, var_t=var_t0, var_c=var_c)
     canary = bernoulli(min(p_c + margin, 1.0 - _EPS))
     stable = bernoulli(p_c)
     log_reg = exact_mixture_log_e(score, (Part(weight / n_t, n_t, *canary), Part(-weight / n_c, n_c, *stable)), tau)
@@ -149,7 +143,8 @@ def proportion_test(
 
     p_t = (bad_t.sum() + 0.5) / (ct.sum() + 1.0)
     var_t = max(_bernoulli_var(p_t), var_c)
-    info_cs, score_cs = _weighted(b_t, n_t, b_c, n_c, var_t=var_t, var_c=var_c)
+    weight_cs, score_cs = _weighted(b_t, n_t, b_c, n_c, var_t=var_t, var_c=var_c)
+    info_cs = float(weight_cs.sum())
     sign = -1.0 if higher_is_better else 1.0
     if info_cs > 0:
         estimate = sign * score_cs / info_cs

@@ -219,30 +219,48 @@ def _exceedance_covariance(shares: FloatArray) -> FloatArray:
     return cov
 
 
+@dataclass(frozen=True)
+class _Null:
+    """The null at the watched bounds, the same for every direction.
+
+    ``cov``: covariance of the exceedance indicators; ``levels``: the probabilities of a request
+    exceeding none, the first, ..., every watched bound (the bounds are nested); ``delta``: what one
+    more margin of uniform slowdown does to each exceedance share.
+    """
+
+    cov: FloatArray
+    levels: FloatArray
+    delta: FloatArray
+
+    @classmethod
+    def at(cls, shares: FloatArray, delta: FloatArray) -> _Null:
+        """From the null's exceedance share at each watched bound (decreasing)."""
+        s = np.clip(shares, 0.0, 1.0)
+        levels = np.clip(-np.diff(np.concatenate([[1.0], s, [0.0]])), 0.0, None)
+        return cls(_exceedance_covariance(shares), levels / levels.sum(), delta)
+
+
 def _direction_log_e(
-    diff: FloatArray, trials: tuple[FloatArray, FloatArray], u: FloatArray, shares: FloatArray, delta: FloatArray
+    diff: FloatArray, trials: tuple[FloatArray, FloatArray], u: FloatArray, null: _Null
 ) -> tuple[float, float]:
     """log e-values (harmful side, harmless side) of the mixture test along direction ``u``.
 
     ``diff``: per interval, canary minus scaled-stable exceedance shares at each bound; ``trials``:
-    the canary's and the stable's requests behind them; ``shares``: the null's exceedance share at
-    each bound. A request's u'(exceedance indicators) takes one value per bucket between watched
-    bounds; each version is charged that value's exact cumulant generating function at the null
-    (:func:`exact_mixture_log_e`): tail bounds see few events per interval at a small canary share,
-    where a Gaussian charge would be too light.
+    the canary's and the stable's requests behind them. A request's u'(exceedance indicators) takes
+    one value per bucket between watched bounds; each version is charged that value's exact
+    cumulant generating function at the null (:func:`exact_mixture_log_e`): tail bounds see few
+    events per interval at a small canary share, where a Gaussian charge would be too light.
     """
     n_canary, n_stable = trials
-    cov = _exceedance_covariance(shares)
-    variance = max(float(u @ cov @ u), _FLOOR)
+    variance = max(float(u @ null.cov @ u), _FLOOR)
     info_j = 1.0 / (variance * (1.0 / n_canary + 1.0 / n_stable))
     score = float((info_j * (diff @ u)).sum())
-    tau = min(max(TAU_MARGINS * float(u @ delta), _FLOOR), variance)
-    s = np.clip(shares, 0.0, 1.0)
+    tau = min(max(TAU_MARGINS * float(u @ null.delta), _FLOOR), variance)
     values = np.concatenate([[0.0], np.cumsum(u)])
-    probs = np.clip(-np.diff(np.concatenate([[1.0], s, [0.0]])), 0.0, None)
-    probs = probs / probs.sum()
-    harm = (Part(info_j / n_canary, n_canary, values, probs), Part(-info_j / n_stable, n_stable, values, probs))
-    proof = (Part(-info_j / n_canary, n_canary, values, probs), Part(info_j / n_stable, n_stable, values, probs))
+    canary = (n_canary, values, null.levels)
+    stable = (n_stable, values, null.levels)
+    harm = (Part(info_j / n_canary, *canary), Part(-info_j / n_stable, *stable))
+    proof = (Part(-info_j / n_canary, *canary), Part(info_j / n_stable, *stable))
     return exact_mixture_log_e(score, harm, tau), exact_mixture_log_e(-score, proof, tau)
 
 
@@ -314,16 +332,15 @@ def latency_shift_test(
     both = (canary_trials > 0) & (stable_trials > 0)
     diff = canary_above[both] / canary_trials[both, None] - scaled_above[both] / stable_trials[both, None]
     trials = (canary_trials[both], stable_trials[both])
-    cov = _exceedance_covariance(share[watched])
-    delta = np.clip(share_beyond[watched] - share[watched], 0.0, None)
+    null = _Null.at(share[watched], np.clip(share_beyond[watched] - share[watched], 0.0, None))
 
     harm, proof = [], []
     for i in range(watched.size):
-        harm.append(_direction_log_e(diff, trials, _tail_direction(cov, delta, i), share[watched], delta)[0])
+        harm.append(_direction_log_e(diff, trials, _tail_direction(null.cov, null.delta, i), null)[0])
         if share[watched[i]] >= 1.0 - q or i == 0:
             single = np.zeros(watched.size)
             single[i] = 1.0
-            proof.append(_direction_log_e(diff, trials, single, share[watched], delta)[1])
+            proof.append(_direction_log_e(diff, trials, single, null)[1])
     log_harm = float(np.log(np.mean(np.exp(np.asarray(harm) - max(harm))))) + max(harm)
 
     canary_shares = canary_above.sum(axis=0) / max(canary_trials.sum(), 1.0)

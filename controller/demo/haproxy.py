@@ -28,7 +28,6 @@ from typing import Any
 
 from controller.demo.processes import HAPROXY, ManagedProcess, PartMissingError, StartError, require
 
-INSTALL_HINT = "install Debian's package: apt-get install -y --no-install-recommends haproxy"
 BACKEND = "model"
 _SUN_PATH_MAX = 107  # bytes in sockaddr_un.sun_path, less the final NUL
 _RESPONSE_COLUMNS = ("hrsp_1xx", "hrsp_2xx", "hrsp_3xx", "hrsp_4xx", "hrsp_5xx", "hrsp_other")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import random
 import signal
 import subprocess
@@ -439,8 +438,9 @@ def test_missing_haproxy_is_an_error_not_a_skip(monkeypatch: pytest.MonkeyPatch,
 
 def test_the_real_haproxy_is_installed() -> None:
     from controller.demo import haproxy
+    from controller.demo.processes import require
 
-    assert os.access(haproxy.HAPROXY, os.X_OK), f"{haproxy.HAPROXY} missing: {haproxy.INSTALL_HINT}"
+    assert require(haproxy.HAPROXY, "haproxy") == haproxy.HAPROXY  # else PartMissingError says what to install
 
 
 # --- weights from the rendered VirtualService ------------------------------------------------------------

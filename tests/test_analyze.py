@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ from typing import Any
 import pytest
 import yaml
 
+from controller.demo.processes import free_port
+from tests.hostile_http import BEHAVIOURS, HostileServer
 from tests.prometheus_fixture import SCENARIOS, ScenarioPrometheus, scenario_policy
 
 CANARIST = str(Path(sys.executable).with_name("canarist"))
@@ -206,3 +209,36 @@ def test_bad_prometheus_url_is_refused(policies: dict[str, Path]) -> None:
     command = [CANARIST, "analyze", str(policies["good"]), "--prometheus", "localhost:9090"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 2 and "--prometheus" in result.stderr
+
+
+# --- bounds: a hostile Prometheus cannot hold a look -------------------------------------------
+
+
+def _wall(url: str, policy: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], float]:
+    began = time.monotonic()
+    result = analyze(url, policy, *args, at=1_700_001_840)
+    return result, time.monotonic() - began
+
+
+@pytest.mark.parametrize("name", ["trickle-body", "trickle-headers", "silent", "endless-body"])
+def test_a_hostile_prometheus_means_hold_within_seconds(policies: dict[str, Path], name: str) -> None:
+    """--timeout bounds each query's whole answer: a server trickling a byte a second cannot freeze a look.
+
+    The bound is checked against the same command failing at once (nothing listening), so that a
+    slow start of the interpreter on a loaded machine is not counted: the hostile server may add
+    at most the 2 s timeout and a little slack, and the whole run stays under 8 s unless the
+    machine is so loaded that the baseline alone is slow.
+    """
+    baseline, base_s = _wall(f"http://127.0.0.1:{free_port()}", policies["good"], "--timeout", "2")
+    assert baseline.returncode == 3, baseline.stdout + baseline.stderr
+    with HostileServer(BEHAVIOURS[name]) as server:
+        result, wall_s = _wall(server.url, policies["good"], "--timeout", "2")
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert wall_s < max(8.0, base_s + 4.0), f"{name}: {wall_s:.1f}s (baseline {base_s:.1f}s)"
+    assert wall_s - base_s < 4.0, f"{name}: {wall_s:.1f}s (baseline {base_s:.1f}s)"
+    lines = result.stdout.splitlines()
+    (decision,) = [line for line in lines if line.startswith("decision: HOLD: ")]
+    (why,) = [line for line in lines if line.startswith("prometheus: ")]
+    expected = "byte limit" if name == "endless-body" else "timed out after 2s"
+    assert expected in decision and expected in why

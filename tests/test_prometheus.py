@@ -22,9 +22,12 @@ from controller.demo.processes import free_port
 from controller.observe import Results
 from controller.policy import ModelRollout
 from controller.prometheus import (
+    AnswerTooLarge,
     PrometheusClient,
     PrometheusConfigError,
+    PrometheusError,
     PrometheusSettings,
+    PrometheusTimeout,
     PrometheusUnavailable,
     QueryError,
     fetch,
@@ -34,6 +37,7 @@ from controller.prometheus import (
 )
 from controller.queries import Matcher, Op, Query, any_of, selector
 from controller.samples import CountSeries, HistogramSeries, Observation, Window
+from tests.hostile_http import BEHAVIOURS, HostileServer
 from tests.prometheus_fixture import (
     LE,
     SCENARIOS,
@@ -501,6 +505,112 @@ def test_observe_or_explain_turns_an_outage_into_no_data(prometheus_server: Prom
     obs = observations[rollout.key]
     assert obs.stable_requests == obs.canary_requests == (None,)
     assert all(m.series is None and "connection failed" in m.reason and "(temporary)" in m.reason for m in obs.metrics)
+
+
+# --- bounds: a whole answer within the timeout, a look within its deadline, answers within a size ---
+
+#: What each hostile server must come to (with a 1 s timeout and the default size cap).
+HOSTILE_OUTCOME: dict[str, type[PrometheusError]] = {
+    "trickle-body": PrometheusTimeout,
+    "trickle-headers": PrometheusTimeout,
+    "trickle-chunked": PrometheusTimeout,
+    "silent": PrometheusTimeout,
+    "slow-endless-body": PrometheusTimeout,
+    "endless-body": AnswerTooLarge,
+    "oversized": AnswerTooLarge,
+}
+
+
+@pytest.mark.parametrize("method", ["vector", "matrix"])
+@pytest.mark.parametrize("name", sorted(HOSTILE_OUTCOME))
+def test_a_hostile_server_cannot_hold_a_query_past_its_timeout(name: str, method: str) -> None:
+    """The timeout bounds connect + headers + body together: no server behaviour makes a query last longer."""
+    with HostileServer(BEHAVIOURS[name]) as server:
+        source = client(server.url, timeout=1.0)
+        began = time.monotonic()
+        with pytest.raises(PrometheusError) as caught:
+            if method == "vector":
+                source.vector("up", 1000.0)
+            else:
+                source.matrix("up", 1000.0, 1060.0, 15.0)
+        elapsed = time.monotonic() - began
+    assert type(caught.value) is HOSTILE_OUTCOME[name], caught.value.reason
+    assert elapsed < 2.5, f"{name}: {elapsed:.1f}s"
+    if isinstance(caught.value, PrometheusTimeout):
+        assert caught.value.retryable and caught.value.scope == "query" and caught.value.seconds == 1.0
+        assert "timed out after 1s" in caught.value.reason
+    else:
+        assert not caught.value.retryable and "byte limit" in caught.value.reason
+
+
+def test_the_answer_size_cap_is_a_setting() -> None:
+    with (
+        HostileServer(BEHAVIOURS["endless-body"]) as server,
+        pytest.raises(AnswerTooLarge, match="over the 65,536 byte limit") as caught,
+    ):
+        client(server.url, max_answer_bytes=65_536).vector("up", 1000.0)
+    assert caught.value.limit == 65_536
+    big = json.dumps({"status": "success", "data": {"resultType": "vector", "result": []}, "pad": "x" * 70_000})
+    with FakePrometheus(200, big) as fake:  # declared length over the cap: refused before the body is read
+        with pytest.raises(AnswerTooLarge):
+            client(fake.url, max_answer_bytes=65_536).vector("up", 1000.0)
+        assert client(fake.url).vector("up", 1000.0) == []
+
+
+def test_an_oversized_answer_is_no_data_said_clearly() -> None:
+    rollout = scenario_rollout(SCENARIOS["good"])
+    windows = {rollout.key: [Window(1000, 1060, 0.25)]}
+    with HostileServer(BEHAVIOURS["oversized"]) as server:
+        observations, error = observe_or_explain(client(server.url), [rollout], windows, 1060)
+    assert isinstance(error, AnswerTooLarge)
+    for metric in observations[rollout.key].metrics:
+        assert metric.series is None
+        assert "byte limit" in metric.reason and "(answer too large)" in metric.reason
+
+
+@pytest.mark.parametrize("look_timeout", [0.5, 1.2])
+def test_a_look_has_a_total_deadline(look_timeout: float) -> None:
+    """Each answer is quick enough for the query timeout, yet the look as a whole stops at its deadline."""
+    answer = json.dumps({"status": "success", "data": {"resultType": "matrix", "result": []}})
+    rollout = scenario_rollout(SCENARIOS["good"])
+    windows = {rollout.key: [Window(1000, 1060, 0.25), Window(1060, 1120, 0.25)]}
+    with FakePrometheus(200, answer, delay=0.3) as fake:
+        source = client(fake.url, timeout=1.0, look_timeout=look_timeout)
+        began = time.monotonic()
+        with pytest.raises(PrometheusTimeout) as caught:
+            observe(source, [rollout], windows, 1120)
+        elapsed = time.monotonic() - began
+    assert caught.value.scope == "look" and caught.value.retryable
+    assert elapsed < look_timeout + 0.5
+    assert source.requests_sent <= look_timeout / 0.3 + 1
+    # an explicit look_timeout (e.g. what is left of a tick) overrides the setting
+    with FakePrometheus(200, answer, delay=0.3) as fake:
+        source = client(fake.url, timeout=1.0)
+        began = time.monotonic()
+        with pytest.raises(PrometheusTimeout, match="look"):
+            observe(source, [rollout], windows, 1120, look_timeout=look_timeout)
+        assert time.monotonic() - began < look_timeout + 0.5
+
+
+def test_a_look_deadline_bounds_any_source() -> None:
+    """fetch() checks the deadline between queries, whatever the source (no query starts after it)."""
+    source = FakeSource()
+    with pytest.raises(PrometheusTimeout) as caught:
+        fetch(source, [Query("a", (60.0,)), Query("b", (60.0,))], deadline=time.monotonic() - 1)
+    assert caught.value.scope == "look" and source.calls == []
+
+
+@pytest.mark.parametrize("field_name", ["timeout", "look_timeout"])
+@pytest.mark.parametrize("value", [0, -1, math.inf, math.nan, True, "5"])
+def test_bad_deadlines_are_refused(field_name: str, value: Any) -> None:
+    with pytest.raises(PrometheusConfigError, match=field_name):
+        PrometheusSettings("http://p", **{field_name: value})
+
+
+@pytest.mark.parametrize("value", [0, 1023, 2.5, True])
+def test_bad_answer_caps_are_refused(value: Any) -> None:
+    with pytest.raises(PrometheusConfigError, match="max_answer_bytes"):
+        PrometheusSettings("http://p", max_answer_bytes=value)
 
 
 # --- fetch: range queries on a grid, instant queries otherwise -----------------------------------

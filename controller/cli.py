@@ -19,12 +19,14 @@ import yaml
 from controller import __version__, commands
 from controller.clitools import EXIT_INVALID, UserError, load_file, load_or_fail
 from controller.demo import command as demo_command
-from controller.loader import Diagnostic, PolicyError
+from controller.loader import Diagnostic, PolicyError, parse_yaml
 from controller.policy import ModelRollout
 from controller.quantity import parse_duration
 from controller.render import RenderError, render
 from controller.routing import RouteState, realized_share, schedule, state_for_step
 from controller.templating import default_environment
+from controller.tenancy import TenancyRules
+from controller.tenancy import check as tenancy_check
 
 POLICY_SUFFIXES = (".yaml", ".yml")
 
@@ -45,17 +47,22 @@ def cli() -> None:
     is_flag=True,
     help="Skip YAML documents that are not ModelRollouts (for pre-commit over all YAML files).",
 )
-def validate(paths: tuple[Path, ...], ignore_other_kinds: bool) -> None:
+@commands.tenancy_options
+def validate(paths: tuple[Path, ...], ignore_other_kinds: bool, tenancy: TenancyRules) -> None:
     """Check ModelRollout policy files (or directories of them).
 
-    Prints one line per problem, FILE:LINE:COL: FIELD: REASON, and exits 2 if there is any.
+    Prints one line per problem, FILE:LINE:COL: FIELD: REASON, and exits 2 if there is any. Hosts
+    and gateways are checked as the controller checks them: the rollout's own Service and 'mesh'
+    (and its namespace's Gateways), plus what the --allow-* flags (the controller's) grant.
     """
     diagnostics: list[Diagnostic] = []
     count = 0
     files = list(_policy_files(paths, diagnostics))
     for path in files:
         try:
-            count += len(load_file(path, ignore_other_kinds=ignore_other_kinds))
+            rollouts = load_file(path, ignore_other_kinds=ignore_other_kinds)
+            count += len(rollouts)
+            diagnostics.extend(_tenancy_diagnostics(path, rollouts, tenancy))
         except PolicyError as exc:
             diagnostics.extend(exc.diagnostics)
     for diagnostic in diagnostics:
@@ -63,6 +70,25 @@ def validate(paths: tuple[Path, ...], ignore_other_kinds: bool) -> None:
     if diagnostics:
         sys.exit(EXIT_INVALID)
     click.echo(f"ok: {count} polic{'y' if count == 1 else 'ies'} in {len(files)} file{'' if len(files) == 1 else 's'}")
+
+
+def _tenancy_diagnostics(path: Path, rollouts: list[ModelRollout], rules: TenancyRules) -> list[Diagnostic]:
+    """The hosts and gateways a rollout's tenant may not use (controller.tenancy), at their lines."""
+    found = [(r, p) for r in rollouts for p in tenancy_check(r, rules)]
+    if not found:
+        return []
+    documents = [d for d in parse_yaml(path.read_text(encoding="utf-8"), str(path)) if isinstance(d.data, dict)]
+    out = []
+    for rollout, problem in found:
+        line, col = 1, 1
+        for doc in documents:
+            meta = doc.data.get("metadata") if isinstance(doc.data.get("metadata"), dict) else {}
+            if (meta.get("namespace", "default"), meta.get("name")) == tuple(rollout.key.split("/")):
+                prefixes = [problem.path[:end] for end in range(len(problem.path), -1, -1)]
+                line, col = next((doc.positions[p] for p in prefixes if p in doc.positions), (1, 1))
+                break
+        out.append(Diagnostic(str(path), line, col, problem.dotted, problem.reason))
+    return out
 
 
 def _policy_files(paths: tuple[Path, ...], diagnostics: list[Diagnostic]) -> Iterator[Path]:
@@ -130,12 +156,14 @@ def _state(rollout: ModelRollout, weight: int | None, step: int | None) -> Route
 @click.option("--step", type=click.IntRange(0), help="The step being analysed (default: the first).")
 @click.option("--weight", type=click.IntRange(0, 100), help="The canary weight in effect, instead of --step.")
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
-@click.option("--timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True, help="Seconds per query.")
 @click.option(
-    "--bearer-token-file", type=click.Path(dir_okay=False), help="Send this token (e.g. a service account's)."
+    "--timeout",
+    type=click.FloatRange(min=0.1),
+    default=10.0,
+    show_default=True,
+    help="Seconds for each query's whole answer (connect, headers and body).",
 )
-@click.option("--ca-file", type=click.Path(dir_okay=False), help="Trust this CA for https.")
-@click.option("--insecure", is_flag=True, help="Skip TLS verification (testing only).")
+@commands.prometheus_tls_options  # the same options as `canarist run`
 def analyze(  # click passes options by keyword
     *,
     policy: Path,

@@ -250,14 +250,43 @@ def _fetch(name: str, namespace: str | None, kubeconfig: str | None, context: st
 # --- run ---------------------------------------------------------------------------------------
 
 
+def prometheus_tls_options(function: F) -> F:
+    """--bearer-token-file, --ca-file and --insecure: how to reach Prometheus (``run`` and ``analyze``)."""
+    function = click.option("--insecure", is_flag=True, help="Skip TLS verification (testing only).")(function)
+    function = click.option("--ca-file", type=click.Path(exists=True, dir_okay=False), help="Trust this CA for https.")(
+        function
+    )
+    function = click.option(
+        "--bearer-token-file",
+        type=click.Path(exists=True, dir_okay=False),
+        help="Send this token (e.g. a service account's).",
+    )(function)
+    return function
+
+
 @click.command()
 @kube_options
 @click.option("--prometheus", "url", envvar="PROMETHEUS_URL", required=True, help="Prometheus base URL.")
+@prometheus_tls_options
 @click.option("--policies", type=click.Path(file_okay=False, path_type=Path), help="GitOps: apply policies from DIR.")
 @click.option("--leader-elect", is_flag=True, help="Elect a leader on a Lease (for several replicas).")
 @click.option("--lease-namespace", envvar="POD_NAMESPACE", default="canarist-system", show_default=True)
+@click.option("--lease-seconds", type=click.IntRange(10, 600), default=15, show_default=True, help="Lease duration.")
 @click.option("--identity", envvar="POD_NAME", default=None, help="This replica's name in the Lease.")
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=8080, show_default=True)
+@click.option(
+    "--metrics-bind-address",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address /metrics, /healthz and /readyz listen on (0.0.0.0 in a pod, for probes and scrapes).",
+)
+@click.option(
+    "--tick-deadline",
+    type=click.FloatRange(min=1.0),
+    default=60.0,
+    show_default=True,
+    help="Seconds after which a pass starts no more reconciles; /healthz fails after three without a pass.",
+)
 @click.option("--templates", type=click.Path(path_type=Path, file_okay=False), help="Use templates from DIR.")
 def run(  # click passes options by keyword
     *,
@@ -265,11 +294,17 @@ def run(  # click passes options by keyword
     kubeconfig: str | None,
     context: str | None,
     url: str,
+    bearer_token_file: str | None,
+    ca_file: str | None,
+    insecure: bool,
     policies: Path | None,
     leader_elect: bool,
     lease_namespace: str,
+    lease_seconds: int,
     identity: str | None,
     metrics_port: int,
+    metrics_bind_address: str,
+    tick_deadline: float,
     templates: Path | None,
 ) -> None:
     """Run the controller: watch ModelRollouts and take each one step by step."""
@@ -281,7 +316,8 @@ def run(  # click passes options by keyword
 
     logging.basicConfig(level=logging.INFO, format='{"time":"%(asctime)s","level":"%(levelname)s","msg":"%(message)s"}')
     try:
-        source = metrics_source("prometheus", PrometheusSettings(url=url))
+        settings = PrometheusSettings(url=url, bearer_token_file=bearer_token_file, ca_file=ca_file, insecure=insecure)
+        source = metrics_source("prometheus", settings)
         env = default_environment(templates)
     except (ValueError, PrometheusError, FileNotFoundError) as exc:
         raise UserError(str(exc)) from None
@@ -291,14 +327,27 @@ def run(  # click passes options by keyword
         from controller.leader import LeaderElector
 
         name = identity or f"{getpass.getuser()}-{time.time_ns()}"
-        elector = LeaderElector(cluster.api_client, lease_namespace, "canarist-controller", name)  # type: ignore[attr-defined]
-    ops = ControllerMetrics()
-    server = serve(ops, metrics_port)
+        api_client = cluster.api_client  # type: ignore[attr-defined]
+        elector = LeaderElector(api_client, lease_namespace, "canarist-controller", name, lease_seconds=lease_seconds)
+    ops = ControllerMetrics(stall_after=3 * tick_deadline + 5.0)  # a pass, then at most 5 s of waiting
+    try:
+        server = serve(ops, metrics_port, metrics_bind_address)
+    except OSError as exc:
+        raise UserError(f"--metrics-bind-address {metrics_bind_address}:{metrics_port}: {exc.strerror}") from None
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     manager = Manager(
-        cluster, source, env, time.time, namespace=namespace, elector=elector, observer=ops, policies=policies
+        cluster,
+        source,
+        env,
+        time.time,
+        namespace=namespace,
+        elector=elector,
+        observer=ops,
+        policies=policies,
+        tick_deadline=tick_deadline,
+        act_budget=lease_seconds / 3,  # a reconcile's share of the lease; each write is fenced as well
     )
     try:
         manager.run(stop)

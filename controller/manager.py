@@ -24,9 +24,17 @@ log = logging.getLogger("canarist")
 
 
 class Elector(Protocol):
-    """Leader election (a Lease in production)."""
+    """Leader election (a Lease in production); it keeps its own (monotonic) time."""
 
-    def try_acquire_or_renew(self, now: float) -> bool: ...
+    def try_acquire_or_renew(self) -> bool: ...
+
+    def ensure(self, budget: float) -> bool:
+        """Whether the lease stays ours for ``budget`` more seconds (renewing once if need be)."""
+        ...
+
+    def fence(self, cluster: Cluster) -> Cluster:
+        """``cluster`` with every write refused once the lease may have been lost."""
+        ...
 
     def release(self) -> None: ...
 
@@ -37,6 +45,10 @@ class Observer(Protocol):
     def reconciled(self, outcome: Outcome, seconds: float) -> None: ...
 
     def leading(self, leader: bool) -> None: ...
+
+    def ticked(self) -> None:
+        """The loop completed a pass (the liveness heartbeat)."""
+        ...
 
 
 @dataclass
@@ -52,10 +64,19 @@ class Manager:
     due: dict[str, float] = field(default_factory=dict)
     leader: bool = False
     resource_version: str = ""
+    #: A pass starts no reconcile after this many seconds (the rest stay due, oldest first next pass).
+    tick_deadline: float = 60.0
+    #: Seconds of lease a reconcile needs left to start (each write is fenced on its own as well).
+    act_budget: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.elector is not None:  # no write may leave once the lease may have been lost
+            self.cluster = self.elector.fence(self.cluster)
 
     def tick(self) -> list[Outcome]:
         """One pass: renew leadership, sync GitOps policies, reconcile every rollout that is due."""
         now = self.clock()
+        deadline = now + self.tick_deadline
         if not self._lead(now):
             return []
         if self.policies is not None:
@@ -67,10 +88,10 @@ class Manager:
             return []
         outcomes = []
         present = set()
-        for obj in objects:
+        for obj in sorted(objects, key=lambda o: self.due.get(_key(o), 0.0)):  # the longest waiting first
             key = _key(obj)
             present.add(key)
-            if self.due.get(key, 0.0) <= now:
+            if self.due.get(key, 0.0) <= now and self._may_act(deadline):
                 outcomes.append(self.reconcile_one(obj))
         for gone in set(self.due) - present:
             del self.due[gone]
@@ -111,6 +132,8 @@ class Manager:
                 version = (event.object.get("metadata") or {}).get("resourceVersion")
                 if version:
                     self.resource_version = str(version)
+                if not self._may_act(float("inf")):
+                    break
                 outcomes.append(self.reconcile_one(event.object))
         except ClusterUnavailableError as exc:
             log.warning("watch failed: %s", exc.reason)
@@ -137,6 +160,8 @@ class Manager:
         try:
             while not stop.is_set():
                 self.tick()
+                if self.observer is not None:
+                    self.observer.ticked()
                 wait = self.next_wakeup()
                 if self.leader and wait >= 1:
                     self.watch(wait)
@@ -146,14 +171,28 @@ class Manager:
             if self.elector is not None and self.leader:
                 self.elector.release()
 
+    def _may_act(self, deadline: float) -> bool:
+        """Whether one more reconcile may start: before the pass's deadline, and with the lease
+        surely ours for :attr:`act_budget` more seconds (renewed first if it is short)."""
+        if self.clock() >= deadline:
+            log.warning("this pass reached its deadline of %ss: the rest wait for the next", self.tick_deadline)
+            return False
+        if self.elector is None or self.elector.ensure(self.act_budget):
+            return True
+        self._became(False)
+        return False
+
     def _lead(self, now: float) -> bool:
-        leader = True if self.elector is None else self.elector.try_acquire_or_renew(now)
+        leader = True if self.elector is None else self.elector.try_acquire_or_renew()
+        self._became(leader)
+        return leader
+
+    def _became(self, leader: bool) -> None:
         if leader != self.leader:
             log.info("leadership %s", "acquired" if leader else "lost")
             self.leader = leader
             if self.observer is not None:
                 self.observer.leading(leader)
-        return leader
 
 
 def _key(obj: Mapping[str, Any]) -> str:

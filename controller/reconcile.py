@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import jinja2
 
-from controller import semantics
+from controller import semantics, tenancy
 from controller.analysis import analyse
 from controller.cluster import FINALIZER, Cluster, ClusterUnavailableError, ConflictError
 from controller.decision import Action, Decision, Evidence, Phase, Status, decide
@@ -66,7 +66,13 @@ class Outcome:
 
 
 def reconcile(
-    obj: Mapping[str, Any], cluster: Cluster, metrics: MetricsSource, env: jinja2.Environment, *, now: float
+    obj: Mapping[str, Any],
+    cluster: Cluster,
+    metrics: MetricsSource,
+    env: jinja2.Environment,
+    *,
+    now: float,
+    rules: tenancy.TenancyRules = tenancy.DEFAULT_RULES,
 ) -> Outcome:
     """Bring one rollout one decision further; never raises for a user's mistake or a flaky edge."""
     key = f"{obj.get('metadata', {}).get('namespace')}/{obj.get('metadata', {}).get('name')}"
@@ -78,7 +84,7 @@ def reconcile(
         return Outcome(key, Action.NONE, "the rollout changed meanwhile: re-reading", None, None, 0, False, 0.0)
     except ClusterUnavailableError as exc:
         return Outcome(key, Action.NONE, f"API server unavailable: {exc.reason}", None, None, 0, False, exc.retry_after)
-    rollout, problem = parse(obj)
+    rollout, problem = parse(obj, rules)
     if rollout is None:
         cluster.emit_event(obj, reason="InvalidSpec", message=problem, warning=True)
         return Outcome(key, Action.NONE, problem, None, None, 0, False, 300.0)
@@ -156,8 +162,9 @@ def _finalized(obj: Mapping[str, Any], cluster: Cluster) -> Mapping[str, Any]:
     )
 
 
-def parse(obj: Mapping[str, Any]) -> tuple[ModelRollout | None, str]:
-    """The object as a validated ModelRollout, or the first problem in one line."""
+def parse(obj: Mapping[str, Any], rules: tenancy.TenancyRules | None = None) -> tuple[ModelRollout | None, str]:
+    """The object as a validated ModelRollout, or the first problem in one line; with ``rules``, a
+    host or gateway its tenant may not use is a problem too (:func:`controller.tenancy.check`)."""
     from pydantic import ValidationError
 
     metadata = obj.get("metadata") or {}
@@ -173,7 +180,7 @@ def parse(obj: Mapping[str, Any]) -> tuple[ModelRollout | None, str]:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         return None, f"{where}: {first['msg']}"
-    problems = semantics.check(rollout)
+    problems = [*semantics.check(rollout), *(tenancy.check(rollout, rules) if rules is not None else [])]
     if problems:
         return None, f"{problems[0].dotted}: {problems[0].reason}"
     return rollout, ""

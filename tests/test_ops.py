@@ -1,0 +1,240 @@
+"""The controller's operations surface, served for real: liveness that follows the loop's progress,
+a server that slow clients cannot hold, the bind address, and the options `run` shares with `analyze`."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from controller import ops
+from controller.cli import cli, main
+from controller.kube import KubeCluster
+from controller.localapi import LocalApiServer, local_api_server
+from controller.manager import Manager
+from controller.ops import ControllerMetrics, serve
+from controller.prometheus import PrometheusClient, PrometheusSettings
+from controller.templating import default_environment
+from controller.wiring import PrometheusSource
+
+CANARIST = Path(sys.executable).parent / "canarist"
+
+
+def get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+@pytest.fixture
+def api() -> Iterator[LocalApiServer]:
+    with local_api_server() as fake:
+        yield fake
+
+
+# --- liveness follows the loop ----------------------------------------------------------------
+
+STALL = 30.0
+
+
+@pytest.mark.parametrize(
+    ("since_last_pass", "code"),
+    [(0.0, 200), (STALL / 2, 200), (STALL - 0.01, 200), (STALL + 0.01, 503), (10 * STALL, 503)],
+)
+@pytest.mark.parametrize("ever_passed", [True, False], ids=["after-a-pass", "since-start"])
+def test_healthz_fails_once_no_pass_completed_within_the_bound(
+    since_last_pass: float, code: int, ever_passed: bool
+) -> None:
+    now = [100.0]
+    metrics = ControllerMetrics(stall_after=STALL, clock=lambda: now[0])
+    if ever_passed:
+        now[0] = 200.0
+        metrics.ticked()
+    now[0] += since_last_pass
+    server = serve(metrics, 0)
+    try:
+        status, body = get(server.server_address[1], "/healthz")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert status == code, body
+    assert body == "ok\n" if code == 200 else body.startswith("stalled: no loop pass completed for")
+
+
+def test_the_loop_beats_each_pass_and_a_stuck_pass_fails_liveness(api: LocalApiServer) -> None:
+    """The real loop on the fake API server: while it is stuck on the API server (9 s, more than the
+    6 s bound: one pass and the loop's longest wait of 5 s), /healthz answers 503; then 200 again."""
+    metrics = ControllerMetrics(stall_after=6.0)
+    source = PrometheusSource(PrometheusClient(PrometheusSettings(url="http://127.0.0.1:9", timeout=1.0)))
+    cluster = KubeCluster(api.make_client(), propagation_delay=0.0)
+    manager = Manager(cluster, source, default_environment(), time.time, namespace="ml", observer=metrics)
+    server = serve(metrics, 0)
+    port = server.server_address[1]
+    stop = threading.Event()
+    loop = threading.Thread(target=manager.run, args=(stop,), daemon=True)
+
+    def until(code: int, seconds: float) -> float:
+        started = time.monotonic()
+        while get(port, "/healthz")[0] != code:
+            assert time.monotonic() - started < seconds, f"/healthz never answered {code}"
+            time.sleep(0.25)
+        return time.monotonic() - started
+
+    try:
+        loop.start()
+        until(200, 5)
+        time.sleep(1.0)  # the first pass is over: the loop waits for changes
+        assert metrics.stalled() is None
+        api.fail("/modelrollouts", None, method="GET", delay=9.0)  # its next call hangs
+        until(503, 12)
+        assert "stalled: no loop pass completed" in get(port, "/healthz")[1]
+        until(200, 15)
+    finally:
+        stop.set()
+        loop.join(timeout=20)
+        server.shutdown()
+        server.server_close()
+
+
+# --- slow clients cannot hold the server -------------------------------------------------------
+
+
+def silent(sock: socket.socket) -> None:
+    sock.sendall(b"GET /metr")
+
+
+def trickling(sock: socket.socket) -> None:
+    for byte in b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 200:
+        try:
+            sock.sendall(bytes([byte]))
+        except OSError:
+            return
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("client", [silent, trickling])
+def test_a_slow_client_is_cut_off_and_others_are_served(monkeypatch: pytest.MonkeyPatch, client: object) -> None:
+    monkeypatch.setattr(ops, "SOCKET_TIMEOUT", 0.5)
+    monkeypatch.setattr(ops, "REQUEST_DEADLINE", 1.5)
+    metrics = ControllerMetrics()
+    server = serve(metrics, 0)
+    port = server.server_address[1]
+    try:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        started = time.monotonic()
+        feeding = threading.Thread(target=client, args=(sock,), daemon=True)  # type: ignore[arg-type]
+        feeding.start()
+        assert get(port, "/healthz")[0] == 200  # served meanwhile
+        received = b""
+        while chunk := sock.recv(4096):  # until the server closes the connection
+            received += chunk
+        took = time.monotonic() - started
+        assert took < 3.0, took
+        assert b"200 OK" not in received
+        sock.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+# --- the bind address --------------------------------------------------------------------------
+
+
+def test_the_server_binds_loopback_unless_told_otherwise() -> None:
+    server = serve(ControllerMetrics(), 0)
+    try:
+        assert server.server_address[0] == "127.0.0.1"
+    finally:
+        server.shutdown()
+        server.server_close()
+    run = cli.commands["run"]
+    [option] = [p for p in run.params if p.name == "metrics_bind_address"]
+    assert option.default == "127.0.0.1"
+
+
+def kubeconfig(tmp_path: Path, api: LocalApiServer) -> Path:
+    path = tmp_path / "kubeconfig"
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "fake", "cluster": {"server": api.url}}],
+        "users": [{"name": "u", "user": {"token": "t"}}],
+        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "u"}}],
+        "current-context": "fake",
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def run_controller(tmp_path: Path, api: LocalApiServer, *args: str) -> subprocess.CompletedProcess[str]:
+    """`canarist run` against the fake API server, with ``args``: for the ones that must not start."""
+    config = str(kubeconfig(tmp_path, api))
+    return subprocess.run(
+        [str(CANARIST), "run", "--kubeconfig", config, "--metrics-port", "0", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_the_executable_refuses_an_address_it_cannot_bind_in_one_line(tmp_path: Path, api: LocalApiServer) -> None:
+    proc = run_controller(tmp_path, api, "--prometheus", "http://127.0.0.1:9", "--metrics-bind-address", "203.0.113.7")
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and "--metrics-bind-address" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+BAD_STARTS = [
+    ("--metrics-bind-address", "203.0.113.7", "--metrics-bind-address"),  # not an address of this machine
+    ("--metrics-bind-address", "not-an-address.invalid", "--metrics-bind-address"),
+    ("--ca-file", "missing.pem", "missing.pem"),
+    ("--bearer-token-file", "missing.token", "missing.token"),
+    ("--lease-seconds", "5", "--lease-seconds"),  # too short for its safety margin and one write
+]
+
+
+@pytest.mark.parametrize("bad", BAD_STARTS, ids=[f"{o}={v}" for o, v, _ in BAD_STARTS])
+def test_run_refuses_a_bad_setting_before_acting_in_one_line(
+    tmp_path: Path,
+    api: LocalApiServer,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    bad: tuple[str, str, str],
+) -> None:
+    """The console script's entry point in process (the executable is run once above): exit 2, one
+    line naming the setting, nothing written."""
+    option, value, named = bad
+    args = ["run", "--kubeconfig", str(kubeconfig(tmp_path, api)), "--prometheus", "https://127.0.0.1:9"]
+    monkeypatch.setattr(sys, "argv", ["canarist", *args, "--metrics-port", "0", option, value])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    err = capsys.readouterr().err
+    assert exited.value.code == 2, err
+    assert named in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert api.writes == []
+
+
+# --- `run` reaches Prometheus the way `analyze` does -------------------------------------------
+
+TLS_OPTIONS = ("bearer_token_file", "ca_file", "insecure")
+
+
+@pytest.mark.parametrize("name", TLS_OPTIONS)
+def test_run_and_analyze_share_the_prometheus_tls_options(name: str) -> None:
+    def spelled(command: str) -> tuple[object, ...]:
+        [option] = [p for p in cli.commands[command].params if p.name == name]
+        return (tuple(option.opts), option.is_flag, option.type.to_info_dict(), option.help)  # type: ignore[attr-defined]
+
+    assert spelled("run") == spelled("analyze")

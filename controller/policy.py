@@ -20,6 +20,7 @@ from pydantic import (
     PlainValidator,
     StringConstraints,
     WithJsonSchema,
+    model_validator,
 )
 from pydantic.alias_generators import to_camel
 
@@ -394,13 +395,39 @@ class Margin(Model):
     absolute: Quantity | None = None
 
 
+# A CustomRatio is scoped to the rollout's own series, so no other tenant's counters count: every
+# query selects ``namespaceLabel`` (default ``namespace``, the label Prometheus' Kubernetes service
+# discovery conventionally gives pod-scraped series) equal to the rollout's namespace, and
+# ``matchLabels`` (required, at least one) pick this rollout's series within its namespace (e.g.
+# ``model: ranker``). Neither the namespace nor the version label may be set through ``matchLabels``.
 class RatioQuery(Model):
-    """Two counters whose increments form a proportion per version (e.g. correct / labelled)."""
+    """Two counters whose increments form a proportion per version (e.g. correct / labelled), in one namespace."""
 
     success: PromMetricName
     total: PromMetricName
     version_label: PromLabelName = "version"
-    match_labels: dict[PromLabelName, LabelValue] = Field(default_factory=dict)
+    namespace_label: PromLabelName = Field(
+        default="namespace",
+        description="The Prometheus label holding the Kubernetes namespace; it must equal the rollout's.",
+    )
+    match_labels: dict[PromLabelName, LabelValue] = Field(
+        min_length=1,
+        max_length=20,
+        description="Labels (at least one) that pick this rollout's series within its namespace, e.g. model: ranker.",
+    )
+
+    @model_validator(mode="after")
+    def _scoped(self) -> RatioQuery:
+        if self.namespace_label == self.version_label:
+            raise ValueError("namespaceLabel and versionLabel must be different labels")
+        if self.namespace_label in self.match_labels:
+            raise ValueError(
+                f"matchLabels must not name {self.namespace_label!r}: the namespace label is set from the "
+                "rollout's own namespace"
+            )
+        if self.version_label in self.match_labels:
+            raise ValueError(f"matchLabels must not name {self.version_label!r}: it is the versionLabel")
+        return self
 
 
 class Metric(Model):

@@ -20,8 +20,10 @@ Which labels name a version:
   value is its pod label whose name, sanitised as Prometheus does (``model-version`` ->
   ``model_version``), is that label. With routing mode TritonVersion both versions share the pods
   and Triton's own ``model`` / ``version`` labels (the model version number) tell them apart.
-* CustomRatio: its ``versionLabel`` and ``matchLabels``; the version's value is its pod label of
-  that name if it has one, else its name (Subset), or the Triton model version (TritonVersion).
+* CustomRatio: its ``namespaceLabel`` (default ``namespace``), always the rollout's own namespace,
+  its ``matchLabels`` (required) and its ``versionLabel``; the version's value is its pod label of
+  that name if it has one, else its name (Subset), or the Triton model version (TritonVersion). So
+  a pod of another namespace reporting the same version name is never counted as this canary.
 
 Label names and metric names are checked, label values escaped for PromQL (and for RE2 in ``=~``
 unions); nothing a policy says can break out of a selector.
@@ -449,9 +451,13 @@ class _Rollout:
         ratio = metric.ratio
         if ratio is None:
             return {}, "CustomRatio needs ratio.success and ratio.total"
+        if not ratio.match_labels:  # validation requires them; a policy built around it is not queried
+            return {}, "CustomRatio needs ratio.matchLabels: labels that pick this rollout's own series"
+        if {ratio.namespace_label, ratio.version_label} & set(ratio.match_labels):
+            return {}, "ratio.matchLabels must not name the namespace or the version label"
         keys = tuple(sorted(ratio.match_labels))
-        identity = (*keys, ratio.version_label)
-        fixed = tuple(ratio.match_labels[k] for k in keys)
+        identity = (ratio.namespace_label, *keys, ratio.version_label)
+        fixed = (self.ns, *(ratio.match_labels[k] for k in keys))
         stable, canary = (self.custom_version(ratio.version_label, side) for side in ("stable", "canary"))
         asks: dict[Role, Ask] = {}
         for role, name in ((Role.SUCCESS, ratio.success), (Role.TOTAL, ratio.total)):

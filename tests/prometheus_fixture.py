@@ -214,7 +214,7 @@ def scenario_policy(scenario: Scenario) -> dict[str, Any]:
         "success": "model_predictions_correct_total",
         "total": "model_predictions_labelled_total",
         "versionLabel": "version",
-        "matchLabels": {"namespace": scenario.namespace},
+        "matchLabels": {"app": SERVICE},  # and namespace="<scenario>", from the rollout's namespace
     }
     return {
         "apiVersion": "canarist.io/v1alpha1",
@@ -277,7 +277,7 @@ def _pod_history(scenario: Scenario, rng: np.random.Generator, out: OpenMetrics,
         "destination_workload": f"{SERVICE}-{version}",
         "pod": pod,
     }
-    app = {"namespace": scenario.namespace, "pod": pod, "version": version}
+    app = {"namespace": scenario.namespace, "app": SERVICE, "pod": pod, "version": version}
     edges = np.array(ISTIO_EDGES_MS)
     codes = {"200": 0, "500": 0, "503": 0}
     cumulative_total = np.zeros(len(LE), dtype=np.int64)

@@ -8,6 +8,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from controller.loader import load
 from controller.observe import build_observations, no_data
@@ -79,7 +82,8 @@ spec:
       - {name: gpu, kind: DcgmGpuUtilization, slo: {max: 95%}}
       - name: accuracy
         kind: CustomRatio
-        ratio: {success: chars_correct_total, total: chars_labelled_total, versionLabel: model_version}
+        ratio: {success: chars_correct_total, total: chars_labelled_total, versionLabel: model_version,
+                matchLabels: {model: ocr}}
         margin: {absolute: 1%}
 """
 
@@ -93,6 +97,8 @@ ISTIO_SEL = (
 ISTIO_BY = "destination_service_namespace, destination_service_name, destination_version"
 POD_SEL = 'namespace="ml", version=~"r1|r2"'
 POD_BY = "namespace, version, pod"
+CUSTOM_SEL = 'namespace="ml", model="ranker", model_version=~"r1|r2"'
+CUSTOM_BY = "namespace, model, model_version"
 
 
 def counter(metric: str, by: str, sel: str, split: str = "") -> tuple[str, str]:
@@ -129,8 +135,8 @@ GOLDEN: dict[str, tuple[str, ...]] = {
     "dcgm-mem": (gauge("DCGM_FI_DEV_FB_USED"), gauge("DCGM_FI_DEV_FB_FREE")),
     "cost": (gauge("DCGM_FI_DEV_GPU_UTIL"), *counter("nv_inference_count", POD_BY, POD_SEL)),
     "accuracy": (
-        *counter("correct_total", "model, model_version", 'model="ranker", model_version=~"r1|r2"'),
-        *counter("labelled_total", "model, model_version", 'model="ranker", model_version=~"r1|r2"'),
+        *counter("correct_total", CUSTOM_BY, CUSTOM_SEL),
+        *counter("labelled_total", CUSTOM_BY, CUSTOM_SEL),
     ),
 }
 
@@ -152,8 +158,8 @@ TRITON_GOLDEN: dict[str, tuple[str, ...]] = {
     "p99": (),
     "gpu": (),
     "accuracy": (
-        *counter("chars_correct_total", "model_version", 'model_version=~"3|4"'),
-        *counter("chars_labelled_total", "model_version", 'model_version=~"3|4"'),
+        *counter("chars_correct_total", CUSTOM_BY, 'namespace="docs", model="ocr", model_version=~"3|4"'),
+        *counter("chars_labelled_total", CUSTOM_BY, 'namespace="docs", model="ocr", model_version=~"3|4"'),
     ),
 }
 
@@ -395,7 +401,9 @@ def test_hostile_metric_names_are_refused(name: str) -> None:
         check_metric_name(name)
     with pytest.raises(CatalogError):
         Family(name, Reduce.INCREASE, ("version",))
-    ratio = RatioQuery.model_construct(success=name, total="labelled_total", version_label="version", match_labels={})
+    ratio = RatioQuery.model_construct(
+        success=name, total="labelled_total", version_label="version", match_labels={"model": "x"}
+    )
     metric = ROLLOUT.spec.analysis.metrics[-1].model_copy(update={"ratio": ratio})
     analysis = ROLLOUT.spec.analysis.model_copy(update={"metrics": [metric]})
     rollout = ROLLOUT.model_copy(update={"spec": ROLLOUT.spec.model_copy(update={"analysis": analysis})})
@@ -676,18 +684,19 @@ def test_triton_error_counts_sum_pods_and_default_failures_to_zero() -> None:
 
 
 def custom(name: str) -> Family:
-    return Family(name, Reduce.INCREASE, ("model", "model_version"))
+    return Family(name, Reduce.INCREASE, ("namespace", "model", "model_version"))
 
 
 def test_custom_ratio_counts() -> None:
     the_plan, a = look()
     for w in range(3):
-        a.add(custom("labelled_total"), w, 100.0, model="ranker", model_version="r1")
-        a.add(custom("correct_total"), w, 90.0, model="ranker", model_version="r1")
-        a.add(custom("labelled_total"), w, 40.0, model="ranker", model_version="r2")
+        a.add(custom("labelled_total"), w, 100.0, namespace="ml", model="ranker", model_version="r1")
+        a.add(custom("correct_total"), w, 90.0, namespace="ml", model="ranker", model_version="r1")
+        a.add(custom("labelled_total"), w, 40.0, namespace="ml", model="ranker", model_version="r2")
         if w == 1:
-            a.add(custom("correct_total"), w, 41.0, model="ranker", model_version="r2")
-        a.add(custom("labelled_total"), w, 7.0, model="other", model_version="r2")
+            a.add(custom("correct_total"), w, 41.0, namespace="ml", model="ranker", model_version="r2")
+        a.add(custom("labelled_total"), w, 7.0, namespace="ml", model="other", model_version="r2")
+        a.add(custom("labelled_total"), w, 900.0, namespace="team-b", model="ranker", model_version="r2")
     data = observed(the_plan, a).metric("accuracy")
     assert data.series == CountSeries((90,) * 3, (100,) * 3, (0, None, 0), (40, None, 40))
     assert data.reason == "canary: correct_total grew more than labelled_total (window 1)"
@@ -735,3 +744,135 @@ def test_results_are_split_per_rollout_by_exact_labels() -> None:
     obs = build_observations(the_plan, a.data)
     assert obs["ns0/svc0"].canary_requests == (10, 10, 10)
     assert obs["ns1/svc1"].canary_requests == (20, 20, 20)
+
+
+# --- CustomRatio: each rollout reads only its own namespace's and its own labels' series ----------
+
+_NAME = st.from_regex(r"[a-z][a-z0-9]{0,5}", fullmatch=True)
+_QUERY = re.compile(
+    r"^sum by \(([^)]*)\) \((increase|resets)\(([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})\[[0-9]+m?s\]\)\)( > 0)?$"
+)
+
+
+def ratio_rollout(namespace: str, versions: tuple[str, str], match: dict[str, str], ns_label: str) -> ModelRollout:
+    """A rollout whose only metric is a CustomRatio, its versions named by the pod label ``version``."""
+    stable, canary = versions
+    doc = {
+        "apiVersion": "canarist.io/v1alpha1",
+        "kind": "ModelRollout",
+        "metadata": {"name": "model", "namespace": namespace},
+        "spec": {
+            "service": {"name": "model", "port": 8000},
+            "stable": {"name": stable, "labels": {"version": stable}},
+            "canary": {"name": canary, "labels": {"version": canary}},
+            "analysis": {
+                "metrics": [
+                    {
+                        "name": "accuracy",
+                        "kind": "CustomRatio",
+                        "ratio": {
+                            "success": "ok_total",
+                            "total": "all_total",
+                            "versionLabel": "version",
+                            "namespaceLabel": ns_label,
+                            "matchLabels": match,
+                        },
+                        "margin": {"absolute": "1%"},
+                    }
+                ]
+            },
+        },
+    }
+    (rollout,) = load(yaml.safe_dump(doc), "ratio.yaml")
+    return rollout
+
+
+def _selects(selector_text: str, labels: dict[str, str]) -> bool:
+    """Whether a PromQL selector matches a label set (a missing label is the empty string; regexes anchored)."""
+    for name, op, value in parse_selector(selector_text):
+        have = labels.get(name, "")
+        if (op == "=" and have != value) or (op == "!=" and have == value):
+            return False
+        if (op == "=~" and not re.fullmatch(value, have)) or (op == "!~" and re.fullmatch(value, have)):
+            return False
+    return True
+
+
+def evaluate(promql: str, series: Sequence[tuple[str, dict[str, str], float]]) -> list[tuple[dict[str, str], float]]:
+    """What Prometheus answers to a catalog query over constant-increase ``series`` (no resets)."""
+    m = _QUERY.match(promql)
+    assert m, promql
+    by, fn, metric, sel = [g.strip() for g in m.group(1).split(",")], m.group(2), m.group(3), m.group(4)
+    if fn == "resets":
+        return []
+    groups: dict[tuple[str, ...], float] = {}
+    for name, labels, value in series:
+        if name == metric and _selects(sel, labels):
+            key = tuple(labels.get(k, "") for k in by)
+            groups[key] = groups.get(key, 0.0) + value
+    return [({k: v for k, v in zip(by, key, strict=True) if v}, total) for key, total in groups.items()]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    namespaces=st.lists(_NAME, min_size=2, max_size=2, unique=True),
+    versions=st.lists(_NAME, min_size=2, max_size=2, unique=True),
+    keys=st.lists(st.sampled_from(["model", "app", "team"]), min_size=1, max_size=2, unique=True),
+    values=st.lists(_NAME, min_size=4, max_size=4),
+    ns_label=st.sampled_from(["namespace", "kubernetes_namespace"]),
+    data=st.data(),
+)
+def test_custom_ratio_selects_only_the_rollouts_own_series(
+    *, namespaces: list[str], versions: list[str], keys: list[str], values: list[str], ns_label: str, data: Any
+) -> None:
+    """Rollouts in different namespaces with the same version names (and maybe the same matchLabels)
+    never read each other's series, nor a stranger's, nor series without the namespace label."""
+    same_labels = data.draw(st.booleans())
+    match_a = {k: values[i] for i, k in enumerate(keys)}
+    match_b = match_a if same_labels else {k: values[2 + i] for i, k in enumerate(keys)}
+    stable, canary = versions
+    rollouts = [
+        ratio_rollout(namespaces[0], (stable, canary), match_a, ns_label),
+        ratio_rollout(namespaces[1], (stable, canary), match_b, ns_label),
+    ]
+    universe: list[tuple[str, dict[str, str], float]] = []
+    bit = 1
+    for ns in (*namespaces, "stranger", None):
+        for match in (match_a, match_b, {"model": "intruder"}):
+            for version in (stable, canary, "other"):
+                labels = {**match, "version": version, "pod": f"p{len(universe)}"}
+                if ns is not None:
+                    labels[ns_label] = ns
+                universe.append(("ok_total", labels, 1.0))
+                # every canary total its own power of two: a sum tells exactly which series it holds
+                universe.append(("all_total", labels, float(2**bit) if version == canary else 3.0))
+                bit += version == canary
+    ends = windows(2)
+    # each rollout alone: its query selects only series of its namespace and its matchLabels
+    for rollout, match in zip(rollouts, (match_a, match_b), strict=True):
+        the_plan = plan([rollout], {rollout.key: ends}, at=6000)
+        for query in the_plan.queries:
+            m = _QUERY.match(query.promql)
+            if m is None or m.group(3) not in ("ok_total", "all_total"):
+                continue
+            for name, labels, _ in universe:
+                if name == m.group(3) and _selects(m.group(4), labels):
+                    assert labels.get(ns_label) == rollout.metadata.namespace, (query.promql, labels)
+                    assert all(labels.get(k) == v for k, v in match.items()), (query.promql, labels)
+    # together, in one union query per family: each rollout's counts are exactly its own series'
+    the_plan = plan(rollouts, {r.key: ends for r in rollouts}, at=6000)
+    answers = {(q.promql, round(t * 1000)): evaluate(q.promql, universe) for q in the_plan.queries for t in q.times
+               if _QUERY.match(q.promql) and "istio" not in q.promql}  # fmt: skip
+    observations = build_observations(the_plan, answers)
+    for rollout, match in zip(rollouts, (match_a, match_b), strict=True):
+        series = observations[rollout.key].metric("accuracy")
+        assert series is not None and isinstance(series.series, CountSeries), series
+        own = [
+            v
+            for name, labels, v in universe
+            if name == "all_total"
+            and labels.get(ns_label) == rollout.metadata.namespace
+            and all(labels.get(k) == x for k, x in match.items())
+            and labels["version"] == canary
+        ]
+        assert series.series.canary_trials == (round(sum(own)),) * 2

@@ -159,7 +159,7 @@ CUSTOM: dict[str, Any] = {
     "name": "accuracy",
     "kind": "CustomRatio",
     "higherIsBetter": True,
-    "ratio": {"success": "correct_total", "total": "labelled_total"},
+    "ratio": {"success": "correct_total", "total": "labelled_total", "matchLabels": {"model": "fraud"}},
     "margin": {"absolute": "1%"},
 }
 
@@ -591,6 +591,49 @@ CASES: list[Bad] = [
         "ratio-bad-version-label",
         add_metric(custom(ratio=ratio(versionLabel="__name__"))),
         field="spec.analysis.metrics[2].ratio.versionLabel",
+        reason="must be a Prometheus label name",
+    ),
+    # --- CustomRatio scoping: the rollout's namespace, and labels that pick its own series ---
+    mut(
+        "ratio-without-match-labels",
+        add_metric(custom(ratio={"success": "correct_total", "total": "labelled_total"})),
+        field="spec.analysis.metrics[2].ratio.matchLabels",
+        reason="required field is missing",
+    ),
+    mut(
+        "ratio-empty-match-labels",
+        add_metric(custom(ratio=ratio(matchLabels={}))),
+        field="spec.analysis.metrics[2].ratio.matchLabels",
+        reason="at least 1 item",
+    ),
+    mut(
+        "ratio-match-labels-name-the-namespace",
+        add_metric(custom(ratio=ratio(matchLabels={"model": "fraud", "namespace": "payments"}))),
+        field="spec.analysis.metrics[2].ratio",
+        reason="set from the rollout's own namespace",
+    ),
+    mut(
+        "ratio-match-labels-name-a-custom-namespace-label",
+        add_metric(custom(ratio=ratio(namespaceLabel="k8s_ns", matchLabels={"k8s_ns": "payments"}))),
+        field="spec.analysis.metrics[2].ratio",
+        reason="set from the rollout's own namespace",
+    ),
+    mut(
+        "ratio-match-labels-name-the-version-label",
+        add_metric(custom(ratio=ratio(matchLabels={"model": "fraud", "version": "v2"}))),
+        field="spec.analysis.metrics[2].ratio",
+        reason="it is the versionLabel",
+    ),
+    mut(
+        "ratio-namespace-label-is-the-version-label",
+        add_metric(custom(ratio=ratio(namespaceLabel="version"))),
+        field="spec.analysis.metrics[2].ratio",
+        reason="must be different labels",
+    ),
+    mut(
+        "ratio-bad-namespace-label",
+        add_metric(custom(ratio=ratio(namespaceLabel="__name__"))),
+        field="spec.analysis.metrics[2].ratio.namespaceLabel",
         reason="must be a Prometheus label name",
     ),
     mut(

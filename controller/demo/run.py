@@ -173,7 +173,12 @@ def _start(options: DemoOptions, work: Path, supervisor: Supervisor) -> tuple[Wo
     )
 
     jobs = {"mesh": [f"127.0.0.1:{p}" for p in ports.values()], "labels": [f"127.0.0.1:{labels_port}"]}
-    scrape = [{"job_name": job, "static_configs": [{"targets": targets}]} for job, targets in jobs.items()]
+    # Each target carries the namespace label Kubernetes service discovery would give it: the demo's
+    # CustomRatio is scoped to the rollout's namespace through it.
+    scrape = [
+        {"job_name": job, "static_configs": [{"targets": targets, "labels": {"namespace": NAMESPACE}}]}
+        for job, targets in jobs.items()
+    ]
     prometheus = Prometheus(work / "prometheus", scrape_configs=scrape, scrape_interval="1s").start(supervisor)
 
     _wait_scraped(prometheus.url, targets=sum(len(t) for t in jobs.values()))

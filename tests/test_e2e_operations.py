@@ -227,7 +227,7 @@ def test_pause_resume_and_abort_from_the_cli_mid_rollout(world: Callable[[], Wor
 def test_two_controllers_on_one_lease_exactly_one_acts_and_the_other_takes_over(world: Callable[[], World]) -> None:
     w = world()
     a, b = w.manager(w.elector("replica-a")), w.manager(w.elector("replica-b"))
-    a.cluster.create_or_update_rollout(policy(steps=[20, 50]))
+    KubeCluster(w.api.make_client()).create_or_update_rollout(policy(steps=[20, 50]))  # as a person applies it
     acted: dict[str, int] = {"a": 0, "b": 0}
 
     def tick(name: str, manager: Manager) -> None:

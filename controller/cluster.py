@@ -57,6 +57,36 @@ class ApplyResult:
         return bool(self.writes)
 
 
+@dataclass(frozen=True)
+class Conflict:
+    """A host the rollout wants that another VirtualService (any namespace) already routes.
+
+    ``host`` is the rollout's, ``other_host`` the existing object's (they overlap: the same name, a
+    short name and its FQDN, or a wildcard over it); ``managed_by`` is the rollout that manages the
+    existing object (``namespace/name``), None when it is a user's own."""
+
+    host: str
+    kind: str
+    namespace: str
+    name: str
+    other_host: str
+    managed_by: str | None = None
+
+    def __str__(self) -> str:
+        by = f" (managed by rollout {self.managed_by})" if self.managed_by else ""
+        return f"host {self.host} is already routed by {self.kind} {self.namespace}/{self.name} ({self.other_host}){by}"
+
+
+class RouteConflictError(ClusterUnavailableError):
+    """:meth:`Cluster.apply_routes` refused to write: the hosts are routed by others (``conflicts``).
+
+    Nothing was written. Retrying helps only once the other object is gone, hence the long delay."""
+
+    def __init__(self, conflicts: Sequence[Conflict], *, retry_after: float = 60.0) -> None:
+        self.conflicts = tuple(conflicts)
+        super().__init__("; ".join(str(c) for c in self.conflicts) or "routes refused", retry_after=retry_after)
+
+
 class Cluster(Protocol):
     """The Kubernetes API as the controller uses it."""
 
@@ -98,8 +128,17 @@ class Cluster(Protocol):
         Objects canarist created carry an owner reference to ``owner``; an object the user already
         had for the same host is adopted: only canarist's subsets and routes are added, the rest is
         kept, and the original spec is saved in :data:`ORIGINAL_ANNOTATION` for :meth:`release_routes`.
-        Conflicts (409) are retried with a fresh read.
+        Conflicts (409) are retried with a fresh read. A host another VirtualService routes (see
+        :meth:`route_conflicts`) raises :class:`RouteConflictError` before anything is written.
         """
+        ...
+
+    def route_conflicts(self, owner: Mapping[str, Any], objects: Sequence[Mapping[str, Any]]) -> list[Conflict]:
+        """Read-only: the hosts of ``objects``' VirtualServices that another VirtualService routes.
+
+        Every namespace the controller can see is searched; objects created or adopted by ``owner``,
+        and the user's VirtualService in the owner's namespace that :meth:`apply_routes` would adopt,
+        are not conflicts. Call it before recording a decision: a refused rollout holds."""
         ...
 
     def release_routes(self, owner: Mapping[str, Any]) -> ApplyResult:

@@ -7,6 +7,7 @@ routes themselves, so the controller stays the only writer of weights.
 
 from __future__ import annotations
 
+import functools
 import getpass
 import json
 import logging
@@ -16,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import click
 import yaml
@@ -32,6 +33,7 @@ from controller.cluster import (
 )
 from controller.decision import CommandKind
 from controller.policy import DNS_LABEL
+from controller.tenancy import TenancyRules
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -44,6 +46,42 @@ def kube_options(function: F) -> F:
         "--kubeconfig", envvar="KUBECONFIG", type=click.Path(dir_okay=False), default=None, help="Path to a kubeconfig."
     )(function)
     return function
+
+
+def tenancy_options(function: F) -> F:
+    """--allow-host, --allow-gateway and --no-namespace-gateways, handed on as one ``tenancy``
+    keyword (:class:`controller.tenancy.TenancyRules`); a malformed value is a one-line error."""
+    from controller.tenancy import rules_from_options
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        hosts, gateways = kwargs.pop("allow_hosts"), kwargs.pop("allow_gateways")
+        try:
+            rules = rules_from_options(hosts, gateways, namespace_gateways=kwargs.pop("namespace_gateways"))
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        return function(*args, tenancy=rules, **kwargs)
+
+    options = [
+        click.option(
+            "--allow-host", "allow_hosts", multiple=True, metavar="NAMESPACE=PATTERN",
+            help="Let rollouts in NAMESPACE ('*': any) route hosts matching PATTERN (a host, '*.suffix' or '*'; "
+            "'{namespace}' stands for the rollout's) besides their own Service. Repeatable.",
+        ),
+        click.option(
+            "--allow-gateway", "allow_gateways", multiple=True, metavar="NAMESPACE=GWNS/NAME",
+            help="Let rollouts in NAMESPACE ('*': any) bind gateway GWNS/NAME (NAME may be '*'). Repeatable; "
+            "'mesh' is always allowed.",
+        ),
+        click.option(
+            "--namespace-gateways/--no-namespace-gateways", "namespace_gateways", default=True, show_default=True,
+            help="Whether a rollout may bind a Gateway of its own namespace without --allow-gateway.",
+        ),
+    ]  # fmt: skip
+    decorated: Any = wrapper
+    for option in reversed(options):
+        decorated = option(decorated)
+    return cast(F, decorated)
 
 
 def connect(kubeconfig: str | None, context: str | None) -> Cluster:
@@ -288,8 +326,10 @@ def prometheus_tls_options(function: F) -> F:
     help="Seconds after which a pass starts no more reconciles; /healthz fails after three without a pass.",
 )
 @click.option("--templates", type=click.Path(path_type=Path, file_okay=False), help="Use templates from DIR.")
+@tenancy_options
 def run(  # click passes options by keyword
     *,
+    tenancy: TenancyRules,
     namespace: str | None,
     kubeconfig: str | None,
     context: str | None,
@@ -349,6 +389,8 @@ def run(  # click passes options by keyword
         tick_deadline=tick_deadline,
         act_budget=lease_seconds / 3,  # a reconcile's share of the lease; each write is fenced as well
     )
+    manager.tenancy = tenancy
+    logging.getLogger("canarist").info("tenancy: %s", tenancy.describe())
     try:
         manager.run(stop)
     finally:

@@ -96,12 +96,15 @@ from controller.cluster import (
     ORIGINAL_ANNOTATION,
     ApplyResult,
     ClusterUnavailableError,
+    Conflict,
     ConflictError,
     NotFoundError,
+    RouteConflictError,
     WatchEvent,
 )
 from controller.policy import API_VERSION, GROUP, KIND, PLURAL, VERSION
 from controller.render import MANAGED_BY, ROLLOUT_LABEL, WEIGHT_ANNOTATION
+from controller.tenancy import istio_name, overlaps
 
 log = logging.getLogger("canarist.kube")
 T = TypeVar("T")
@@ -239,6 +242,13 @@ def _serves(obj: Mapping[str, Any], host: str) -> bool:
     spec = obj.get("spec") or {}
     hosts = spec.get("hosts") or [] if obj.get("kind") == "VirtualService" else [spec.get("host", "")]
     return host in {fqdn(str(h), _namespace(obj)) for h in hosts}
+
+
+def _hosts_of(obj: Mapping[str, Any]) -> list[str]:
+    """The hosts an Istio object names: a VirtualService's ``hosts``, a DestinationRule's ``host``."""
+    spec = obj.get("spec") or {}
+    hosts = spec.get("hosts") or [] if obj.get("kind") == "VirtualService" else [spec.get("host") or ""]
+    return [str(h) for h in hosts if h]
 
 
 def _labels(obj: Mapping[str, Any]) -> dict[str, str]:
@@ -547,6 +557,16 @@ class KubeCluster:
     # --- routes ---
 
     def apply_routes(self, owner: Mapping[str, Any], objects: Sequence[Mapping[str, Any]]) -> ApplyResult:
+        for desired in objects:
+            if _namespace(desired) != _namespace(owner):
+                raise RejectedError(
+                    f"{desired.get('kind')} {_namespace(desired)}/{_name(desired)}: not in the rollout's namespace "
+                    f"{_namespace(owner)!r}: not writing",
+                    code=403,
+                )
+        conflicts = self.route_conflicts(owner, objects)
+        if conflicts:
+            raise RouteConflictError(conflicts)
         writes: Writes = []
         subsets_written: list[_Written] = []
         routes_written: list[_Written] = []
@@ -627,19 +647,72 @@ class KubeCluster:
                 return current, _adopted_by(current, rollout)
             if _canarists(current) is None and _serves(current, host):
                 return current, True
-            raise RejectedError(
-                f"{desired['kind']} {namespace}/{name} exists and is not for {host}: not overwriting", code=409
+            theirs = ", ".join(_hosts_of(current)) or "no host"
+            managed = _canarists(current)
+            raise RouteConflictError(
+                [Conflict(host, str(desired["kind"]), namespace, name, theirs, managed and f"{namespace}/{managed}")]
             )
         mine = [o for o in candidates if _adopted_by(o, rollout)]
-        others = sorted({str(_canarists(o)) for o in candidates if _canarists(o) not in (None, rollout)})
+        others = [o for o in candidates if _canarists(o) not in (None, rollout)]
         if others and not mine:
-            raise RejectedError(f"host {host} is already managed by rollout(s) {', '.join(others)}", code=409)
+            raise RouteConflictError(
+                [
+                    Conflict(host, str(desired["kind"]), namespace, _name(o), host, f"{namespace}/{_canarists(o)}")
+                    for o in sorted(others, key=_name)
+                ]
+            )
         users = sorted(
             (o for o in candidates if _canarists(o) is None),
             key=lambda o: (o["metadata"].get("creationTimestamp", ""), _name(o)),
         )
         found = mine[0] if mine else users[0] if users else None  # the user's oldest: the one Istio honours
         return found, found is not None
+
+    def route_conflicts(self, owner: Mapping[str, Any], objects: Sequence[Mapping[str, Any]]) -> list[Conflict]:
+        """Read-only: what :meth:`apply_routes` would refuse (see :class:`controller.cluster.Conflict`).
+
+        Two checks. In the rollout's namespace, each object's name and host: a same-named object for
+        another host, or an object for the host managed by another rollout. Across every namespace,
+        each host of each VirtualService against the hosts of every other VirtualService
+        (:func:`controller.tenancy.overlaps`: short names, FQDNs, wildcards). A host the rollout's own
+        VirtualService (created or adopted) already routes is never a conflict: it was taken when it
+        was free, and a later object elsewhere must not freeze the rollout (nor its rollback). The
+        user's own VirtualServices for the host in the rollout's namespace are adopted, not conflicts.
+        """
+        rollout, home = _name(owner), _namespace(owner)
+        conflicts: list[Conflict] = []
+        services = [o for o in objects if o.get("kind") == "VirtualService"]
+        for desired in objects:
+            plural = PLURALS.get(str(desired.get("kind")))
+            if plural is None:
+                continue
+            kind = Kind(ISTIO_GROUP, str(desired["apiVersion"]).rpartition("/")[2], plural)
+            try:
+                self._locate(owner, desired, kind)
+            except RouteConflictError as exc:
+                conflicts.extend(exc.conflicts)
+        if not services:
+            return conflicts
+        kind = Kind(ISTIO_GROUP, str(services[0]["apiVersion"]).rpartition("/")[2], PLURALS["VirtualService"])
+        everywhere = self._list(kind, None)[0]
+        ours = [o for o in everywhere if _namespace(o) == home and (_created_by(o, rollout) or _adopted_by(o, rollout))]
+        held = {istio_name(h, home) for o in ours for h in _hosts_of(o)}
+        for desired in services:
+            primary = _host_of(desired)
+            for obj in everywhere:
+                if any(obj is o for o in ours):
+                    continue
+                managed = _canarists(obj)
+                if _namespace(obj) == home and managed is None and _serves(obj, primary):
+                    continue  # the user's object for the host: adopted, not a conflict
+                by = f"{_namespace(obj)}/{managed}" if managed else None
+                for host in (str(h) for h in (desired.get("spec") or {}).get("hosts") or []):
+                    if istio_name(host, home) in held:
+                        continue
+                    other = next((h for h in _hosts_of(obj) if overlaps(host, home, h, _namespace(obj))), None)
+                    if other is not None:
+                        conflicts.append(Conflict(host, "VirtualService", _namespace(obj), _name(obj), other, by))
+        return list(dict.fromkeys(conflicts))
 
     def _created(self, owner: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:
         body = copy.deepcopy(dict(desired))

@@ -19,6 +19,7 @@ import jinja2
 from controller.cluster import Cluster, ClusterUnavailableError, NotFoundError
 from controller.loader import PolicyError, load
 from controller.reconcile import MetricsSource, Outcome, reconcile
+from controller.tenancy import TenancyRules
 
 log = logging.getLogger("canarist")
 
@@ -61,6 +62,8 @@ class Manager:
     elector: Elector | None = None
     observer: Observer | None = None
     policies: Path | None = None
+    #: What each rollout may route beyond its own Service (controller.tenancy; the CLI's --allow-*).
+    tenancy: TenancyRules = field(default_factory=TenancyRules)
     due: dict[str, float] = field(default_factory=dict)
     leader: bool = False
     resource_version: str = ""
@@ -99,7 +102,7 @@ class Manager:
 
     def reconcile_one(self, obj: Mapping[str, Any]) -> Outcome:
         started = self.clock()
-        outcome = reconcile(obj, self.cluster, self.metrics, self.env, now=started)
+        outcome = reconcile(obj, self.cluster, self.metrics, self.env, now=started, rules=self.tenancy)
         self.due[outcome.key] = started + outcome.requeue_after
         if self.observer is not None:
             self.observer.reconciled(outcome, max(self.clock() - started, 0.0))

@@ -18,6 +18,7 @@ from typing import Any
 import jinja2
 import yaml
 
+from controller import tenancy
 from controller.policy import CanaryMatch, ModelRollout, RoutingMode, StringMatch
 from controller.quantity import parse_duration
 from controller.routing import RouteState, request_id_regex
@@ -79,6 +80,18 @@ def render(rollout: ModelRollout, state: RouteState, env: jinja2.Environment) ->
         objects.extend(documents)
     check_invariants(objects)
     return objects
+
+
+def render_texts(rollout: ModelRollout, state: RouteState, env: jinja2.Environment) -> list[tuple[str, str]]:
+    """Each template's name and the YAML text it renders to, before it is parsed."""
+    context = template_context(rollout, state)
+    texts: list[tuple[str, str]] = []
+    for name in TEMPLATE_NAMES:
+        try:
+            texts.append((name, env.get_template(name).render(**context)))
+        except jinja2.TemplateError as exc:
+            raise RenderError(f"{_template_location(exc, name)}: template error: {exc}") from None
+    return texts
 
 
 def _template_location(exc: jinja2.TemplateError, default: str) -> str:

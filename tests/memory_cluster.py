@@ -13,7 +13,16 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from controller.cluster import FINALIZER, ApplyResult, ConflictError, NotFoundError, WatchEvent
+from controller.cluster import (
+    FINALIZER,
+    ApplyResult,
+    Conflict,
+    ConflictError,
+    NotFoundError,
+    RouteConflictError,
+    WatchEvent,
+)
+from controller.tenancy import istio_name, overlaps
 
 
 @dataclass
@@ -92,6 +101,9 @@ class MemoryCluster:
         return copy.deepcopy(current)
 
     def apply_routes(self, owner: Mapping[str, Any], objects: Sequence[Mapping[str, Any]]) -> ApplyResult:
+        conflicts = self.route_conflicts(owner, objects)
+        if conflicts:
+            raise RouteConflictError(conflicts)
         writes = []
         for obj in objects:
             key = (obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"])
@@ -101,6 +113,25 @@ class MemoryCluster:
                 self.route_writes.append((obj["kind"], verb, copy.deepcopy(dict(obj))))
                 writes.append((obj["kind"], obj["metadata"]["name"], verb))
         return ApplyResult(tuple(writes))
+
+    def route_conflicts(self, owner: Mapping[str, Any], objects: Sequence[Mapping[str, Any]]) -> list[Conflict]:
+        """The protocol's rule: a host another VirtualService (any namespace) routes, unless this
+        rollout's own VirtualService already routes it. Seed ``routes`` with others' objects to test."""
+        home, rollout = owner["metadata"].get("namespace", "default"), owner["metadata"]["name"]
+        mine = self.routes.get(("VirtualService", home, rollout))
+        held = {istio_name(h, home) for h in ((mine or {}).get("spec") or {}).get("hosts") or []}
+        conflicts = []
+        for obj in objects:
+            if obj["kind"] != "VirtualService":
+                continue
+            for (kind, ns, name), other in sorted(self.routes.items()):
+                if kind != "VirtualService" or (ns, name) == (home, rollout):
+                    continue
+                for host in obj["spec"].get("hosts") or []:
+                    theirs = [h for h in other["spec"].get("hosts") or [] if overlaps(host, home, h, ns)]
+                    if theirs and istio_name(host, home) not in held:
+                        conflicts.append(Conflict(host, kind, ns, name, theirs[0]))
+        return conflicts
 
     def release_routes(self, owner: Mapping[str, Any]) -> ApplyResult:
         name = owner["metadata"]["name"]

@@ -20,8 +20,10 @@ from kubernetes import client
 from controller.cluster import (
     ORIGINAL_ANNOTATION,
     ClusterUnavailableError,
+    Conflict,
     ConflictError,
     NotFoundError,
+    RouteConflictError,
 )
 from controller.kube import (
     ADOPTED_LABEL,
@@ -205,18 +207,17 @@ def test_a_real_concurrent_writer_is_retried(server, cluster, owner) -> None:
     """Another writer bumps the resourceVersion between canarist's read and its write."""
     cluster.apply_routes(owner, routes(1))
     api = client.CustomObjectsApi(server.api_client)
-    original = cluster._get
+    original = cluster._replace
 
-    def racing_get(*args: Any, **kwargs: Any) -> dict[str, Any]:
-        found = original(*args, **kwargs)
-        if args[0].plural == "virtualservices" and not getattr(racing_get, "done", False):
-            racing_get.done = True  # type: ignore[attr-defined]
+    def racing_replace(kind: Any, body: Any, **kwargs: Any) -> dict[str, Any]:
+        if kind.plural == "virtualservices" and not getattr(racing_replace, "done", False):
+            racing_replace.done = True  # type: ignore[attr-defined]
             api.patch_namespaced_custom_object(
                 ISTIO, "v1", NS, "virtualservices", NAME, {"metadata": {"labels": {"x": "y"}}}
             )
-        return found
+        return original(kind, body, **kwargs)
 
-    cluster._get = racing_get  # type: ignore[method-assign]
+    cluster._replace = racing_replace  # type: ignore[method-assign]
     cluster.apply_routes(owner, routes(5))
     assert [r.code for r in server.writes if r.method == "PUT"] == [409, 200]
     assert stored(server, "virtualservices", NAME)["metadata"]["labels"]["x"] == "y"
@@ -295,8 +296,10 @@ def test_istio_status_reporting_ends_the_wait_early() -> None:
 
 def test_a_name_taken_by_a_foreign_object_for_another_host_is_refused(server, cluster, owner) -> None:
     server.seed(_dr(NAME, "other-service", []))
-    with pytest.raises(RejectedError):
+    with pytest.raises(RouteConflictError) as refused:
         cluster.apply_routes(owner, routes(1))
+    assert refused.value.conflicts == (Conflict(HOST, "DestinationRule", NS, NAME, "other-service", None),)
+    assert [w for w in route_writes(server) if w[0] != "GET"] == []
 
 
 # --- adoption ---------------------------------------------------------------------------------
@@ -430,7 +433,7 @@ def test_another_rollout_on_the_same_host_is_refused(server, cluster, owner) -> 
     desired = routes(5)
     for obj in desired:
         obj["metadata"]["name"] = "intruder"
-    with pytest.raises(RejectedError, match="already managed"):
+    with pytest.raises(RouteConflictError, match=f"managed by rollout {NS}/{NAME}"):
         cluster.apply_routes(other, desired)
 
 

@@ -249,6 +249,51 @@ def test_export_to_is_everywhere_for_mesh_and_the_gateways_namespaces_otherwise(
         assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+# --- the command line: canarist validate and canarist run ---------------------------------------
+
+
+def _invoke(*args: str) -> Any:
+    from click.testing import CliRunner
+
+    from controller.cli import cli
+
+    result = CliRunner().invoke(cli, list(args))
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise AssertionError(f"canarist {' '.join(args)} raised {result.exception!r}\n{result.output}")
+    return result
+
+
+def test_validate_names_the_field_and_line_of_a_host_or_gateway_the_tenant_may_not_use(tmp_path: Path) -> None:
+    body = policy("team-a", hosts=["payments.prod.svc.cluster.local"], gateways=["istio-system/public-gateway"])
+    path = tmp_path / "rollout.yaml"
+    path.write_text(yaml.safe_dump(body, sort_keys=False))
+    lines = path.read_text().splitlines()
+    result = _invoke("validate", str(path))
+    assert result.exit_code == 2
+    out = result.output.splitlines()
+    assert len(out) == 2 and "Traceback" not in result.output
+    host_line = next(i for i, line in enumerate(lines, 1) if "payments.prod.svc.cluster.local" in line)
+    assert out[0].startswith(f"{path}:{host_line}:") and ": spec.service.hosts[0]: " in out[0]
+    assert "--allow-host" in out[0] and ": spec.service.gateways[0]: " in out[1]
+    granted = _invoke(
+        "validate", str(path),
+        "--allow-host", "team-a=payments.prod.svc.cluster.local", "--allow-gateway", "*=istio-system/*",
+    )  # fmt: skip
+    assert granted.exit_code == 0 and granted.output == "ok: 1 policy in 1 file\n", granted.output
+
+
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_a_malformed_grant_is_one_line_and_exit_2(command: str, tmp_path: Path) -> None:
+    path = tmp_path / "rollout.yaml"
+    path.write_text(yaml.safe_dump(policy(), sort_keys=False))
+    args = [str(path)] if command == "validate" else ["--prometheus", "http://127.0.0.1:1"]
+    result = _invoke(command, *args, "--allow-host", "payments.example.com")
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        "canarist: error: --allow-host 'payments.example.com': expected NAMESPACE=PATTERN (NAMESPACE may be '*')"
+    ]
+
+
 # --- host overlap: the conflict rule -----------------------------------------------------------
 
 #: (namespace of the existing VirtualService, its host, the rollout's namespace, the rollout's host, conflict?)

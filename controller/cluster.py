@@ -15,6 +15,7 @@ from typing import Any, Protocol
 COMMAND_ANNOTATION = "canarist.io/command"
 COMMAND_BY_ANNOTATION = "canarist.io/command-by"
 COMMAND_ID_ANNOTATION = "canarist.io/command-id"
+COMMAND_AT_ANNOTATION = "canarist.io/command-at"  # when it was issued (RFC 3339): commands expire
 #: Keeps a deleted rollout until canarist has restored the routes it replaced.
 FINALIZER = "canarist.io/restore-routes"
 #: On a DestinationRule or VirtualService canarist adopted: the user's original spec, to restore.
@@ -114,8 +115,17 @@ class Cluster(Protocol):
         """Write the status subresource if the object is still at ``resource_version``; else ConflictError."""
         ...
 
-    def annotate_rollout(self, namespace: str, name: str, annotations: Mapping[str, str | None]) -> dict[str, Any]:
-        """Merge-patch metadata.annotations (None removes a key)."""
+    def annotate_rollout(
+        self,
+        namespace: str,
+        name: str,
+        annotations: Mapping[str, str | None],
+        *,
+        resource_version: str = "",
+        field_manager: str | None = None,
+    ) -> dict[str, Any]:
+        """Merge-patch metadata.annotations (None removes a key), as ``field_manager`` (the API server
+        records it in managedFields); only if still at ``resource_version`` when given, else ConflictError."""
         ...
 
     def set_finalizer(self, namespace: str, name: str, *, present: bool, resource_version: str) -> dict[str, Any]:

@@ -25,6 +25,7 @@ import yaml
 from controller.clitools import UserError
 from controller.cluster import (
     COMMAND_ANNOTATION,
+    COMMAND_AT_ANNOTATION,
     COMMAND_BY_ANNOTATION,
     COMMAND_ID_ANNOTATION,
     Cluster,
@@ -33,6 +34,8 @@ from controller.cluster import (
 )
 from controller.decision import CommandKind
 from controller.policy import DNS_LABEL
+from controller.steering import BY_LIMIT, COMMAND_TTL, rfc3339
+from controller.text import printable
 from controller.tenancy import TenancyRules
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -102,21 +105,33 @@ def _default_namespace(cluster: Cluster) -> str:
 # --- steering ---------------------------------------------------------------------------------
 
 
+#: The field manager the CLI writes commands as (the API server records it in managedFields).
+FIELD_MANAGER = "canarist-cli"
+
+
 def _steer(kind: CommandKind, name: str, namespace: str | None, kubeconfig: str | None, context: str | None) -> None:
+    """Write the command annotations: what, who (as the API server knows us), when (its clock), an id."""
     cluster = connect(kubeconfig, context)
     ns = namespace or _default_namespace(cluster)
-    by = f"{getpass.getuser()} via canarist CLI"
+    who_am_i = getattr(cluster, "who_am_i", None)
+    user, server_time = who_am_i() if callable(who_am_i) else (None, None)
+    by = printable(user, BY_LIMIT) if user else printable(f"local user {getpass.getuser()}", BY_LIMIT)
+    annotations = {
+        COMMAND_ANNOTATION: kind.value,
+        COMMAND_BY_ANNOTATION: by,
+        COMMAND_ID_ANNOTATION: str(time.time_ns()),
+        COMMAND_AT_ANNOTATION: rfc3339(server_time if server_time is not None else time.time()),
+    }
     try:
-        cluster.annotate_rollout(
-            ns,
-            name,
-            {COMMAND_ANNOTATION: kind.value, COMMAND_BY_ANNOTATION: by, COMMAND_ID_ANNOTATION: str(time.time_ns())},
-        )
+        cluster.annotate_rollout(ns, name, annotations, field_manager=FIELD_MANAGER)
     except NotFoundError:
         raise UserError(f"modelrollout {ns}/{name} not found") from None
     except ClusterUnavailableError as exc:
         raise UserError(f"API server unavailable: {exc.reason}") from None
-    click.echo(f"{ns}/{name}: {kind.value} requested; the controller acts on its next reconcile")
+    ttl = round(COMMAND_TTL / 60)
+    click.echo(
+        f"{ns}/{name}: {kind.value} requested; the controller acts on its next reconcile (it expires in {ttl} min)"
+    )
 
 
 def _steering_command(kind: CommandKind, help_text: str) -> click.Command:
@@ -194,45 +209,73 @@ def _summary(obj: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def render_table(objects: list[dict[str, Any]], *, detailed: bool) -> str:
-    """Rollouts as text: one line each, and for a single rollout its evidence and decisions."""
+    """Rollouts as text: one line each, and for a single rollout its evidence and decisions.
+
+    Every cell is user data (anyone who can edit a rollout can write its status), so each one is
+    made printable: no control character, no terminal escape, no bidi override, bounded length;
+    and a value of the wrong type is shown, not a crash.
+    """
     rows = [("NAMESPACE", "NAME", "PHASE", "STEP", "WEIGHT", "MESSAGE")]
     for obj in objects:
-        metadata, st = obj.get("metadata") or {}, obj.get("status") or {}
+        metadata, st = _mapping(obj.get("metadata")), _mapping(obj.get("status"))
         rows.append(
             (
-                str(metadata.get("namespace", "")),
-                str(metadata.get("name", "")),
-                str(st.get("phase", "Pending")),
-                str(st.get("currentStep", "-")),
-                f"{st['canaryWeight']}%" if "canaryWeight" in st else "-",
-                str(st.get("message", "")),
+                _cell(metadata.get("namespace", "")),
+                _cell(metadata.get("name", "")),
+                _cell(st.get("phase", "Pending")),
+                _cell(st.get("currentStep", "-")),
+                _cell(f"{st['canaryWeight']}%" if "canaryWeight" in st else "-"),
+                _cell(st.get("message", ""), MESSAGE_LIMIT),
             )
         )
     lines = _columns(rows)
     if detailed and objects:
-        st = objects[0].get("status") or {}
+        st = _mapping(objects[0].get("status"))
         metric_rows = [("METRIC", "VERDICT", "E-VALUE", "THRESHOLD", "PROOF", "CANARY N", "WHY")]
-        for m in st.get("metrics", []):
+        for m in (_mapping(item) for item in _items(st.get("metrics"))):
             metric_rows.append(
                 (
-                    m.get("name", ""),
-                    m.get("verdict", "") + (" (SLO)" if m.get("sloBreached") else ""),
-                    f"{m.get('eValue', 0):.3g}",
-                    f"{m.get('threshold', 0):.3g}",
-                    f"{m.get('eValueNonInferiority', 0):.3g}",
-                    str((m.get("requests") or {}).get("canary", "")),
-                    m.get("reason", ""),
+                    _cell(m.get("name", "")),
+                    _cell(m.get("verdict", "")) + (" (SLO)" if m.get("sloBreached") is True else ""),
+                    _number(m.get("eValue", 0)),
+                    _number(m.get("threshold", 0)),
+                    _number(m.get("eValueNonInferiority", 0)),
+                    _cell(_mapping(m.get("requests")).get("canary", "")),
+                    _cell(m.get("reason", ""), MESSAGE_LIMIT),
                 )
             )
-        lines += ["", "evidence at the last analysis (" + str(st.get("lastAnalysisAt", "never")) + "):"]
+        lines += ["", "evidence at the last analysis (" + _cell(st.get("lastAnalysisAt", "never")) + "):"]
         lines += _columns(metric_rows)
         lines += ["", "decisions:"]
-        for t in st.get("history", [])[-10:]:
+        for t in (_mapping(item) for item in _items(st.get("history"))[-10:]):
+            moved = f"{_cell(t.get('fromPhase'))}/{_cell(t.get('fromStep'))}"
+            moved += f" -> {_cell(t.get('toPhase'))}/{_cell(t.get('toStep'))}"
             lines.append(
-                f"  {t.get('at')}  {t.get('fromPhase')}/{t.get('fromStep')} -> {t.get('toPhase')}/{t.get('toStep')}"
-                f"  {t.get('action')}: {t.get('reason')}"
+                f"  {_cell(t.get('at'))}  {moved}  {_cell(t.get('action'))}: {_cell(t.get('reason'), MESSAGE_LIMIT)}"
             )
     return "\n".join(lines)
+
+
+#: Bounds on what one cell of ``status`` prints (a reason may be long; a name never is).
+CELL_LIMIT, MESSAGE_LIMIT = 64, 512
+
+
+def _cell(value: object, limit: int = CELL_LIMIT) -> str:
+    return printable(value if isinstance(value, str) else str(value), limit)
+
+
+def _number(value: object) -> str:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return f"{value:.3g}"
+    return _cell(value)
+
+
+def _mapping(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _items(value: object) -> list[Any]:
+    return value if isinstance(value, list) else []
 
 
 def _columns(rows: Sequence[tuple[str, ...]]) -> list[str]:

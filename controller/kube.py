@@ -537,11 +537,43 @@ class KubeCluster:
         body = {"apiVersion": API_VERSION, "kind": KIND, "metadata": metadata, "status": copy.deepcopy(dict(status))}
         return self._replace(ROLLOUTS, body, status=True)
 
-    def annotate_rollout(self, namespace: str, name: str, annotations: Mapping[str, str | None]) -> dict[str, Any]:
-        patch = {"metadata": {"annotations": dict(annotations)}}  # a merge patch: None removes the key
+    def annotate_rollout(
+        self,
+        namespace: str,
+        name: str,
+        annotations: Mapping[str, str | None],
+        *,
+        resource_version: str = "",
+        field_manager: str | None = None,
+    ) -> dict[str, Any]:
+        metadata: dict[str, Any] = {"annotations": dict(annotations)}  # a merge patch: None removes the key
+        if resource_version:  # makes the patch a compare-and-swap
+            metadata["resourceVersion"] = resource_version
         where = (GROUP, VERSION, namespace, PLURAL, name)
         what = f"annotate rollout {namespace}/{name}"
-        return _as_dict(self._call(what, self.custom.patch_namespaced_custom_object, *where, patch))
+        options = {"field_manager": field_manager} if field_manager else {}
+        patch = {"metadata": metadata}
+        return _as_dict(self._call(what, self.custom.patch_namespaced_custom_object, *where, patch, **options))
+
+    def who_am_i(self) -> tuple[str | None, float | None]:
+        """The user name the API server authenticates this client as (a SelfSubjectReview) and the
+        server's clock (its Date header); (None, None) where the API is not served or not allowed."""
+        import email.utils
+
+        review = client.V1SelfSubjectReview(api_version="authentication.k8s.io/v1", kind="SelfSubjectReview")
+        api = client.AuthenticationV1Api(self.api_client)
+        try:
+            data, _, headers = self._call("who am I", api.create_self_subject_review_with_http_info, review)
+        except (NotFoundError, ConflictError, ClusterUnavailableError):  # not served, refused or unreachable
+            return None, None
+        user = getattr(getattr(data, "status", None), "user_info", None)
+        name = getattr(user, "username", None)
+        date = (headers or {}).get("Date")
+        try:
+            server_time = email.utils.parsedate_to_datetime(date).timestamp() if date else None
+        except (TypeError, ValueError):
+            server_time = None
+        return (str(name) if name else None), server_time
 
     def set_finalizer(self, namespace: str, name: str, *, present: bool, resource_version: str) -> dict[str, Any]:
         current = self.get_rollout(namespace, name)

@@ -36,6 +36,7 @@ from controller.status import (
     share_at,
     to_status,
 )
+from controller.steering import settle_command
 
 #: How many analysis windows a look may span (two hours of one-minute windows).
 MAX_WINDOWS = 120
@@ -92,7 +93,7 @@ def reconcile(
     stored = obj.get("status") or {}
     status = from_status(stored)
     revision = canary_revision(rollout)
-    pending = pending_command(obj)
+    pending = pending_command(obj, now)
     commands = (pending[0],) if pending else ()
 
     gated = status.phase is Phase.INITIALIZING and not commands and rollout.spec.canary.labels
@@ -127,6 +128,7 @@ def reconcile(
     if decision.action not in (Action.HOLD, Action.NONE):
         warning = decision.action is Action.ROLLBACK
         cluster.emit_event(obj, reason=decision.action.value, message=decision.reason, warning=warning)
+    settle_command(cluster, obj, acted=pending[1] if pending else None, now=now)  # consumed or expired: removed
     return Outcome(
         key,
         decision.action,

@@ -15,11 +15,9 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from controller.cluster import COMMAND_ANNOTATION, COMMAND_BY_ANNOTATION, COMMAND_ID_ANNOTATION
 from controller.decision import (
     Action,
     Command,
-    CommandKind,
     Evidence,
     MetricEvidence,
     Phase,
@@ -29,6 +27,7 @@ from controller.decision import (
 )
 from controller.policy import ModelRollout
 from controller.routing import RouteState, realized_share
+from controller.steering import check_command
 
 E_VALUE_CAP = 1e300
 #: Bounds on the report's logs in the status, so an object stays far below etcd's 1.5 MiB
@@ -251,22 +250,16 @@ def conditions(status: Status, previous: Sequence[Mapping[str, Any]], now: float
     return out
 
 
-def pending_command(rollout_obj: Mapping[str, Any]) -> tuple[Command, str] | None:
-    """The human command in the annotations not yet acted on, with its id; None if there is none."""
-    metadata = rollout_obj.get("metadata") or {}
-    annotations = metadata.get("annotations") or {}
-    text = annotations.get(COMMAND_ANNOTATION)
-    if not text:
-        return None
-    command_id = annotations.get(COMMAND_ID_ANNOTATION) or text
-    done = (rollout_obj.get("status") or {}).get("lastCommandId")
-    if command_id == done:
-        return None
-    try:
-        kind = CommandKind(text)
-    except ValueError:
-        return None
-    return Command(kind, by=annotations.get(COMMAND_BY_ANNOTATION, "unknown")), command_id
+def pending_command(rollout_obj: Mapping[str, Any], now: float) -> tuple[Command, str] | None:
+    """The human command in the annotations to act on at ``now``, with its id; None if there is none.
+
+    Only a fresh command counts (see :mod:`controller.steering`): issued within the last
+    ``COMMAND_TTL``, after the object was created and after the canary last changed, and not yet
+    acted on (``status.lastCommandId``). Its ``by`` is the claimed name and the annotation's writers.
+    """
+    found = check_command(rollout_obj, now)
+    command = found.command if found is not None else None
+    return (command, found.command_id) if found is not None and command is not None else None
 
 
 def share_at(rollout: ModelRollout, status: Status, moment: float) -> float:

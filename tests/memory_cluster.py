@@ -78,8 +78,18 @@ class MemoryCluster:
         current["metadata"]["resourceVersion"] = str(next(self.counter))
         return copy.deepcopy(current)
 
-    def annotate_rollout(self, namespace: str, name: str, annotations: Mapping[str, str | None]) -> dict[str, Any]:
+    def annotate_rollout(
+        self,
+        namespace: str,
+        name: str,
+        annotations: Mapping[str, str | None],
+        *,
+        resource_version: str = "",
+        field_manager: str | None = None,
+    ) -> dict[str, Any]:
         current = self.rollouts[(namespace, name)]
+        if resource_version and current["metadata"]["resourceVersion"] != resource_version:
+            raise ConflictError(f"{namespace}/{name} changed")
         mine = current["metadata"].setdefault("annotations", {})
         for key, value in annotations.items():
             if value is None:

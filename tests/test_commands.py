@@ -12,10 +12,12 @@ The kubeconfig's current context points at a closed port: every command that wor
 from __future__ import annotations
 
 import copy
-import getpass
 import json
+import math
+import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,17 +26,26 @@ from typing import Any
 import pytest
 import yaml
 
-from controller.cluster import COMMAND_ANNOTATION, COMMAND_BY_ANNOTATION, COMMAND_ID_ANNOTATION
+from controller.cluster import (
+    COMMAND_ANNOTATION,
+    COMMAND_AT_ANNOTATION,
+    COMMAND_BY_ANNOTATION,
+    COMMAND_ID_ANNOTATION,
+)
 from controller.demo.processes import free_port
 from controller.kube import KubeCluster
 from controller.localapi import LocalApiServer, local_api_server
 from controller.reconcile import reconcile
-from tests.test_reconcile import ENV, POLICY, T0, Synthetic
+from controller.steering import parse_moment, rfc3339
+from tests.test_reconcile import ENV, POLICY, Synthetic
 
 CANARIST = Path(sys.executable).parent / "canarist"
+#: The fixture's rollout history ends two minutes ago: commands the CLI dates now are fresh.
+START = math.floor(time.time() / 60) * 60 - 8 * 60
 NS, NAME = "ml-serving", "fraud-detector"
 OTHER_NS, OTHER = "ml-batch", "ranker"
-BY = f"{getpass.getuser()} via canarist CLI"
+USER = "alice"  # whom the kubeconfig's token authenticates as
+BY = f"{USER} (claimed, written by manager canarist-cli)"
 
 
 def ready_pod(version: str) -> dict[str, Any]:
@@ -59,6 +70,7 @@ def api() -> Iterator[LocalApiServer]:
     """A fake API server holding two rollouts: fraud-detector at step 1 after six real reconciles
     (start, holds, an advance: evidence and history in its status) and a fresh one elsewhere."""
     with local_api_server() as server:
+        server.tokens = {"dummy-token": USER}
         server.seed(copy.deepcopy(POLICY))
         for version in ("v41", "v42"):
             server.seed(ready_pod(version))
@@ -68,7 +80,7 @@ def api() -> Iterator[LocalApiServer]:
         cluster = KubeCluster(server.api_client, propagation_delay=0.0)
         source = Synthetic()
         for tick in range(6):
-            reconcile(cluster.get_rollout(NS, NAME), cluster, source, ENV, now=T0 + 60 * tick + 1)
+            reconcile(cluster.get_rollout(NS, NAME), cluster, source, ENV, now=START + 60 * tick + 1)
         status = rollout(server)["status"]
         assert (status["phase"], status["currentStep"], status["canaryWeight"]) == ("Progressing", 1, 5)
         assert [t["action"] for t in status["history"]] == ["Start", "Advance"]
@@ -100,11 +112,13 @@ def kubeconfig(api: LocalApiServer, tmp_path: Path) -> Path:
     return write_kubeconfig(tmp_path / "kubeconfig", api.url)
 
 
-def canarist(kubeconfig: Path, *args: str, context: str | None = "fake") -> subprocess.CompletedProcess[str]:
+def canarist(
+    kubeconfig: Path, *args: str, context: str | None = "fake", env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     command = [str(CANARIST), *args, "--kubeconfig", str(kubeconfig)]
     if context is not None:
         command += ["--context", context]
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False, env=env)
     assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr
     return proc
 
@@ -220,45 +234,100 @@ def test_a_steering_command_writes_the_command_annotations(
     before = rollout(api)
     writes = len(api.writes)
     out = ok(canarist(kubeconfig, *args, "-n", NS))
-    assert out == f"{NS}/{NAME}: {command} requested; the controller acts on its next reconcile\n"
+    expected = f"{NS}/{NAME}: {command} requested; the controller acts on its next reconcile (it expires in 10 min)\n"
+    assert out == expected
     after = rollout(api)
     annotations = after["metadata"]["annotations"]
     assert annotations[COMMAND_ANNOTATION] == command
-    assert annotations[COMMAND_BY_ANNOTATION] == BY
+    assert annotations[COMMAND_BY_ANNOTATION] == USER  # as the API server authenticated the CLI
     assert annotations[COMMAND_ID_ANNOTATION].isdigit()
     assert annotations[COMMAND_ID_ANNOTATION] != before["status"].get("lastCommandId")
-    # one merge patch of the annotations; spec, status and routes untouched
-    (patch,) = api.writes[writes:]
-    assert (patch.method, patch.code) == ("PATCH", 200)
+    issued = parse_moment(annotations[COMMAND_AT_ANNOTATION])
+    assert issued is not None and abs(issued - time.time()) < 10  # the API server's clock (its Date)
+    # who am I (a SelfSubjectReview), then one merge patch of the annotations as canarist-cli;
+    # spec, status and routes untouched
+    review, patch = api.writes[writes:]
+    assert (review.method, review.path, review.code) == (
+        "POST",
+        "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+        201,
+    )
+    assert (patch.method, patch.code, patch.user) == ("PATCH", 200, USER)
     assert patch.path == f"/apis/canarist.io/v1alpha1/namespaces/{NS}/modelrollouts/{NAME}"
+    assert patch.query["fieldManager"] == "canarist-cli"
     assert set(patch.body) == {"metadata"} and set(patch.body["metadata"]) == {"annotations"}
     assert after["spec"] == before["spec"] and after["status"] == before["status"]
     assert after["metadata"]["generation"] == before["metadata"]["generation"]
 
 
-def test_the_controller_records_who_asked(api: LocalApiServer, kubeconfig: Path) -> None:
+def test_the_controller_records_who_asked_and_consumes_the_command(api: LocalApiServer, kubeconfig: Path) -> None:
     cluster = KubeCluster(api.api_client, propagation_delay=0.0)
-    now = T0 + 6 * 60 + 1
     for args, phase in ((("pause", NAME), "Paused"), (("resume", NAME), "Progressing"), (("pause", NAME), "Paused")):
         ok(canarist(kubeconfig, *args))  # the context's namespace
-        reconcile(cluster.get_rollout(NS, NAME), cluster, Synthetic(), ENV, now=now)
-        now += 1
+        command_id = rollout(api)["metadata"]["annotations"][COMMAND_ID_ANNOTATION]
+        reconcile(cluster.get_rollout(NS, NAME), cluster, Synthetic(), ENV, now=time.time())
         status = rollout(api)["status"]
         assert status["phase"] == phase
         assert status["history"][-1]["reason"] == f"{args[0]}d by {BY}"
-        assert status["lastCommandId"] == rollout(api)["metadata"]["annotations"][COMMAND_ID_ANNOTATION]
+        assert status["lastCommandId"] == command_id
+        assert COMMAND_ANNOTATION not in (rollout(api)["metadata"].get("annotations") or {})  # consumed
     assert [t["action"] for t in status["history"]][-3:] == ["Pause", "Resume", "Pause"]
+
+
+def test_the_local_user_name_is_not_who_asked(api: LocalApiServer, kubeconfig: Path) -> None:
+    """LOGNAME=admin changes nothing: the name is the one the API server authenticated; a name
+    written by hand is recorded as a claim with its writer; without a SelfSubjectReview the CLI
+    says the name is only the local one."""
+    cluster = KubeCluster(api.api_client, propagation_delay=0.0)
+    env = {**os.environ, "LOGNAME": "admin", "USER": "admin", "USERNAME": "admin"}
+    ok(canarist(kubeconfig, "pause", NAME, env=env))
+    assert rollout(api)["metadata"]["annotations"][COMMAND_BY_ANNOTATION] == USER
+    reconcile(cluster.get_rollout(NS, NAME), cluster, Synthetic(), ENV, now=time.time())
+    assert rollout(api)["status"]["message"] == f"paused by {BY}"
+    forged = {
+        COMMAND_ANNOTATION: "resume",
+        COMMAND_BY_ANNOTATION: "admin\x1b[2K\rreally admin",
+        COMMAND_ID_ANNOTATION: "hand-1",
+        COMMAND_AT_ANNOTATION: rfc3339(time.time()),
+    }
+    cluster.annotate_rollout(NS, NAME, forged, field_manager="kubectl-annotate")
+    reconcile(cluster.get_rollout(NS, NAME), cluster, Synthetic(), ENV, now=time.time())
+    message = rollout(api)["status"]["message"]
+    assert message.startswith("resumed by admin") and message.endswith("(claimed, written by manager kubectl-annotate)")
+    assert "\x1b" not in message and "\r" not in message
+    api.fail("selfsubjectreviews", 404)  # a server without the API: the CLI says whose name it is
+    ok(canarist(kubeconfig, "pause", NAME, env=env))
+    assert rollout(api)["metadata"]["annotations"][COMMAND_BY_ANNOTATION] == "local user admin"
+
+
+def test_status_prints_no_escape_sequence_a_user_wrote(api: LocalApiServer, kubeconfig: Path) -> None:
+    """The real executable, a status and a command annotation full of terminal escapes, C1 controls
+    and bidi overrides: the table shows their text and none of them."""
+    nasty = "\x1b[2J\x1b]0;pwned\x07\x9b31m\u202eok\u202c\r\nFAKE ROW"
+    stored = rollout(api)
+    stored["status"]["message"] = nasty
+    stored["status"]["metrics"][0]["reason"] = nasty
+    stored["status"]["history"][-1]["reason"] = f"paused by {nasty}"
+    stored["status"]["metrics"][0]["eValue"] = nasty  # a wrong type is shown, not a crash
+    api.seed(stored)
+    for args in (("status",), ("status", NAME)):
+        out = ok(canarist(kubeconfig, *args))
+        assert "\x1b" not in out and "\x9b" not in out and "\u202e" not in out and "\r" not in out
+        assert "FAKE ROW" in out and not any(line.startswith("FAKE ROW") for line in out.splitlines())
 
 
 # --- errors: one line, exit 2 -----------------------------------------------------------------
 
 
 def test_a_missing_rollout_is_one_line_and_exit_2(api: LocalApiServer, kubeconfig: Path) -> None:
-    writes = len([w for w in api.writes if w.code < 400])
+    def stored() -> int:  # successful writes that store something (a SelfSubjectReview stores nothing)
+        return len([w for w in api.writes if w.code < 400 and "selfsubjectreviews" not in w.path])
+
+    writes = stored()
     calls = [("status", "nope"), ("status", "nope", "-o", "json"), ("pause", "nope"), ("promote", "nope", "--full")]
     for proc in canarist_many(kubeconfig, calls):
         one_line_error(proc, f"modelrollout {NS}/nope not found")
-    assert len([w for w in api.writes if w.code < 400]) == writes  # nothing was created
+    assert stored() == writes  # nothing was created
 
 
 def test_a_rollout_in_another_namespace_is_not_found(api: LocalApiServer, kubeconfig: Path) -> None:

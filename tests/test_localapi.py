@@ -6,10 +6,12 @@ import datetime as dt
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from kubernetes import client, watch
 from kubernetes.client import ApiException
 
@@ -364,3 +366,122 @@ def test_label_selector_parsing() -> None:
     ]
     with pytest.raises(ApiError):
         label_matcher("a=1 b=2")
+
+
+# --- authentication and field ownership -------------------------------------------------------
+
+
+def _review(api_client: Any) -> tuple[Any, dict[str, str]]:
+    review = client.V1SelfSubjectReview(api_version="authentication.k8s.io/v1", kind="SelfSubjectReview")
+    data, code, headers = client.AuthenticationV1Api(api_client).create_self_subject_review_with_http_info(review)
+    assert code == 201 and data.status is not None
+    return data.status.user_info, dict(headers)
+
+
+def test_a_self_subject_review_says_who_the_token_is(server: LocalApiServer) -> None:
+    """As the API server: a known bearer token is its user, no token is anonymous, an unknown one is 401."""
+    server.tokens = {"t-alice": "alice", "t-bob": "bob"}
+    for token, user, group in (("t-alice", "alice", "system:authenticated"), ("t-bob", "bob", "system:authenticated")):
+        info, headers = _review(
+            server.make_client(api_key={"authorization": token}, api_key_prefix={"authorization": "Bearer"})
+        )
+        assert (info.username, info.groups) == (user, [group])
+        served = dt.datetime.strptime(headers["Date"], "%a, %d %b %Y %H:%M:%S GMT").replace(tzinfo=dt.UTC)
+        assert abs(served.timestamp() - time.time()) < 5  # the server's clock, which the CLI dates commands by
+    info, _ = _review(server.api_client)  # no credentials
+    assert (info.username, info.groups) == ("system:anonymous", ["system:unauthenticated"])
+    forged = server.make_client(api_key={"authorization": "t-mallory"}, api_key_prefix={"authorization": "Bearer"})
+    calls: list[Callable[[], Any]] = [
+        lambda: _review(forged),
+        lambda: client.CustomObjectsApi(forged).list_cluster_custom_object(GROUP, VERSION, PLURAL),
+    ]
+    for call in calls:
+        with pytest.raises(ApiException) as caught:
+            call()
+        assert caught.value.status == 401 and error(caught)["reason"] == "Unauthorized"
+    assert [r.user for r in server.log if r.code < 400][-1] == "system:anonymous"
+    assert "alice" in [r.user for r in server.log]
+
+
+def _owners(obj: dict[str, Any], subresource: str | None = None) -> dict[tuple[str, ...], str]:
+    """Each owned leaf field's manager, from managedFields."""
+    from controller.localapi.documents import fields_v1_paths
+
+    out: dict[tuple[str, ...], str] = {}
+    for entry in obj["metadata"].get("managedFields") or []:
+        assert entry["operation"] == "Update" and entry["fieldsType"] == "FieldsV1" and entry["time"].endswith("Z")
+        if entry.get("subresource") != subresource:
+            continue
+        for path in fields_v1_paths(entry["fieldsV1"]):
+            assert path not in out, f"{path} owned twice"
+            out[path] = entry["manager"]
+    return out
+
+
+def test_managed_fields_name_the_writer_of_each_field(server: LocalApiServer, api: Any) -> None:
+    made = api.create_namespaced_custom_object(
+        GROUP, VERSION, NS, PLURAL, rollout("a", spec={"v": 1}), field_manager="creator"
+    )
+    assert _owners(made) == {("metadata", "labels"): "creator", ("spec", "v"): "creator"}
+    patch = {"metadata": {"annotations": {"canarist.io/command": "pause"}}}
+    annotated = api.patch_namespaced_custom_object(
+        GROUP, VERSION, NS, PLURAL, "a", patch, field_manager="kubectl-annotate"
+    )
+    assert _owners(annotated)[("metadata", "annotations", "canarist.io/command")] == "kubectl-annotate"
+    # without a fieldManager: the User-Agent up to its first "/"
+    taken = api.patch_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "a", {"spec": {"v": 2}})
+    assert _owners(taken)[("spec", "v")] == "OpenAPI-Generator"
+    # a no-op write changes nothing, and managedFields a client sends are the server's to keep
+    forged = {"metadata": {"managedFields": [{"manager": "someone-else", "operation": "Update"}]}}
+    same = api.patch_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "a", forged, field_manager="x")
+    assert same["metadata"]["managedFields"] == taken["metadata"]["managedFields"]
+    assert same["metadata"]["resourceVersion"] == taken["metadata"]["resourceVersion"]
+    # the status subresource has its own entries; removing a field removes its ownership
+    body = {**same, "status": {"phase": "Paused"}}
+    written = api.replace_namespaced_custom_object_status(GROUP, VERSION, NS, PLURAL, "a", body, field_manager="ctl")
+    assert _owners(written, "status") == {("status", "phase"): "ctl"}
+    removed = {"metadata": {"annotations": {"canarist.io/command": None}}}
+    gone = api.patch_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "a", removed, field_manager="ctl")
+    assert ("metadata", "annotations", "canarist.io/command") not in _owners(gone)
+    assert "kubectl-annotate" not in [e["manager"] for e in gone["metadata"]["managedFields"]]  # an empty entry goes
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["kubectl-annotate", "canarist-cli", "argocd", "helm"]),
+            st.dictionaries(
+                st.sampled_from(["a", "b", "c"]), st.one_of(st.none(), st.sampled_from(["1", "2"])), min_size=1
+            ),
+            st.dictionaries(st.sampled_from(["x", "y"]), st.integers(0, 2), max_size=2),
+        ),
+        min_size=1,
+        max_size=8,
+    )
+)
+def test_each_field_is_owned_by_the_last_manager_that_changed_it(server: LocalApiServer, writes: list[Any]) -> None:
+    """Class: any sequence of merge patches by any managers; every leaf field present is owned by
+    exactly the manager whose write last changed or added it, and no absent field is owned."""
+    api: Any = client.CustomObjectsApi(server.api_client)
+    name = f"r{len(server.objects)}"
+    api.create_namespaced_custom_object(
+        GROUP, VERSION, NS, PLURAL, {**rollout(name), "spec": {}}, field_manager="creator"
+    )
+    expected: dict[tuple[str, ...], str] = {}
+    current: dict[tuple[str, ...], Any] = {}
+    for manager, notes, spec in writes:
+        patch = {"metadata": {"annotations": notes}, "spec": spec}
+        obj = api.patch_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, name, patch, field_manager=manager)
+        changes: dict[tuple[str, ...], Any] = {("metadata", "annotations", k): v for k, v in notes.items()}
+        changes.update({("spec", k): v for k, v in spec.items()})
+        for path, value in changes.items():
+            if value is None:
+                current.pop(path, None)
+                expected.pop(path, None)
+            elif current.get(path) != value:
+                current[path] = value
+                expected[path] = manager
+        keyed = {p: m for p, m in _owners(obj).items() if p[:2] == ("metadata", "annotations") and len(p) == 3}
+        owners = keyed | {p: m for p, m in _owners(obj).items() if p[0] == "spec" and len(p) == 2}
+        assert owners == expected

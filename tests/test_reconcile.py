@@ -17,13 +17,20 @@ from typing import Any
 import pytest
 import yaml
 
-from controller.cluster import COMMAND_ANNOTATION, COMMAND_BY_ANNOTATION, COMMAND_ID_ANNOTATION, ClusterUnavailableError
+from controller.cluster import (
+    COMMAND_ANNOTATION,
+    COMMAND_AT_ANNOTATION,
+    COMMAND_BY_ANNOTATION,
+    COMMAND_ID_ANNOTATION,
+    ClusterUnavailableError,
+)
 from controller.decision import Action
 from controller.policy import ModelRollout
 from controller.reconcile import Outcome, analysis_windows, reconcile
 from controller.routing import RouteState
 from controller.samples import CountSeries, HistogramSeries, MetricData, Observation, Window
 from controller.status import ANALYSES_LIMIT, from_status, parse_timestamp, timestamp, to_status
+from controller.steering import rfc3339
 from controller.templating import default_environment
 from tests.memory_cluster import MemoryCluster
 
@@ -206,25 +213,30 @@ def test_restarting_at_any_tick_resumes_the_same_step(cluster: MemoryCluster, ki
     assert fresh.action is not Action.ROLLBACK
 
 
-def annotate(cluster: MemoryCluster, command: str, command_id: str) -> None:
+def annotate(cluster: MemoryCluster, command: str, command_id: str, at: float) -> None:
     cluster.annotate_rollout(
         "ml-serving",
         "fraud-detector",
-        {COMMAND_ANNOTATION: command, COMMAND_BY_ANNOTATION: "alice", COMMAND_ID_ANNOTATION: command_id},
+        {
+            COMMAND_ANNOTATION: command,
+            COMMAND_BY_ANNOTATION: "alice",
+            COMMAND_ID_ANNOTATION: command_id,
+            COMMAND_AT_ANNOTATION: rfc3339(at),  # commands expire: issued just before it is acted on
+        },
     )
 
 
 def test_pause_resume_and_abort_are_honoured_once_with_who_asked(cluster: MemoryCluster) -> None:
     drive(cluster, Synthetic(), minutes=2)
-    annotate(cluster, "pause", "1")
+    annotate(cluster, "pause", "1", T0 + 120)
     drive(cluster, Synthetic(), minutes=10, start=T0 + 120)
     st = status(cluster)
     assert st["phase"] == "Paused" and "paused by alice" in st["message"] and st["lastCommandId"] == "1"
     paused_weights = weights(cluster)
-    annotate(cluster, "resume", "2")
+    annotate(cluster, "resume", "2", T0 + 720)
     drive(cluster, Synthetic(), minutes=1, start=T0 + 720)
     assert status(cluster)["phase"] == "Progressing"
-    annotate(cluster, "abort", "3")
+    annotate(cluster, "abort", "3", T0 + 780)
     drive(cluster, Synthetic(), minutes=2, start=T0 + 780)
     assert status(cluster)["phase"] == "Failed"
     assert "aborted by alice" in [t["reason"] for t in status(cluster)["history"]][-2]
@@ -233,7 +245,7 @@ def test_pause_resume_and_abort_are_honoured_once_with_who_asked(cluster: Memory
 
 def test_promote_full_goes_straight_to_100(cluster: MemoryCluster) -> None:
     drive(cluster, Synthetic(), minutes=1)
-    annotate(cluster, "promote-full", "9")
+    annotate(cluster, "promote-full", "9", T0 + 60)
     drive(cluster, Synthetic(), minutes=1, start=T0 + 60)
     assert status(cluster)["phase"] == "Succeeded" and weights(cluster)[-1] == 100
 

@@ -10,7 +10,7 @@ import re
 from typing import Any
 
 # fmt: off
-REASONS = {400: "BadRequest", 404: "NotFound", 405: "MethodNotAllowed", 409: "Conflict", 410: "Expired",
+REASONS = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound", 405: "MethodNotAllowed", 409: "Conflict", 410: "Expired",
            415: "UnsupportedMediaType", 422: "Invalid", 429: "TooManyRequests", 500: "InternalError",
            503: "ServiceUnavailable", 504: "Timeout"}
 # fmt: on
@@ -148,4 +148,128 @@ def field_matcher(selector: str) -> dict[str, str]:
         if name not in ("metadata.name", "metadata.namespace"):
             raise ApiError(400, f'field label not supported: "{name}"')
         out[name] = value.lstrip("=")
+    return out
+
+
+# --- managedFields (field ownership, as the API server tracks it for Update operations) -------
+
+#: Metadata the server sets or that ownership never covers.
+_UNTRACKED_METADATA = frozenset(
+    {
+        "name",
+        "namespace",
+        "uid",
+        "resourceVersion",
+        "generation",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "managedFields",
+        "selfLink",
+    }
+)
+Path = tuple[str, ...]
+
+
+def field_values(obj: dict[str, Any], *, subresource: str | None, has_status: bool) -> dict[Path, Any]:
+    """The fields a write to ``obj`` (the main resource, or its ``status`` subresource) can own, as
+    leaf paths with their values. Maps are walked; lists are atomic leaves (a CRD's default
+    ``x-kubernetes-list-type``); apiVersion, kind and server-set metadata are never owned."""
+    out: dict[Path, Any] = {}
+
+    def walk(path: Path, value: Any) -> None:
+        if isinstance(value, dict) and value:
+            for key, item in value.items():
+                walk((*path, str(key)), item)
+        else:
+            out[path] = value
+
+    for key, value in obj.items():
+        if key in ("apiVersion", "kind"):
+            continue
+        if (subresource == "status" and key != "status") or (subresource is None and key == "status" and has_status):
+            continue  # each side writes only its own half
+        if key == "metadata" and isinstance(value, dict):
+            for meta_key, meta_value in value.items():
+                if meta_key not in _UNTRACKED_METADATA:
+                    walk(("metadata", meta_key), meta_value)
+        else:
+            walk((key,), value)
+    return out
+
+
+def fields_v1(paths: set[Path]) -> dict[str, Any]:
+    """Leaf paths as the ``FieldsV1`` trie: ``{"f:metadata": {"f:annotations": {"f:k": {}}}}``."""
+    trie: dict[str, Any] = {}
+    for path in sorted(paths):
+        node = trie
+        for part in path:
+            node = node.setdefault(f"f:{part}", {})
+    return trie
+
+
+def fields_v1_paths(fields: Any, prefix: Path = ()) -> set[Path]:
+    """The leaf paths of a ``FieldsV1`` trie (the inverse of :func:`fields_v1`)."""
+    if not isinstance(fields, dict):
+        return set()
+    children = {k: v for k, v in fields.items() if k.startswith("f:")}
+    if not children:
+        return {prefix} if prefix else set()
+    out: set[Path] = set()
+    for key, value in children.items():
+        out |= fields_v1_paths(value, (*prefix, key[2:]))
+    return out
+
+
+def track_update(
+    entries: Any,
+    old: dict[str, Any],
+    new: dict[str, Any],
+    *,
+    manager: str,
+    api_version: str,
+    subresource: str | None,
+    has_status: bool,
+    now: str,
+) -> list[dict[str, Any]]:
+    """``metadata.managedFields`` after ``manager`` wrote ``new`` over ``old`` (an Update operation).
+
+    The writer takes ownership of every field it added or changed; those fields and the ones it
+    removed leave every other manager's set; an entry left with no field is dropped; the writer's
+    entry gets ``time`` = now. This is the API server's rule for create, update and patch
+    (server-side apply, the ``Apply`` operation, is not played)."""
+    before = field_values(old, subresource=subresource, has_status=has_status)
+    after = field_values(new, subresource=subresource, has_status=has_status)
+    changed = {p for p, v in after.items() if p not in before or before[p] != v}
+    removed = set(before) - set(after)
+    out: list[dict[str, Any]] = []
+    mine: dict[str, Any] | None = None
+    for entry in entries if isinstance(entries, list) else []:
+        if not isinstance(entry, dict):
+            continue
+        owned = fields_v1_paths(entry.get("fieldsV1"))
+        same = (entry.get("manager"), entry.get("operation"), entry.get("subresource")) == (
+            manager,
+            "Update",
+            subresource,
+        )
+        if same and entry.get("apiVersion") == api_version:
+            mine = entry
+            continue
+        kept = owned - changed - removed
+        if kept:
+            out.append({**entry, "fieldsV1": fields_v1(kept)} if kept != owned else entry)
+    owned = (fields_v1_paths(mine.get("fieldsV1")) if mine else set()) - removed
+    if changed or (mine is not None and owned):
+        entry = {
+            "manager": manager,
+            "operation": "Update",
+            "apiVersion": api_version,
+            "time": now if changed or mine is None else mine.get("time", now),
+            "fieldsType": "FieldsV1",
+            "fieldsV1": fields_v1(owned | changed),
+        }
+        if subresource:
+            entry["subresource"] = subresource
+        out.append(entry)
     return out

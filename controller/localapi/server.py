@@ -20,17 +20,26 @@ against a mock of the client's methods:
   (chunked), ends after ``timeoutSeconds``; no resourceVersion means "current state as ADDED, then
   changes"; a resourceVersion older than the last :meth:`LocalApiServer.compact` gets an ERROR event
   with a 410 Expired Status, as the real server sends it;
-- errors are ``kind: Status`` objects with ``reason`` and ``code``.
+- errors are ``kind: Status`` objects with ``reason`` and ``code``;
+- ``metadata.managedFields`` for Update operations (create, update, patch; the status subresource
+  separately): the writer, named by ``?fieldManager=`` or else its User-Agent up to the first "/",
+  takes ownership of the fields it added or changed, which leave every other manager; entries left
+  empty are dropped. Lists are atomic (a CRD's default); managedFields a client sends are ignored
+  (the real server would take them as the new record);
+- authentication: :attr:`LocalApiServer.tokens` maps bearer tokens to users (a static token file);
+  an unknown token is 401 on every request, no token (or no tokens configured) is
+  ``system:anonymous``; ``POST /apis/authentication.k8s.io/v1/selfsubjectreviews`` answers who the
+  caller is, and :class:`Request` records it. Every caller may do everything (no authorization).
 
 For tests and the demo: :attr:`LocalApiServer.log` records every request in order (method, path, body, answer
 code), :meth:`LocalApiServer.fail` injects faults (the next N matching requests answer a code and/or
 are delayed), :meth:`LocalApiServer.seed` puts objects in directly (status included), and
 ``istio_status=True`` plays istiod writing the ``Reconciled`` condition after each Istio write.
 
-Not supported: namespaces as objects, admission and schema validation, defaulting, managedFields and
-server-side apply, pagination (``limit``/``continue``), bookmarks, dry run, collection deletes,
-foreground deletion (treated as background), label-selector transitions in watches (events are
-filtered on the object's state in the event), authentication.
+Not supported: namespaces as objects, admission and schema validation, defaulting, server-side
+apply, pagination (``limit``/``continue``), bookmarks, dry run, collection deletes, foreground
+deletion (treated as background), label-selector transitions in watches (events are filtered on
+the object's state in the event), authorization.
 """
 
 from __future__ import annotations
@@ -51,7 +60,15 @@ from urllib.parse import parse_qs, urlsplit
 
 from kubernetes import client
 
-from controller.localapi.documents import ApiError, field_matcher, json_patch, label_matcher, merge_patch, selected
+from controller.localapi.documents import (
+    ApiError,
+    field_matcher,
+    json_patch,
+    label_matcher,
+    merge_patch,
+    selected,
+    track_update,
+)
 
 
 @dataclass(frozen=True)
@@ -79,6 +96,22 @@ RESOURCES = {
 Key = tuple[str, str, str, str]  # group, plural, namespace, name
 
 
+#: Who a request without credentials is (anonymous authentication is on, as by default).
+ANONYMOUS = "system:anonymous"
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who the server authenticated a request as, and the field manager its writes are recorded under."""
+
+    user: str = ANONYMOUS
+    manager: str = "unknown"
+
+    @property
+    def groups(self) -> list[str]:
+        return ["system:unauthenticated"] if self.user == ANONYMOUS else ["system:authenticated"]
+
+
 @dataclass
 class Request:
     """One request as the fake saw it; ``code`` is what it answered."""
@@ -88,6 +121,7 @@ class Request:
     query: dict[str, str]
     body: Any
     code: int = 0
+    user: str = ANONYMOUS  # who the server authenticated the request as
 
 
 @dataclass
@@ -137,6 +171,9 @@ class LocalApiServer:
     """The API server's state and semantics; :meth:`start` serves it on a free loopback port."""
 
     istio_status: bool = False
+    #: Bearer tokens and the user each one authenticates (the API server's static token file).
+    #: Empty: no token authenticator (credentials are ignored; every request is anonymous).
+    tokens: dict[str, str] = field(default_factory=dict)
     objects: dict[Key, dict[str, Any]] = field(default_factory=dict)
     log: list[Request] = field(default_factory=list)
     faults: list[Fault] = field(default_factory=list)
@@ -271,19 +308,47 @@ class LocalApiServer:
             raise ApiError(404, "the server could not find the requested resource")
         return Route(resource, version, namespace, rest[1] if len(rest) > 1 else None, sub)
 
-    def handle(self, method: str, path: str, query: dict[str, str], body: Any, content_type: str) -> tuple[int, Any]:
+    def authenticate(self, authorization: str | None, user_agent: str | None, query: dict[str, str]) -> Caller:
+        """The caller of a request: a known bearer token's user, else anonymous; an unknown token is
+        refused (401) when tokens are configured. The field manager is ``?fieldManager=``, else the
+        User-Agent up to its first "/" (as the API server derives it)."""
+        manager = query.get("fieldManager") or (user_agent or "").split("/", 1)[0] or "unknown"
+        scheme, _, token = (authorization or "").partition(" ")
+        if not self.tokens or scheme.lower() != "bearer" or not token.strip():
+            return Caller(ANONYMOUS, manager[:128])
+        user = self.tokens.get(token.strip())
+        if user is None:
+            raise ApiError(401, "Unauthorized")
+        return Caller(user, manager[:128])
+
+    def handle(
+        self,
+        method: str,
+        path: str,
+        query: dict[str, str],
+        body: Any,
+        content_type: str,
+        *,
+        caller: Caller | None = None,
+    ) -> tuple[int, Any]:
+        caller = caller or Caller()
+        if path.rstrip("/") == "/apis/authentication.k8s.io/v1/selfsubjectreviews":
+            if method != "POST":
+                raise ApiError(405, f"{method} is not supported on {path}")
+            return 201, self._self_subject_review(body, caller)
         route = self.route(path)
         with self.cond:
             if method == "GET":
                 return 200, self._out(route, self._existing(route)) if route.name else self._list(route, query)
             if method == "POST" and not route.name and route.namespace:
-                created = self._create(route, body)
+                created = self._create(route, body, caller.manager)
                 self._istiod(route, created)
                 return 201, self._out(route, created)
             if method in ("PUT", "PATCH") and route.name:
                 if method == "PATCH":
                     body = self._patched(route, body, content_type)
-                updated = self._update(route, body, unconditional=method == "PATCH" or not route.resource.custom)
+                unconditional = method == "PATCH" or not route.resource.custom
+                updated = self._update(route, body, unconditional=unconditional, manager=caller.manager)
                 self._istiod(route, updated)
                 return 200, self._out(route, updated)
             if method == "DELETE" and route.name:
@@ -292,6 +357,15 @@ class LocalApiServer:
                     options.setdefault("propagationPolicy", query["propagationPolicy"])
                 return 200, self._delete(route, route.key(), options)
         raise ApiError(405, f"{method} is not supported on {path}")
+
+    @staticmethod
+    def _self_subject_review(body: Any, caller: Caller) -> dict[str, Any]:
+        """authentication.k8s.io/v1 SelfSubjectReview: who the server authenticated this request as."""
+        if not isinstance(body, dict) or body.get("kind", "SelfSubjectReview") != "SelfSubjectReview":
+            raise ApiError(400, "the body of the request must be a SelfSubjectReview")
+        info = {"username": caller.user, "groups": caller.groups}
+        review = {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
+        return {**review, "metadata": {"creationTimestamp": _now()}, "status": {"userInfo": info}}
 
     def _out(self, route: Route, obj: dict[str, Any]) -> dict[str, Any]:
         return {**copy.deepcopy(obj), "apiVersion": route.api_version, "kind": route.resource.kind}
@@ -325,7 +399,7 @@ class LocalApiServer:
         listing = {"apiVersion": route.api_version, "kind": f"{route.resource.kind}List", "items": items}
         return {**listing, "metadata": {"resourceVersion": str(self.resource_version)}}
 
-    def _create(self, route: Route, body: Any) -> dict[str, Any]:
+    def _create(self, route: Route, body: Any, manager: str = "unknown") -> dict[str, Any]:
         if not isinstance(body, dict):
             raise ApiError(400, "the body of the request must be an object")
         obj = copy.deepcopy(body)
@@ -341,13 +415,14 @@ class LocalApiServer:
         if key in self.objects:
             details = {"name": name, "group": route.resource.group, "kind": route.resource.plural}
             raise ApiError(409, f"{route.what(name)} already exists", "AlreadyExists", details)
-        for server_set in ("resourceVersion", "deletionTimestamp", "uid", "creationTimestamp"):
+        for server_set in ("resourceVersion", "deletionTimestamp", "uid", "creationTimestamp", "managedFields"):
             metadata.pop(server_set, None)
         metadata.update(name=name, namespace=route.namespace, uid=str(uuid.uuid4()), creationTimestamp=_now())
         metadata["generation"] = 1
         obj.update(apiVersion=route.api_version, kind=route.resource.kind)
         if route.resource.status:
             obj.pop("status", None)
+        metadata["managedFields"] = self._tracked(route, [], {}, obj, manager)
         return self._commit(key, obj, "ADDED")
 
     def _patched(self, route: Route, patch: Any, content_type: str) -> dict[str, Any]:
@@ -367,7 +442,7 @@ class LocalApiServer:
             raise ApiError(422, "the patched object is not an object")
         return patched
 
-    def _update(self, route: Route, body: Any, *, unconditional: bool) -> dict[str, Any]:
+    def _update(self, route: Route, body: Any, *, unconditional: bool, manager: str = "unknown") -> dict[str, Any]:
         if not isinstance(body, dict):
             raise ApiError(400, "the body of the request must be an object")
         old = self._existing(route)
@@ -405,11 +480,30 @@ class LocalApiServer:
                 meta["generation"] = old["metadata"].get("generation", 1) + 1
         merged.update(apiVersion=old["apiVersion"], kind=old["kind"])
         merged["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
+        merged["metadata"].pop("managedFields", None)  # the server's record: what a client sends is ignored
+        if "managedFields" in old["metadata"]:
+            merged["metadata"]["managedFields"] = old["metadata"]["managedFields"]
         if merged == old:
             return old  # a no-op: no new resourceVersion, no event
+        entries = old["metadata"].get("managedFields") or []
+        merged["metadata"]["managedFields"] = self._tracked(route, entries, old, merged, manager)
         if merged["metadata"].get("deletionTimestamp") and not merged["metadata"].get("finalizers"):
             return self._remove(route.key(), merged, orphan=False)
         return self._commit(route.key(), merged, "MODIFIED")
+
+    def _tracked(
+        self, route: Route, entries: Any, old: dict[str, Any], new: dict[str, Any], manager: str
+    ) -> list[dict[str, Any]]:
+        return track_update(
+            entries,
+            old,
+            new,
+            manager=manager,
+            api_version=route.api_version,
+            subresource=route.sub,
+            has_status=route.resource.status,
+            now=_now(),
+        )
 
     def _delete(self, route: Route, key: Key, options: dict[str, Any]) -> dict[str, Any]:
         old = self._existing(route, key)
@@ -524,6 +618,8 @@ class _Handler(BaseHTTPRequestHandler):
                 request.body = json.loads(raw) if raw else None
             except ValueError:
                 raise ApiError(400, "the body of the request could not be decoded as JSON") from None
+            caller = fake.authenticate(self.headers.get("Authorization"), self.headers.get("User-Agent"), query)
+            request.user = caller.user
             fault = fake.take_fault(method, url.path)
             if fault is not None:
                 time.sleep(fault.delay)
@@ -537,7 +633,8 @@ class _Handler(BaseHTTPRequestHandler):
                 fake.record(request)
                 self._stream(fake.watch(route, query))
                 return
-            code, payload = fake.handle(method, url.path, query, request.body, self.headers.get("Content-Type", ""))
+            content_type = self.headers.get("Content-Type", "")
+            code, payload = fake.handle(method, url.path, query, request.body, content_type, caller=caller)
         except ApiError as error:
             code, payload = error.code, error.status()
         request.code = code

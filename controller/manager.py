@@ -89,12 +89,13 @@ class Manager:
         except ClusterUnavailableError as exc:
             log.warning("listing rollouts failed: %s", exc.reason)
             return []
-        outcomes = []
+        outcomes: list[Outcome] = []
         present = set()
         for obj in sorted(objects, key=lambda o: self.due.get(_key(o), 0.0)):  # the longest waiting first
             key = _key(obj)
             present.add(key)
-            if self.due.get(key, 0.0) <= now and self._may_act(deadline):
+            # the first due rollout always starts (progress), the others only before the deadline
+            if self.due.get(key, 0.0) <= now and self._may_act(deadline if outcomes else float("inf")):
                 outcomes.append(self.reconcile_one(obj))
         for gone in set(self.due) - present:
             del self.due[gone]
@@ -127,6 +128,7 @@ class Manager:
         if not self.leader or not self.resource_version or seconds < 1:
             return []
         outcomes = []
+        deadline = self.clock() + max(seconds, self.tick_deadline)  # reconciles here are bounded too
         try:
             for event in self.cluster.watch_rollouts(self.namespace, self.resource_version, int(seconds)):
                 if event.type == "DELETED":
@@ -135,7 +137,7 @@ class Manager:
                 version = (event.object.get("metadata") or {}).get("resourceVersion")
                 if version:
                     self.resource_version = str(version)
-                if not self._may_act(float("inf")):
+                if not self._may_act(deadline):
                     break
                 outcomes.append(self.reconcile_one(event.object))
         except ClusterUnavailableError as exc:

@@ -238,3 +238,41 @@ def test_run_and_analyze_share_the_prometheus_tls_options(name: str) -> None:
         return (tuple(option.opts), option.is_flag, option.type.to_info_dict(), option.help)  # type: ignore[attr-defined]
 
     assert spelled("run") == spelled("analyze")
+
+
+# --- each pass has a deadline; the ones left wait least next time ------------------------------
+
+
+@pytest.mark.parametrize(("rollouts", "deadline"), [(6, 4.0), (10, 9.0), (3, 100.0), (8, 0.5)])
+def test_a_pass_starts_no_reconcile_after_its_deadline_and_the_rest_go_first_next(
+    api: LocalApiServer, rollouts: int, deadline: float
+) -> None:
+    """Every reading of the loop's clock advances it one second, so each reconcile takes time; a
+    pass never starts one past its deadline, and over passes every rollout gets its turn."""
+    ticks = iter(range(10**6))
+    clock = lambda: float(next(ticks))  # noqa: E731
+    for i in range(rollouts):  # invalid specs: each reconcile is one Event and a 300 s requeue
+        api.seed(
+            {
+                "apiVersion": "canarist.io/v1alpha1",
+                "kind": "ModelRollout",
+                "metadata": {"name": f"r{i}", "namespace": "ml"},
+                "spec": {},
+            }
+        )
+    source = PrometheusSource(PrometheusClient(PrometheusSettings(url="http://127.0.0.1:9", timeout=1.0)))
+    cluster = KubeCluster(api.make_client(), propagation_delay=0.0)
+    manager = Manager(cluster, source, default_environment(), clock, namespace="ml", tick_deadline=deadline)
+    seen: list[str] = []
+    for _ in range(rollouts + 1):
+        started = clock()
+        outcomes = manager.tick()
+        # the first always starts; each other one was let start (one reading before it began) before
+        # the pass's deadline (the pass began at started + 1)
+        assert all(manager.due[o.key] - 300 - 1 < started + 1 + deadline for o in outcomes[1:])
+        assert len(outcomes) >= 1  # at least one, so the loop always progresses
+        seen += [o.key for o in outcomes]
+        if len(set(seen)) == rollouts:
+            break
+    assert set(seen) == {f"ml/r{i}" for i in range(rollouts)}
+    assert len(seen) == rollouts, "a rollout went twice before every other had its turn"

@@ -133,7 +133,10 @@ def serve(metrics: ControllerMetrics, port: int, host: str = "127.0.0.1") -> Thr
         def log_message(self, *args: Any) -> None:
             return
 
-    server = ThreadingHTTPServer((host, port), Handler)
-    server.daemon_threads = True
+    class Server(ThreadingHTTPServer):
+        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET  # "::" for dual-stack pods
+        daemon_threads = True
+
+    server = Server((host, port), Handler)
     threading.Thread(target=server.serve_forever, name="canarist-ops", daemon=True).start()
     return server

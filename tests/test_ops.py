@@ -151,6 +151,22 @@ def test_a_slow_client_is_cut_off_and_others_are_served(monkeypatch: pytest.Monk
 # --- the bind address --------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_the_server_binds_the_address_it_is_given(host: str) -> None:
+    try:
+        server = serve(ControllerMetrics(), 0, host)
+    except OSError as exc:  # no IPv6 on this machine
+        pytest.skip(f"cannot bind {host}: {exc}")
+    try:
+        assert server.server_address[0] == host
+        with socket.create_connection((host, server.server_address[1]), timeout=5) as sock:
+            sock.sendall(b"GET /readyz HTTP/1.0\r\n\r\n")
+            assert sock.recv(100).startswith(b"HTTP/1.0 503")  # not ready: no pass yet
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_the_server_binds_loopback_unless_told_otherwise() -> None:
     server = serve(ControllerMetrics(), 0)
     try:

@@ -183,10 +183,7 @@ def status(  # click passes options by keyword
             raise UserError(f"API server unavailable: {exc.reason}") from None
 
     if output != "table":
-        docs = [_summary(o) for o in fetch()]
-        click.echo(json.dumps(docs, indent=2) if output == "json" else yaml.safe_dump(docs, sort_keys=False), nl=False)
-        if output == "json":
-            click.echo()
+        click.echo(render_documents(fetch(), output), nl=False)
         return
     if not watch:
         click.echo(render_table(fetch(), detailed=name is not None))
@@ -201,6 +198,13 @@ def status(  # click passes options by keyword
                 live.update(Text(render_table(fetch(), detailed=name is not None)))
     except KeyboardInterrupt:
         return
+
+
+def render_documents(objects: list[dict[str, Any]], output: str) -> str:
+    """Rollouts' stored statuses as JSON or YAML, whole: both escape every control character and
+    (JSON: all non-ASCII, YAML: all non-printable) character, so user text prints as data."""
+    docs = [_summary(o) for o in objects]
+    return json.dumps(docs, indent=2) + "\n" if output == "json" else yaml.safe_dump(docs, sort_keys=False)
 
 
 def _summary(obj: Mapping[str, Any]) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from controller.cluster import (
     COMMAND_BY_ANNOTATION,
     COMMAND_ID_ANNOTATION,
 )
-from controller.commands import render_table
+from controller.commands import render_documents, render_table
 from controller.kube import KubeCluster
 from controller.localapi import LocalApiServer, local_api_server
 from controller.reconcile import reconcile
@@ -328,3 +328,11 @@ def test_status_tables_print_no_control_character_and_no_escape(objects: list[di
         assert shown_safely(out)
         if not detailed:
             assert len(out.split("\n")) == len(objects) + 1
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(objects=st.lists(OBJECT, min_size=1, max_size=2), output=st.sampled_from(["json", "yaml"]))
+def test_status_documents_print_user_text_escaped(objects: list[dict[str, Any]], output: str) -> None:
+    """``status -o json|yaml`` prints the stored status whole, as data: every control character,
+    escape and bidi override in it is escaped, never printed raw."""
+    assert shown_safely(render_documents(objects, output))

@@ -35,8 +35,8 @@ from controller.cluster import (
 from controller.decision import CommandKind
 from controller.policy import DNS_LABEL
 from controller.steering import BY_LIMIT, COMMAND_TTL, rfc3339
-from controller.text import printable
 from controller.tenancy import TenancyRules
+from controller.text import printable
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Mapping, Sequence
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import TypeVar
@@ -37,6 +38,9 @@ Results = Mapping[tuple[str, int], Sequence[Sample]]
 
 T = TypeVar("T")
 STABLE, CANARY = "stable", "canary"
+#: Most bucket bounds (+Inf included) a latency histogram is analysed on; finer ones are coarsened.
+#: Istio's default histogram has 20; the latency tests' cost grows with the square of the bounds.
+MAX_HISTOGRAM_EDGES = 64
 _SERVER_ERROR = re.compile(r"^5[0-9][0-9]$")
 Valued = tuple[T, tuple[str, ...]] | str  # a value with notes on what was dropped, or why there is none
 
@@ -230,9 +234,15 @@ class Builder:
         present = [b for b in (*stable, *canary) if b is not None]
         if not present:
             return None, reasons or ["no windows"]
-        edges = tuple(sorted(set.intersection(*(set(b) for b in present))))
-        if not edges or not math.isinf(edges[-1]):
+        shared = tuple(sorted(set.intersection(*(set(b) for b in present))))
+        if not shared or not math.isinf(shared[-1]):
             return None, [*reasons, "the versions' histograms share no bucket bounds ending with +Inf"]
+        edges = coarsen(shared, plan.keep)
+        if len(edges) < len(shared):
+            reasons.append(
+                f"{len(shared)} bucket bounds coarsened to {len(edges)} (at most {MAX_HISTOGRAM_EDGES}; "
+                "the SLO's bounds kept)"
+            )
 
         def cumulative(column: list[dict[float, int] | None]) -> tuple[Cumulative | None, ...]:
             return tuple(tuple(float(b[e]) for e in edges) if b is not None else None for b in column)
@@ -287,6 +297,31 @@ def _pod_value(kind: MetricKind, parts: Mapping[Role, Mapping[str, float]], pod:
     except (KeyError, ZeroDivisionError):
         return None
     return value if math.isfinite(value) and value >= 0 else None
+
+
+def coarsen(edges: Sequence[float], keep: Iterable[float] = (), cap: int = MAX_HISTOGRAM_EDGES) -> tuple[float, ...]:
+    """At most ``cap`` of the sorted bucket bounds ``edges`` (the last one +Inf), chosen from the bounds alone.
+
+    Kept: +Inf, the bounds on either side of each ``keep`` value (the SLO bound: its breach and
+    compliance edges stay exact; in order, while they fit), then bounds evenly spaced by index, the
+    first and last finite ones included. Dropping bounds from a cumulative histogram gives the exact
+    histogram on the bounds left, so every test stays valid (it loses resolution, not validity); the
+    choice never looks at the counts. Caps the latency tests' cost, which grows with the square of
+    the bounds.
+    """
+    if cap < 3:
+        raise ValueError(f"cap must be at least 3 bucket bounds, got {cap}")
+    if len(edges) <= cap:
+        return tuple(edges)
+    finite = list(edges[:-1])
+    must: set[int] = set()
+    for value in keep:
+        pair = {i for i in (bisect_left(finite, value), bisect_right(finite, value) - 1) if 0 <= i < len(finite)}
+        if len(must | pair) <= cap - 1:  # in the order given, while there is room
+            must |= pair
+    slots = cap - 1 - len(must)
+    spread = {round(k * (len(finite) - 1) / (slots - 1)) for k in range(slots)} if slots > 1 else set()
+    return (*(finite[i] for i in sorted(must | spread)), edges[-1])
 
 
 def _buckets(cell: Cell | str, metric: str) -> dict[float, int] | str:

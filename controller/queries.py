@@ -37,6 +37,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from controller.kinds import parse_value
 from controller.policy import Metric, MetricKind, ModelRollout, ModelVersion, RoutingMode
 from controller.samples import Window
 
@@ -316,6 +317,7 @@ class MetricPlan:
     kind: MetricKind
     asks: Mapping[Role, Ask] = field(default_factory=dict)
     unsupported: str = ""
+    keep: tuple[float, ...] = ()  # values (canonical unit) whose bucket bounds survive coarsening: the SLO's
 
 
 @dataclass(frozen=True)
@@ -439,6 +441,8 @@ class _Rollout:
             )
             ask = self.istio(family)
             asks, why = ({role: ask}, "") if isinstance(ask, Ask) else ({}, ask)
+            if kind is MetricKind.ISTIO_LATENCY and metric.slo is not None and metric.slo.max is not None:
+                return MetricPlan(metric.name, kind, asks, why, keep=(parse_value(kind, metric.slo.max),))
         elif kind is MetricKind.CUSTOM_RATIO:
             asks, why = self.custom(metric)
         elif kind in PER_POD_GPU and self.triton is not None:

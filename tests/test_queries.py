@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from controller.loader import load
-from controller.observe import build_observations, no_data
+from controller.observe import MAX_HISTOGRAM_EDGES, build_observations, coarsen, no_data
 from controller.policy import ModelRollout, ModelVersion, RatioQuery
 from controller.queries import (
     ISTIO_BUCKETS,
@@ -876,3 +876,50 @@ def test_custom_ratio_selects_only_the_rollouts_own_series(
             and labels["version"] == canary
         ]
         assert series.series.canary_trials == (round(sum(own)),) * 2
+
+
+# --- fine histograms: at most MAX_HISTOGRAM_EDGES bounds, the SLO's kept ---------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    finite=st.lists(st.floats(0.0001, 100.0), min_size=1, max_size=400, unique=True),
+    keep=st.lists(st.floats(0.0, 200.0), max_size=3),
+    cap=st.integers(3, 80),
+)
+def test_coarsened_bounds_are_few_and_keep_the_slo_edges(finite: list[float], keep: list[float], cap: int) -> None:
+    edges = (*sorted(finite), math.inf)
+    got = coarsen(edges, keep, cap)
+    assert len(got) <= cap
+    assert set(got) <= set(edges) and list(got) == sorted(got) and got[-1] == math.inf
+    if len(edges) <= cap:
+        assert got == edges
+        return
+    if cap - 1 - 2 * len(keep) > 1:  # room for the spread: the first and last finite bounds are in it
+        assert got[0] == edges[0] and got[-2] == edges[-2]
+    for value in keep[: (cap - 1) // 2]:  # the SLO's breach and compliance edges are kept, room permitting
+        above = [e for e in edges[:-1] if e >= value]
+        below = [e for e in edges[:-1] if e <= value]
+        assert not above or above[0] in got
+        assert not below or below[-1] in got
+
+
+def test_a_histogram_of_ten_thousand_buckets_is_coarsened_to_the_cap() -> None:
+    """10,000 buckets per version and window come out on at most MAX_HISTOGRAM_EDGES bounds, exactly."""
+    the_plan, a = look()
+    bounds = [f"{i / 10:g}" for i in range(1, 10_000)] + ["+Inf"]  # 0.1 ms .. 999.9 ms, and 250 ms among them
+    for w in range(3):
+        for version, scale in (("r1", 1.0), ("r2", 2.0)):
+            for i, le in enumerate(bounds):
+                a.add(ISTIO_BUCKETS, w, scale * (i + 1), **istio(version, le=le))
+    data = observed(the_plan, a).metric("p99")
+    series = data.series
+    assert isinstance(series, HistogramSeries)
+    assert len(series.edges) <= MAX_HISTOGRAM_EDGES and series.edges[-1] == math.inf
+    assert 0.25 in series.edges  # the SLO (p99 <= 250ms) bound itself
+    assert "10000 bucket bounds coarsened to" in data.reason
+    index = {float(le) / 1000: i for i, le in enumerate(bounds)}
+    for e, got in zip(series.edges, series.stable[0], strict=True):  # exact counts at every kept bound
+        assert got == index[e] + 1
+    for e, got in zip(series.edges, series.canary[0], strict=True):
+        assert got == 2 * (index[e] + 1)

@@ -61,6 +61,9 @@ uniform slowdown of the same p99. With a margin of 0, "one more margin" is
 for the tail scenario than 2 Delta and 1.5 % fewer for the uniform +10 % one. tau is capped at V,
 as in :func:`proportion_test`, for rare tail events.
 
+**Fine histograms.** At most :data:`MAX_WATCHED` bounds are watched (spread evenly over the watched
+range): the cost grows with the square of the watched bounds and linearly with the intervals.
+
 **Proof of non-inferiority** (``e_value_noninferior``): each watched bound on its own, the mirror
 (harmless side) mixture, and the *minimum* over bounds: every watched bound out to the quantile
 itself (stable exceedance >= 1 - q; the innermost watched bound when none is that wide) must be
@@ -102,6 +105,9 @@ REFERENCE_SLOWDOWN = 0.05
 TAIL_FACTOR = 0.25
 #: ... and above this share they describe the body, not the latency the metric watches.
 BODY_SHARE = 0.5
+#: Most bucket bounds watched (one direction each): the cost grows with their square. Istio's default
+#: histogram never has more than about a dozen in the watched range.
+MAX_WATCHED = 24
 #: Smallest variance and mixing scale used (exceedance shares are clipped away from 0 and 1).
 _FLOOR = 1e-9
 
@@ -280,6 +286,21 @@ def _tail_direction(cov: FloatArray, delta: FloatArray, start: int) -> FloatArra
     return out
 
 
+def _thin(watched: IntArray, cap: int | None = None) -> IntArray:
+    """At most ``cap`` (default :data:`MAX_WATCHED`) of the watched bounds, evenly by index, both ends kept.
+
+    The test costs about (watched bounds)^2 x intervals; fine histograms (hundreds of buckets in the
+    watched range) would otherwise take minutes. Which bounds are thinned out depends on the stable's
+    histogram only, as the watched set itself does.
+    """
+    cap = MAX_WATCHED if cap is None else cap
+    if watched.size <= cap:
+        return watched
+    picks = np.unique(np.round(np.linspace(0, watched.size - 1, cap)).astype(np.int64))
+    out: IntArray = watched[picks]
+    return out
+
+
 def latency_shift_test(
     edges: npt.ArrayLike,
     canary_cumulative: npt.ArrayLike,
@@ -318,7 +339,7 @@ def latency_shift_test(
         share_beyond = counts_above(pooled[None, :], beyond)[0] / stable_total
     else:
         share = share_beyond = np.zeros(finite.size)
-    watched = np.nonzero((share >= TAIL_FACTOR * (1.0 - q)) & (share <= BODY_SHARE))[0]
+    watched = _thin(np.nonzero((share >= TAIL_FACTOR * (1.0 - q)) & (share <= BODY_SHARE))[0])
     n_canary, n_stable = int(canary[:, -1].sum()), int(stable[:, -1].sum())
     if watched.size == 0 or n_canary == 0:
         return LatencyShiftResult(1.0, 1.0, (), (), (), math.nan, n_canary, n_stable, margin)

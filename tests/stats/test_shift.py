@@ -10,7 +10,7 @@ import pytest
 from scipy import interpolate, optimize, stats
 
 from controller.stats import StatsInputError, latency_shift_test
-from controller.stats.shift import counts_above, locate, pchip
+from controller.stats.shift import MAX_WATCHED, _thin, counts_above, locate, pchip
 from tests.stats.sim import CANARY_SHARE, LOOKS, RUNS, THRESHOLD, max_rate
 
 #: Istio's default millisecond buckets, plus +Inf.
@@ -260,3 +260,38 @@ def test_bad_input_is_refused(canary: list, stable: list, kwargs: dict, field: s
     with pytest.raises(StatsInputError) as exc:
         latency_shift_test([10.0, 100.0, math.inf], canary, stable, **options)
     assert exc.value.field == field
+
+
+# --- fine histograms: at most MAX_WATCHED bounds watched ---------------------------------------------
+
+
+def _fine(buckets: int, intervals: int, scale: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """``buckets`` bounds (+Inf last) linear over 1..1000 ms, and lognormal cumulative counts per interval."""
+    edges = np.append(np.linspace(1.0, 1000.0, buckets - 1), math.inf)
+    probs = np.diff(np.append(0.0, np.append(stats.lognorm(s=0.5, scale=scale).cdf(edges[:-1]), 1.0)))
+    counts = rng.multinomial(3000, probs, size=intervals)
+    return edges, np.cumsum(counts, axis=1)
+
+
+@pytest.mark.parametrize("buckets", [100, 1_000, 10_000])
+@pytest.mark.parametrize("canary_scale", [40.0, 48.0])
+def test_a_fine_histogram_watches_at_most_the_cap(buckets: int, canary_scale: float) -> None:
+    """The cost grows with the square of the watched bounds: however fine the histogram, at most MAX_WATCHED."""
+    rng = np.random.default_rng(buckets)
+    edges, stable = _fine(buckets, 20, 40.0, rng)
+    _, canary = _fine(buckets, 20, canary_scale, rng)
+    result = latency_shift_test(edges, canary, stable, quantile=Q, relative_margin=MARGIN)
+    assert 0 < len(result.bounds) <= MAX_WATCHED
+    assert len(result.canary_exceedance) == len(result.bounds)
+    if canary_scale > 40.0:  # a 20 % slowdown is still found on the thinned bounds
+        assert result.e_value >= THRESHOLD
+
+
+def test_thinning_keeps_both_ends_and_spreads_evenly() -> None:
+    for size in range(MAX_WATCHED + 1, 400, 37):
+        watched = np.arange(100, 100 + size)
+        got = _thin(watched)
+        assert got.size == MAX_WATCHED and got[0] == watched[0] and got[-1] == watched[-1]
+        assert np.all(np.diff(got) > 0)
+    small = np.arange(5, 5 + MAX_WATCHED)
+    assert np.array_equal(_thin(small), small)

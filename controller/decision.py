@@ -5,9 +5,11 @@ them. The rules, in order of precedence:
 
 1. A new canary revision restarts the rollout cleanly.
 2. An SLO breach rolls back at once, whatever else is going on (paused included).
-3. Human commands: abort, pause, resume, promote (one step, or ``--full``), retry.
-4. A proven regression rolls back.
-5. Every metric passing with the step's minimum canary requests advances; on the last step the
+3. A schedule edited mid-rollout is followed as a recorded transition (Reschedule), never to a
+   weight above the one the last recorded transition set: see :meth:`_Machine.rescheduled`.
+4. Human commands: abort, pause, resume, promote (one step, or ``--full``), retry.
+5. A proven regression rolls back.
+6. Every metric passing with the step's minimum canary requests advances; on the last step the
    pass must be *proven non-inferiority*, so nothing is promoted without evidence. Earlier steps
    advance on "no harm": every metric has data and none is worse, because the point of a small
    step is to limit exposure while the evidence accumulates (the e-values carry across steps).
@@ -15,7 +17,7 @@ them. The rules, in order of precedence:
    evidence against the canary exceeds its evidence for it; for one comparison, its estimate is
    past the margin), the step keeps its weight for up to ``holdOnSuspicion``, then advances on
    "no harm" as before.
-6. Otherwise hold, saying what is missing, until ``progressDeadline``; then the policy's
+7. Otherwise hold, saying what is missing, until ``progressDeadline``; then the policy's
    ``onNoData`` / ``onInconclusive`` choice (Hold, Pause or Abort).
 
 Why hold a suspect: a step's weight sets both how fast a bad canary hurts users and how much each
@@ -69,6 +71,7 @@ class Action(StrEnum):
     RESUME = "Resume"
     RETRY = "Retry"
     RESTART = "Restart"
+    RESCHEDULE = "Reschedule"  # the policy's steps changed mid-rollout
 
 
 class CommandKind(StrEnum):
@@ -132,6 +135,11 @@ class Evidence:
 
 @dataclass(frozen=True)
 class Transition:
+    """One recorded decision that changed the phase or the step, with the canary weight it set.
+
+    ``weight`` is None in transitions recorded before canarist kept it.
+    """
+
     at: float
     from_phase: Phase
     to_phase: Phase
@@ -139,6 +147,7 @@ class Transition:
     to_step: int
     action: Action
     reason: str
+    weight: int | None = None
 
 
 @dataclass(frozen=True)
@@ -162,8 +171,12 @@ class Decision:
 
 
 def routes_for(rollout: ModelRollout, status: Status) -> RouteState:
-    """The route state a phase implies: rollbacks send 100% to stable and drop the cohorts."""
-    if status.phase in (Phase.ROLLING_BACK, Phase.FAILED):
+    """The route state a phase implies: rollbacks send 100% to stable and drop the cohorts.
+
+    Initializing sends nothing to the canary either: a new or restarted canary gets traffic only
+    when its Start is recorded, after its pods passed the readiness gate.
+    """
+    if status.phase in (Phase.INITIALIZING, Phase.ROLLING_BACK, Phase.FAILED):
         return RouteState(0, cohorts=False)
     if status.phase in (Phase.PROMOTING, Phase.SUCCEEDED):
         return RouteState(100)
@@ -199,11 +212,12 @@ class _Machine:
         old = self.status
         new_step_started = self.now if (step != old.step or phase != old.phase) else old.step_started_at
         history = old.history
+        status = replace(old, phase=phase, step=step, step_started_at=new_step_started, message=reason)
+        routes = routes_for(self.rollout, status)
         if action is not Action.HOLD and action is not Action.NONE:
-            entry = Transition(self.now, old.phase, phase, old.step, step, action, reason)
+            entry = Transition(self.now, old.phase, phase, old.step, step, action, reason, routes.canary_weight)
             history = (*old.history, entry)[-HISTORY_LIMIT:]
-        status = replace(old, phase=phase, step=step, step_started_at=new_step_started, message=reason, history=history)
-        return Decision(action, status, reason, routes_for(self.rollout, status))
+        return Decision(action, replace(status, history=history), reason, routes)
 
     def stay(self, reason: str, action: Action = Action.HOLD) -> Decision:
         return self.go(action, self.status.phase, self.status.step, reason)
@@ -220,6 +234,9 @@ class _Machine:
         if breached and active:
             names = ", ".join(f"{m.name} ({m.reason})" for m in breached)
             return self.go(Action.ROLLBACK, Phase.ROLLING_BACK, self.status.step, f"SLO breached: {names}")
+        rescheduled = self.rescheduled()
+        if rescheduled is not None:
+            return rescheduled
         for command in commands:
             decision = self.command(command)
             if decision is not None:
@@ -244,6 +261,35 @@ class _Machine:
         if command.kind is CommandKind.RETRY and phase is Phase.FAILED:
             return self.go(Action.RETRY, Phase.INITIALIZING, 0, f"retried{by}")
         return None
+
+    def rescheduled(self) -> Decision | None:
+        """Follow a schedule edited mid-rollout without routing more than the evidence reached.
+
+        The last recorded transition says which canary weight is in force. When the current step no
+        longer exists (steps removed) or now means another weight, the rollout moves to the highest
+        step whose weight is at most the recorded one, as a recorded transition; if every step is
+        now above it, the rollout restarts (weight 0, the readiness gate, then a recorded Start).
+        """
+        status = self.status
+        if status.phase not in (Phase.PROGRESSING, Phase.PAUSED):
+            return None
+        recorded = status.history[-1].weight if status.history else None
+        weights = [step.canary_weight for step in schedule(self.rollout)]
+        in_range = status.step < len(weights)
+        if in_range and (recorded is None or weights[status.step] == recorded):
+            return None
+        if recorded is None:  # an old record, and the step is gone: nothing is known to be safe but a restart
+            recorded = -1
+        below = [i for i, w in enumerate(weights) if w <= recorded]
+        was = f"step {status.step}" + (f" ({recorded}%)" if recorded >= 0 else "")
+        if not below:
+            return self.go(
+                Action.RESCHEDULE, Phase.INITIALIZING, 0, f"steps changed: {was} has no equal or lower step: restarting"
+            )
+        target = max(below)
+        return self.go(
+            Action.RESCHEDULE, status.phase, target, f"steps changed: {was} is now step {target} ({weights[target]}%)"
+        )
 
     def advance(self, reason: str) -> Decision:
         following = self.status.step + 1

@@ -424,7 +424,7 @@ def test_transition(c: Case) -> None:
 
 def test_every_phase_and_action_is_exercised() -> None:
     assert {c.phase for c in CASES} == set(Phase)
-    assert {c.action for c in CASES} | {Action.RESTART} == set(Action)
+    assert {c.action for c in CASES} | {Action.RESTART, Action.RESCHEDULE} == set(Action)
 
 
 def test_new_canary_revision_restarts_from_step_zero() -> None:
@@ -436,6 +436,7 @@ def test_new_canary_revision_restarts_from_step_zero() -> None:
 
 
 def test_routes_follow_the_phase() -> None:
+    assert routes_for(ROLLOUT, Status(Phase.INITIALIZING, 2)) == RouteState(0, cohorts=False)
     assert routes_for(ROLLOUT, Status(Phase.ROLLING_BACK, 3)) == RouteState(0, cohorts=False)
     assert routes_for(ROLLOUT, Status(Phase.FAILED, 3)) == RouteState(0, cohorts=False)
     assert routes_for(ROLLOUT, Status(Phase.PROMOTING, LAST + 1)) == RouteState(100)

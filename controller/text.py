@@ -1,0 +1,39 @@
+"""User text made safe to print and to store: no control characters, no terminal escapes, bounded.
+
+Names, reasons and identities reach terminals (``canarist status``), logs, Events and the status.
+A control character or an escape sequence in them could rewrite what an operator sees, and an
+unbounded one could grow an object past etcd's limit; so every user string passes through here
+before it is printed or stored.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+#: ANSI/VT escape sequences (CSI, OSC and two-character escapes), removed whole.
+_ESCAPES = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)?|[@-Z\\-_])")
+#: Default bound on one printed or stored user string, in characters.
+TEXT_LIMIT = 1024
+
+
+def printable(text: str, limit: int = TEXT_LIMIT) -> str:
+    """``text`` without escape sequences, control, format (bidi) or unassigned characters, at most ``limit`` long.
+
+    Removed characters become U+FFFD so that an edit stays visible; a cut is marked with an ellipsis.
+    """
+    cut = len(text) > limit
+    cleaned = _ESCAPES.sub("\ufffd", text[: limit + 16])  # never more work than the bound needs
+    cleaned = "".join(ch if _shown(ch) else "\ufffd" for ch in cleaned)
+    if cut or len(cleaned) > limit:
+        cleaned = cleaned[: max(limit - 1, 0)] + "\u2026"
+    return cleaned
+
+
+def _shown(ch: str) -> bool:
+    if ch == " ":
+        return True
+    category = unicodedata.category(ch)
+    # Cc: C0/C1 controls, Cf: format (bidi overrides, zero-width), Cs: surrogates, Co/Cn: private/unassigned,
+    # Zl/Zp: line and paragraph separators (they break a line in most terminals).
+    return category[0] != "C" and category not in ("Zl", "Zp")

@@ -28,6 +28,7 @@ from controller.policy import (
     LABEL_VALUE,
     PROM_LABEL_NAME,
     PROM_METRIC_NAME,
+    REGEX_TEXT,
     SAFE_TEXT,
     ModelRollout,
 )
@@ -49,7 +50,14 @@ _PATTERN_HELP = {
     PROM_LABEL_NAME: "must be a Prometheus label name ([a-zA-Z][a-zA-Z0-9_]*)",
     HEADER_NAME: "must be a lowercase HTTP header name (letters, digits and '-')",
     COOKIE_TOKEN: "may contain only letters, digits, '_', '.' and '-', starting with a letter or digit",
-    SAFE_TEXT: "must not contain quotes, backslashes, braces or control characters",
+    SAFE_TEXT: (
+        "must not contain quotes, backslashes, braces or control characters (nor line separators, "
+        "bidirectional controls, a byte-order mark or Unicode non-characters)"
+    ),
+    REGEX_TEXT: (
+        "must not contain control characters, line separators, bidirectional controls, a byte-order mark "
+        "or Unicode non-characters: write them as escapes such as \\x85"
+    ),
     DURATION_PATTERN: "must be a duration with a unit, such as '500ms', '30s', '5m' or '1h30m'",
 }
 
@@ -65,8 +73,22 @@ class Diagnostic:
     reason: str
 
     def __str__(self) -> str:
-        field = f" {self.field}:" if self.field else ""
-        return f"{self.source}:{self.line}:{self.column}:{field} {self.reason}"
+        """One printable line: user text in the field path or the reason is escaped, long text cut."""
+        field = f" {printable(self.field, 200)}:" if self.field else ""
+        return f"{printable(self.source, 300)}:{self.line}:{self.column}:{field} {printable(self.reason, 500)}"
+
+
+def printable(text: str, limit: int = 500) -> str:
+    """``text`` with every unprintable character (controls, separators, ...) as its Python escape.
+
+    What a policy echoes back (a bad value, an unknown key) cannot move the cursor, recolour a
+    terminal, reorder text or start a new line; over ``limit`` characters it is cut with "...".
+    """
+    if len(text) > limit:
+        text = text[:limit] + "..."
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
 
 
 class PolicyError(Exception):
@@ -124,18 +146,24 @@ def validate(doc: Document, source: str) -> ModelRollout:
         raise PolicyError([Diagnostic(source, line, col, "", "a policy document must be a mapping")])
     try:
         rollout = ModelRollout.model_validate(doc.data)
+        problems = semantics.check(rollout)
     except ValidationError as exc:
         raise PolicyError(_structural(exc, doc, source)) from None
-    problems = semantics.check(rollout)
+    except (RecursionError, MemoryError, OverflowError) as exc:  # a validator's bug must not stop the caller
+        reason = f"too complex to validate ({type(exc).__name__})"
+        raise PolicyError([Diagnostic(source, 1, 1, "", reason)]) from None
     if problems:
         raise PolicyError([_locate(doc, source, p.path, p.dotted, p.reason) for p in problems])
     return rollout
 
 
-def parse_yaml(text: str, source: str) -> list[Document]:
-    """Compose YAML into plain data with positions; refuse what could hang or mislead us."""
-    if len(text.encode("utf-8", errors="replace")) > MAX_BYTES:
-        raise PolicyError([Diagnostic(source, 1, 1, "", f"file is larger than {MAX_BYTES // 1024} KiB")])
+def parse_yaml(text: str, source: str, *, max_bytes: int = MAX_BYTES, max_nodes: int = MAX_NODES) -> list[Document]:
+    """Compose YAML into plain data with positions; refuse what could hang or mislead us.
+
+    Aliases are refused, not expanded, so what is built is never larger than the text itself.
+    """
+    if len(text.encode("utf-8", errors="replace")) > max_bytes:
+        raise PolicyError([Diagnostic(source, 1, 1, "", f"file is larger than {max_bytes // 1024} KiB")])
     try:
         nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
     except yaml.reader.ReaderError as exc:
@@ -155,7 +183,7 @@ def parse_yaml(text: str, source: str) -> list[Document]:
     for node in nodes:
         if node is None:
             continue
-        builder = _Builder(source)
+        builder = _Builder(source, max_nodes)
         data = builder.build(node, (), 0)
         if data is not None:
             documents.append(Document(data, builder.positions))
@@ -170,8 +198,9 @@ def _line_col(text: str, position: int) -> tuple[int, int]:
 class _Builder:
     """Turns a composed YAML node tree into plain data, recording where each path starts."""
 
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, max_nodes: int = MAX_NODES) -> None:
         self.source = source
+        self.max_nodes = max_nodes
         self.positions: dict[Path, tuple[int, int]] = {}
         self.seen: set[int] = set()
         self.constructor = yaml.constructor.SafeConstructor()
@@ -182,10 +211,10 @@ class _Builder:
 
     def build(self, node: yaml.Node, path: Path, depth: int) -> Any:
         if id(node) in self.seen:
-            raise self.fail(node, "YAML anchors and aliases are not allowed in policy files")
+            raise self.fail(node, "YAML anchors and aliases are not allowed")
         self.seen.add(id(node))
-        if len(self.seen) > MAX_NODES:
-            raise self.fail(node, f"more than {MAX_NODES} YAML nodes")
+        if len(self.seen) > self.max_nodes:
+            raise self.fail(node, f"more than {self.max_nodes} YAML nodes")
         if depth > MAX_DEPTH:
             raise self.fail(node, f"nested deeper than {MAX_DEPTH} levels")
         self.positions.setdefault(path, (node.start_mark.line + 1, node.start_mark.column + 1))

@@ -1,14 +1,15 @@
 """Render the Istio DestinationRule and VirtualService for a rollout at a given route state.
 
 The templates in ``templates/`` decide the layout; this module hands them plain, pre-decided
-values and a ``q`` filter that emits each value as JSON (which is YAML), so no user string is
-ever spliced into YAML as text. The output is parsed back into objects, checked against the
-invariants, and returned in make-before-break order: DestinationRule first.
+values and a ``q`` filter that emits each value as flow-style YAML in plain ASCII (JSON-like, any
+other character escaped), so no user string is ever spliced into YAML as text. The output is
+parsed back into objects, checked against the invariants, and returned in make-before-break
+order: DestinationRule first.
 """
 
 from __future__ import annotations
 
-import json
+import math
 import re
 import traceback
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ MANAGED_BY = {"app.kubernetes.io/managed-by": "canarist"}
 ROLLOUT_LABEL = "canarist.io/rollout"
 WEIGHT_ANNOTATION = "canarist.io/canary-weight"
 TEMPLATE_NAMES = ("destinationrule.yaml.j2", "virtualservice.yaml.j2")
+#: libyaml's safe loader where PyYAML was built with it (ten times faster); the same YAML 1.1 rules.
+_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 class RenderError(Exception):
@@ -55,23 +58,73 @@ def environment(template_dir: Path) -> jinja2.Environment:
 
 
 def _quote(value: Any) -> str:
-    """Emit a value as JSON, which YAML reads back as exactly that value."""
+    """Emit a value as flow-style YAML in plain ASCII that reads back as exactly that value.
+
+    Like JSON, but every character outside printable ASCII is written as a YAML escape
+    (``\\x85``, ``\\u2028``, ``\\U0001f600``), so no user string can add a line break, a control
+    character or anything a YAML reader refuses or folds; JSON's ``\\ud83d\\ude00`` pairs would
+    read back as two lone surrogates in YAML, hence ``\\U``.
+    """
     if isinstance(value, jinja2.Undefined):
         value._fail_with_undefined_error()
-    return json.dumps(value, ensure_ascii=False, sort_keys=False)
+    return _flow(value)
+
+
+def _flow(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return _float(value)
+    if isinstance(value, str):
+        return _string(value)
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_string(str(k))}: {_flow(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_flow(item) for item in value) + "]"
+    raise RenderError(f"cannot emit a {type(value).__name__} into YAML")
+
+
+def _float(value: float) -> str:
+    """A float as YAML 1.1 reads one back: a dot, and a signed exponent (``1e-05`` is a string there)."""
+    if not math.isfinite(value):
+        raise RenderError(f"cannot emit {value!r} into YAML")
+    text = repr(value)
+    mantissa, e, exponent = text.partition("e")
+    if "." not in mantissa:
+        mantissa += ".0"
+    if e and exponent[0] not in "+-":
+        exponent = "+" + exponent
+    return mantissa + (f"e{exponent}" if e else "")
+
+
+_PLAIN_ASCII = frozenset(chr(c) for c in range(0x20, 0x7F)) - {'"', "\\"}
+
+
+def _string(text: str) -> str:
+    """A double-quoted YAML scalar of pure printable ASCII."""
+    out = ['"']
+    for char in text:
+        if char in _PLAIN_ASCII:
+            out.append(char)
+        elif char in ('"', "\\"):
+            out.append("\\" + char)
+        else:
+            code = ord(char)
+            out.append(f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}")
+    out.append('"')
+    return "".join(out)
 
 
 def render(rollout: ModelRollout, state: RouteState, env: jinja2.Environment) -> list[dict[str, Any]]:
     """The Istio objects for ``rollout`` at ``state``, DestinationRule before VirtualService."""
-    context = template_context(rollout, state)
     objects: list[dict[str, Any]] = []
-    for name in TEMPLATE_NAMES:
+    for name, text in render_texts(rollout, state, env):
         try:
-            text = env.get_template(name).render(**context)
-        except jinja2.TemplateError as exc:
-            raise RenderError(f"{_template_location(exc, name)}: template error: {exc}") from None
-        try:
-            documents = [d for d in yaml.safe_load_all(text) if d is not None]
+            documents = [d for d in yaml.load_all(text, Loader=_LOADER) if d is not None]
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at output line {mark.line + 1}" if mark is not None else ""
@@ -121,6 +174,7 @@ def template_context(rollout: ModelRollout, state: RouteState) -> dict[str, Any]
         "host": rollout.host,
         "hosts": [rollout.host, *spec.service.hosts],
         "gateways": list(spec.service.gateways),
+        "export_to": tenancy.export_to(rollout),  # scoped: see controller.tenancy
         "subsets": []
         if triton
         else [_subset(spec.stable.name, spec.stable.labels), _subset(spec.canary.name, spec.canary.labels)],

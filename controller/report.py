@@ -21,16 +21,20 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from controller import reportplots as plots
 from controller import semantics
+from controller.loader import PolicyError, parse_yaml, printable
 from controller.policy import API_VERSION, KIND, ModelRollout
 from controller.reportplots import Scale, entries, estimate_scale, interval_of, metric_of, number, parse_time
 from controller.routing import schedule
 from controller.status import E_VALUE_CAP, timestamp
+from controller.text import printable as plain_text
 
 MAX_INPUT_BYTES = 16 * 1024 * 1024
+#: YAML costs far more memory per byte than JSON while it is composed; an object is at most
+#: 1.5 MiB in etcd, so its ``kubectl get -o yaml`` fits well within this.
+MAX_YAML_BYTES = 4 * 1024 * 1024
+MAX_YAML_NODES = 1_000_000
 
 
 class ReportError(ValueError):
@@ -65,16 +69,27 @@ def read_object(path: Path) -> dict[str, Any]:
         raise ReportError(f"{path}: cannot read: {exc.strerror or exc}") from None
     try:
         doc = json.loads(text)
+    except RecursionError:
+        raise ReportError(f"{path}: JSON nested too deeply") from None
     except ValueError:
-        try:
-            doc = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ReportError(f"{path}: neither JSON nor YAML: {str(exc).splitlines()[0]}") from None
+        doc = _yaml_object(text, str(path))
     return rollout_object(doc, str(path))
+
+
+def _yaml_object(text: str, source: str) -> Any:
+    """One YAML document, read by the policy loader's parser: aliases refused, never expanded."""
+    try:
+        documents = parse_yaml(text, source, max_bytes=MAX_YAML_BYTES, max_nodes=MAX_YAML_NODES)
+    except PolicyError as exc:
+        raise ReportError(f"{exc.diagnostics[0]} (neither JSON nor YAML that canarist reads)") from None
+    if len(documents) != 1:
+        raise ReportError(f"{printable(source, 300)}: {len(documents)} YAML documents: give exactly one ModelRollout")
+    return documents[0].data
 
 
 def rollout_object(doc: Any, source: str = "input") -> dict[str, Any]:
     """The document as a ModelRollout with a status, or a ReportError saying what it is instead."""
+    source = printable(source, 300)  # a file name or an object's name: user text in a terminal line
     if isinstance(doc, Mapping) and doc.get("kind") == "List" and isinstance(doc.get("items"), list):
         if len(doc["items"]) != 1:
             raise ReportError(f"{source}: a List of {len(doc['items'])} objects: give exactly one ModelRollout")
@@ -82,7 +97,7 @@ def rollout_object(doc: Any, source: str = "input") -> dict[str, Any]:
     if not isinstance(doc, Mapping) or not isinstance(doc.get("spec"), Mapping):
         raise ReportError(f"{source}: not a ModelRollout (no spec)")
     if doc.get("kind", KIND) != KIND:
-        raise ReportError(f"{source}: not a ModelRollout but a {doc.get('kind')}")
+        raise ReportError(f"{source}: not a ModelRollout but a {printable(str(doc.get('kind')), 100)}")
     if not isinstance(doc.get("status"), Mapping) or not doc["status"]:
         raise ReportError(f"{source}: the rollout has no status yet (the controller has not reconciled it)")
     return dict(doc)
@@ -307,7 +322,8 @@ def _span(text: str, kind: str | None = None) -> str:
 
 
 def _esc(value: Any) -> str:
-    return escape("" if value is None else str(value), quote=True)
+    """User text as HTML: no control character, bidi override or escape sequence, bounded, escaped."""
+    return escape(plain_text("" if value is None else str(value), 2048), quote=True)
 
 
 def _raw(value: Any) -> str:

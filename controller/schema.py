@@ -298,11 +298,13 @@ class _Dumper(yaml.SafeDumper):
 
 def crd_yaml() -> str:
     header = f"# Generated from controller/policy.py by `{REGENERATE}`; do not edit.\n"
-    return header + yaml.dump(crd(), Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100)
+    # ASCII only: the patterns name invisible characters (separators, bidirectional controls), which
+    # must show as escapes in the file, not hide in it.
+    return header + yaml.dump(crd(), Dumper=_Dumper, sort_keys=False, allow_unicode=False, width=100)
 
 
 def policy_json_schema_text() -> str:
-    return json.dumps(policy_json_schema(), indent=2, ensure_ascii=False) + "\n"
+    return json.dumps(policy_json_schema(), indent=2, ensure_ascii=True) + "\n"  # escapes, as crd_yaml
 
 
 def generated_files() -> dict[str, str]:

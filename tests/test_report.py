@@ -465,13 +465,74 @@ def test_inputs_that_are_not_a_reported_rollout_are_refused_in_one_line() -> Non
             rollout_object(doc, "x.yaml")
 
 
+class _NoAliases(yaml.SafeDumper):
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def dump_yaml(obj: Any, **options: Any) -> str:
+    """YAML as ``kubectl get -o yaml`` writes it: shared values written out, never as aliases."""
+    text: str = yaml.dump(obj, Dumper=_NoAliases, **options)
+    return text
+
+
 def test_yaml_with_unquoted_times_is_read(tmp_path: Path) -> None:
     path = tmp_path / "rollout.yaml"
-    text = yaml.safe_dump(rolled_back(), sort_keys=False)
-    path.write_text(text.replace("'2026-", "2026-").replace("Z'", "Z"))  # YAML now loads datetimes
+    text = dump_yaml(rolled_back(), sort_keys=False)
+    path.write_text(text.replace("'2026-", "2026-").replace("Z'", "Z"))  # YAML timestamps, kept as text
     obj = read_object(path)
-    assert not isinstance(obj["status"]["history"][0]["at"], str)
+    assert obj["status"]["history"][0]["at"] == rolled_back()["status"]["history"][0]["at"]
     assert origin(obj["status"]) == T0
+
+
+def _alias_bomb(levels: int = 9) -> str:
+    """The 429-byte file that expanded to 17 MB of HTML: nine levels of nine aliases each."""
+    lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    names = "abcdefghijklmnopqrstuvwxyz"
+    for i in range(1, levels + 1):
+        lines.append(f"{names[i]}: &{names[i]} [{', '.join([f'*{names[i - 1]}'] * 9)}]")
+    return "\n".join(lines) + "\n"
+
+
+def _rollout_with(status_extra: str) -> str:
+    """A reportable rollout as YAML, with ``status_extra`` (YAML at status level) appended."""
+    text = dump_yaml(rolled_back(), sort_keys=False)
+    return text + "".join(f"  {line}\n" for line in status_extra.splitlines()) if status_extra else text
+
+
+HOSTILE_INPUTS = [
+    ("alias-bomb", _alias_bomb, "aliases are not allowed"),
+    ("alias-bomb-in-a-rollout", lambda: _rollout_with(_alias_bomb()), "aliases are not allowed"),
+    ("one-alias", lambda: _rollout_with("x: &x [1]\ny: *x"), "aliases are not allowed"),
+    ("too-large-yaml", lambda: _rollout_with("# " + "x" * (5 * 1024 * 1024)), "larger than 4096 KiB"),
+    ("deep-json", lambda: "[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    ("deep-yaml", lambda: "a: " + "[" * 100_000 + "]" * 100_000, "nested"),
+    ("two-documents", lambda: _rollout_with("") + "---\n" + _rollout_with(""), "2 YAML documents"),
+    ("python-tag", lambda: "!!python/object:os.system {}", "unsupported YAML tag"),
+]
+
+
+@pytest.mark.parametrize(
+    ("make", "fragment"), [(m, f) for _, m, f in HOSTILE_INPUTS], ids=[i for i, _, _ in HOSTILE_INPUTS]
+)
+def test_hostile_yaml_is_refused_in_one_line_before_anything_expands(make: Any, fragment: str, tmp_path: Path) -> None:
+    source = tmp_path / "rollout.yaml"
+    source.write_text(make(), encoding="utf-8")
+    with pytest.raises(ReportError, match=fragment) as info:
+        read_object(source)
+    assert len(str(info.value).splitlines()) == 1 and str(info.value).isprintable()
+    result = CliRunner().invoke(commands.report, [str(source), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
+    assert len(result.output.strip().splitlines()) == 1 and fragment in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_names_in_refusals_are_printable(tmp_path: Path) -> None:
+    source = tmp_path / "rollout\x1b[31m.yaml"
+    source.write_text(dump_yaml({**rolled_back(), "kind": "\x1b]0;owned\x07Service"}))
+    with pytest.raises(ReportError) as info:
+        read_object(source)
+    assert str(info.value).isprintable() and "\\x1b" in str(info.value)
 
 
 # --- the executable -----------------------------------------------------------------------------
@@ -517,7 +578,7 @@ def test_every_bad_input_is_one_line_and_exit_status_2(tmp_path: Path) -> None:
         (rolled_back(), "rollout.yaml/report", "cannot create the report directory"),
     ]
     for doc, out, fragment in cases:
-        source.write_text(doc if isinstance(doc, str) else yaml.safe_dump(doc))
+        source.write_text(doc if isinstance(doc, str) else dump_yaml(doc))
         result = CliRunner().invoke(commands.report, [str(source), "--out", str(tmp_path / out)])
         assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
         lines = result.output.strip().splitlines()

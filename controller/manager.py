@@ -17,11 +17,16 @@ from typing import Any, Protocol
 import jinja2
 
 from controller.cluster import Cluster, ClusterUnavailableError, NotFoundError
+from controller.decision import Action
 from controller.loader import PolicyError, load
 from controller.reconcile import MetricsSource, Outcome, reconcile
 from controller.tenancy import TenancyRules
+from controller.text import printable
 
 log = logging.getLogger("canarist")
+#: After an unexpected error, a rollout waits this long, doubling per failure in a row up to the max.
+FAILURE_BACKOFF = 10.0
+FAILURE_BACKOFF_MAX = 600.0
 
 
 class Elector(Protocol):
@@ -65,6 +70,8 @@ class Manager:
     #: What each rollout may route beyond its own Service (controller.tenancy; the CLI's --allow-*).
     tenancy: TenancyRules = field(default_factory=TenancyRules)
     due: dict[str, float] = field(default_factory=dict)
+    #: Unexpected failures in a row per rollout, for its backoff.
+    failures: dict[str, int] = field(default_factory=dict)
     leader: bool = False
     resource_version: str = ""
     #: A pass starts no reconcile after this many seconds (the rest stay due, oldest first next pass).
@@ -99,11 +106,18 @@ class Manager:
                 outcomes.append(self.reconcile_one(obj))
         for gone in set(self.due) - present:
             del self.due[gone]
+            self.failures.pop(gone, None)
         return outcomes
 
     def reconcile_one(self, obj: Mapping[str, Any]) -> Outcome:
+        """Reconcile one rollout, isolated: an unexpected error is an Event and a backoff for it alone."""
         started = self.clock()
-        outcome = reconcile(obj, self.cluster, self.metrics, self.env, now=started, rules=self.tenancy)
+        try:
+            outcome = reconcile(obj, self.cluster, self.metrics, self.env, now=started, rules=self.tenancy)
+        except Exception as exc:  # one rollout's bug must not stop the others
+            outcome = self._failed(obj, exc)
+        else:
+            self.failures.pop(outcome.key, None)
         self.due[outcome.key] = started + outcome.requeue_after
         if self.observer is not None:
             self.observer.reconciled(outcome, max(self.clock() - started, 0.0))
@@ -116,6 +130,19 @@ class Manager:
             outcome.route_writes,
         )
         return outcome
+
+    def _failed(self, obj: Mapping[str, Any], exc: Exception) -> Outcome:
+        """An unexpected error in one reconcile: logged with its traceback, an Event, and a backoff."""
+        key = _key(obj)
+        failures = self.failures[key] = self.failures.get(key, 0) + 1
+        backoff = min(FAILURE_BACKOFF * 2 ** (failures - 1), FAILURE_BACKOFF_MAX)
+        reason = printable(f"internal error ({type(exc).__name__}: {exc}); retrying in {backoff:.0f}s", 512)
+        log.exception("reconciling %s failed (%d in a row)", key, failures)
+        try:
+            self.cluster.emit_event(obj, reason="ReconcileFailed", message=reason, warning=True)
+        except Exception:  # the Event is best effort; the log has the error
+            log.warning("could not record the failure of %s as an Event", key)
+        return Outcome(key, Action.NONE, reason, None, None, 0, False, backoff)
 
     def next_wakeup(self) -> float:
         """Seconds until the next rollout is due (capped so leadership is renewed in time)."""

@@ -8,6 +8,10 @@ the new step in the status and applies its routes (idempotent), so it never re-a
 weight; had the routes gone first, a restarted controller would decide again from the old step
 and a hold would write the older weight back. A rollback's routes send 100 % to stable before
 anything else happens.
+
+Every edge error of one reconcile ends that reconcile (with its retry delay), and no decision that
+gives the canary more traffic is recorded until all its pods are ready (the readiness gate: before
+the first step, after a restart, before an advance, and for a human's promote too).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import jinja2
@@ -23,10 +27,11 @@ import jinja2
 from controller import semantics, tenancy
 from controller.analysis import analyse
 from controller.cluster import FINALIZER, Cluster, ClusterUnavailableError, ConflictError
-from controller.decision import Action, Decision, Evidence, Phase, Status, decide
+from controller.decision import Action, Decision, Evidence, Phase, Status, decide, routes_for
 from controller.policy import ModelRollout
 from controller.quantity import parse_duration
 from controller.render import render
+from controller.routing import RouteState
 from controller.samples import Observation, Window
 from controller.status import (
     canary_revision,
@@ -34,12 +39,18 @@ from controller.status import (
     parse_timestamp,
     pending_command,
     share_at,
+    status_corrected,
     to_status,
 )
 from controller.steering import settle_command
 
 #: How many analysis windows a look may span (two hours of one-minute windows).
 MAX_WINDOWS = 120
+#: Phases whose canary may serve traffic: the SLO guards keep looking in each (paused included).
+GUARDED_PHASES = (Phase.PROGRESSING, Phase.PAUSED)
+#: Decisions after which the analysis begins afresh: the windows before them had another canary,
+#: or another schedule whose shares the history can no longer replay.
+ANALYSIS_STARTS = (Action.START, Action.RESTART, Action.RESCHEDULE)
 
 
 class MetricsSource(Protocol):
@@ -76,57 +87,78 @@ def reconcile(
     rules: tenancy.TenancyRules = tenancy.DEFAULT_RULES,
 ) -> Outcome:
     """Bring one rollout one decision further; never raises for a user's mistake or a flaky edge."""
-    key = f"{obj.get('metadata', {}).get('namespace')}/{obj.get('metadata', {}).get('name')}"
+    metadata = obj.get("metadata") or {}
+    key = f"{metadata.get('namespace')}/{metadata.get('name')}"
     try:
-        if (obj.get("metadata") or {}).get("deletionTimestamp"):
+        if metadata.get("deletionTimestamp"):
             return _release(obj, cluster, key)
-        obj = _finalized(obj, cluster)
+        return _reconcile(_finalized(obj, cluster), cluster, metrics, env, key, now=now, rules=rules)
     except ConflictError:
         return Outcome(key, Action.NONE, "the rollout changed meanwhile: re-reading", None, None, 0, False, 0.0)
     except ClusterUnavailableError as exc:
         return Outcome(key, Action.NONE, f"API server unavailable: {exc.reason}", None, None, 0, False, exc.retry_after)
+
+
+def _reconcile(
+    obj: Mapping[str, Any],
+    cluster: Cluster,
+    metrics: MetricsSource,
+    env: jinja2.Environment,
+    key: str,
+    *,
+    now: float,
+    rules: tenancy.TenancyRules = tenancy.DEFAULT_RULES,
+) -> Outcome:
     rollout, problem = parse(obj, rules)
     if rollout is None:
         cluster.emit_event(obj, reason="InvalidSpec", message=problem, warning=True)
         return Outcome(key, Action.NONE, problem, None, None, 0, False, 300.0)
     interval = parse_duration(rollout.spec.strategy.interval)
-    stored = obj.get("status") or {}
+    stored = obj.get("status")
+    stored = stored if isinstance(stored, Mapping) else {}
     status = from_status(stored)
+    corrected = status_corrected(stored, status)
+    if corrected:
+        cluster.emit_event(obj, reason="StatusCorrected", message=corrected, warning=True)
     revision = canary_revision(rollout)
     pending = pending_command(obj, now)
     commands = (pending[0],) if pending else ()
 
-    gated = status.phase is Phase.INITIALIZING and not commands and rollout.spec.canary.labels
-    if gated:
-        ready, total = cluster.pods_ready(rollout.metadata.namespace, rollout.spec.canary.labels)
-        if total == 0 or ready < total:
-            reason = f"waiting for canary pods to be ready ({ready}/{total})"
-            return _record_hold(obj, cluster, rollout, status, reason, now=now)
-
     evidence = None
-    if status.phase is Phase.PROGRESSING and _analysis_due(stored, now, interval):
+    if status.phase in GUARDED_PHASES and _analysis_due(stored, now, interval):
         evidence = look(rollout, status, metrics, now)
     decision = decide(rollout, status, evidence, now, commands=commands, canary_revision=revision)
 
+    in_force = routes_for(rollout, status)
+    if _exposes_more(decision.routes, in_force) and rollout.spec.canary.labels:
+        ready, total = cluster.pods_ready(rollout.metadata.namespace, rollout.spec.canary.labels)
+        if total == 0 or ready < total:
+            why = decision.action.value.lower()
+            reason = f"waiting for canary pods to be ready ({ready}/{total}) before {why}: {decision.reason}"
+            return _record_hold(
+                obj, cluster, rollout, status, routes=in_force, evidence=evidence, reason=reason, now=now
+            )
+
     objects = render(rollout, decision.routes, env)
-    try:
-        body = to_status(
-            decision.status,
-            routes=decision.routes,
-            evidence=evidence,
-            previous=stored,
-            generation=obj.get("metadata", {}).get("generation"),
-            now=now,
-            command_id=pending[1] if pending else None,
-        )
-        written = _write_status(cluster, obj, stored, body)
-        writes = len(cluster.apply_routes(obj, objects).writes)
-    except ConflictError:
-        return Outcome(key, Action.NONE, "the rollout changed meanwhile: re-reading", None, None, 0, False, 0.0)
-    except ClusterUnavailableError as exc:
-        return Outcome(key, Action.NONE, f"API server unavailable: {exc.reason}", None, None, 0, False, exc.retry_after)
+    conflicts = cluster.route_conflicts(obj, objects)  # before anything is recorded: a refused rollout holds
+    if conflicts:
+        reason = "routes refused: " + "; ".join(str(c) for c in conflicts)
+        if stored.get("message") != reason:
+            cluster.emit_event(obj, reason="RoutesRefused", message=reason, warning=True)
+        return _record_hold(obj, cluster, rollout, status, routes=in_force, evidence=evidence, reason=reason, now=now)
+    body = to_status(
+        decision.status,
+        routes=decision.routes,
+        evidence=evidence,
+        previous=stored,
+        generation=(obj.get("metadata") or {}).get("generation"),
+        now=now,
+        command_id=pending[1] if pending else None,
+    )
+    written = _write_status(cluster, obj, stored, body)
+    writes = len(cluster.apply_routes(obj, objects).writes)
     if decision.action not in (Action.HOLD, Action.NONE):
-        warning = decision.action is Action.ROLLBACK
+        warning = decision.action in (Action.ROLLBACK, Action.RESCHEDULE)
         cluster.emit_event(obj, reason=decision.action.value, message=decision.reason, warning=warning)
     settle_command(cluster, obj, acted=pending[1] if pending else None, now=now)  # consumed or expired: removed
     return Outcome(
@@ -139,6 +171,11 @@ def reconcile(
         written,
         _requeue(decision, interval),
     )
+
+
+def _exposes_more(new: RouteState, old: RouteState) -> bool:
+    """Whether ``new`` sends the canary more live or mirrored traffic than ``old``."""
+    return new.canary_weight > old.canary_weight or new.mirror_percent > old.mirror_percent
 
 
 def _release(obj: Mapping[str, Any], cluster: Cluster, key: str) -> Outcome:
@@ -203,7 +240,7 @@ def analysis_windows(rollout: ModelRollout, status: Status, now: float) -> tuple
     history when a step changed inside the window.
     """
     interval = parse_duration(rollout.spec.strategy.interval)
-    started = next((t.at for t in reversed(status.history) if t.action in (Action.START, Action.RESTART)), None)
+    started = next((t.at for t in reversed(status.history) if t.action in ANALYSIS_STARTS), None)
     start = started if started is not None else status.step_started_at
     last_end = math.floor(now / interval) * interval
     first_end = max(math.floor(start / interval) * interval + interval, last_end - (MAX_WINDOWS - 1) * interval)
@@ -241,27 +278,34 @@ def _write_status(cluster: Cluster, obj: Mapping[str, Any], stored: Mapping[str,
 
 
 def _record_hold(
-    obj: Mapping[str, Any], cluster: Cluster, rollout: ModelRollout, status: Status, reason: str, *, now: float
+    obj: Mapping[str, Any],
+    cluster: Cluster,
+    rollout: ModelRollout,
+    status: Status,
+    *,
+    routes: RouteState,
+    evidence: Evidence | None,
+    reason: str,
+    now: float,
 ) -> Outcome:
-    """Hold before the first step (canary not ready): say why in the status, touch no route."""
-    from dataclasses import replace
+    """Hold where the rollout is (the canary is not ready for more): say why, keep the routes in force.
 
-    from controller.routing import RouteState
-
-    held = replace(status, message=reason, canary_revision=canary_revision(rollout))
+    No route is written, and a pending command stays pending: it is acted on once the canary's
+    pods are ready.
+    """
+    held = replace(status, message=reason, canary_revision=status.canary_revision or canary_revision(rollout))
+    stored = obj.get("status")
+    stored = stored if isinstance(stored, Mapping) else {}
     body = to_status(
         held,
-        routes=RouteState(0, cohorts=False),  # no route written yet: all traffic is the stable's
-        evidence=None,
-        previous=obj.get("status") or {},
-        generation=obj.get("metadata", {}).get("generation"),
+        routes=routes,
+        evidence=evidence,
+        previous=stored,
+        generation=(obj.get("metadata") or {}).get("generation"),
         now=now,
     )
-    try:
-        written = _write_status(cluster, obj, obj.get("status") or {}, body)
-    except (ConflictError, ClusterUnavailableError):
-        written = False
-    return Outcome(rollout.key, Action.HOLD, reason, held.phase, None, 0, written, 10.0)
+    written = _write_status(cluster, obj, stored, body)
+    return Outcome(rollout.key, Action.HOLD, reason, held.phase, routes.canary_weight, 0, written, 10.0)
 
 
 def _requeue(decision: Decision, interval: float) -> float:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,6 +28,7 @@ from controller.decision import (
 from controller.policy import ModelRollout
 from controller.routing import RouteState, realized_share
 from controller.steering import check_command
+from controller.text import printable
 
 E_VALUE_CAP = 1e300
 #: Bounds on the report's logs in the status, so an object stays far below etcd's 1.5 MiB
@@ -35,6 +36,13 @@ E_VALUE_CAP = 1e300
 ANALYSES_LIMIT = 120
 WEIGHTS_LIMIT = 100
 DISTRIBUTIONS_LIMIT = 30
+#: The status in bytes (compact JSON), whatever the metrics, looks or user strings: etcd refuses an
+#: object over 1.5 MiB, and the spec and metadata need their share. Past it the oldest log entries go.
+STATUS_BYTES_LIMIT = 256 * 1024
+#: Logs given up first when the status outgrows its bound; the decision history keeps its last entry.
+_SHED_ORDER = ("distributions", "analyses", "weights", "history")
+#: A command id is compared with the annotation's: bounded like a label value, far above any real one.
+COMMAND_ID_LIMIT = 253
 
 
 def timestamp(seconds: float) -> str:
@@ -83,6 +91,8 @@ def to_status(
     changed = bool(status.history) and status.history[-1].at == now
     if previous.get("canaryRevision") not in (None, "", status.canary_revision):
         previous = {k: v for k, v in previous.items() if k not in ("weights", "analyses", "distributions")}
+    last_command = command_id if command_id is not None else previous.get("lastCommandId")
+    last_analysis = timestamp(now) if evidence is not None else previous.get("lastAnalysisAt")
     out: dict[str, Any] = {
         "phase": status.phase.value,
         "currentStep": status.step,
@@ -90,18 +100,39 @@ def to_status(
         "mirrorPercent": routes.mirror_percent,
         "stepStartedAt": timestamp(status.step_started_at),
         "canaryRevision": status.canary_revision,
-        "message": status.message,
+        "message": printable(status.message),
         "observedGeneration": generation,
-        "lastAnalysisAt": timestamp(now) if evidence is not None else previous.get("lastAnalysisAt"),
-        "lastCommandId": command_id if command_id is not None else previous.get("lastCommandId"),
-        "metrics": metrics,
+        "lastAnalysisAt": last_analysis if isinstance(last_analysis, str) else None,
+        "lastCommandId": printable(last_command, COMMAND_ID_LIMIT) if isinstance(last_command, str) else None,
+        "metrics": [m for m in metrics if isinstance(m, Mapping)] if isinstance(metrics, list) else [],
         "history": [transition_status(t) for t in status.history],
         "weights": weights_log(previous.get("weights"), routes.canary_weight, now),
         "analyses": analyses_log(previous.get("analyses"), status, routes, evidence, now),
         "distributions": distributions_log(previous.get("distributions"), status, evidence, now, changed=changed),
         "conditions": conditions(status, previous.get("conditions", []), now),
     }
-    return {k: v for k, v in out.items() if v is not None}
+    return bounded({k: v for k, v in out.items() if v is not None})
+
+
+def bounded(body: dict[str, Any], limit: int = STATUS_BYTES_LIMIT) -> dict[str, Any]:
+    """``body`` shrunk to at most ``limit`` bytes of JSON by dropping the oldest log entries.
+
+    The logs feed ``canarist report``; the phase, step, weights in force, latest evidence and the
+    last recorded decision are what the controller needs, and they are never dropped.
+    """
+    size = _size(body)
+    for key in _SHED_ORDER:
+        entries = body.get(key)
+        if size <= limit or not isinstance(entries, list):
+            continue
+        keep = 1 if key == "history" else 0
+        while size > limit and len(entries) > keep:
+            size -= _size(entries.pop(0)) + 1  # the entry and its comma
+    return body
+
+
+def _size(value: Any) -> int:
+    return len(json.dumps(value, separators=(",", ":"), allow_nan=True).encode())
 
 
 def _log(previous: Any) -> list[Any]:
@@ -156,7 +187,7 @@ def metric_status(metric: MetricEvidence) -> dict[str, Any]:
     return {
         "name": metric.name,
         "verdict": metric.verdict.value,
-        "reason": metric.reason,
+        "reason": printable(metric.reason),
         "sloBreached": metric.slo_breached,
         "eValue": _e(metric.e_regression),
         "eValueNonInferiority": _e(metric.e_noninferiority),
@@ -168,50 +199,91 @@ def metric_status(metric: MetricEvidence) -> dict[str, Any]:
 
 
 def transition_status(transition: Transition) -> dict[str, Any]:
-    return {
+    out: dict[str, Any] = {
         "at": timestamp(transition.at),
         "fromPhase": transition.from_phase.value,
         "toPhase": transition.to_phase.value,
         "fromStep": transition.from_step,
         "toStep": transition.to_step,
         "action": transition.action.value,
-        "reason": transition.reason,
+        "reason": printable(transition.reason),
     }
+    if transition.weight is not None:
+        out["canaryWeight"] = transition.weight
+    return out
 
 
-def from_status(raw: Mapping[str, Any] | None) -> Status:
-    """Read a stored status back; anything missing or unreadable falls back to a fresh start."""
-    if not raw:
-        return Status()
-    history = []
-    for item in raw.get("history") or []:
-        try:
-            history.append(
-                Transition(
-                    at=parse_timestamp(item.get("at")),
-                    from_phase=Phase(item["fromPhase"]),
-                    to_phase=Phase(item["toPhase"]),
-                    from_step=int(item["fromStep"]),
-                    to_step=int(item["toStep"]),
-                    action=Action(item["action"]),
-                    reason=str(item.get("reason", "")),
-                )
-            )
-        except (KeyError, ValueError, TypeError):
-            continue
+def _transition(item: Any) -> Transition | None:
+    """One stored history entry, or None if it is not one (edited by hand, or from the future)."""
+    if not isinstance(item, Mapping):
+        return None
     try:
-        phase = Phase(raw.get("phase", Phase.INITIALIZING.value))
-    except ValueError:
-        phase = Phase.INITIALIZING
-    step = raw.get("currentStep", 0)
+        weight = item.get("canaryWeight")
+        entry = Transition(
+            at=parse_timestamp(item.get("at")),
+            from_phase=Phase(item["fromPhase"]),
+            to_phase=Phase(item["toPhase"]),
+            from_step=_index(item["fromStep"]),
+            to_step=_index(item["toStep"]),
+            action=Action(item["action"]),
+            reason=str(item.get("reason", "")),
+            weight=weight if _is_weight(weight) else None,
+        )
+    except (KeyError, ValueError, TypeError):
+        return None
+    return entry
+
+
+def _index(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"not a step index: {value!r}")
+    return value
+
+
+def _is_weight(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 100
+
+
+def from_status(raw: Any) -> Status:
+    """Read a stored status back, trusting its phase and step only as far as its history records them.
+
+    Anything missing or unreadable falls back to a fresh start. The history is the record of every
+    decision that changed the phase or the step: a phase or step that its last entry does not
+    record (a status edited by hand, say ``currentStep: 99`` or ``phase: Promoting``) is replaced by
+    what the history says, and with no history at all the rollout starts afresh. So no edit of the
+    status reaches 100 % without a recorded promotion. :func:`status_corrected` says whether it happened.
+    """
+    if not isinstance(raw, Mapping) or not raw:
+        return Status()
+    items = raw.get("history")
+    history = tuple(t for t in (_transition(i) for i in (items if isinstance(items, list) else [])) if t is not None)
+    phase, step = (history[-1].to_phase, history[-1].to_step) if history else (Phase.INITIALIZING, 0)
+    message = raw.get("message")
+    revision = raw.get("canaryRevision")
     return Status(
         phase=phase,
-        step=step if isinstance(step, int) and step >= 0 else 0,
+        step=step,
         step_started_at=parse_timestamp(raw.get("stepStartedAt")),
-        canary_revision=str(raw.get("canaryRevision", "")),
-        message=str(raw.get("message", "")),
-        history=tuple(history),
+        canary_revision=revision if isinstance(revision, str) else "",
+        message=message if isinstance(message, str) else "",
+        history=history,
     )
+
+
+def status_corrected(raw: Any, status: Status) -> str:
+    """Why the stored phase or step was not taken as written ('' when it was)."""
+    if not isinstance(raw, Mapping) or not raw:
+        return ""
+    stored = (raw.get("phase", Phase.INITIALIZING.value), raw.get("currentStep", 0))
+    if stored == (status.phase.value, status.step):
+        return ""
+    said = f"phase {_shown(stored[0])} step {_shown(stored[1])}"
+    record = f"{status.phase.value} step {status.step}" if status.history else "a fresh start (no recorded decision)"
+    return f"the status said {said}, which its history does not record: continuing from {record}"
+
+
+def _shown(value: Any) -> str:
+    return printable(repr(value) if not isinstance(value, str) else value, 40)
 
 
 CONDITION_OF_PHASE = {
@@ -225,7 +297,7 @@ CONDITION_OF_PHASE = {
 }
 
 
-def conditions(status: Status, previous: Sequence[Mapping[str, Any]], now: float) -> list[dict[str, Any]]:
+def conditions(status: Status, previous: Any, now: float) -> list[dict[str, Any]]:
     """Kubernetes-style conditions (Progressing, Paused, Succeeded, Failed), transition times kept."""
     wanted = {
         "Progressing": CONDITION_OF_PHASE[status.phase][1],
@@ -233,7 +305,8 @@ def conditions(status: Status, previous: Sequence[Mapping[str, Any]], now: float
         "Succeeded": "True" if status.phase is Phase.SUCCEEDED else "False",
         "Failed": "True" if status.phase is Phase.FAILED else "False",
     }
-    before = {c.get("type"): c for c in previous if isinstance(c, Mapping)}
+    items = previous if isinstance(previous, list) else []
+    before = {c.get("type"): c for c in items if isinstance(c, Mapping)}
     out = []
     for kind, value in wanted.items():
         old = before.get(kind)
@@ -243,8 +316,8 @@ def conditions(status: Status, previous: Sequence[Mapping[str, Any]], now: float
                 "type": kind,
                 "status": value,
                 "reason": status.phase.value,
-                "message": status.message,
-                "lastTransitionTime": since,
+                "message": printable(status.message),
+                "lastTransitionTime": since if isinstance(since, str) else timestamp(now),
             }
         )
     return out

@@ -190,6 +190,7 @@ class _Guard:
     def __init__(self) -> None:
         self._sockets: weakref.WeakSet[socket.socket] = weakref.WeakSet()
         self._lock = threading.Lock()
+        self._generation = 0  # which arming a timer belongs to: a late timer of a finished one does nothing
         self.fired = False
 
     def track(self, sock: socket.socket) -> None:
@@ -198,8 +199,10 @@ class _Guard:
             if self.fired:
                 _shutdown(sock)
 
-    def fire(self) -> None:
+    def fire(self, generation: int) -> None:
         with self._lock:
+            if generation != self._generation:
+                return
             self.fired = True
             for sock in list(self._sockets):
                 _shutdown(sock)
@@ -207,14 +210,19 @@ class _Guard:
     @contextmanager
     def armed(self, seconds: float) -> Iterator[None]:
         """Fire after ``seconds`` unless the block ends first; ``fired`` says whether it did."""
-        self.fired = False
-        timer = threading.Timer(max(seconds, 0.0), self.fire)
+        with self._lock:
+            self._generation += 1
+            self.fired = False
+            generation = self._generation
+        timer = threading.Timer(max(seconds, 0.0), self.fire, args=(generation,))
         timer.daemon = True
         timer.start()
         try:
             yield
         finally:
             timer.cancel()
+            with self._lock:
+                self._generation += 1
 
 
 def _shutdown(sock: socket.socket) -> None:

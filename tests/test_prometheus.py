@@ -543,6 +543,17 @@ def test_a_hostile_server_cannot_hold_a_query_past_its_timeout(name: str, method
         assert not caught.value.retryable and "byte limit" in caught.value.reason
 
 
+def test_a_finished_query_leaves_no_deadline_behind() -> None:
+    """Quick answers on a kept-alive connection: no earlier query's deadline cuts a later one short."""
+    answer = json.dumps({"status": "success", "data": {"resultType": "vector", "result": []}})
+    with FakePrometheus(200, answer) as fake:
+        source = client(fake.url, timeout=0.2)
+        for _ in range(4):
+            assert source.vector("up", 1000.0) == []
+            time.sleep(0.3)  # past the previous query's deadline
+        assert source.requests_sent == 4
+
+
 def test_the_answer_size_cap_is_a_setting() -> None:
     with (
         HostileServer(BEHAVIOURS["endless-body"]) as server,

@@ -12,6 +12,7 @@ import copy
 import time
 import unicodedata
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -336,3 +337,21 @@ def test_status_documents_print_user_text_escaped(objects: list[dict[str, Any]],
     """``status -o json|yaml`` prints the stored status whole, as data: every control character,
     escape and bidi override in it is escaped, never printed raw."""
     assert shown_safely(render_documents(objects, output))
+
+
+def test_the_report_shows_user_text_without_controls(api: LocalApiServer, tmp_path: Path) -> None:
+    """``canarist report``: a rollout driven by real reconciles, then a status and a claimed name
+    full of escapes and bidi overrides: the page shows their text and none of them."""
+    from controller.report import build_report
+
+    cluster = KubeCluster(api.api_client, propagation_delay=0.0)
+    cluster.create_or_update_rollout(POLICY)
+    now = time.time()
+    nasty = "\x1b[2J\x1b]0;pwned\x07\x9b31m\u202eok\u202c\r\n\x00"
+    cluster.annotate_rollout(NS, NAME, command("pause", "c1", now, by=f"mallory{nasty}"))
+    stored = tick(cluster, now)
+    stored["status"]["message"] = nasty
+    stored["status"]["history"].append({**stored["status"]["history"][-1], "reason": nasty})
+    page = build_report(stored, tmp_path / "report").index.read_text()
+    assert "paused by mallory" in page and "ok" in page
+    assert shown_safely(page.replace("\r\n", "\n")), [c for c in page if unicodedata.category(c) in DROPPED]

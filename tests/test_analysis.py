@@ -19,6 +19,7 @@ from controller.analysis import SAMPLE_RATIO_NAME, SLO_SHARE, analyse, check_sha
 from controller.decision import Verdict
 from controller.policy import Metric, ModelRollout
 from controller.samples import CountSeries, GaugeSeries, HistogramSeries, MetricData, Observation, Window
+from controller.stats.shift import MAX_WATCHED
 
 ALPHA = 0.05
 #: Istio's default buckets in seconds, +Inf last.
@@ -42,7 +43,7 @@ ERRORS_RELATIVE: dict[str, Any] = {"name": "errors", "kind": "IstioErrorRate", "
 ACCURACY: dict[str, Any] = {
     "name": "accuracy",
     "kind": "CustomRatio",
-    "ratio": {"success": "model_correct_total", "total": "model_labelled_total"},
+    "ratio": {"success": "model_correct_total", "total": "model_labelled_total", "matchLabels": {"model": "m"}},
     "slo": {"min": 0.8},
     "margin": {"absolute": 0.01},
 }
@@ -388,3 +389,25 @@ def test_sample_ratio_guard_skips_windows_around_a_step_change() -> None:
     unsteady = tuple(Window(w.start, w.end, w.canary_share, steady=False) for w in broken.windows)
     obs = Observation(unsteady, broken.stable_requests, broken.canary_requests, broken.metrics)
     assert [m.name for m in analyse(rollout(ERRORS), obs, step_started_at=0.0).metrics] == ["errors"]
+
+
+# --- fine histograms -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("canary_median", [40.0, 60.0])
+def test_a_ten_thousand_bucket_histogram_is_analysed_on_a_bounded_number_of_bounds(canary_median: float) -> None:
+    """The shift test watches at most MAX_WATCHED bounds however fine the histogram (observe also
+    coarsens to MAX_HISTOGRAM_EDGES before this); a 50 % slower canary is still caught."""
+    edges = (*(i / 10_000 for i in range(1, 10_000)), math.inf)  # 0.1 ms steps up to 1 s
+    finite = np.asarray(edges[:-1])
+
+    def cum(median_ms: float) -> tuple[float, ...]:
+        cdf = sps.lognorm(s=0.5, scale=median_ms / 1000).cdf(finite)
+        return (*(float(round(3000 * c)) for c in cdf), 3000.0)
+
+    series = HistogramSeries(edges, (cum(40.0),) * 10, (cum(canary_median),) * 10)
+    observed = observation([MetricData("latency", series)], 10)
+    (evidence,) = analyse(rollout(LATENCY), observed, step_started_at=0.0).metrics
+    watched = evidence.reason.rsplit(" at ", 1)[-1].rstrip(")").split(", ")
+    assert 0 < len(watched) <= MAX_WATCHED, evidence.reason
+    assert evidence.verdict is (F if canary_median > 40.0 else P), evidence.reason

@@ -301,13 +301,21 @@ def test_estimates_are_shown_in_the_units_the_analysis_computes_them_in() -> Non
     assert (errors.factor, errors.unit, errors.points) == (100.0, "pp", False)
     assert errors.margin == pytest.approx(0.25)
     accuracy = estimate_scale(
-        metric(kind="CustomRatio", margin={"absolute": 0.01}, ratio={"success": "c", "total": "t"})
+        metric(
+            kind="CustomRatio",
+            margin={"absolute": 0.01},
+            ratio={"success": "c", "total": "t", "matchLabels": {"m": "x"}},
+        )
     )
     assert accuracy.margin == pytest.approx(-1.0)  # higher is better: harm is below zero
     ratio = estimate_scale(metric(kind="TritonErrorRate", margin={"relative": "20%"}))
     assert (ratio.unit, ratio.margin, ratio.points) == ("%", 20.0, True)  # rate ratio - 1
     plug_in = estimate_scale(
-        metric(kind="CustomRatio", margin={"relative": "2%"}, ratio={"success": "c", "total": "t"})
+        metric(
+            kind="CustomRatio",
+            margin={"relative": "2%"},
+            ratio={"success": "c", "total": "t", "matchLabels": {"m": "x"}},
+        )
     )
     assert plug_in.margin is None  # relative to the stable's rate: not known from the status
     gauge = estimate_scale(metric(kind="TritonLatency", margin={"absolute": "20ms"}))

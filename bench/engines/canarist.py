@@ -65,7 +65,11 @@ def benchmark_rollout(
                         {
                             "name": "accuracy",
                             "kind": "CustomRatio",
-                            "ratio": {"success": "model_correct_total", "total": "model_labelled_total"},
+                            "ratio": {
+                                "success": "model_correct_total",
+                                "total": "model_labelled_total",
+                                "matchLabels": {"model": "model"},
+                            },
                             "margin": {"absolute": policy.accuracy_margin_abs},
                         },
                     ],

@@ -39,9 +39,11 @@ Conflicts
 
 from __future__ import annotations
 
+import copy
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from controller.policy import DNS_LABEL, ModelRollout
 from controller.semantics import Path, Problem
@@ -261,6 +263,22 @@ def overlaps(host: str, namespace: str, other: str, other_namespace: str) -> boo
     return any(
         names_overlap(a, b) for a in interpretations(host, namespace) for b in interpretations(other, other_namespace)
     )
+
+
+def without_hosts(objects: Sequence[Mapping[str, Any]], hosts: Iterable[str]) -> list[dict[str, Any]]:
+    """``objects`` with ``hosts`` taken out of each VirtualService's ``hosts`` (its first, the
+    rollout's own, is always kept): how a rollback still reaches the routes canarist already holds
+    when a host newly added to the spec is refused as a conflict."""
+    drop = set(hosts)
+    out: list[dict[str, Any]] = []
+    for obj in objects:
+        copied = copy.deepcopy(dict(obj))
+        spec = copied.get("spec")
+        if copied.get("kind") == "VirtualService" and isinstance(spec, dict) and spec.get("hosts"):
+            first, *rest = spec["hosts"]
+            spec["hosts"] = [first, *(h for h in rest if h not in drop)]
+        out.append(copied)
+    return out
 
 
 def overlapping(hosts: Sequence[str], namespace: str, others: Sequence[str], other_namespace: str) -> list[str]:

@@ -20,11 +20,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from controller.cluster import RouteConflictError
+from controller.decision import Action
 from controller.kube import KubeCluster, retry_policy
 from controller.localapi import LocalApiServer, local_api_server
 from controller.policy import ModelRollout
+from controller.reconcile import reconcile
 from controller.render import render
 from controller.routing import RouteState
+from controller.samples import Observation, Window
 from controller.templating import default_environment
 from controller.tenancy import (
     DEFAULT_RULES,
@@ -36,7 +39,9 @@ from controller.tenancy import (
     overlaps,
     parse_grant,
     rules_from_options,
+    without_hosts,
 )
+from tests.memory_cluster import MemoryCluster
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICY = yaml.safe_load((ROOT / "policies/fraud-detector-istio.yaml").read_text())
@@ -443,6 +448,29 @@ def test_a_host_the_rollout_already_routes_is_not_frozen_by_a_later_object(
     edge.apply_routes(owner, render(candidate, RouteState(0), ENV))  # the rollback goes through
 
 
+def test_a_rollback_reaches_the_held_routes_without_a_newly_refused_host(
+    server: LocalApiServer, edge: KubeCluster
+) -> None:
+    """A host added to the spec mid-rollout that another VirtualService routes is refused; the
+    rollback still rewrites canarist's own routes, without that host (tenancy.without_hosts)."""
+    body = policy("team-a")
+    owner = _owner(edge, body)
+    edge.apply_routes(owner, render(ModelRollout.model_validate(body), RouteState(25), ENV))
+    theirs = server.seed(_vs("edge", "public", ["api.example.com"]))
+    edited = policy("team-a", hosts=["api.example.com"])
+    rollback = render(ModelRollout.model_validate(edited), RouteState(0), ENV)
+    found = edge.route_conflicts(owner, rollback)
+    assert [(c.host, c.namespace, c.name) for c in found] == [("api.example.com", "edge", "public")]
+    kept = without_hosts(rollback, {c.host for c in found})
+    assert edge.route_conflicts(owner, kept) == []
+    assert edge.apply_routes(owner, kept).writes == (("VirtualService", "fraud-detector", "update"),)
+    ours = server.get(ISTIO, "virtualservices", "team-a", "fraud-detector")
+    assert ours is not None and ours["spec"]["hosts"] == ["fraud-detector.team-a.svc.cluster.local"]
+    assert [d["weight"] for d in ours["spec"]["http"][-1]["route"]] == [100, 0]
+    after = server.get(ISTIO, "virtualservices", "edge", "public")
+    assert after is not None and after["metadata"]["resourceVersion"] == theirs["metadata"]["resourceVersion"]
+
+
 def test_another_rollouts_host_in_the_same_namespace_names_that_rollout(
     server: LocalApiServer, edge: KubeCluster
 ) -> None:
@@ -461,4 +489,70 @@ def test_objects_outside_the_rollouts_namespace_are_never_written(server: LocalA
     start = len(server.writes)
     with pytest.raises(Exception, match="not in the rollout's namespace"):
         edge.apply_routes(owner, desired)
+    assert _istio_writes(server, start) == []
+
+
+def _pod(name: str, namespace: str, labels: dict[str, str]) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "spec": {"containers": [{"name": "model", "image": "triton"}]},
+        "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]},
+    }
+
+
+class NoData:
+    """A metrics source with nothing to say (a refused rollout is never analysed anyway)."""
+
+    def observe(
+        self, rollouts: Sequence[ModelRollout], windows: Mapping[str, Sequence[Window]], at: float
+    ) -> tuple[dict[str, Observation], str | None]:
+        return {}, "no data in this test"
+
+
+# --- the reconciler: a refused rollout holds ----------------------------------------------------
+
+
+@pytest.mark.parametrize("theirs", ["fraud-detector.team-a.svc.cluster.local", "*.team-a.svc.cluster.local", "*"])
+def test_a_rollout_whose_routes_are_refused_holds_and_never_advances(theirs: str) -> None:
+    cluster = MemoryCluster()
+    cluster.routes[("VirtualService", "edge", "wildcard")] = _vs("edge", "wildcard", [theirs])
+    cluster.add(policy("team-a"))
+    for tick in range(40):
+        (obj,), _ = cluster.list_rollouts(None)
+        if tick == 10:  # a human asks to promote: still refused
+            cluster.annotate_rollout("team-a", "fraud-detector", {"canarist.io/command": "promote"})
+            (obj,), _ = cluster.list_rollouts(None)
+        outcome = reconcile(obj, cluster, NoData(), ENV, now=1_800_000_000.0 + 30 * tick)
+        assert outcome.action is Action.HOLD, outcome
+    (obj,), _ = cluster.list_rollouts(None)
+    assert obj["status"]["phase"] == "Initializing" and obj["status"]["canaryWeight"] == 0
+    assert "routes refused" in obj["status"]["message"] and "edge/wildcard" in obj["status"]["message"]
+    assert [k for k, _, _ in cluster.route_writes] == []
+    refused = [reason for reason, _, warning in cluster.events if reason == "RoutesRefused" and warning]
+    assert len(refused) == 1  # said once, not at every tick
+
+
+def test_a_refused_rollout_holds_against_the_real_edge(server: LocalApiServer, edge: KubeCluster) -> None:
+    """The reconciler asks the edge before it records anything: with every host granted, the
+    payments route still wins, and the rollout stays before its first step, saying why."""
+    server.seed(_vs("prod", "payments", ["payments"]))
+    body = policy("team-a", hosts=["payments.prod.svc.cluster.local"])
+    for i in range(2):
+        server.seed(_pod(f"canary-{i}", "team-a", body["spec"]["canary"]["labels"]))
+    _owner(edge, body)
+    start = len(server.writes)
+    for tick in range(6):
+        current = edge.get_rollout("team-a", "fraud-detector")
+        outcome = reconcile(current, edge, NoData(), ENV, now=1_800_000_000.0 + 60 * tick, rules=EVERYTHING)
+        assert outcome.action is Action.HOLD, outcome
+        assert "routes refused" in outcome.reason and "prod/payments" in outcome.reason
+    assert _istio_writes(server, start) == []
+    status = edge.get_rollout("team-a", "fraud-detector")["status"]
+    assert status["phase"] == "Initializing" and status["canaryWeight"] == 0 and not status.get("history")
+    assert "routes refused" in status["message"]
+    # With the controller's default rules the host is refused before any route is considered.
+    outcome = reconcile(edge.get_rollout("team-a", "fraud-detector"), edge, NoData(), ENV, now=1_800_001_000.0)
+    assert outcome.action is Action.NONE and "spec.service.hosts[0]" in outcome.reason
     assert _istio_writes(server, start) == []

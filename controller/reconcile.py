@@ -140,7 +140,9 @@ def _reconcile(
             )
 
     objects = render(rollout, decision.routes, env)
-    conflicts = cluster.route_conflicts(obj, objects)  # before anything is recorded: a refused rollout holds
+    # Before anything is recorded: a refused rollout holds. Less canary traffic (a rollback) is never
+    # held up by another tenant's routes: it only rewrites canarist's own objects.
+    conflicts = cluster.route_conflicts(obj, objects) if not _exposes_less(decision.routes, in_force) else []
     if conflicts:
         reason = "routes refused: " + "; ".join(str(c) for c in conflicts)
         if stored.get("message") != reason:
@@ -170,6 +172,14 @@ def _reconcile(
         writes,
         written,
         _requeue(decision, interval),
+    )
+
+
+def _exposes_less(new: RouteState, old: RouteState) -> bool:
+    """Whether ``new`` sends the canary less traffic than ``old`` and nothing more."""
+    return not _exposes_more(new, old) and (new.canary_weight, new.mirror_percent) != (
+        old.canary_weight,
+        old.mirror_percent,
     )
 
 

@@ -158,6 +158,14 @@ def origin(status: Mapping[str, Any]) -> float | None:
     return found[0] if found else None
 
 
+def _entry_weight(rollout: ModelRollout | None, entry: Mapping[str, Any]) -> float | None:
+    """The weight a history entry put in force: as it recorded it, else replayed from its phase and step."""
+    weight = entry.get("canaryWeight")  # recorded since canarist keeps it
+    if isinstance(weight, int) and not isinstance(weight, bool) and 0 <= weight <= 100:
+        return float(weight)
+    return weight_after(rollout, entry.get("toPhase"), entry.get("toStep"))
+
+
 def weight_after(rollout: ModelRollout | None, phase: Any, step: Any) -> float | None:
     """The canary weight a decision's target phase and step put in force (None if unknown)."""
     try:
@@ -190,8 +198,7 @@ def weight_series(status: Mapping[str, Any], rollout: ModelRollout | None, t0: f
         points = [
             (t, w)
             for e in history
-            if (t := parse_time(e.get("at"))) is not None
-            and (w := weight_after(rollout, e.get("toPhase"), e.get("toStep"))) is not None
+            if (t := parse_time(e.get("at"))) is not None and (w := _entry_weight(rollout, e)) is not None
         ]
     if not points:
         return None

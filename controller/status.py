@@ -128,6 +128,7 @@ def bounded(body: dict[str, Any], limit: int = STATUS_BYTES_LIMIT) -> dict[str, 
         keep = 1 if key == "history" else 0
         while size > limit and len(entries) > keep:
             size -= _size(entries.pop(0)) + 1  # the entry and its comma
+        size = _size(body)  # exact again: the last entry had no comma
     return body
 
 

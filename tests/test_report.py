@@ -226,7 +226,7 @@ def test_no_weights_and_no_decisions_give_no_weight_series() -> None:
 def test_the_weight_a_decision_puts_in_force() -> None:
     rollout = validated(copy.deepcopy(POLICY))
     assert weight_after(rollout, "Progressing", 2) == 25.0
-    assert weight_after(rollout, "Initializing", 0) == 1.0
+    assert weight_after(rollout, "Initializing", 0) == 0.0  # a canary gets traffic from its Start on
     assert weight_after(rollout, "Failed", 3) == 0.0 and weight_after(None, "RollingBack", 1) == 0.0
     assert weight_after(rollout, "Succeeded", 4) == 100.0 and weight_after(None, "Promoting", 4) == 100.0
     assert weight_after(rollout, "Progressing", 99) == 100.0  # past the schedule: as the controller routes it

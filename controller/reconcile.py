@@ -141,8 +141,12 @@ def _reconcile(
 
     objects = render(rollout, decision.routes, env)
     # Before anything is recorded: a refused rollout holds. Less canary traffic (a rollback) is never
-    # held up by another tenant's routes: it only rewrites canarist's own objects.
-    conflicts = cluster.route_conflicts(obj, objects) if not _exposes_less(decision.routes, in_force) else []
+    # held up by another tenant's routes: it rewrites canarist's own objects, without a host newly
+    # refused (the edge's apply_routes checks again, so the refused host must go, not be ignored).
+    conflicts = cluster.route_conflicts(obj, objects)
+    if conflicts and _exposes_less(decision.routes, in_force):
+        objects = tenancy.without_hosts(objects, {c.host for c in conflicts})
+        conflicts = cluster.route_conflicts(obj, objects)
     if conflicts:
         reason = "routes refused: " + "; ".join(str(c) for c in conflicts)
         if stored.get("message") != reason:

@@ -556,3 +556,46 @@ def test_a_refused_rollout_holds_against_the_real_edge(server: LocalApiServer, e
     outcome = reconcile(edge.get_rollout("team-a", "fraud-detector"), edge, NoData(), ENV, now=1_800_001_000.0)
     assert outcome.action is Action.NONE and "spec.service.hosts[0]" in outcome.reason
     assert _istio_writes(server, start) == []
+
+
+def test_an_abort_rolls_back_even_when_a_host_added_mid_rollout_is_refused() -> None:
+    from controller.cluster import (
+        COMMAND_ANNOTATION,
+        COMMAND_AT_ANNOTATION,
+        COMMAND_BY_ANNOTATION,
+        COMMAND_ID_ANNOTATION,
+    )
+    from controller.steering import rfc3339
+
+    rules = rules_from_options(["team-a=api.example.com"])
+    cluster = MemoryCluster()
+    cluster.add(policy("team-a"))
+    t0 = 1_800_000_000.0
+
+    def tick(at: float) -> Any:
+        (obj,), _ = cluster.list_rollouts(None)
+        return reconcile(obj, cluster, NoData(), ENV, now=at, rules=rules)
+
+    assert tick(t0).action is Action.START
+    current = cluster.rollouts[("team-a", "fraud-detector")]
+    current["spec"]["service"]["hosts"] = ["api.example.com"]  # granted, but another team routes it
+    current["metadata"]["generation"] += 1
+    cluster.routes[("VirtualService", "edge", "public")] = _vs("edge", "public", ["api.example.com"])
+    held = tick(t0 + 30)
+    assert held.action is Action.HOLD and "edge/public" in held.reason
+    cluster.annotate_rollout(
+        "team-a",
+        "fraud-detector",
+        {
+            COMMAND_ANNOTATION: "abort",
+            COMMAND_BY_ANNOTATION: "alice",
+            COMMAND_ID_ANNOTATION: "1",
+            COMMAND_AT_ANNOTATION: rfc3339(t0 + 59),
+        },
+    )
+    assert tick(t0 + 60).action is Action.ROLLBACK
+    kind, _, written = cluster.route_writes[-1]
+    assert kind == "VirtualService" and written["spec"]["hosts"] == ["fraud-detector.team-a.svc.cluster.local"]
+    primary = next(r for r in written["spec"]["http"] if r["name"] == "primary")
+    assert [d["weight"] for d in primary["route"]] == [100, 0]
+    assert cluster.routes[("VirtualService", "edge", "public")]["spec"]["hosts"] == ["api.example.com"]

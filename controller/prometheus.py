@@ -1,7 +1,10 @@
-"""The Prometheus edge: PromQL over HTTP (``requests``), bounded in time and bytes, every failure typed.
+"""The Prometheus edge: PromQL over HTTP with prometheus-api-client, bounded in time and bytes, every failure typed.
 
-The only module that imports ``requests``. The rest of canarist sees :class:`PromQL`, two methods
-with explicit times, and exceptions that say whether to retry:
+The only module that imports ``prometheus_api_client`` and ``requests``. Queries go through the
+library's ``PrometheusConnect.custom_query`` and ``custom_query_range``; the ``requests`` session
+under it is ours, and its transport enforces the bounds (below), whoever calls it. The rest of
+canarist sees :class:`PromQL`, two methods with explicit times, and exceptions that say whether
+to retry:
 
 * :class:`PrometheusUnavailable` (temporary, carries ``retry_after``): connection refused or
   reset, HTTP 429 and 5xx, and :class:`PrometheusTimeout`: no whole answer in time (client side:
@@ -16,14 +19,17 @@ with explicit times, and exceptions that say whether to retry:
 Bounds. ``timeout`` bounds each query's *whole* answer (connect, headers and body together), not
 each read: a watchdog shuts the connection's socket down when the deadline passes, so a server
 that trickles one byte a second cannot hold a look. A look (all queries of one :func:`observe`)
-has its own total deadline, ``look_timeout``. The body is read in chunks and refused once it
-passes ``max_answer_bytes`` (counted after decompression). Not bounded: a DNS lookup that hangs
-(the resolver's own timeouts apply), and SOCKS proxies (the watchdog cannot reach their sockets).
+has its own total deadline, ``look_timeout``. The library reads each body whole, so the cap sits
+under it: the transport refuses an answer whose declared length, or whose body as read (counted
+after decompression, chunk by chunk), passes ``max_answer_bytes``. Not bounded: a DNS lookup that
+hangs (the resolver's own timeouts apply), and SOCKS proxies (the watchdog cannot reach their
+sockets).
 
 Callers turn any of them into *no data* with the reason (:func:`observe_or_explain` does):
 never a pass, never a canary failure. Empty results, NaN and Inf are data problems, judged per
 window by :mod:`controller.observe`. The client does not retry on its own (a retry is the next
-tick's business), so one call is one HTTP request: ``requests_sent`` counts them.
+tick's business) and follows no redirect, so one call is one HTTP request: ``requests_sent``
+counts them.
 """
 
 from __future__ import annotations
@@ -34,9 +40,10 @@ import socket
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from functools import reduce
 from itertools import pairwise
 from math import gcd
@@ -45,6 +52,8 @@ from typing import Any, Protocol
 
 import requests
 import urllib3.exceptions
+from prometheus_api_client.exceptions import PrometheusApiClientException
+from prometheus_api_client.prometheus_connect import PrometheusConnect
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
@@ -254,12 +263,70 @@ def _pool_classes(guard: _Guard) -> dict[str, type[HTTPConnectionPool]]:
     return {"http": Pool, "https": TLSPool}
 
 
-class _GuardedAdapter(HTTPAdapter):
-    """An adapter without retries whose connections (direct or through an HTTP proxy) ``guard`` watches."""
+def _over(limit: int, url: str) -> AnswerTooLarge:
+    return AnswerTooLarge(
+        f"the answer from {url} is over the {limit:,} byte limit (max_answer_bytes): the query selects "
+        "too many series (e.g. a histogram with too many buckets, or too many pods)",
+        limit=limit,
+    )
 
-    def __init__(self, guard: _Guard) -> None:
+
+class _CappedBody:
+    """A urllib3 response whose body, as read (decompressed), may not pass ``limit`` bytes.
+
+    ``requests`` reads a body through ``stream()`` (``Response.content`` does, for a library that
+    does not stream); past the limit this raises :class:`AnswerTooLarge`, which ``requests`` does
+    not wrap (it wraps only urllib3's own errors), and drops the connection, its body unread.
+    Everything else is the wrapped response's.
+    """
+
+    def __init__(self, raw: Any, limit: int, url: str) -> None:
+        self._raw = raw
+        self._limit = limit
+        self._url = url
+        self._size = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._raw, name)
+
+    def _count(self, chunk: bytes) -> bytes:
+        self._size += len(chunk)
+        if self._size > self._limit:
+            self._raw.close()  # not back to the pool: the rest of the body is still on the wire
+            raise _over(self._limit, self._url)
+        return chunk
+
+    def stream(self, amt: int | None = _CHUNK, decode_content: bool | None = None) -> Iterator[bytes]:
+        for chunk in self._raw.stream(amt, decode_content=decode_content):
+            yield self._count(chunk)
+
+    def read(self, amt: int | None = None, decode_content: bool | None = None, cache_content: bool = False) -> bytes:
+        if amt is None:  # all of it, still counted chunk by chunk
+            return b"".join(self.stream(_CHUNK, decode_content=decode_content))
+        return self._count(self._raw.read(amt, decode_content=decode_content, cache_content=cache_content))
+
+
+class _GuardedAdapter(HTTPAdapter):
+    """The transport under the library: no retries, connections (direct or through an HTTP proxy)
+    that ``guard`` watches, and bodies capped at ``limit`` bytes."""
+
+    def __init__(self, guard: _Guard, limit: int) -> None:
         self._classes = _pool_classes(guard)
+        self._limit = limit
         super().__init__(max_retries=Retry(total=0, redirect=0, status_forcelist=()))
+
+    def build_response(self, req: requests.PreparedRequest, resp: Any) -> requests.Response:
+        """The response with its body capped; an answer that declares a longer body is refused unread."""
+        response = super().build_response(req, resp)
+        url = (response.url or "").split("?", 1)[0]
+        declared = response.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > self._limit:
+            resp.close()
+            raise _over(self._limit, url)
+        response.raw = _CappedBody(resp, self._limit, url)
+        # The API speaks UTF-8 JSON: no guessing of a charset over the whole body, outside any deadline.
+        response.encoding = "utf-8"
+        return response
 
     def init_poolmanager(self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any) -> None:
         super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
@@ -292,15 +359,26 @@ def _is_timeout(exc: BaseException) -> bool:
 # --- the client -------------------------------------------------------------------------------
 
 
+class _Session(requests.Session):
+    """A session that follows no redirect: one query is one request, and credentials go nowhere else.
+
+    A redirect comes back as the answer it is (the library refuses it as a non-200 answer).
+    """
+
+    def get_redirect_target(self, resp: requests.Response) -> str | None:
+        return None
+
+
 class PrometheusClient:
-    """:class:`PromQL` over HTTP. Not thread-safe: one client per thread."""
+    """:class:`PromQL` over HTTP, through prometheus-api-client. Not thread-safe: one client per thread."""
 
     def __init__(self, settings: PrometheusSettings) -> None:
         self.settings = settings
         self.requests_sent = 0
         self._guard = _Guard()
         self._deadline: float | None = None  # monotonic end of the current look, if any
-        session = requests.Session()
+        self._last: requests.Response | None = None  # the current query's answer, for its status and headers
+        session = _Session()
         session.verify = False if settings.insecure else (settings.ca_file or True)
         if settings.client_cert is not None:
             session.cert = settings.client_cert
@@ -314,14 +392,30 @@ class PrometheusClient:
                 raise PrometheusConfigError(f"cannot read the bearer token file: {exc}") from None
         if token:
             session.headers["Authorization"] = f"Bearer {token}"
-        adapter = _GuardedAdapter(self._guard)
-        session.mount("http://", adapter)
-        session.mount("https://", adapter)
-        self._session = session
+        session.hooks["response"].append(self._remember)
         self._url = settings.url.rstrip("/")
+        options: dict[str, Any] = {
+            "url": self._url,
+            "retry": Retry(total=0, redirect=0, status_forcelist=()),  # no retries: a retry is the next tick's
+            "session": session,
+            "timeout": (settings.timeout, settings.timeout),  # each call passes its own; typed int, handed to requests
+        }
+        self._connect = PrometheusConnect(**options)
+        # The library mounts an adapter of its own on the URL; ours replaces it, so that the bounds hold.
+        adapter = _GuardedAdapter(self._guard, settings.max_answer_bytes)
+        for prefix in ("http://", "https://", self._url):
+            replaced = session.adapters.get(prefix)
+            session.mount(prefix, adapter)
+            if replaced is not None and replaced is not adapter:
+                replaced.close()
+        if session.get_adapter(f"{self._url}/api/v1/query") is not adapter:
+            raise RuntimeError("prometheus-api-client mounted a transport the bounds do not cover")
+
+    def _remember(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
+        self._last = response
 
     def close(self) -> None:
-        self._session.close()
+        self._connect.close()
 
     @contextmanager
     def deadline(self, at: float) -> Iterator[None]:
@@ -334,21 +428,36 @@ class PrometheusClient:
             self._deadline = before
 
     def vector(self, query: str, at: float) -> list[Sample]:
-        params = {"query": query, "time": _seconds(at), "timeout": promql_duration(self.settings.timeout)}
-        data = self._call("query", params, query)
+        params = {"time": _seconds(at), "timeout": promql_duration(self.settings.timeout)}
+        # timeout: (connect, read) seconds; typed int in the library, which hands it to requests as is
+        data = self._call(
+            query,
+            lambda timeout: self._connect.custom_query(query, params=params, timeout=timeout),  # type: ignore[arg-type]
+        )
         if not all(isinstance(item, dict) and "value" in item for item in data):
             raise QueryError("the query did not return an instant vector", query=query)
         return [(dict(item.get("metric", {})), _number(item["value"][1], query)) for item in data]
 
     def matrix(self, query: str, start: float, end: float, step: float) -> list[tuple[dict[str, str], Points]]:
+        # The library rounds start and end to whole seconds; these params override them, exact to the millisecond.
         params = {
-            "query": query,
             "start": _seconds(start),
             "end": _seconds(end),
             "step": _seconds(step),
             "timeout": promql_duration(self.settings.timeout),
         }
-        data = self._call("query_range", params, query)
+        first, last = datetime.fromtimestamp(start, UTC), datetime.fromtimestamp(end, UTC)
+        data = self._call(
+            query,
+            lambda timeout: self._connect.custom_query_range(
+                query,
+                first,
+                last,
+                params["step"],
+                params=params,
+                timeout=timeout,  # type: ignore[arg-type]
+            ),
+        )
         if not all(isinstance(item, dict) and "values" in item for item in data):
             raise QueryError("the query did not return a range vector", query=query)
         return [
@@ -366,64 +475,42 @@ class PrometheusClient:
                 budget, scope = left, "look"
         return budget, scope
 
-    def _call(self, endpoint: str, params: Mapping[str, str], query: str) -> list[Any]:
+    def _call(self, query: str, ask: Callable[[tuple[float, float]], Any]) -> list[Any]:
+        """One library call (one HTTP request) under the query's deadline; every failure typed.
+
+        Failures are told apart by their types, never their text: the deadline first (an answer cut
+        short by it may fail in any way), then the cap, the library's non-200 refusal (classified by
+        the answer the session hook kept), an answer that is not the API, and the transport's errors.
+        """
         budget, scope = self._budget(query)
         self.requests_sent += 1
+        self._last = None
         caught: Exception | None = None
-        got: tuple[int, bytes, Mapping[str, str]] | None = None
+        data: Any = None
         with self._guard.armed(budget):
             try:
-                got = self._send(endpoint, params, budget, query)
-            except AnswerTooLarge:
-                raise
+                data = ask((budget, budget))
             except Exception as exc:  # classified below, once we know whether the deadline fired
                 caught = exc
+        if isinstance(caught, AnswerTooLarge):
+            raise self._too_large(query) from None
         if self._guard.fired or (caught is not None and _is_timeout(caught)):
             seconds = self.settings.look_timeout if scope == "look" else self.settings.timeout
             raise self._timeout(scope, seconds, query) from None
-        if caught is not None:
-            raise self._classify(caught, query) from None
-        assert got is not None
-        status, body, headers = got
-        if status != 200:
-            raise self._http_error(status, body, headers, query)
-        try:
-            data = json.loads(body)["data"]["result"]
-        except (ValueError, KeyError, TypeError):
+        answer, self._last = self._last, None  # not kept past the call: it holds a whole body
+        if isinstance(caught, PrometheusApiClientException):
+            if answer is None:  # the library refuses only answers it got; kept by the hook
+                raise PrometheusConfigError(f"unexpected answer from {self._url}", query=query) from None
+            raise self._http_error(answer.status_code, answer.content, answer.headers, query) from None
+        if _not_the_api(caught, answer):
             raise PrometheusConfigError(
                 f"{self._url} did not answer as the Prometheus HTTP API (is the URL right?)", query=query
             ) from None
+        if caught is not None:
+            raise self._classify(caught, query) from None
         if not isinstance(data, list):
             raise QueryError("the query did not return a vector", query=query)
         return data
-
-    def _send(
-        self, endpoint: str, params: Mapping[str, str], budget: float, query: str
-    ) -> tuple[int, bytes, Mapping[str, str]]:
-        """One GET, its body read in chunks up to ``max_answer_bytes``."""
-        limit = self.settings.max_answer_bytes
-        response = self._session.get(
-            f"{self._url}/api/v1/{endpoint}",
-            params=dict(params),
-            timeout=(budget, budget),
-            stream=True,
-            allow_redirects=False,
-            verify=self._session.verify,  # explicit: requests lets REQUESTS_CA_BUNDLE override the session's
-            cert=self._session.cert,
-        )
-        try:
-            declared = response.headers.get("Content-Length", "")
-            if declared.isdigit() and int(declared) > limit:
-                raise self._too_large(query)
-            chunks, size = [], 0
-            for chunk in response.iter_content(_CHUNK):
-                size += len(chunk)
-                if size > limit:
-                    raise self._too_large(query)
-                chunks.append(chunk)
-            return response.status_code, b"".join(chunks), response.headers
-        finally:
-            response.close()
 
     def _too_large(self, query: str) -> AnswerTooLarge:
         limit = self.settings.max_answer_bytes
@@ -467,7 +554,7 @@ class PrometheusClient:
         try:
             doc = json.loads(body)
             kind, error = str(doc.get("errorType", "")), str(doc.get("error", ""))
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             kind, error = "", body[:200].decode("utf-8", "replace")
         detail = f"HTTP {status}" + (f" {kind}" if kind else "") + (f": {error}" if error else "")
         if status in (400, 422):
@@ -486,6 +573,14 @@ class PrometheusClient:
                 )
             return self._unavailable(detail, query, delay)
         return PrometheusConfigError(f"unexpected answer from {self._url} ({detail})", query=query)
+
+
+def _not_the_api(exc: Exception | None, answer: requests.Response | None) -> bool:
+    """Whether the library failed on a 200 answer that is not the API's JSON ``{"data": {"result": ...}}``."""
+    if answer is None or answer.status_code != 200:
+        return False
+    # not JSON; nested too deep to parse; JSON without data.result (the library indexes it)
+    return isinstance(exc, requests.exceptions.JSONDecodeError | RecursionError | KeyError | TypeError)
 
 
 def _seconds(value: float) -> str:

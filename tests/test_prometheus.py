@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import re
+import socket
 import ssl
 import threading
 import time
+import urllib.parse
 import urllib.request
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -37,7 +41,7 @@ from controller.prometheus import (
 )
 from controller.queries import Matcher, Op, Query, any_of, selector
 from controller.samples import CountSeries, HistogramSeries, Observation, Window
-from tests.hostile_http import BEHAVIOURS, HostileServer
+from tests.hostile_http import BEHAVIOURS, HEADERS, HostileServer
 from tests.prometheus_fixture import (
     LE,
     SCENARIOS,
@@ -429,6 +433,9 @@ def test_nothing_listening_is_unavailable() -> None:
         (404, "404 page not found", PrometheusConfigError, "unexpected answer"),
         (200, "<html>a login page</html>", PrometheusConfigError, "did not answer as the Prometheus HTTP API"),
         (200, json.dumps({"status": "success", "data": {}}), PrometheusConfigError, "Prometheus HTTP API"),
+        (200, json.dumps({"status": "success", "data": []}), PrometheusConfigError, "Prometheus HTTP API"),
+        (200, json.dumps(["data"]), PrometheusConfigError, "Prometheus HTTP API"),
+        (200, "[" * 100_000, PrometheusConfigError, "Prometheus HTTP API"),  # nested past the parser's depth
     ],
 )
 def test_configuration_errors_are_not_retried(status: int, body: str, error: type[Exception], match: str) -> None:
@@ -541,6 +548,81 @@ def test_a_hostile_server_cannot_hold_a_query_past_its_timeout(name: str, method
         assert "timed out after 1s" in caught.value.reason
     else:
         assert not caught.value.retryable and "byte limit" in caught.value.reason
+
+
+def _compressed(encoding: str, data: bytes) -> bytes:
+    if encoding == "gzip":
+        return gzip.compress(data)
+    return zlib.compress(data)  # HTTP's "deflate" is the zlib format
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+def test_the_size_cap_counts_the_answer_decompressed(encoding: str) -> None:
+    """A small compressed body that inflates past the cap is refused; under a larger cap it is read."""
+    answer = json.dumps({"status": "success", "data": {"resultType": "vector", "result": []}, "pad": " " * 200_000})
+    body = _compressed(encoding, answer.encode())
+    assert len(body) < 65_536 < len(answer)
+
+    def compressed(conn: socket.socket, stop: threading.Event) -> None:
+        head = f"Content-Encoding: {encoding}\r\nContent-Length: {len(body)}\r\n\r\n"
+        conn.sendall(HEADERS + head.encode() + body)
+        stop.wait()
+
+    with HostileServer(compressed) as server:
+        with pytest.raises(AnswerTooLarge, match="over the 65,536 byte limit"):
+            client(server.url, max_answer_bytes=65_536).vector("up", 1000.0)
+        assert client(server.url, max_answer_bytes=300_000).vector("up", 1000.0) == []
+
+
+class Spy(FakePrometheus):
+    """A fake Prometheus that keeps each request's path and query parameters."""
+
+    def __enter__(self) -> Spy:
+        super().__enter__()
+        self.seen: list[tuple[str, dict[str, list[str]]]] = []
+        handler = self.server.RequestHandlerClass
+        original = handler.do_GET  # type: ignore[attr-defined]
+
+        def spy(request: BaseHTTPRequestHandler) -> None:
+            url = urllib.parse.urlsplit(request.path)
+            self.seen.append((url.path, urllib.parse.parse_qs(url.query)))
+            original(request)
+
+        handler.do_GET = spy  # type: ignore[attr-defined]
+        return self
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "step", "wire"),
+    [
+        (1000.0, 1060.0, 15.0, ("1000.000", "1060.000", "15.000")),
+        (1000.25, 1060.75, 0.5, ("1000.250", "1060.750", "0.500")),  # the library alone would round to seconds
+        (1_700_000_000.4, 1_700_000_600.6, 0.001, ("1700000000.400", "1700000600.600", "0.001")),
+        (59.999, 60.001, 0.002, ("59.999", "60.001", "0.002")),
+    ],
+)
+def test_the_times_asked_for_are_the_times_sent(
+    start: float, end: float, step: float, wire: tuple[str, str, str]
+) -> None:
+    """Exact to the millisecond: Prometheus evaluates the grid canarist's windows lie on."""
+    answer = json.dumps({"status": "success", "data": {"resultType": "matrix", "result": []}})
+    with Spy(200, answer) as spy:
+        assert client(spy.url, timeout=3.0).matrix("up", start, end, step) == []
+        assert client(spy.url, timeout=3.0).vector("up", start) == []
+    (range_path, range_params), (path, params) = spy.seen
+    assert range_path == "/api/v1/query_range" and path == "/api/v1/query"
+    assert range_params == {"query": ["up"], "start": [wire[0]], "end": [wire[1]], "step": [wire[2]], "timeout": ["3s"]}
+    assert params == {"query": ["up"], "time": [wire[0]], "timeout": ["3s"]}
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_a_redirect_is_not_followed(status: int) -> None:
+    """One query is one request; the credentials go to the configured URL and nowhere else."""
+    answer = json.dumps({"status": "success", "data": {"resultType": "vector", "result": []}})
+    with Spy(200, answer) as elsewhere, Spy(status, "", {"Location": f"{elsewhere.url}/api/v1/query"}) as fake:
+        with pytest.raises(PrometheusConfigError, match=f"unexpected answer .*HTTP {status}"):
+            client(fake.url, bearer_token="s3cret").vector("up", 1000.0)
+        assert fake.hits == 1 and elsewhere.hits == 0
 
 
 def test_a_finished_query_leaves_no_deadline_behind() -> None:

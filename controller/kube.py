@@ -111,6 +111,8 @@ T = TypeVar("T")
 
 ISTIO_GROUP = "networking.istio.io"
 PLURALS = {"DestinationRule": "destinationrules", "VirtualService": "virtualservices"}
+#: The randomised split's metric tag (templates/telemetry.yaml.j2): created and owned, never adopted.
+TELEMETRY_GROUP, TELEMETRY_VERSION, TELEMETRY_PLURAL = "telemetry.istio.io", "v1", "telemetries"
 MANAGED_WEIGHTS_ANNOTATION = "canarist.io/managed-weights"
 ADOPTED_LABEL = "canarist.io/adopted-by"
 REPORTING_CONTROLLER = "canarist.io/controller"
@@ -613,11 +615,55 @@ class KubeCluster:
                 before = functools.partial(self._settle, subsets_written)
                 written, _ = self._converge(owner, desired, writes, before=before)
                 routes_written.extend([written] if written else [])
+            elif kind == "Telemetry":
+                self._converge_owned(owner, desired, writes)
             else:
-                raise ValueError(f"canarist applies DestinationRules and VirtualServices, not {kind!r}")
+                raise ValueError(f"canarist applies DestinationRules, Telemetries and VirtualServices, not {kind!r}")
         for desired in leaving:  # subsets no route of this call uses any more: remove them last
             self._converge(owner, desired, writes, before=functools.partial(self._settle, routes_written))
+        wanted = {_name(o) for o in objects if o.get("kind") == "Telemetry"}
+        for obj in self._telemetries(owner):  # a split tag the policy no longer needs (cohorts removed)
+            if _name(obj) not in wanted:
+                self._delete(self._telemetry_kind(), obj)
+                writes.append(("Telemetry", _name(obj), "delete"))
         return ApplyResult(tuple(writes))
+
+    def _telemetry_kind(self, api_version: str | None = None) -> Kind:
+        version = api_version.rpartition("/")[2] if api_version else TELEMETRY_VERSION
+        return Kind(TELEMETRY_GROUP, version, TELEMETRY_PLURAL)
+
+    def _telemetries(self, owner: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """The Telemetries this rollout created in its namespace."""
+        found = self._list(self._telemetry_kind(), _namespace(owner))[0]
+        return [o for o in found if _created_by(o, _name(owner))]
+
+    def _converge_owned(self, owner: Mapping[str, Any], desired: Mapping[str, Any], writes: Writes) -> None:
+        """Create or update an object only canarist writes; one of the same name it did not create is a conflict."""
+        kind = self._telemetry_kind(str(desired.get("apiVersion", "")))
+        namespace, name = _namespace(desired), _name(desired)
+        for _ in range(self.conflict_retries):
+            try:
+                current = self._get(kind, namespace, name)
+            except NotFoundError:
+                current = None
+            if current is not None and not _created_by(current, _name(owner)):
+                raise RejectedError(
+                    f"{desired['kind']} {namespace}/{name} exists and was not created by this rollout: not overwriting",
+                    code=409,
+                )
+            target = self._created(owner, desired) if current is None else self._owned(owner, desired, current)
+            if current is not None and _same(target, current):
+                return
+            try:
+                if current is None:
+                    self._create(kind, namespace, target)
+                else:
+                    self._replace(kind, target)
+            except ConflictError:
+                continue
+            writes.append((str(desired["kind"]), name, "create" if current is None else "update"))
+            return
+        raise ConflictError(f"{desired['kind']} {namespace}/{name}: still conflicting after retries")
 
     def _converge(
         self,
@@ -797,6 +843,9 @@ class KubeCluster:
                 elif _adopted_by(obj, rollout):
                     routes_written.append(self._restore(kind, obj))
                     writes.append((kind_name, _name(obj), "restore"))
+        for obj in self._telemetries(owner):  # no route sets the split header any more
+            self._delete(self._telemetry_kind(), obj)
+            writes.append(("Telemetry", _name(obj), "delete"))
         return ApplyResult(tuple(writes))
 
     def _delete(self, kind: Kind, obj: Mapping[str, Any]) -> None:

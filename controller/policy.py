@@ -501,11 +501,24 @@ class RatioQuery(Model):
         max_length=20,
         description="Labels (at least one) that pick this rollout's series within its namespace, e.g. model: ranker.",
     )
+    split_label: PromLabelName | None = Field(
+        default=None,
+        description=(
+            "With A/B cohorts or sticky users: the label your application sets from the x-canarist-split request "
+            "header, so only the randomised split's outcomes are compared."
+        ),
+    )
 
     @model_validator(mode="after")
     def _scoped(self) -> RatioQuery:
         if self.namespace_label == self.version_label:
             raise ValueError("namespaceLabel and versionLabel must be different labels")
+        if self.split_label is not None and self.split_label in (
+            self.namespace_label,
+            self.version_label,
+            *self.match_labels,
+        ):
+            raise ValueError(f"splitLabel {self.split_label!r} must be a label of its own")
         if self.namespace_label in self.match_labels:
             raise ValueError(
                 f"matchLabels must not name {self.namespace_label!r}: the namespace label is set from the "

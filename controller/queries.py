@@ -34,11 +34,12 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from controller.kinds import parse_value
 from controller.policy import Metric, MetricKind, ModelRollout, ModelVersion, RoutingMode
+from controller.routing import SPLIT_TAG, SPLIT_VALUE, split_tagged
 from controller.samples import Window
 
 METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
@@ -394,6 +395,8 @@ class _Rollout:
         spec = self.rollout.spec
         if self.triton is not None:
             return "Istio cannot tell the versions apart with routing mode TritonVersion (both run in the same pods)"
+        if split_tagged(self.rollout):  # cohort and sticky requests are not randomised: compare the split's only
+            family = replace(family, fixed=(*family.fixed, (SPLIT_TAG, SPLIT_VALUE)))
         return _ask(
             family,
             (self.ns, spec.service.name, istio_version(spec.stable)),
@@ -464,8 +467,9 @@ class _Rollout:
         fixed = (self.ns, *(ratio.match_labels[k] for k in keys))
         stable, canary = (self.custom_version(ratio.version_label, side) for side in ("stable", "canary"))
         asks: dict[Role, Ask] = {}
+        split = ((ratio.split_label, SPLIT_VALUE),) if ratio.split_label is not None else ()
         for role, name in ((Role.SUCCESS, ratio.success), (Role.TOTAL, ratio.total)):
-            ask = _ask(Family(name, Reduce.INCREASE, identity), (*fixed, stable), (*fixed, canary), "")
+            ask = _ask(Family(name, Reduce.INCREASE, identity, fixed=split), (*fixed, stable), (*fixed, canary), "")
             if isinstance(ask, str):
                 return {}, ask
             asks[role] = ask

@@ -22,12 +22,20 @@ import yaml
 from controller import tenancy
 from controller.policy import CanaryMatch, ModelRollout, RoutingMode, StringMatch
 from controller.quantity import parse_duration
-from controller.routing import RouteState, request_id_regex
+from controller.routing import (
+    SPLIT_HEADER,
+    SPLIT_TAG,
+    SPLIT_VALUE,
+    RouteState,
+    request_id_regex,
+    split_tagged,
+)
 
 MANAGED_BY = {"app.kubernetes.io/managed-by": "canarist"}
 ROLLOUT_LABEL = "canarist.io/rollout"
 WEIGHT_ANNOTATION = "canarist.io/canary-weight"
-TEMPLATE_NAMES = ("destinationrule.yaml.j2", "virtualservice.yaml.j2")
+#: In apply order: subsets and the split's metric tag exist before a route uses them.
+TEMPLATE_NAMES = ("destinationrule.yaml.j2", "telemetry.yaml.j2", "virtualservice.yaml.j2")
 #: libyaml's safe loader where PyYAML was built with it (ten times faster); the same YAML 1.1 rules.
 _LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -189,6 +197,7 @@ def template_context(rollout: ModelRollout, state: RouteState) -> dict[str, Any]
         "timeout": spec.routing.timeout,
         "retries": _retries(rollout),
         "triton": None,
+        "split": _split(rollout),
     }
     if sticky is not None and state.cohorts and state.canary_weight > 0:
         cookie_value = spec.canary.name
@@ -208,6 +217,26 @@ def template_context(rollout: ModelRollout, state: RouteState) -> dict[str, Any]
             "all_canary": weight == 100,
         }
     return context
+
+
+def _split(rollout: ModelRollout) -> dict[str, Any] | None:
+    """What tags the randomised split's requests (see :func:`controller.routing.split_tagged`), or None.
+
+    The weighted route sets the header, every other route removes it, and a Telemetry resource on
+    both versions' pods (the labels they share) adds its value to Istio's request metrics, as the
+    destination reports them.
+    """
+    if not split_tagged(rollout):
+        return None
+    stable, canary = rollout.spec.stable.labels, rollout.spec.canary.labels
+    return {
+        "set": {"request": {"set": {SPLIT_HEADER: SPLIT_VALUE}}},
+        "remove": {"request": {"remove": [SPLIT_HEADER]}},
+        "telemetry_name": f"{rollout.metadata.name}-split",
+        "selector": {k: v for k, v in sorted(stable.items()) if canary.get(k) == v},
+        "tag": SPLIT_TAG,
+        "expression": f"request.headers['{SPLIT_HEADER}']",
+    }
 
 
 def _subset(name: str, labels: dict[str, str]) -> dict[str, Any]:
@@ -269,6 +298,8 @@ def check_invariants(objects: list[dict[str, Any]]) -> None:
         spec = obj.get("spec") or {}
         if kind == "DestinationRule":
             defined.setdefault(spec.get("host", ""), set()).update(s["name"] for s in spec.get("subsets") or [])
+        elif kind == "Telemetry":
+            continue
         elif kind == "VirtualService":
             for i, route in enumerate(spec.get("http") or []):
                 _check_route(i, route, defined)

@@ -13,6 +13,11 @@ from controller.policy import ModelRollout, RoutingMode, Strategy
 
 #: Triton mode splits on the first three hex digits of Envoy's x-request-id (a random UUIDv4).
 REQUEST_ID_BUCKETS = 16**3
+#: Requests of the randomised split carry this header (set by the weighted route, removed from every
+#: other route so a client cannot forge it); an Istio Telemetry resource turns it into a metric tag.
+SPLIT_HEADER = "x-canarist-split"
+SPLIT_TAG = "canarist_split"
+SPLIT_VALUE = "randomised"
 _HEX = "0123456789abcdef"
 
 
@@ -85,6 +90,21 @@ def state_for_step(rollout: ModelRollout, index: int) -> RouteState:
         return RouteState(100)
     step = steps[index]
     return RouteState(step.canary_weight, step.mirror_percent)
+
+
+def has_cohorts(rollout: ModelRollout) -> bool:
+    """Whether requests reach the canary other than by the randomised split (A/B cohorts, sticky users)."""
+    return bool(rollout.spec.routing.match) or rollout.spec.routing.sticky is not None
+
+
+def split_tagged(rollout: ModelRollout) -> bool:
+    """Whether Istio's metrics tell the randomised split's requests apart (:data:`SPLIT_TAG`).
+
+    Only then does comparing the canary with stable on Istio's metrics compare like with like: cohort
+    and sticky requests are chosen by who sends them, not at random. In TritonVersion mode Istio
+    cannot tell the versions apart at all, so there is nothing to tag.
+    """
+    return has_cohorts(rollout) and rollout.spec.routing.mode is RoutingMode.SUBSET
 
 
 def request_id_buckets(weight: int) -> int:

@@ -20,6 +20,7 @@ from controller.policy import (
     StringMatch,
 )
 from controller.quantity import parse_duration
+from controller.routing import has_cohorts, split_tagged
 
 Path = tuple[str | int, ...]
 
@@ -50,7 +51,56 @@ class Problem:
 
 def check(rollout: ModelRollout) -> list[Problem]:
     """Every cross-field problem in ``rollout``; an empty list means it is valid."""
-    return [*_versions(rollout), *_routing(rollout), *_strategy(rollout), *_metrics(rollout)]
+    return [
+        *_versions(rollout),
+        *_routing(rollout),
+        *_strategy(rollout),
+        *_metrics(rollout),
+        *_randomised(rollout),
+    ]
+
+
+#: Kinds whose series tell the randomised split's requests apart once the split is tagged.
+SPLIT_KINDS = frozenset({MetricKind.ISTIO_LATENCY, MetricKind.ISTIO_ERROR_RATE})
+
+
+def _randomised(rollout: ModelRollout) -> Iterator[Problem]:
+    """With A/B cohorts or sticky users, a comparison with stable must see only randomised requests.
+
+    Cohort and sticky requests reach the canary because of who sends them, so counting them in a
+    comparison would compare different populations: the difference is no longer the canary's
+    effect, and the test's error guarantee is gone. Istio's metrics are tagged with the split
+    (controller.routing.split_tagged); CustomRatio counters can be, by the application
+    (``ratio.splitLabel``); other kinds cannot, so only their SLO guards (the canary alone against
+    an absolute bound, valid on any traffic) may run.
+    """
+    if not has_cohorts(rollout):
+        return
+    spec = rollout.spec
+    if split_tagged(rollout) and not {k for k, v in spec.stable.labels.items() if spec.canary.labels.get(k) == v}:
+        yield Problem(
+            ("spec", "canary", "labels"),
+            "with A/B cohorts or sticky users, both versions need a pod label in common (e.g. app) so that the "
+            "split's Telemetry selects their pods",
+        )
+    for i, metric in enumerate(spec.analysis.metrics):
+        if metric.margin is None:
+            continue
+        tagged = (metric.kind in SPLIT_KINDS and split_tagged(rollout)) or (
+            metric.kind is MetricKind.CUSTOM_RATIO and metric.ratio is not None and metric.ratio.split_label
+        )
+        if not tagged:
+            yield Problem(
+                ("spec", "analysis", "metrics", i, "margin"),
+                f"A/B cohorts and sticky users reach the canary without randomisation, and {metric.kind.value} "
+                "series cannot leave them out of a comparison with stable"
+                + (
+                    ": set ratio.splitLabel to the label your application sets from the x-canarist-split header"
+                    if metric.kind is MetricKind.CUSTOM_RATIO
+                    else ""
+                )
+                + "; an slo alone stays valid",
+            )
 
 
 def _versions(rollout: ModelRollout) -> Iterator[Problem]:

@@ -22,6 +22,7 @@ from controller.cluster import (
     RouteConflictError,
     WatchEvent,
 )
+from controller.render import ROLLOUT_LABEL
 from controller.tenancy import istio_name, overlaps
 
 
@@ -145,7 +146,7 @@ class MemoryCluster:
 
     def release_routes(self, owner: Mapping[str, Any]) -> ApplyResult:
         name = owner["metadata"]["name"]
-        gone = [k for k in self.routes if k[2] == name]
+        gone = [k for k, o in self.routes.items() if o["metadata"].get("labels", {}).get(ROLLOUT_LABEL) == name]
         for key in reversed(gone):  # VirtualService first: no route to a vanished subset
             del self.routes[key]
         return ApplyResult(tuple((k[0], k[2], "delete") for k in gone))

@@ -383,7 +383,7 @@ def test_adopts_the_users_objects_for_the_host_and_restores_them_exactly(server,
 def test_cohort_routes_are_restricted_to_the_users_match() -> None:
     policy = copy.deepcopy(POLICY)
     policy["spec"]["routing"]["match"] = [{"name": "beta", "headers": {"x-beta": {"exact": "1"}}}]
-    ours = routes(5, policy)[1]["spec"]
+    ours = routes(5, policy)[-1]["spec"]
     merged = merge_virtual_service(USER_VS["spec"], ours, HOST, NS)
     assert [r.get("name") for r in merged["http"]] == ["admin", "cohort-beta", "default"]
     cohort = merged["http"][1]

@@ -272,6 +272,7 @@ def test_the_service_selects_the_controller_pods_on_the_metrics_port() -> None:
 
 ROLLOUTS, STATUS = ("canarist.io", "modelrollouts"), ("canarist.io", "modelrollouts/status")
 VS, DR = ("networking.istio.io", "virtualservices"), ("networking.istio.io", "destinationrules")
+TELEMETRY = ("telemetry.istio.io", "telemetries")
 #: Every Cluster method the controller calls, and the grants it needs: (group, resource) -> verbs.
 #: The default ClusterRole must grant exactly their union: nothing unused, nothing missing.
 CONTROLLER_CALLS: dict[str, dict[tuple[str, str], set[str]]] = {
@@ -282,8 +283,16 @@ CONTROLLER_CALLS: dict[str, dict[tuple[str, str], set[str]]] = {
     "annotate_rollout": {ROLLOUTS: {"patch"}},  # a consumed command's annotations removed
     "patch_rollout_status": {STATUS: {"update"}, ROLLOUTS: {"get"}},  # the status replaced as a whole
     "route_conflicts": {VS: {"list"}},  # in every namespace
-    "apply_routes": {VS: {"get", "list", "create", "update"}, DR: {"get", "list", "create", "update"}},
-    "release_routes": {VS: {"list", "update", "delete"}, DR: {"list", "update", "delete"}},
+    "apply_routes": {
+        VS: {"get", "list", "create", "update"},
+        DR: {"get", "list", "create", "update"},
+        TELEMETRY: {"get", "list", "create", "update", "delete"},  # the split's tag; pruned when cohorts go
+    },
+    "release_routes": {
+        VS: {"list", "update", "delete"},
+        DR: {"list", "update", "delete"},
+        TELEMETRY: {"list", "delete"},
+    },
     "emit_event": {("events.k8s.io", "events"): {"create"}, ("", "events"): {"create"}},
     "pods_ready": {("", "pods"): {"list"}},
 }

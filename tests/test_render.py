@@ -11,6 +11,7 @@ import pydantic
 import pytest
 import yaml
 from cloudcoil.models.istio.networking import v1 as istio
+from cloudcoil.models.istio.telemetry import v1 as telemetry
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -25,6 +26,7 @@ from controller.routing import (
     request_id_buckets,
     request_id_regex,
     schedule,
+    split_tagged,
     state_for_step,
 )
 from controller.templating import default_environment
@@ -38,8 +40,9 @@ def _strict_istio_models() -> None:
     """Make cloudcoil's Istio models refuse unknown fields, as the API server would prune them."""
     models = [
         c
-        for c in vars(istio).values()
-        if isinstance(c, type) and issubclass(c, pydantic.BaseModel) and c.__module__ == istio.__name__
+        for module in (istio, telemetry)
+        for c in vars(module).values()
+        if isinstance(c, type) and issubclass(c, pydantic.BaseModel) and c.__module__ == module.__name__
     ]
     for model in models:
         model.model_config["extra"] = "forbid"
@@ -58,9 +61,15 @@ def load_example(path: Path) -> ModelRollout:
 def assert_istio_valid(objects: list[dict[str, Any]]) -> None:
     """Validate against Istio's published API (cloudcoil models) and our invariants, independently."""
     kinds = [o["kind"] for o in objects]
-    assert kinds == ["DestinationRule", "VirtualService"], "make before break: DestinationRule first"
+    assert kinds in (
+        ["DestinationRule", "VirtualService"],
+        ["DestinationRule", "Telemetry", "VirtualService"],  # the split's tag, with A/B cohorts
+    ), "make before break: DestinationRule first, the split's tag before a route sets its header"
+    for obj in objects:
+        if obj["kind"] == "Telemetry":
+            telemetry.Telemetry.model_validate(obj)
     rule = istio.DestinationRule.model_validate(objects[0])
-    service = istio.VirtualService.model_validate(objects[1])
+    service = istio.VirtualService.model_validate(objects[-1])
     subsets = {s.name for s in rule.spec.subsets or []}
     assert service.spec is not None and service.spec.http
     for route in service.spec.http:
@@ -90,14 +99,14 @@ def test_there_are_at_least_four_examples() -> None:
 
 def test_subset_split_weights_mirror_and_order() -> None:
     rollout = load_example(ROOT / "policies/search-embedder-ab.yaml")
-    shadow = render(rollout, state_for_step(rollout, 0), ENV)[1]["spec"]["http"]
+    shadow = render(rollout, state_for_step(rollout, 0), ENV)[-1]["spec"]["http"]
     assert [r["name"] for r in shadow] == ["cohort-beta-testers", "cohort-opt-in", "primary"]
     primary = shadow[-1]
     assert [d["weight"] for d in primary["route"]] == [100, 0]
     assert primary["mirror"]["subset"] == "e5-large"
     assert primary["mirrorPercentage"] == {"value": 50.0}
 
-    live = render(rollout, RouteState(20), ENV)[1]["spec"]["http"]
+    live = render(rollout, RouteState(20), ENV)[-1]["spec"]["http"]
     assert [r["name"] for r in live] == ["cohort-beta-testers", "cohort-opt-in", "sticky-canary", "primary"]
     assert "mirror" not in live[-1]
     stable, canary = live[-1]["route"]
@@ -113,7 +122,7 @@ def test_subset_split_weights_mirror_and_order() -> None:
 
 def test_rollback_state_removes_cohorts_and_sends_everything_to_stable() -> None:
     rollout = load_example(ROOT / "policies/search-embedder-ab.yaml")
-    http = render(rollout, RouteState(0, cohorts=False), ENV)[1]["spec"]["http"]
+    http = render(rollout, RouteState(0, cohorts=False), ENV)[-1]["spec"]["http"]
     assert [r["name"] for r in http] == ["primary"]
     assert [d["weight"] for d in http[0]["route"]] == [100, 0]
 
@@ -130,10 +139,10 @@ def test_triton_rewrites_each_share_to_its_model_version() -> None:
     assert canary["match"][0]["uri"] == {"exact": "/v2/models/ocr/infer"}
     assert canary["match"][0]["headers"]["x-request-id"]["regex"] == request_id_regex(30)
     assert "match" not in passthrough and "rewrite" not in passthrough
-    promoted = render(rollout, RouteState(100), ENV)[1]["spec"]["http"]
+    promoted = render(rollout, RouteState(100), ENV)[-1]["spec"]["http"]
     assert [r["name"] for r in promoted] == ["canary-share", "passthrough"]
     assert promoted[0]["rewrite"] == {"uri": "/v2/models/ocr/versions/4/infer"}
-    start = render(rollout, RouteState(0), ENV)[1]["spec"]["http"]
+    start = render(rollout, RouteState(0), ENV)[-1]["spec"]["http"]
     assert [r["name"] for r in start] == ["stable-share", "passthrough"]
 
 
@@ -158,7 +167,7 @@ def test_user_strings_are_data_not_yaml() -> None:
     hostile = "a: b #c [d] &e *f !g |h >i %j @k ---"
     text = text.replace("exact: beta", f"exact: '{hostile}'")
     (rollout,) = load(text, "hostile.yaml")
-    http = render(rollout, RouteState(5), ENV)[1]["spec"]["http"]
+    http = render(rollout, RouteState(5), ENV)[-1]["spec"]["http"]
     assert http[0]["match"][0]["headers"]["x-canarist-cohort"]["exact"] == hostile
 
 
@@ -166,11 +175,11 @@ def test_invariant_check_refuses_bad_weights_and_undefined_subsets() -> None:
     rollout = load_example(ROOT / "policies/fraud-detector-istio.yaml")
     objects = render(rollout, RouteState(25), ENV)
     bad_sum = copy.deepcopy(objects)
-    bad_sum[1]["spec"]["http"][0]["route"][0]["weight"] = 70
+    bad_sum[-1]["spec"]["http"][0]["route"][0]["weight"] = 70
     with pytest.raises(RenderError, match="sum to 95"):
         check_invariants(bad_sum)
     bad_type = copy.deepcopy(objects)
-    bad_type[1]["spec"]["http"][0]["route"][0]["weight"] = 75.0
+    bad_type[-1]["spec"]["http"][0]["route"][0]["weight"] = 75.0
     with pytest.raises(RenderError, match="not integers"):
         check_invariants(bad_type)
     with pytest.raises(RenderError, match="not defined by an earlier DestinationRule"):
@@ -242,7 +251,9 @@ def test_any_valid_policy_renders_integer_weights_summing_to_100_and_defined_sub
     state = RouteState(weight, 0.0 if triton else mirror, cohorts)
     objects = render(rollout, state, ENV)
     assert_istio_valid(objects)
-    round_trip = yaml.safe_load_all(yaml.safe_dump_all(objects))
-    assert [o["kind"] for o in round_trip] == ["DestinationRule", "VirtualService"]
+    round_trip = list(yaml.safe_load_all(yaml.safe_dump_all(objects)))
+    assert round_trip == objects
+    tagged = split_tagged(rollout)  # A/B cohorts or sticky users in Subset mode: the split's Telemetry
+    assert [o["kind"] for o in objects] == ["DestinationRule", *(["Telemetry"] if tagged else []), "VirtualService"]
     for index in range(len(schedule(rollout)) + 1):
         assert_istio_valid(render(rollout, state_for_step(rollout, index), ENV))

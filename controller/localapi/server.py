@@ -87,6 +87,7 @@ RESOURCES = {
         Resource("canarist.io", "modelrollouts", "ModelRollout", ("v1alpha1",), status=True, custom=True),
         Resource("networking.istio.io", "virtualservices", "VirtualService", ("v1", "v1beta1"), True, True),
         Resource("networking.istio.io", "destinationrules", "DestinationRule", ("v1", "v1beta1"), True, True),
+        Resource("telemetry.istio.io", "telemetries", "Telemetry", ("v1", "v1alpha1"), True, True),
         Resource("", "pods", "Pod", ("v1",), status=True),
         Resource("", "events", "Event", ("v1",)),
         Resource("events.k8s.io", "events", "Event", ("v1",)),

@@ -160,6 +160,10 @@ class Status:
     canary_revision: str = ""
     message: str = ""
     history: tuple[Transition, ...] = field(default_factory=tuple)
+    #: The canary weight the stored status says is in force (what older records' transitions lack).
+    canary_weight: int | None = None
+    #: Who else reaches the canary (A/B cohorts, sticky users, the mirror): an edit restarts.
+    exposure_revision: str = ""
 
 
 @dataclass(frozen=True)
@@ -168,6 +172,9 @@ class Decision:
     status: Status
     reason: str
     routes: RouteState
+    #: Whether the human commands were considered: False when something came first (a restart, an
+    #: SLO breach, a rescheduled step), so the command stays pending for the next decision.
+    commands_heard: bool = False
 
 
 def routes_for(rollout: ModelRollout, status: Status) -> RouteState:
@@ -191,10 +198,11 @@ def decide(
     *,
     commands: tuple[Command, ...] = (),
     canary_revision: str = "",
+    exposure_revision: str = "",
 ) -> Decision:
     """The next decision for ``rollout``; ``evidence`` is None when no analysis ran this tick."""
     machine = _Machine(rollout, status, now)
-    return machine.run(evidence, commands, canary_revision)
+    return machine.run(evidence, commands, canary_revision, exposure_revision)
 
 
 class _Machine:
@@ -222,13 +230,21 @@ class _Machine:
     def stay(self, reason: str, action: Action = Action.HOLD) -> Decision:
         return self.go(action, self.status.phase, self.status.step, reason)
 
-    def run(self, evidence: Evidence | None, commands: tuple[Command, ...], revision: str) -> Decision:
+    def run(self, evidence: Evidence | None, commands: tuple[Command, ...], revision: str, exposure: str) -> Decision:
         status = self.status
         if revision and status.canary_revision and revision != status.canary_revision:
-            self.status = replace(status, canary_revision=revision)
+            self.status = replace(status, canary_revision=revision, exposure_revision=exposure)
             return self.go(Action.RESTART, Phase.INITIALIZING, 0, f"canary changed to revision {revision}: restarting")
         if revision and not status.canary_revision:
             self.status = replace(status, canary_revision=revision)
+        exposed = self.status.exposure_revision
+        if exposure and exposed and exposure != exposed and self.status.phase in (Phase.PROGRESSING, Phase.PAUSED):
+            self.status = replace(self.status, exposure_revision=exposure)
+            return self.go(
+                Action.RESTART, Phase.INITIALIZING, 0, "A/B cohorts, sticky users or the mirror changed: restarting"
+            )
+        if exposure and exposure != exposed:
+            self.status = replace(self.status, exposure_revision=exposure)
         breached = [m for m in (evidence.metrics if evidence else ()) if m.slo_breached]
         active = self.status.phase in (Phase.INITIALIZING, Phase.PROGRESSING, Phase.PAUSED)
         if breached and active:
@@ -240,8 +256,8 @@ class _Machine:
         for command in commands:
             decision = self.command(command)
             if decision is not None:
-                return decision
-        return self.tick(evidence)
+                return replace(decision, commands_heard=True)
+        return replace(self.tick(evidence), commands_heard=True)
 
     def command(self, command: Command) -> Decision | None:
         phase = self.status.phase
@@ -249,7 +265,7 @@ class _Machine:
         by = f" by {command.by}"
         if command.kind is CommandKind.ABORT and active:
             return self.go(Action.ROLLBACK, Phase.ROLLING_BACK, self.status.step, f"aborted{by}")
-        if command.kind is CommandKind.PAUSE and phase in (Phase.INITIALIZING, Phase.PROGRESSING):
+        if command.kind is CommandKind.PAUSE and phase is Phase.PROGRESSING:  # before the start: nothing to hold
             return self.go(Action.PAUSE, Phase.PAUSED, self.status.step, f"paused{by}")
         if command.kind is CommandKind.RESUME and phase is Phase.PAUSED:
             decision = self.go(Action.RESUME, Phase.PROGRESSING, self.status.step, f"resumed{by}")
@@ -274,6 +290,8 @@ class _Machine:
         if status.phase not in (Phase.PROGRESSING, Phase.PAUSED):
             return None
         recorded = status.history[-1].weight if status.history else None
+        if recorded is None:  # a record from before transitions kept their weight: the stored one
+            recorded = status.canary_weight
         weights = [step.canary_weight for step in schedule(self.rollout)]
         in_range = status.step < len(weights)
         if in_range and (recorded is None or weights[status.step] == recorded):

@@ -35,6 +35,7 @@ from controller.routing import RouteState
 from controller.samples import Observation, Window
 from controller.status import (
     canary_revision,
+    exposure_revision,
     from_status,
     parse_timestamp,
     pending_command,
@@ -120,32 +121,49 @@ def _reconcile(
     corrected = status_corrected(stored, status)
     if corrected:
         cluster.emit_event(obj, reason="StatusCorrected", message=corrected, warning=True)
-    revision = canary_revision(rollout)
+    revision, exposure = canary_revision(rollout), exposure_revision(rollout)
     pending = pending_command(obj, now)
     commands = (pending[0],) if pending else ()
 
     evidence = None
     if status.phase in GUARDED_PHASES and _analysis_due(stored, now, interval):
         evidence = look(rollout, status, metrics, now)
-    decision = decide(rollout, status, evidence, now, commands=commands, canary_revision=revision)
+    decision = decide(
+        rollout, status, evidence, now, commands=commands, canary_revision=revision, exposure_revision=exposure
+    )
 
-    in_force = routes_for(rollout, status)
+    in_force = _in_force(rollout, status)
     if _exposes_more(decision.routes, in_force) and rollout.spec.canary.labels:
         ready, total = cluster.pods_ready(rollout.metadata.namespace, rollout.spec.canary.labels)
         if total == 0 or ready < total:
             why = decision.action.value.lower()
             reason = f"waiting for canary pods to be ready ({ready}/{total}) before {why}: {decision.reason}"
-            return _record_hold(
-                obj, cluster, rollout, status, routes=in_force, evidence=evidence, reason=reason, now=now
+            # The command waits for the pods; the evidence does not: a rollback or a hold goes ahead.
+            without = (
+                decide(rollout, status, evidence, now, canary_revision=revision, exposure_revision=exposure)
+                if commands
+                else decision
             )
+            if not commands or _exposes_more(without.routes, in_force):
+                return _record_hold(
+                    obj, cluster, rollout, status, routes=in_force, evidence=evidence, reason=reason, now=now
+                )
+            if without.action in (Action.HOLD, Action.NONE):  # say why the command is not acted on yet
+                said = f"{reason}; meanwhile {without.reason}"
+                without = replace(without, reason=said, status=replace(without.status, message=said))
+            decision, pending = replace(without, commands_heard=False), None
+    acted = pending[1] if pending and decision.commands_heard else None
 
     objects = render(rollout, decision.routes, env)
     # Before anything is recorded: a refused rollout holds. Less canary traffic (a rollback) is never
     # held up by another tenant's routes: it rewrites canarist's own objects, without a host newly
     # refused (the edge's apply_routes checks again, so the refused host must go, not be ignored).
     conflicts = cluster.route_conflicts(obj, objects)
-    if conflicts and _exposes_less(decision.routes, in_force):
-        objects = tenancy.without_hosts(objects, {c.host for c in conflicts})
+    withdrawing = decision.status.phase in (Phase.ROLLING_BACK, Phase.FAILED)
+    if conflicts and (withdrawing or _exposes_less(decision.routes, in_force)):
+        if any(c.kind == "Telemetry" for c in conflicts):  # only a metric tag: a rollback goes without it
+            objects = [o for o in objects if o.get("kind") != "Telemetry"]
+        objects = tenancy.without_hosts(objects, {c.host for c in conflicts if c.kind != "Telemetry"})
         conflicts = cluster.route_conflicts(obj, objects)
     if conflicts:
         reason = "routes refused: " + "; ".join(str(c) for c in conflicts)
@@ -159,14 +177,14 @@ def _reconcile(
         previous=stored,
         generation=(obj.get("metadata") or {}).get("generation"),
         now=now,
-        command_id=pending[1] if pending else None,
+        command_id=acted,
     )
     written = _write_status(cluster, obj, stored, body)
     writes = len(cluster.apply_routes(obj, objects).writes)
     if decision.action not in (Action.HOLD, Action.NONE):
         warning = decision.action in (Action.ROLLBACK, Action.RESCHEDULE)
         cluster.emit_event(obj, reason=decision.action.value, message=decision.reason, warning=warning)
-    settle_command(cluster, obj, acted=pending[1] if pending else None, now=now)  # consumed or expired: removed
+    settle_command(cluster, obj, acted=acted, now=now)  # consumed or expired: removed; preempted: kept
     return Outcome(
         key,
         decision.action,
@@ -177,6 +195,15 @@ def _reconcile(
         written,
         _requeue(decision, interval),
     )
+
+
+def _in_force(rollout: ModelRollout, status: Status) -> RouteState:
+    """The routes in force as recorded: the weight the last transition set (older records: the stored
+    weight), whatever the spec now says a step means."""
+    routes = routes_for(rollout, status)
+    recorded = status.history[-1].weight if status.history else None
+    recorded = recorded if recorded is not None else status.canary_weight
+    return replace(routes, canary_weight=recorded) if recorded is not None else routes
 
 
 def _exposes_less(new: RouteState, old: RouteState) -> bool:
@@ -326,6 +353,6 @@ def _requeue(decision: Decision, interval: float) -> float:
     """When to look again: at once after a transition that needs a follow-up, else next interval."""
     if decision.status.phase in (Phase.PROMOTING, Phase.ROLLING_BACK, Phase.INITIALIZING):
         return 1.0
-    if decision.status.phase in (Phase.SUCCEEDED, Phase.FAILED, Phase.PAUSED):
+    if decision.status.phase in (Phase.SUCCEEDED, Phase.FAILED):
         return 300.0
-    return interval
+    return interval  # Paused too: its SLO guards look every interval

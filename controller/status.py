@@ -41,6 +41,8 @@ DISTRIBUTIONS_LIMIT = 30
 STATUS_BYTES_LIMIT = 256 * 1024
 #: Logs given up first when the status outgrows its bound; the decision history keeps its last entry.
 _SHED_ORDER = ("distributions", "analyses", "weights", "history")
+#: A metric's reason when even the latest evidence outgrows the bound (50 metrics x 1 KiB of CJK do).
+METRIC_REASON_SHORT = 200
 #: A command id is compared with the annotation's: bounded like a label value, far above any real one.
 COMMAND_ID_LIMIT = 253
 
@@ -67,6 +69,18 @@ def canary_revision(rollout: ModelRollout) -> str:
         "name": spec.canary.name,
         "labels": dict(sorted(spec.canary.labels.items())),
         "tritonVersion": triton.canary_version if triton is not None else None,
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def exposure_revision(rollout: ModelRollout) -> str:
+    """A short hash of who reaches the canary besides the weighted split: A/B cohorts, sticky users,
+    the mirror. An edit restarts the rollout: it could send the canary more than its recorded weight."""
+    routing, strategy = rollout.spec.routing, rollout.spec.strategy
+    identity = {
+        "match": [m.model_dump(mode="json") for m in routing.match],
+        "sticky": routing.sticky.model_dump(mode="json") if routing.sticky is not None else None,
+        "mirror": strategy.mirror.model_dump(mode="json") if strategy.mirror is not None else None,
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -100,6 +114,7 @@ def to_status(
         "mirrorPercent": routes.mirror_percent,
         "stepStartedAt": timestamp(status.step_started_at),
         "canaryRevision": status.canary_revision,
+        "exposureRevision": status.exposure_revision or None,
         "message": printable(status.message),
         "observedGeneration": generation,
         "lastAnalysisAt": last_analysis if isinstance(last_analysis, str) else None,
@@ -129,11 +144,16 @@ def bounded(body: dict[str, Any], limit: int = STATUS_BYTES_LIMIT) -> dict[str, 
         while size > limit and len(entries) > keep:
             size -= _size(entries.pop(0)) + 1  # the entry and its comma
         size = _size(body)  # exact again: the last entry had no comma
+    if size > limit:  # only the latest evidence is left: its reasons are what may still be long
+        for metric in body.get("metrics") or []:
+            if isinstance(metric, dict) and isinstance(metric.get("reason"), str):
+                metric["reason"] = printable(metric["reason"], METRIC_REASON_SHORT)
     return body
 
 
 def _size(value: Any) -> int:
-    return len(json.dumps(value, separators=(",", ":"), allow_nan=True).encode())
+    """Bytes of ``value`` as the API server stores it: compact JSON in UTF-8."""
+    return len(json.dumps(value, separators=(",", ":"), allow_nan=True, ensure_ascii=False).encode())
 
 
 def _log(previous: Any) -> list[Any]:
@@ -261,13 +281,19 @@ def from_status(raw: Any) -> Status:
     phase, step = (history[-1].to_phase, history[-1].to_step) if history else (Phase.INITIALIZING, 0)
     message = raw.get("message")
     revision = raw.get("canaryRevision")
+    exposure = raw.get("exposureRevision")
+    weight = raw.get("canaryWeight")
+    started = parse_timestamp(raw.get("stepStartedAt"))
     return Status(
         phase=phase,
         step=step,
-        step_started_at=parse_timestamp(raw.get("stepStartedAt")),
+        # a step starts with the transition into it or later (a resume): never earlier than the record
+        step_started_at=max(started, history[-1].at) if history else started,
         canary_revision=revision if isinstance(revision, str) else "",
         message=message if isinstance(message, str) else "",
         history=history,
+        canary_weight=weight if _is_weight(weight) else None,
+        exposure_revision=exposure if isinstance(exposure, str) else "",
     )
 
 

@@ -24,6 +24,7 @@ Every user string that reaches the status, an Event or a terminal goes through
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -124,11 +125,19 @@ def check_command(rollout_obj: Mapping[str, Any], now: float) -> CommandCheck | 
     text = printable(str(annotations.get(COMMAND_ANNOTATION) or ""), 64)
     at_text = annotations.get(COMMAND_AT_ANNOTATION)
     issued = parse_moment(at_text)
-    command_id = printable(str(annotations.get(COMMAND_ID_ANNOTATION) or f"{text}@{at_text}"), 64)
+    command_id = _bounded_id(str(annotations.get(COMMAND_ID_ANNOTATION) or f"{text}@{at_text}"))
     status = rollout_obj.get("status") or {}
     done = isinstance(status, Mapping) and command_id == status.get("lastCommandId")
     problem = _problem(text, issued, rollout_obj, now)
     return CommandCheck(text, command_id, identity(metadata), issued, problem, done)
+
+
+def _bounded_id(raw: str) -> str:
+    """The id as written when it is short and printable, else a digest of all of it: never a cut, so two
+    long ids that share a prefix stay two commands."""
+    if len(raw) <= 64 and printable(raw) == raw:
+        return raw
+    return "sha256:" + hashlib.sha256(raw.encode("utf-8", "surrogatepass")).hexdigest()[:40]
 
 
 def _problem(text: str, issued: float | None, rollout_obj: Mapping[str, Any], now: float) -> str | None:

@@ -194,9 +194,14 @@ def evidence(metrics: int, reason: str) -> Evidence:
 
 
 @settings(max_examples=8, deadline=None)
-@given(metrics=st.integers(1, 50), looks=st.integers(1, 130), by=st.integers(0, 300_000))
+@given(
+    metrics=st.integers(1, 50),
+    looks=st.integers(1, 130),
+    by=st.integers(0, 300_000),
+    char=st.sampled_from(["r", "\u4e00", "\U0001f600"]),  # 1, 3 and 4 bytes in UTF-8
+)
 def test_the_status_stays_within_its_bytes_whatever_the_metrics_looks_and_strings(
-    metrics: int, looks: int, by: int
+    metrics: int, looks: int, by: int, char: str
 ) -> None:
     rollout_status = Status(phase=Phase.PROGRESSING, step=1, message="paused by " + "x" * by)
     previous: dict[str, Any] = {}
@@ -204,13 +209,14 @@ def test_the_status_stays_within_its_bytes_whatever_the_metrics_looks_and_string
         previous = to_status(
             rollout_status,
             routes=RouteState(5),
-            evidence=evidence(metrics, "r" * (by // 10)),
+            evidence=evidence(metrics, char * (by // 10)),
             previous=previous,
             generation=1,
             now=T0 + 60 * look,
             command_id="y" * by,
         )
-        assert len(json.dumps(previous, separators=(",", ":")).encode()) <= STATUS_BYTES_LIMIT
+        stored = json.dumps(previous, separators=(",", ":"), ensure_ascii=False).encode()  # as the API server keeps it
+        assert len(stored) <= STATUS_BYTES_LIMIT
     assert previous["phase"] == "Progressing" and previous["metrics"]
 
 
@@ -246,3 +252,90 @@ def test_a_poisoned_rollout_among_healthy_ones_lets_the_healthy_ones_finish() ->
     failures = [m for reason, m, warning in memory.events if reason == "ReconcileFailed" and warning]
     assert failures and all("RecursionError" in m for m in failures)
     assert len(failures) < 20  # backed off, not retried every tick
+
+
+# --- the review of these fixes: commands, old records, exposure, requeue ------------------------
+
+
+def edit(cluster: MemoryCluster, change: Any) -> None:
+    """Edit the rollout's spec as `kubectl apply` would (a new generation)."""
+    body = cluster.get_rollout("ml-serving", "fraud-detector")
+    change(body["spec"])
+    cluster.create_or_update_rollout(body)
+
+
+def test_a_command_preempted_by_a_reschedule_is_acted_on_next_not_lost(cluster: MemoryCluster) -> None:
+    drive(cluster, Synthetic(), minutes=8)
+    assert status(cluster)["currentStep"] >= 1
+    edit(cluster, lambda spec: spec["strategy"].update(steps=[2, 3, 4, 6]))
+    command(cluster, "abort", "a1", T0 + 480)
+    drive(cluster, Synthetic(), minutes=2, start=T0 + 480)
+    st = status(cluster)
+    actions = [t["action"] for t in st["history"]]
+    assert "Reschedule" in actions and actions[-2:] == ["Rollback", "Complete"], actions
+    assert st["phase"] == "Failed" and st["lastCommandId"] == "a1"
+
+
+def test_a_record_from_before_transitions_kept_their_weight_never_jumps_on_an_edit(cluster: MemoryCluster) -> None:
+    """A status the previous release wrote (no canaryWeight per transition): the stored weight counts."""
+    drive(cluster, Synthetic(), minutes=8)
+    stored = cluster.rollouts[("ml-serving", "fraud-detector")]["status"]
+    before = stored["canaryWeight"]
+    assert 5 <= before <= 50
+    for entry in stored["history"]:
+        entry.pop("canaryWeight", None)
+    cluster.pods = (0, 2)
+    edit(cluster, lambda spec: spec["strategy"].update(steps=[1, 60, 75, 90]))  # every step above 1 % jumps
+    writes = len(cluster.route_writes)
+    drive(cluster, Synthetic(), minutes=3, start=T0 + 480)
+    assert all(w <= before for w in weights(cluster)[writes:]), weights(cluster)
+    st = status(cluster)
+    assert st["canaryWeight"] <= before and any(t["action"] == "Reschedule" for t in st["history"])
+
+
+EXPOSURE_EDITS = {
+    "a catch-all cohort": lambda spec: spec["routing"].update(
+        match=[{"name": "all", "headers": {"user-agent": {"regex": ".*"}}}]
+    ),
+    "sticky users": lambda spec: spec["routing"].update(sticky={"cookieName": "canary"}),
+    "a mirror": lambda spec: spec["strategy"].update(mirror={"percentage": 100}),
+}
+
+
+@pytest.mark.parametrize("change", list(EXPOSURE_EDITS.values()), ids=list(EXPOSURE_EDITS))
+def test_who_else_reaches_the_canary_changed_mid_rollout_is_a_recorded_restart(
+    cluster: MemoryCluster, change: Any
+) -> None:
+    drive(cluster, Synthetic(), minutes=8)
+    cluster.pods = (0, 2)
+    edit(cluster, change)
+    drive(cluster, Synthetic(), minutes=2, start=T0 + 480)
+    st = status(cluster)
+    restart = st["history"][-1]
+    assert restart["action"] == "Restart" and "cohorts, sticky users or the mirror changed" in restart["reason"]
+    assert st["phase"] == "Initializing" and st["canaryWeight"] == 0 and weights(cluster)[-1] == 0
+
+
+def test_a_promote_waiting_for_pods_does_not_delay_a_proven_regression(cluster: MemoryCluster) -> None:
+    drive(cluster, Synthetic(), minutes=1)
+    cluster.pods = (1, 2)
+    command(cluster, "promote", "p1", T0 + 60)
+    outcomes = drive(cluster, Synthetic(canary_errors=0.05), minutes=8, start=T0 + 60)
+    rollback = next(i for i, o in enumerate(outcomes) if o.action is Action.ROLLBACK)
+    assert rollback < 10, [o.reason for o in outcomes]  # minutes, not the command's ten-minute expiry
+    assert "waiting for canary pods to be ready (1/2) before advance" in outcomes[0].reason
+
+
+def test_a_pause_before_the_first_step_routes_nothing_to_the_canary(cluster: MemoryCluster) -> None:
+    command(cluster, "pause", "p0", T0)
+    outcome = reconcile(cluster.list_rollouts(None)[0][0], cluster, Synthetic(), ENV, now=T0 + 1)
+    st = status(cluster)
+    assert "Pause" not in [t["action"] for t in st["history"]]
+    assert outcome.action is Action.START and st["lastCommandId"] == "p0"  # heard: nothing to hold yet
+
+
+def test_a_paused_rollout_is_looked_at_every_interval(cluster: MemoryCluster) -> None:
+    drive(cluster, Synthetic(), minutes=2)
+    command(cluster, "pause", "p1", T0 + 120)
+    (outcome,) = drive(cluster, Synthetic(), minutes=1, start=T0 + 120)[:1]
+    assert outcome.phase is Phase.PAUSED and outcome.requeue_after == 60.0

@@ -83,6 +83,15 @@ def tick(cluster: KubeCluster, now: float) -> dict[str, Any]:
 
 
 MIN = 60.0
+
+
+def STARTED(at: float) -> dict[str, Any]:  # noqa: N802 - reads as the constant it stands for
+    """The status of a rollout started at ``at``: step 0 at 1 %, as the controller records it."""
+    start = {"at": rfc3339(at), "fromPhase": "Initializing", "toPhase": "Progressing", "fromStep": 0}
+    start |= {"toStep": 0, "action": "Start", "reason": "routes in place: analysing step 0", "canaryWeight": 1}
+    return {"phase": "Progressing", "currentStep": 0, "stepStartedAt": rfc3339(at), "history": [start]}
+
+
 # (command age at the first reconcile in seconds (None: no issue time), object re-created from an
 #  export that still carries the command, acted on)
 TABLE = [
@@ -106,6 +115,7 @@ def test_a_command_is_acted_on_once_and_only_while_fresh(
     now = time.time()
     body = copy.deepcopy(POLICY)
     body["metadata"]["creationTimestamp"] = rfc3339(round(now) - 3 * 3600)  # made long ago
+    body["status"] = STARTED(now - 3600)  # a pause holds a started rollout (before its start: nothing to hold)
     api.seed(body)
     cluster.annotate_rollout(NS, NAME, command("pause", "c1", None if age is None else now - age))
     if recreated:  # export, delete, apply the export again (its annotations included)
@@ -136,6 +146,7 @@ def test_a_backup_taken_before_the_command_was_acted_on_does_not_replay_it(api: 
     cluster = KubeCluster(api.api_client, propagation_delay=0.0)
     cluster.create_or_update_rollout(POLICY)
     now = time.time()
+    tick(cluster, now - 5)  # started: a pause has weights to hold
     cluster.annotate_rollout(NS, NAME, command("pause", "c1", now))  # as the CLI does: after the object's creation
     backup = cluster.get_rollout(NS, NAME)
     assert pauses(tick(cluster, now)) == 1
@@ -167,6 +178,7 @@ def test_a_command_written_while_the_controller_settles_another_is_not_lost(api:
     cluster = Racing(api.api_client, propagation_delay=0.0)
     cluster.create_or_update_rollout(POLICY)
     now = time.time()
+    tick(cluster, now - 5)  # started: a pause has weights to hold
     cluster.annotate_rollout(NS, NAME, command("abort", "c1", now))
     acted_on = cluster.get_rollout(NS, NAME)
     cluster.race = command("pause", "c2", now)
@@ -347,6 +359,7 @@ def test_the_report_shows_user_text_without_controls(api: LocalApiServer, tmp_pa
     cluster = KubeCluster(api.api_client, propagation_delay=0.0)
     cluster.create_or_update_rollout(POLICY)
     now = time.time()
+    tick(cluster, now - 5)  # started: a pause has weights to hold
     nasty = "\x1b[2J\x1b]0;pwned\x07\x9b31m\u202eok\u202c\r\n\x00"
     cluster.annotate_rollout(NS, NAME, command("pause", "c1", now, by=f"mallory{nasty}"))
     stored = tick(cluster, now)

@@ -271,6 +271,18 @@ def _ours(obj: Mapping[str, Any], kept: Mapping[str, Any] | None = None) -> dict
     return annotations
 
 
+def _gateways(obj: Mapping[str, Any]) -> set[str]:
+    """The proxies a VirtualService applies to: ``mesh`` (the default) or ``namespace/gateway``."""
+    names = (obj.get("spec") or {}).get("gateways") or ["mesh"]
+    home = _namespace(obj)
+    return {str(g) if str(g) == "mesh" or "/" in str(g) else f"{home}/{g}" for g in names}
+
+
+def _host_of_rollout(objects: Sequence[Mapping[str, Any]]) -> str:
+    """The host the rendered DestinationRule is for (what a conflict is about)."""
+    return next((str((o.get("spec") or {}).get("host")) for o in objects if o.get("kind") == "DestinationRule"), "")
+
+
 def _created_by(obj: Mapping[str, Any], rollout: str) -> bool:
     labels = _labels(obj)
     return labels.get(ROLLOUT_LABEL) == rollout and MANAGED_BY.items() <= labels.items()
@@ -622,7 +634,7 @@ class KubeCluster:
         for desired in leaving:  # subsets no route of this call uses any more: remove them last
             self._converge(owner, desired, writes, before=functools.partial(self._settle, routes_written))
         wanted = {_name(o) for o in objects if o.get("kind") == "Telemetry"}
-        for obj in self._telemetries(owner):  # a split tag the policy no longer needs (cohorts removed)
+        for obj in self._telemetries(owner, needed=bool(wanted)):  # a tag the policy no longer needs
             if _name(obj) not in wanted:
                 self._delete(self._telemetry_kind(), obj)
                 writes.append(("Telemetry", _name(obj), "delete"))
@@ -632,9 +644,18 @@ class KubeCluster:
         version = api_version.rpartition("/")[2] if api_version else TELEMETRY_VERSION
         return Kind(TELEMETRY_GROUP, version, TELEMETRY_PLURAL)
 
-    def _telemetries(self, owner: Mapping[str, Any]) -> list[dict[str, Any]]:
-        """The Telemetries this rollout created in its namespace."""
-        found = self._list(self._telemetry_kind(), _namespace(owner))[0]
+    def _telemetries(self, owner: Mapping[str, Any], *, needed: bool = False) -> list[dict[str, Any]]:
+        """The Telemetries this rollout created in its namespace.
+
+        Unless one is ``needed``, a refused list (a ClusterRole from before canarist wrote them, or no
+        Telemetry CRD in the cluster) means there is none of ours: a rollout without A/B cohorts never
+        needs the permission."""
+        try:
+            found = self._list(self._telemetry_kind(), _namespace(owner))[0]
+        except (RejectedError, NotFoundError):
+            if needed:
+                raise
+            return []
         return [o for o in found if _created_by(o, _name(owner))]
 
     def _converge_owned(self, owner: Mapping[str, Any], desired: Mapping[str, Any], writes: Writes) -> None:
@@ -761,6 +782,15 @@ class KubeCluster:
         conflicts: list[Conflict] = []
         services = [o for o in objects if o.get("kind") == "VirtualService"]
         for desired in objects:
+            if desired.get("kind") == "Telemetry":  # canarist's own name: someone else's object is in the way
+                try:
+                    current = self._get(self._telemetry_kind(str(desired["apiVersion"])), home, _name(desired))
+                except NotFoundError:
+                    continue
+                if not _created_by(current, rollout):
+                    what = "its split tag, not created by this rollout"
+                    conflicts.append(Conflict(_host_of_rollout(objects), "Telemetry", home, _name(desired), what))
+                continue
             plural = PLURALS.get(str(desired.get("kind")))
             if plural is None:
                 continue
@@ -783,6 +813,8 @@ class KubeCluster:
                 managed = _canarists(obj)
                 if _namespace(obj) == home and managed is None and _serves(obj, primary):
                     continue  # the user's object for the host: adopted, not a conflict
+                if not _gateways(desired) & _gateways(obj):
+                    continue  # bound to other proxies (an ingress gateway's catch-all, say): no request meets both
                 by = f"{_namespace(obj)}/{managed}" if managed else None
                 for host in (str(h) for h in (desired.get("spec") or {}).get("hosts") or []):
                     if istio_name(host, home) in held:

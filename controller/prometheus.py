@@ -63,6 +63,7 @@ from controller.observe import Results, build_observations, no_data
 from controller.policy import ModelRollout
 from controller.queries import Labels, Query, plan, promql_duration, to_millis
 from controller.samples import Observation, Window
+from controller.text import printable
 
 Sample = tuple[dict[str, str], float]
 Points = list[tuple[float, float]]
@@ -553,9 +554,9 @@ class PrometheusClient:
         """Classify a non-200 answer by its status and the API's ``errorType``."""
         try:
             doc = json.loads(body)
-            kind, error = str(doc.get("errorType", "")), str(doc.get("error", ""))
+            kind, error = printable(str(doc.get("errorType", "")), 64), printable(str(doc.get("error", "")), 512)
         except (ValueError, AttributeError, RecursionError):
-            kind, error = "", body[:200].decode("utf-8", "replace")
+            kind, error = "", printable(body[:200].decode("utf-8", "replace"), 200)
         detail = f"HTTP {status}" + (f" {kind}" if kind else "") + (f": {error}" if error else "")
         if status in (400, 422):
             return QueryError(f"Prometheus refused the query ({detail})", query=query)

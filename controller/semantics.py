@@ -74,9 +74,17 @@ def _randomised(rollout: ModelRollout) -> Iterator[Problem]:
     (``ratio.splitLabel``); other kinds cannot, so only their SLO guards (the canary alone against
     an absolute bound, valid on any traffic) may run.
     """
+    spec = rollout.spec
+    if not split_tagged(rollout):  # nothing sets the header: a splitLabel would count forged requests only
+        for i, metric in enumerate(spec.analysis.metrics):
+            if metric.ratio is not None and metric.ratio.split_label is not None:
+                yield Problem(
+                    ("spec", "analysis", "metrics", i, "ratio", "splitLabel"),
+                    "only with A/B cohorts or sticky users in routing mode Subset, where canarist sets the "
+                    "x-canarist-split header",
+                )
     if not has_cohorts(rollout):
         return
-    spec = rollout.spec
     if split_tagged(rollout) and not {k for k, v in spec.stable.labels.items() if spec.canary.labels.get(k) == v}:
         yield Problem(
             ("spec", "canary", "labels"),

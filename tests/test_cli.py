@@ -23,7 +23,7 @@ from controller.cli import cli
 from controller.loader import load
 from controller.policy import ModelRollout, RoutingMode
 from controller.render import WEIGHT_ANNOTATION
-from controller.routing import schedule
+from controller.routing import schedule, split_tagged
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICIES = ROOT / "policies"
@@ -114,9 +114,10 @@ def test_render(policy: Path, args: list[str], weight: int, mirror: float, outpu
     assert result.exit_code == 0, result.output
     assert result.stderr == ""
     objects = parse_output(result.stdout, output)
-    assert [o["kind"] for o in objects] == ["DestinationRule", "VirtualService"]  # make before break
-    rule, service = objects
-    for obj in objects:
+    tag = ["Telemetry"] if split_tagged(rollout) else []  # with A/B cohorts: the randomised split's tag
+    assert [o["kind"] for o in objects] == ["DestinationRule", *tag, "VirtualService"]  # make before break
+    rule, service = objects[0], objects[-1]
+    for obj in (rule, service):
         assert obj["apiVersion"] == "networking.istio.io/v1"
         assert obj["metadata"]["name"] == rollout.metadata.name
         assert obj["metadata"]["namespace"] == rollout.metadata.namespace

@@ -758,3 +758,17 @@ def test_observe_stops_at_the_first_failure() -> None:
     with pytest.raises(PrometheusUnavailable):
         observe(source, [rollout], {rollout.key: [Window(0, 60, 0.1), Window(60, 120, 0.1)]}, 120)
     assert len(source.calls) == 1
+
+
+@pytest.mark.parametrize(
+    "error",
+    ["\x1b[2J\x1b]0;owned\x07\nFAKE LOG LINE", "\u202eevil\u202c" + "\u4e00" * 200_000, "ok\r\n\x00\x85"],
+    ids=["escapes", "bidi-and-huge", "controls"],
+)
+def test_an_error_answer_reaches_reasons_printable_and_bounded(error: str) -> None:
+    """Prometheus' error text flows into reasons, Events and logs: no control character, no escape, bounded."""
+    with FakePrometheus(503, error_body("unavailable", error)) as fake, pytest.raises(PrometheusUnavailable) as caught:
+        client(fake.url).vector("up", 1_700_000_000)
+    reason = str(caught.value)
+    assert len(reason) < 1200
+    assert not any(ch in reason for ch in "\x1b\x07\n\r\x00\x85\u202e\u202c"), repr(reason[:200])

@@ -137,7 +137,10 @@ def test_a_comparison_needs_series_that_leave_cohorts_out(
         if split_label:
             metric["ratio"]["splitLabel"] = split_label
     body["spec"]["analysis"]["metrics"] = [metric]
-    if allowed or not cohorts:
+    if split_label and not cohorts:  # nothing would set the header: only forged requests would count
+        with pytest.raises(PolicyError, match=r"ratio\.splitLabel: only with A/B cohorts"):
+            rollout_of(body)
+    elif allowed or not cohorts:
         rollout_of(body)
     else:
         with pytest.raises(PolicyError, match=r"metrics\[0\]\.margin: A/B cohorts and sticky users"):

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from controller.cluster import RouteConflictError
-from controller.decision import Action
+from controller.decision import Action, Phase
 from controller.kube import KubeCluster, retry_policy
 from controller.localapi import LocalApiServer, local_api_server
 from controller.policy import ModelRollout
@@ -364,7 +364,7 @@ def edge(server: LocalApiServer) -> Iterator[KubeCluster]:
     cluster = KubeCluster(server.make_client(retries=retry_policy()), identity="test", propagation_delay=0)
     yield cluster
     with server.cond:  # a clean API server for the next case
-        for key in [k for k in server.objects if k[0] in (ISTIO, "canarist.io", "")]:
+        for key in [k for k in server.objects if k[0] in (ISTIO, "canarist.io", "", "telemetry.istio.io")]:
             del server.objects[key]
 
 
@@ -599,3 +599,63 @@ def test_an_abort_rolls_back_even_when_a_host_added_mid_rollout_is_refused() -> 
     primary = next(r for r in written["spec"]["http"] if r["name"] == "primary")
     assert [d["weight"] for d in primary["route"]] == [100, 0]
     assert cluster.routes[("VirtualService", "edge", "public")]["spec"]["hosts"] == ["api.example.com"]
+    done = tick(t0 + 90)  # RollingBack -> Failed (0 % -> 0 %) is withdrawn too: it completes, never stuck
+    assert (done.action, done.phase) == (Action.COMPLETE, Phase.FAILED), done
+
+
+@pytest.mark.parametrize(
+    ("their_gateways", "conflict"),
+    [
+        (None, True),  # bound to the mesh, as ours
+        (["istio-system/ingress"], False),  # an ingress gateway's catch-all: no sidecar request meets it
+        (["mesh", "istio-system/ingress"], True),
+        (["ingress"], False),  # a short name: the gateway of its own namespace
+    ],
+)
+def test_a_catch_all_bound_to_other_proxies_is_no_conflict(
+    server: LocalApiServer, edge: KubeCluster, their_gateways: list[str] | None, conflict: bool
+) -> None:
+    theirs = _vs("istio-system", "catch-all", ["*"])
+    if their_gateways is not None:
+        theirs["spec"]["gateways"] = their_gateways
+    server.seed(theirs)
+    body = policy("team-a")
+    owner = _owner(edge, body)
+    objects = render(ModelRollout.model_validate(body), RouteState(5), ENV)
+    found = edge.route_conflicts(owner, objects)
+    assert bool(found) is conflict, found
+
+
+def test_a_telemetry_of_someone_else_under_canarists_name_is_a_conflict_not_a_write(
+    server: LocalApiServer, edge: KubeCluster
+) -> None:
+    body = policy("team-a")
+    body["spec"]["routing"] = {"match": [{"name": "beta", "headers": {"x-beta": {"exact": "1"}}}]}
+    server.seed(
+        {
+            "apiVersion": "telemetry.istio.io/v1",
+            "kind": "Telemetry",
+            "metadata": {"name": "fraud-detector-split", "namespace": "team-a"},
+            "spec": {},
+        }
+    )
+    owner = _owner(edge, body)
+    objects = render(ModelRollout.model_validate(body), RouteState(5), ENV)
+    (found,) = edge.route_conflicts(owner, objects)
+    assert found.kind == "Telemetry" and found.name == "fraud-detector-split"
+
+
+def test_a_cluster_role_without_telemetries_still_routes_a_rollout_without_cohorts(
+    server: LocalApiServer, edge: KubeCluster
+) -> None:
+    """An upgrade keeps the previous ClusterRole for a while: listing Telemetries is refused (403)."""
+    body = policy("team-a")
+    owner = _owner(edge, body)
+    server.fail("telemetries", 403, times=100)
+    try:
+        done = edge.apply_routes(owner, render(ModelRollout.model_validate(body), RouteState(5), ENV))
+        assert [kind for kind, _, _ in done.writes] == ["DestinationRule", "VirtualService"]
+        assert [kind for kind, _, _ in edge.release_routes(owner).writes] == ["VirtualService", "DestinationRule"]
+    finally:
+        with server.cond:
+            server.faults.clear()

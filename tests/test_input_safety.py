@@ -183,6 +183,7 @@ TRITON["spec"]["routing"]["triton"] = {"model": "ranker", "stableVersion": 3, "c
 del TRITON["spec"]["strategy"]["mirror"]
 for _metric in TRITON["spec"]["analysis"]["metrics"]:  # with cohorts in Triton mode, only SLO guards are valid
     _metric.pop("margin", None)
+    (_metric.get("ratio") or {}).pop("splitLabel", None)  # nothing sets the split header in Triton mode
 
 FIXTURES = {"subset": SUBSET, "triton": TRITON}
 

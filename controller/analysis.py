@@ -167,7 +167,9 @@ def _latency(metric: Metric, series: HistogramSeries, alpha: float) -> tuple[lis
     q = quantile(metric)
     assert q is not None
     edges = np.asarray(series.edges)
+    guarded = series.canary_all if series.canary_all is not None else series.canary  # cohorts too
     canary_only = [series.canary[i] for i in _paired(series.canary)]
+    every_request = [guarded[i] for i in _paired(guarded)]
     both = _paired(series.canary, series.stable)
     canary = np.asarray([series.canary[i] for i in both], dtype=np.float64)
     stable = np.asarray([series.stable[i] for i in both], dtype=np.float64)
@@ -178,7 +180,7 @@ def _latency(metric: Metric, series: HistogramSeries, alpha: float) -> tuple[lis
     label = f"p{q * 100:g}"
     if metric.slo is not None and metric.slo.max is not None:
         bound = parse_value(metric.kind, metric.slo.max)
-        slo = stats.latency_slo_test(edges, np.asarray(canary_only, dtype=np.float64), quantile=q, bound=bound)
+        slo = stats.latency_slo_test(edges, np.asarray(every_request, dtype=np.float64), quantile=q, bound=bound)
         checks.append(
             Check(
                 slo.e_value,
@@ -239,7 +241,14 @@ def _rate(metric: Metric, series: CountSeries, alpha: float) -> tuple[list[Check
         assert raw is not None
         bound = parse_value(metric.kind, raw)
         harmful_bound = bound if lower else 1.0 - bound
-        slo = stats.rate_slo_test(bad_canary, ct, bound=min(max(harmful_bound, 1e-9), 1 - 1e-9), alpha=alpha)
+        guard_bad, guard_trials = bad_canary, ct
+        if series.canary_all_events is not None and series.canary_all_trials is not None:  # cohorts too
+            every = _paired(series.canary_all_events, series.canary_all_trials)
+            all_events = np.asarray([series.canary_all_events[i] for i in every], dtype=np.int64)
+            guard_trials = np.asarray([series.canary_all_trials[i] for i in every], dtype=np.int64)
+            guard_bad = all_events if lower else guard_trials - all_events
+        bounded = min(max(harmful_bound, 1e-9), 1 - 1e-9)
+        slo = stats.rate_slo_test(guard_bad, guard_trials, bound=bounded, alpha=alpha)
         shown = slo.rate if lower else 1.0 - slo.rate
         sign = "<=" if lower else ">="
         checks.append(

@@ -192,22 +192,34 @@ class Builder:
         stable, canary, reasons = self.collect(fn)
         if all(v is None for v in (*stable, *canary)):
             return None, reasons or ["no windows"]
+        every: list[tuple[int, int] | None] | None = None
+        if Role.REQUESTS_ALL in plan.asks:  # the SLO guard's: cohort and sticky requests too
+
+            def all_requests(window: Window, side: str) -> Valued[tuple[int, int]]:
+                got = self.events_trials(plan, window, side, role=Role.REQUESTS_ALL)
+                return got if isinstance(got, str) else (got, ())
+
+            _, every, _ = self.collect(all_requests)
         series = CountSeries(
             tuple(v[0] if v else None for v in stable),
             tuple(v[1] if v else None for v in stable),
             tuple(v[0] if v else None for v in canary),
             tuple(v[1] if v else None for v in canary),
+            tuple(v[0] if v else None for v in every) if every is not None else None,
+            tuple(v[1] if v else None for v in every) if every is not None else None,
         )
         return series, reasons
 
-    def events_trials(self, plan: MetricPlan, window: Window, side: str) -> tuple[int, int] | str:
+    def events_trials(
+        self, plan: MetricPlan, window: Window, side: str, *, role: Role = Role.REQUESTS
+    ) -> tuple[int, int] | str:
         if plan.kind is MetricKind.ISTIO_ERROR_RATE:
-            cell = self.cell(plan, Role.REQUESTS, window, side)
-            metric = plan.asks[Role.REQUESTS].family.metric
+            cell = self.cell(plan, role, window, side)
+            metric = plan.asks[role].family.metric
             trials = _total(cell, metric)
             if isinstance(trials, str) or isinstance(cell, str):
                 return str(trials)
-            code = plan.asks[Role.REQUESTS].family.split or ""
+            code = plan.asks[role].family.split or ""
             errors = Cell(tuple(r for r in cell.rows if _SERVER_ERROR.match(r[0].get(code, ""))), cell.resets)
             events = _total(errors, metric, absent_is_zero=True)
             return events if isinstance(events, str) else (min(events, trials), trials)
@@ -245,9 +257,22 @@ class Builder:
             )
 
         def cumulative(column: list[dict[float, int] | None]) -> tuple[Cumulative | None, ...]:
-            return tuple(tuple(float(b[e]) for e in edges) if b is not None else None for b in column)
+            return tuple(
+                tuple(float(b[e]) for e in edges) if b is not None and all(e in b for e in edges) else None
+                for b in column
+            )
 
-        return HistogramSeries(edges, cumulative(stable), cumulative(canary)), reasons
+        every: tuple[Cumulative | None, ...] | None = None
+        if Role.BUCKETS_ALL in plan.asks:  # the SLO guard's: cohort and sticky requests too
+
+            def all_buckets(window: Window, side: str) -> Valued[dict[float, int]]:
+                got = _buckets(
+                    self.cell(plan, Role.BUCKETS_ALL, window, side), plan.asks[Role.BUCKETS_ALL].family.metric
+                )
+                return got if isinstance(got, str) else (got, ())
+
+            every = cumulative(self.collect(all_buckets)[1])
+        return HistogramSeries(edges, cumulative(stable), cumulative(canary), every), reasons
 
     def gauges(self, plan: MetricPlan) -> tuple[Series | None, list[str]]:
         def fn(window: Window, side: str) -> Valued[tuple[float, ...]]:

@@ -236,6 +236,8 @@ class Role(StrEnum):
 
     REQUESTS = "requests"
     BUCKETS = "buckets"
+    REQUESTS_ALL = "requests-all"  # every request, A/B cohorts included: what an SLO guard reads
+    BUCKETS_ALL = "buckets-all"
     SUCCESS = "success"
     FAILURE = "failure"
     TOTAL = "total"
@@ -391,11 +393,11 @@ class _Rollout:
         self.pods = pod_families(labels, self.triton is not None)
         self.ns = rollout.metadata.namespace
 
-    def istio(self, family: Family) -> Ask | str:
+    def istio(self, family: Family, *, randomised: bool = True) -> Ask | str:
         spec = self.rollout.spec
         if self.triton is not None:
             return "Istio cannot tell the versions apart with routing mode TritonVersion (both run in the same pods)"
-        if split_tagged(self.rollout):  # cohort and sticky requests are not randomised: compare the split's only
+        if randomised and split_tagged(self.rollout):  # cohort and sticky requests: compare the split's only
             family = replace(family, fixed=(*family.fixed, (SPLIT_TAG, SPLIT_VALUE)))
         return _ask(
             family,
@@ -444,6 +446,10 @@ class _Rollout:
             )
             ask = self.istio(family)
             asks, why = ({role: ask}, "") if isinstance(ask, Ask) else ({}, ask)
+            if asks and metric.slo is not None and split_tagged(self.rollout):  # the guard sees every request
+                everything = self.istio(family, randomised=False)
+                if isinstance(everything, Ask):
+                    asks[Role.BUCKETS_ALL if role is Role.BUCKETS else Role.REQUESTS_ALL] = everything
             if kind is MetricKind.ISTIO_LATENCY and metric.slo is not None and metric.slo.max is not None:
                 return MetricPlan(metric.name, kind, asks, why, keep=(parse_value(kind, metric.slo.max),))
         elif kind is MetricKind.CUSTOM_RATIO:

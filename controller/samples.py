@@ -43,6 +43,10 @@ class CountSeries:
     stable_trials: tuple[int | None, ...]
     canary_events: tuple[int | None, ...]
     canary_trials: tuple[int | None, ...]
+    #: Every canary request, A/B cohorts and sticky users included (the SLO guard's), where the
+    #: comparison's columns above hold the randomised split only; None: the same requests.
+    canary_all_events: tuple[int | None, ...] | None = None
+    canary_all_trials: tuple[int | None, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,8 @@ class HistogramSeries:
     edges: tuple[float, ...]
     stable: tuple[Cumulative | None, ...]
     canary: tuple[Cumulative | None, ...]
+    #: Every canary request, cohorts included (the SLO guard's); None: the same as ``canary``.
+    canary_all: tuple[Cumulative | None, ...] | None = None
 
     def __post_init__(self) -> None:
         if not self.edges or not math.isinf(self.edges[-1]):

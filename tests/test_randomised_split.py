@@ -21,6 +21,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from controller.analysis import analyse
 from controller.kube import KubeCluster, retry_policy
 from controller.loader import PolicyError, load
 from controller.localapi import local_api_server
@@ -101,8 +102,9 @@ def test_istio_queries_select_the_split_only_with_cohorts() -> None:
     with_cohorts = metric_queries(rollout_of(AB), 60.0)
     without = metric_queries(rollout_of(PLAIN), 60.0)
     tag = f'{SPLIT_TAG}="{SPLIT_VALUE}"'
-    for name in ("latency-p95", "error-rate"):
-        assert with_cohorts[name] and all(tag in q for q in with_cohorts[name]), with_cohorts[name]
+    for name in ("latency-p95", "error-rate"):  # the comparison reads the split; the SLO guard every request
+        assert any(tag in q for q in with_cohorts[name]), with_cohorts[name]
+        assert any(tag not in q for q in with_cohorts[name]), with_cohorts[name]
     assert all(tag not in q for qs in without.values() for q in qs)
     assert all(f'split="{SPLIT_VALUE}"' in q for q in with_cohorts["click-through"])  # ratio.splitLabel
 
@@ -166,10 +168,11 @@ T0 = 1_700_000_040
 CANARY_COHORT_ERRORS = 0.3  # the cohort (say, internal testers on a debug build) fails a lot
 
 
-def test_a_failing_cohort_does_not_count_against_a_healthy_randomised_canary(
+def test_a_failing_cohort_is_left_out_of_the_comparison_but_breaches_the_slo(
     prometheus_factory: Callable[..., PrometheusServer],
 ) -> None:
-    """Stable and the canary's randomised share fail 1 %; the canary's cohort fails 30 %."""
+    """Stable and the canary's randomised share fail 1 %; the canary's cohort fails 30 %: the comparison
+    sees no difference, and the SLO guard, which reads every canary request, sees the breach."""
     rollout = rollout_of(AB)
     history = OpenMetrics()
     base = {"reporter": "destination", "destination_service_namespace": "search"}
@@ -200,6 +203,12 @@ def test_a_failing_cohort_does_not_count_against_a_healthy_randomised_canary(
     for i in range(len(windows)):
         assert errors.canary_trials[i] == 400 and errors.canary_events[i] == 4, i  # the randomised 100 a scrape only
         assert errors.stable_trials[i] == 1200 and errors.stable_events[i] == 12, i
+        assert errors.canary_all_trials is not None and errors.canary_all_events is not None
+        assert errors.canary_all_trials[i] == 800 and errors.canary_all_events[i] == 4 + 120, i  # the SLO's: all
+    verdicts = {m.name: m for m in analyse(rollout, observation, step_started_at=T0).metrics}
+    guard = verdicts["error-rate"]
+    assert guard.slo_breached, guard.reason  # the cohort's 30 % errors breach the 1 % SLO: a rollback
+    assert "canary 1.000% vs stable 1.000%" in guard.reason or guard.estimate == pytest.approx(0.0), guard.reason
 
 
 def test_every_step_of_the_example_renders_its_tag_before_the_route() -> None:

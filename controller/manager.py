@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import jinja2
 
-from controller.cluster import Cluster, ClusterUnavailableError, NotFoundError
+from controller.cluster import Cluster, ClusterUnavailableError, ConflictError, NotFoundError
 from controller.decision import Action
 from controller.loader import PolicyError, load
 from controller.reconcile import MetricsSource, Outcome, reconcile
@@ -184,8 +184,8 @@ class Manager:
                 body = rollout.model_dump(by_alias=True, exclude_none=True, mode="json", exclude={"status"})
                 try:
                     self.cluster.create_or_update_rollout(body)
-                except (ClusterUnavailableError, NotFoundError) as exc:
-                    log.warning("could not apply %s: %s", rollout.key, exc)
+                except (ClusterUnavailableError, NotFoundError, ConflictError) as exc:
+                    log.warning("could not apply %s: %s", rollout.key, exc)  # the next pass tries again
 
     def run(self, stop: threading.Event) -> None:
         """Loop until ``stop`` is set (SIGTERM), then hand the lease back."""

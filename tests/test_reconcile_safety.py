@@ -14,9 +14,11 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -26,6 +28,7 @@ from controller.cluster import (
     COMMAND_BY_ANNOTATION,
     COMMAND_ID_ANNOTATION,
     ClusterUnavailableError,
+    ConflictError,
 )
 from controller.decision import Action, Evidence, MetricEvidence, Phase, Status, Verdict
 from controller.manager import Manager
@@ -339,3 +342,19 @@ def test_a_paused_rollout_is_looked_at_every_interval(cluster: MemoryCluster) ->
     command(cluster, "pause", "p1", T0 + 120)
     (outcome,) = drive(cluster, Synthetic(), minutes=1, start=T0 + 120)[:1]
     assert outcome.phase is Phase.PAUSED and outcome.requeue_after == 60.0
+
+
+class Contended(MemoryCluster):
+    """Someone else keeps rewriting the rollouts GitOps applies: every write conflicts."""
+
+    def create_or_update_rollout(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        raise ConflictError("still conflicting after retries")
+
+
+def test_a_policy_that_keeps_conflicting_in_gitops_mode_never_stops_the_loop(tmp_path: Path) -> None:
+    (tmp_path / "rollout.yaml").write_text(yaml.safe_dump(POLICY))
+    memory = Contended()
+    memory.add(POLICY)
+    manager = Manager(memory, Synthetic(), ENV, lambda: T0, policies=tmp_path)
+    outcomes = manager.tick()
+    assert [o.key for o in outcomes] == ["ml-serving/fraud-detector"]  # the other rollouts still go on

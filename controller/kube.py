@@ -105,6 +105,7 @@ from controller.cluster import (
 from controller.policy import API_VERSION, GROUP, KIND, PLURAL, VERSION
 from controller.render import MANAGED_BY, ROLLOUT_LABEL, WEIGHT_ANNOTATION
 from controller.tenancy import istio_name, overlaps
+from controller.text import printable
 
 log = logging.getLogger("canarist.kube")
 T = TypeVar("T")
@@ -936,7 +937,9 @@ class KubeCluster:
     def emit_event(self, owner: Mapping[str, Any], *, reason: str, message: str, warning: bool = False) -> None:
         """Record an events.k8s.io/v1 Event on the rollout (core/v1 where that API is not served).
 
-        Best effort: a failure is logged, never raised."""
+        Best effort: a failure is logged, never raised. The message carries user and server text: it
+        is stored printable (no control character or terminal escape) and bounded."""
+        message = printable(message, 1024)
         try:
             metadata = owner.get("metadata") or {}
             namespace, name = str(metadata.get("namespace") or "default"), str(metadata.get("name") or "unknown")

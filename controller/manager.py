@@ -125,7 +125,7 @@ class Manager:
             "reconciled %s: %s (%s) weight=%s writes=%d",
             outcome.key,
             outcome.action.value,
-            outcome.reason,
+            printable(outcome.reason, 1024),  # user and server text: one bounded line
             outcome.canary_weight,
             outcome.route_writes,
         )

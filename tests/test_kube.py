@@ -572,3 +572,14 @@ def test_from_settings_reads_a_kubeconfig(server, tmp_path, monkeypatch) -> None
     path.write_text(yaml.safe_dump(kubeconfig))
     cluster = KubeCluster.from_settings(kubeconfig=str(path), context="here")
     assert cluster.list_rollouts(None) == ([], "0")
+
+
+def test_an_event_message_is_stored_printable_and_bounded(server: LocalApiServer, cluster: KubeCluster, owner) -> None:
+    """Event messages carry user and server text (reasons, who asked): no escape reaches kubectl."""
+    cluster.emit_event(owner, reason="Pause", message="paused by \x1b[2J\x1b]0;owned\x07\u202eeve\n" + "x" * 5000)
+    (event,) = [
+        o for (group, plural, _, _), o in server.objects.items() if (group, plural) == ("events.k8s.io", "events")
+    ]
+    note = str(event["note"])
+    assert note.startswith("paused by ") and len(note) <= 1024
+    assert not any(ch in note for ch in "\x1b\x07\n\u202e"), repr(note[:60])

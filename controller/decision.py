@@ -3,7 +3,8 @@
 Pure: the clock is an argument, and the decision says which routes to apply rather than applying
 them. The rules, in order of precedence:
 
-1. A new canary revision restarts the rollout cleanly.
+1. A new canary revision restarts the rollout cleanly, and so does a change of who else reaches the
+   canary (A/B cohorts, sticky users, the mirror): either could send it more than its recorded weight.
 2. An SLO breach rolls back at once, whatever else is going on (paused included).
 3. A schedule edited mid-rollout is followed as a recorded transition (Reschedule), never to a
    weight above the one the last recorded transition set: see :meth:`_Machine.rescheduled`.

@@ -17,6 +17,7 @@ import pytest
 import yaml
 from kubernetes import client
 
+from controller.adoption import fqdn, merge_destination_rule, merge_virtual_service
 from controller.cluster import (
     ORIGINAL_ANNOTATION,
     ClusterUnavailableError,
@@ -30,9 +31,6 @@ from controller.kube import (
     MANAGED_WEIGHTS_ANNOTATION,
     KubeCluster,
     RejectedError,
-    fqdn,
-    merge_destination_rule,
-    merge_virtual_service,
     retry_policy,
 )
 from controller.localapi import LocalApiServer, local_api_server

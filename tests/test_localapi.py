@@ -65,6 +65,18 @@ def test_create_sets_server_fields_and_refuses_a_duplicate(api) -> None:
     assert generated["metadata"]["name"].startswith("x-")
 
 
+def test_creation_timestamp_is_never_before_the_moment_the_create_was_sent(api) -> None:
+    """Just after a second boundary, what a client read from ``time.time()`` before it sent the create
+    is not later than the stored creationTimestamp (a coarse clock once put it a second behind, and a
+    command issued just before a restore looked issued after the object's creation)."""
+    for attempt in range(5):
+        time.sleep(1.0 - time.time() % 1)  # right after a second boundary, where a coarse clock lags
+        sent = time.time()
+        made = create(api, rollout(f"at-{attempt}"))
+        created = dt.datetime.fromisoformat(made["metadata"]["creationTimestamp"].replace("Z", "+00:00"))
+        assert created.timestamp() >= int(sent), (made["metadata"]["creationTimestamp"], sent)
+
+
 def test_get_of_a_missing_object_is_a_not_found_status(api) -> None:
     with pytest.raises(ApiException) as caught:
         api.get_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "missing")

@@ -156,7 +156,9 @@ class Route:
 
 
 def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    """Now, to the second, from the same clock as ``time.time()``: ``time.gmtime()`` without an
+    argument reads a coarse clock that can lag a few milliseconds behind a second boundary."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time()))
 
 
 def _content(obj: dict[str, Any]) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """``python -m bench.controller_cost``: what the controller costs per rollout, measured.
 
 Two numbers for the closing note of issue 5, measured with the real reconcile (the official
-Kubernetes client, ``controller.kube.KubeCluster``) against the test suite's fake API server and a
+Kubernetes client, ``controller.edges.kube.KubeCluster``) against the test suite's fake API server and a
 synthetic metrics source (no Prometheus: the metrics edge is timed by the Prometheus tests):
 
 1. **Reconcile time per rollout**: median and p95 of single ``reconcile()`` calls, for 1 and for 50
@@ -46,11 +46,11 @@ from typing import IO, Any
 
 import yaml
 
-from controller.kube import KubeCluster
-from controller.policy import ModelRollout
-from controller.reconcile import Outcome, reconcile
-from controller.samples import CountSeries, HistogramSeries, MetricData, Observation, Window
-from controller.templating import default_environment
+from controller.api.model import ModelRollout
+from controller.edges.kube import KubeCluster
+from controller.engine.reconcile import Outcome, reconcile
+from controller.metrics.samples import CountSeries, HistogramSeries, MetricData, Observation, Window
+from controller.traffic.templating import default_environment
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICY = ROOT / "policies" / "fraud-detector-istio.yaml"
@@ -64,7 +64,7 @@ MIN_PASSES = 20  # analysis passes over all rollouts, however many there are
 #: Runs in the child: serve the fake, answer one JSON line per command line on stdin.
 CHILD = """
 import json, sys
-from controller.localapi import LocalApiServer
+from controller.sandbox.localapi import LocalApiServer
 
 api = LocalApiServer().start()
 print(json.dumps({"url": api.url}), flush=True)

@@ -13,7 +13,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from controller.cluster import (
+from controller.engine.ports import (
     FINALIZER,
     ApplyResult,
     Conflict,
@@ -22,8 +22,8 @@ from controller.cluster import (
     RouteConflictError,
     WatchEvent,
 )
-from controller.render import ROLLOUT_LABEL
-from controller.tenancy import istio_name, overlaps
+from controller.traffic.render import ROLLOUT_LABEL
+from controller.traffic.tenancy import istio_name, overlaps
 
 
 @dataclass

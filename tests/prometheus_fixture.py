@@ -29,11 +29,11 @@ import numpy as np
 import pytest
 import yaml
 
-from controller.demo import processes
-from controller.demo.processes import PartMissingError, Prometheus, StartError, Supervisor
-from controller.loader import load
-from controller.policy import ModelRollout
-from controller.samples import Window
+from controller.api.load import load
+from controller.api.model import ModelRollout
+from controller.metrics.samples import Window
+from controller.sandbox.demo import processes
+from controller.sandbox.demo.processes import PartMissingError, Prometheus, StartError, Supervisor
 
 PROMTOOL = os.environ.get("CANARIST_PROMTOOL", "/usr/bin/promtool")
 
@@ -62,7 +62,7 @@ def require(binary: str) -> str:
 
 
 class PrometheusServer(Prometheus):
-    """The demo's :class:`~controller.demo.processes.Prometheus` (15 s scrapes), plus backfilled histories.
+    """The demo's :class:`~controller.sandbox.demo.processes.Prometheus` (15 s scrapes), plus backfilled histories.
 
     A missing binary or a server that never gets ready FAILS the test (nothing is skipped).
     """

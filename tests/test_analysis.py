@@ -1,6 +1,6 @@
 """analyse() and evaluate() on synthetic observations: every verdict for every series type, the budget.
 
-The observations are built by hand from :mod:`controller.samples`, with deterministic counts (expected
+The observations are built by hand from :mod:`controller.metrics.samples`, with deterministic counts (expected
 values, no sampling), so each case says exactly what the data look like.
 """
 
@@ -15,10 +15,10 @@ import pytest
 from scipy import stats as sps
 
 from controller import stats
-from controller.analysis import SAMPLE_RATIO_NAME, SLO_SHARE, analyse, check_shares, evaluate
-from controller.decision import Verdict
-from controller.policy import Metric, ModelRollout
-from controller.samples import CountSeries, GaugeSeries, HistogramSeries, MetricData, Observation, Window
+from controller.api.model import Metric, ModelRollout
+from controller.judge.analysis import SAMPLE_RATIO_NAME, SLO_SHARE, analyse, check_shares, evaluate
+from controller.judge.machine import Verdict
+from controller.metrics.samples import CountSeries, GaugeSeries, HistogramSeries, MetricData, Observation, Window
 from controller.stats.shift import MAX_WATCHED
 
 ALPHA = 0.05

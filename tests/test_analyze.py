@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from controller.demo.processes import free_port
+from controller.sandbox.demo.processes import free_port
 from tests.hostile_http import BEHAVIOURS, HostileServer
 from tests.prometheus_fixture import SCENARIOS, ScenarioPrometheus, scenario_policy
 

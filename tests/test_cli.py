@@ -19,11 +19,11 @@ import yaml
 from click.testing import CliRunner, Result
 
 from controller import __version__
-from controller.cli import cli
-from controller.loader import load
-from controller.policy import ModelRollout, RoutingMode
-from controller.render import WEIGHT_ANNOTATION
-from controller.routing import schedule, split_tagged
+from controller.api.load import load
+from controller.api.model import ModelRollout, RoutingMode
+from controller.api.schedule import schedule, split_tagged
+from controller.cli.main import cli
+from controller.traffic.render import WEIGHT_ANNOTATION
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICIES = ROOT / "policies"

@@ -26,17 +26,17 @@ from typing import Any
 import pytest
 import yaml
 
-from controller.cluster import (
+from controller.edges.kube import KubeCluster
+from controller.engine.ports import (
     COMMAND_ANNOTATION,
     COMMAND_AT_ANNOTATION,
     COMMAND_BY_ANNOTATION,
     COMMAND_ID_ANNOTATION,
 )
-from controller.demo.processes import free_port
-from controller.kube import KubeCluster
-from controller.localapi import LocalApiServer, local_api_server
-from controller.reconcile import reconcile
-from controller.steering import parse_moment, rfc3339
+from controller.engine.reconcile import reconcile
+from controller.engine.steering import parse_moment, rfc3339
+from controller.sandbox.demo.processes import free_port
+from controller.sandbox.localapi import LocalApiServer, local_api_server
 from tests.test_reconcile import ENV, POLICY, Synthetic
 
 CANARIST = Path(sys.executable).parent / "canarist"

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from controller.decision import (
+from controller.api.load import load
+from controller.api.schedule import RouteState, schedule
+from controller.judge.machine import (
     Action,
     Command,
     CommandKind,
@@ -20,8 +22,6 @@ from controller.decision import (
     decide,
     routes_for,
 )
-from controller.loader import load
-from controller.routing import RouteState, schedule
 
 ROOT = Path(__file__).resolve().parent.parent
 # fraud-detector: steps 1, 5, 25, 50; minRequests 500; deadline 20m; onNoData Pause; onInconclusive Abort

@@ -20,13 +20,13 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
-from controller.demo.processes import free_port
-from controller.kube import KubeCluster
-from controller.localapi import LocalApiServer, local_api_server
-from controller.manager import Manager
-from controller.prometheus import PrometheusClient, PrometheusSettings
-from controller.templating import default_environment
-from controller.wiring import PrometheusSource
+from controller.edges.kube import KubeCluster
+from controller.edges.prometheus import PrometheusClient, PrometheusSettings
+from controller.manager.loop import Manager
+from controller.manager.wiring import PrometheusSource
+from controller.sandbox.demo.processes import free_port
+from controller.sandbox.localapi import LocalApiServer, local_api_server
+from controller.traffic.templating import default_environment
 from tests.prometheus_fixture import PrometheusServer
 
 NS, NAME, SERVICE = "ml", "scorer", "scorer"

@@ -26,15 +26,15 @@ import yaml
 
 import tests.prometheus_fixture
 import tests.test_e2e
-from controller.decision import Action
-from controller.kube import KubeCluster
-from controller.leader import LeaderElector
-from controller.localapi import LocalApiServer, local_api_server
-from controller.manager import Manager
-from controller.prometheus import PrometheusClient, PrometheusSettings
-from controller.reconcile import reconcile
-from controller.templating import default_environment
-from controller.wiring import PrometheusSource
+from controller.edges.kube import KubeCluster
+from controller.edges.leader import LeaderElector
+from controller.edges.prometheus import PrometheusClient, PrometheusSettings
+from controller.engine.reconcile import reconcile
+from controller.judge.machine import Action
+from controller.manager.loop import Manager
+from controller.manager.wiring import PrometheusSource
+from controller.sandbox.localapi import LocalApiServer, local_api_server
+from controller.traffic.templating import default_environment
 from tests.prometheus_fixture import PrometheusServer
 from tests.test_e2e import NAME, NS, Mesh, check_writes, live_mesh, policy, ready_pod
 from tests.test_reconcile import ENV, POLICY, T0, Synthetic

@@ -27,13 +27,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from controller import schema
-from controller.cli import cli
-from controller.loader import Document, PolicyError, validate
-from controller.policy import MAX_REGEX_NESTING, ModelRollout, StringMatch, regex_bounds
-from controller.render import environment, render, render_texts
-from controller.routing import RouteState, schedule, state_for_step
-from controller.templating import default_environment, template_dir
+from controller.api import schema
+from controller.api.load import Document, PolicyError, validate
+from controller.api.model import MAX_REGEX_NESTING, ModelRollout, StringMatch, regex_bounds
+from controller.api.schedule import RouteState, schedule, state_for_step
+from controller.cli.main import cli
+from controller.traffic.render import environment, render, render_texts
+from controller.traffic.templating import default_environment, template_dir
 
 ENV = default_environment()
 

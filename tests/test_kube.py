@@ -1,4 +1,4 @@
-"""The Kubernetes edge (controller.kube) with the official client against the HTTP fake API server.
+"""The Kubernetes edge (controller.edges.kube) with the official client against the HTTP fake API server.
 
 Every write the fake received is replayed to check make before break: at no moment does a
 VirtualService route to a subset that no DestinationRule of its host defines.
@@ -17,8 +17,16 @@ import pytest
 import yaml
 from kubernetes import client
 
-from controller.adoption import fqdn, merge_destination_rule, merge_virtual_service
-from controller.cluster import (
+from controller.api.model import ModelRollout
+from controller.api.schedule import RouteState
+from controller.edges.kube import (
+    ADOPTED_LABEL,
+    MANAGED_WEIGHTS_ANNOTATION,
+    KubeCluster,
+    RejectedError,
+    retry_policy,
+)
+from controller.engine.ports import (
     ORIGINAL_ANNOTATION,
     ClusterUnavailableError,
     Conflict,
@@ -26,18 +34,10 @@ from controller.cluster import (
     NotFoundError,
     RouteConflictError,
 )
-from controller.kube import (
-    ADOPTED_LABEL,
-    MANAGED_WEIGHTS_ANNOTATION,
-    KubeCluster,
-    RejectedError,
-    retry_policy,
-)
-from controller.localapi import LocalApiServer, local_api_server
-from controller.policy import ModelRollout
-from controller.render import render
-from controller.routing import RouteState
-from controller.templating import default_environment
+from controller.sandbox.localapi import LocalApiServer, local_api_server
+from controller.traffic.adopt import fqdn, merge_destination_rule, merge_virtual_service
+from controller.traffic.render import render
+from controller.traffic.templating import default_environment
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICY = yaml.safe_load((ROOT / "policies/fraud-detector-istio.yaml").read_text())

@@ -15,9 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kubernetes.client import ApiException
 
-from controller.cluster import FINALIZER, Cluster
-from controller.kube import KubeCluster, retry_policy
-from controller.leader import (
+from controller.edges.kube import KubeCluster, retry_policy
+from controller.edges.leader import (
     LeaderElector,
     LeaseLostError,
     LeaseRecord,
@@ -29,11 +28,12 @@ from controller.leader import (
     successor,
     valid_until,
 )
-from controller.localapi import LocalApiServer, local_api_server
-from controller.manager import Manager
-from controller.prometheus import PrometheusClient, PrometheusSettings
-from controller.templating import default_environment
-from controller.wiring import PrometheusSource
+from controller.edges.prometheus import PrometheusClient, PrometheusSettings
+from controller.engine.ports import FINALIZER, Cluster
+from controller.manager.loop import Manager
+from controller.manager.wiring import PrometheusSource
+from controller.sandbox.localapi import LocalApiServer, local_api_server
+from controller.traffic.templating import default_environment
 
 NS, LEASE = "canarist-system", "canarist-controller"
 COUNTER = itertools.count()

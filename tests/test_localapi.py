@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from kubernetes import client, watch
 from kubernetes.client import ApiException
 
-from controller.localapi import ApiError, LocalApiServer, local_api_server
-from controller.localapi.documents import json_patch, label_matcher, merge_patch
+from controller.sandbox.localapi import ApiError, LocalApiServer, local_api_server
+from controller.sandbox.localapi.documents import json_patch, label_matcher, merge_patch
 
 GROUP, VERSION, PLURAL, NS = "canarist.io", "v1alpha1", "modelrollouts", "default"
 
@@ -417,7 +417,7 @@ def test_a_self_subject_review_says_who_the_token_is(server: LocalApiServer) -> 
 
 def _owners(obj: dict[str, Any], subresource: str | None = None) -> dict[tuple[str, ...], str]:
     """Each owned leaf field's manager, from managedFields."""
-    from controller.localapi.documents import fields_v1_paths
+    from controller.sandbox.localapi.documents import fields_v1_paths
 
     out: dict[tuple[str, ...], str] = {}
     for entry in obj["metadata"].get("managedFields") or []:

@@ -300,7 +300,7 @@ CONTROLLER_CALLS: dict[str, dict[tuple[str, str], set[str]]] = {
 GITOPS_CALLS: dict[str, dict[tuple[str, str], set[str]]] = {
     "create_or_update_rollout": {ROLLOUTS: {"get", "create", "update"}},
 }
-#: The client library's calls in controller/kube.py and the RBAC verb each one is checked against.
+#: The client library's calls in controller/edges/kube.py and the RBAC verb each one is checked against.
 API_VERBS = {
     "get_namespaced_custom_object": "get",
     "list_namespaced_custom_object": "list",  # and "watch", with watch=true

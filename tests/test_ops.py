@@ -16,15 +16,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from controller import ops
-from controller.cli import cli, main
-from controller.kube import KubeCluster
-from controller.localapi import LocalApiServer, local_api_server
-from controller.manager import Manager
-from controller.ops import ControllerMetrics, serve
-from controller.prometheus import PrometheusClient, PrometheusSettings
-from controller.templating import default_environment
-from controller.wiring import PrometheusSource
+from controller.cli.main import cli, main
+from controller.edges.kube import KubeCluster
+from controller.edges.prometheus import PrometheusClient, PrometheusSettings
+from controller.manager.loop import Manager, ops
+from controller.manager.ops import ControllerMetrics, serve
+from controller.manager.wiring import PrometheusSource
+from controller.sandbox.localapi import LocalApiServer, local_api_server
+from controller.traffic.templating import default_environment
 
 CANARIST = Path(sys.executable).parent / "canarist"
 

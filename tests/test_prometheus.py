@@ -22,10 +22,8 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
-from controller.demo.processes import free_port
-from controller.observe import Results
-from controller.policy import ModelRollout
-from controller.prometheus import (
+from controller.api.model import ModelRollout
+from controller.edges.prometheus import (
     AnswerTooLarge,
     PrometheusClient,
     PrometheusConfigError,
@@ -39,8 +37,10 @@ from controller.prometheus import (
     observe,
     observe_or_explain,
 )
-from controller.queries import Matcher, Op, Query, any_of, selector
-from controller.samples import CountSeries, HistogramSeries, Observation, Window
+from controller.metrics.promql import Matcher, Op, Query, any_of, selector
+from controller.metrics.read import Results
+from controller.metrics.samples import CountSeries, HistogramSeries, Observation, Window
+from controller.sandbox.demo.processes import free_port
 from tests.hostile_http import BEHAVIOURS, HEADERS, HostileServer
 from tests.prometheus_fixture import (
     LE,

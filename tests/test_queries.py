@@ -12,10 +12,9 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controller.loader import load
-from controller.observe import MAX_HISTOGRAM_EDGES, build_observations, coarsen, no_data
-from controller.policy import ModelRollout, ModelVersion, RatioQuery
-from controller.queries import (
+from controller.api.load import load
+from controller.api.model import ModelRollout, ModelVersion, RatioQuery
+from controller.metrics.promql import (
     ISTIO_BUCKETS,
     ISTIO_REQUESTS,
     REQUESTS_KEY,
@@ -36,7 +35,8 @@ from controller.queries import (
     promql_duration,
     selector,
 )
-from controller.samples import CountSeries, GaugeSeries, HistogramSeries, Window
+from controller.metrics.read import MAX_HISTOGRAM_EDGES, build_observations, coarsen, no_data
+from controller.metrics.samples import CountSeries, GaugeSeries, HistogramSeries, Window
 
 SUBSET = """
 apiVersion: canarist.io/v1alpha1

@@ -21,17 +21,17 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controller.analysis import analyse
-from controller.kube import KubeCluster, retry_policy
-from controller.loader import PolicyError, load
-from controller.localapi import local_api_server
-from controller.policy import ModelRollout
-from controller.prometheus import PrometheusClient, PrometheusSettings, observe
-from controller.queries import metric_queries
-from controller.render import render
-from controller.routing import SPLIT_HEADER, SPLIT_TAG, SPLIT_VALUE, RouteState, schedule, state_for_step
-from controller.samples import CountSeries, Window
-from controller.templating import default_environment
+from controller.api.load import PolicyError, load
+from controller.api.model import ModelRollout
+from controller.api.schedule import SPLIT_HEADER, SPLIT_TAG, SPLIT_VALUE, RouteState, schedule, state_for_step
+from controller.edges.kube import KubeCluster, retry_policy
+from controller.edges.prometheus import PrometheusClient, PrometheusSettings, observe
+from controller.judge.analysis import analyse
+from controller.metrics.promql import metric_queries
+from controller.metrics.samples import CountSeries, Window
+from controller.sandbox.localapi import local_api_server
+from controller.traffic.render import render
+from controller.traffic.templating import default_environment
 from tests.memory_cluster import MemoryCluster
 from tests.prometheus_fixture import OpenMetrics, PrometheusServer
 from tests.test_render import assert_istio_valid

@@ -17,21 +17,21 @@ from typing import Any
 import pytest
 import yaml
 
-from controller.cluster import (
+from controller.api.model import ModelRollout
+from controller.api.schedule import RouteState
+from controller.engine.ports import (
     COMMAND_ANNOTATION,
     COMMAND_AT_ANNOTATION,
     COMMAND_BY_ANNOTATION,
     COMMAND_ID_ANNOTATION,
     ClusterUnavailableError,
 )
-from controller.decision import Action
-from controller.policy import ModelRollout
-from controller.reconcile import Outcome, analysis_windows, reconcile
-from controller.routing import RouteState
-from controller.samples import CountSeries, HistogramSeries, MetricData, Observation, Window
-from controller.status import ANALYSES_LIMIT, from_status, parse_timestamp, timestamp, to_status
-from controller.steering import rfc3339
-from controller.templating import default_environment
+from controller.engine.reconcile import Outcome, analysis_windows, reconcile
+from controller.engine.record import ANALYSES_LIMIT, from_status, parse_timestamp, timestamp, to_status
+from controller.engine.steering import rfc3339
+from controller.judge.machine import Action
+from controller.metrics.samples import CountSeries, HistogramSeries, MetricData, Observation, Window
+from controller.traffic.templating import default_environment
 from tests.memory_cluster import MemoryCluster
 
 ROOT = Path(__file__).resolve().parent.parent

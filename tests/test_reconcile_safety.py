@@ -22,7 +22,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from controller.cluster import (
+from controller.api.model import ModelRollout
+from controller.api.schedule import RouteState
+from controller.engine.ports import (
     COMMAND_ANNOTATION,
     COMMAND_AT_ANNOTATION,
     COMMAND_BY_ANNOTATION,
@@ -30,14 +32,12 @@ from controller.cluster import (
     ClusterUnavailableError,
     ConflictError,
 )
-from controller.decision import Action, Evidence, MetricEvidence, Phase, Status, Verdict
-from controller.manager import Manager
-from controller.policy import ModelRollout
-from controller.reconcile import reconcile
-from controller.routing import RouteState
-from controller.samples import Observation, Window
-from controller.status import STATUS_BYTES_LIMIT, to_status
-from controller.steering import rfc3339
+from controller.engine.reconcile import reconcile
+from controller.engine.record import STATUS_BYTES_LIMIT, to_status
+from controller.engine.steering import rfc3339
+from controller.judge.machine import Action, Evidence, MetricEvidence, Phase, Status, Verdict
+from controller.manager.loop import Manager
+from controller.metrics.samples import Observation, Window
 from tests.memory_cluster import MemoryCluster
 from tests.test_reconcile import ENV, POLICY, T0, Synthetic, drive, status, weights
 
@@ -50,7 +50,7 @@ def cluster() -> MemoryCluster:
 
 
 def command(cluster: MemoryCluster, kind: str, command_id: str, now: float) -> None:
-    """A fresh steering command as `canarist <kind>` writes it (see controller/steering.py)."""
+    """A fresh steering command as `canarist <kind>` writes it (see controller/engine/steering.py)."""
     cluster.annotate_rollout(
         "ml-serving",
         "fraud-detector",

@@ -15,11 +15,10 @@ from cloudcoil.models.istio.telemetry import v1 as telemetry
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from controller import semantics
-from controller.loader import load
-from controller.policy import ModelRollout
-from controller.render import RenderError, check_invariants, render
-from controller.routing import (
+from controller.api import rules
+from controller.api.load import load
+from controller.api.model import ModelRollout
+from controller.api.schedule import (
     REQUEST_ID_BUCKETS,
     RouteState,
     realized_share,
@@ -29,7 +28,8 @@ from controller.routing import (
     split_tagged,
     state_for_step,
 )
-from controller.templating import default_environment
+from controller.traffic.render import RenderError, check_invariants, render
+from controller.traffic.templating import default_environment
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "policies").glob("*.yaml"))
@@ -246,7 +246,7 @@ def test_any_valid_policy_renders_integer_weights_summing_to_100_and_defined_sub
     data: dict[str, Any], weight: int, mirror: float, cohorts: bool
 ) -> None:
     rollout = ModelRollout.model_validate(data)
-    assert semantics.check(rollout) == []
+    assert rules.check(rollout) == []
     triton = data["spec"]["routing"].get("mode") == "TritonVersion"
     state = RouteState(weight, 0.0 if triton else mirror, cohorts)
     objects = render(rollout, state, ENV)

@@ -23,10 +23,11 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from controller import commands
-from controller.reconcile import parse
-from controller.report import ReportError, build_report, policy_of, read_object, rollout_object
-from controller.reportplots import (
+from controller.cli.main import cluster_commands
+from controller.engine.reconcile import parse
+from controller.engine.record import ANALYSES_LIMIT, timestamp
+from controller.report.page import ReportError, build_report, policy_of, read_object, rollout_object
+from controller.report.plots import (
     EstimatePath,
     Mark,
     WeightSeries,
@@ -44,7 +45,6 @@ from controller.reportplots import (
     weight_after,
     weight_series,
 )
-from controller.status import ANALYSES_LIMIT, timestamp
 from tests.memory_cluster import MemoryCluster
 from tests.test_reconcile import POLICY, Synthetic, drive
 
@@ -529,7 +529,7 @@ def test_hostile_yaml_is_refused_in_one_line_before_anything_expands(make: Any, 
     with pytest.raises(ReportError, match=fragment) as info:
         read_object(source)
     assert len(str(info.value).splitlines()) == 1 and str(info.value).isprintable()
-    result = CliRunner().invoke(commands.report, [str(source), "--out", str(tmp_path / "out")])
+    result = CliRunner().invoke(cluster_commands.report, [str(source), "--out", str(tmp_path / "out")])
     assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
     assert len(result.output.strip().splitlines()) == 1 and fragment in result.output
     assert not (tmp_path / "out").exists()
@@ -587,18 +587,18 @@ def test_every_bad_input_is_one_line_and_exit_status_2(tmp_path: Path) -> None:
     ]
     for doc, out, fragment in cases:
         source.write_text(doc if isinstance(doc, str) else dump_yaml(doc))
-        result = CliRunner().invoke(commands.report, [str(source), "--out", str(tmp_path / out)])
+        result = CliRunner().invoke(cluster_commands.report, [str(source), "--out", str(tmp_path / out)])
         assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
         lines = result.output.strip().splitlines()
         assert len(lines) == 1 and fragment in lines[0], result.output
-    result = CliRunner().invoke(commands.report, [str(tmp_path), "--out", str(tmp_path / "out")])
+    result = CliRunner().invoke(cluster_commands.report, [str(tmp_path), "--out", str(tmp_path / "out")])
     assert result.exit_code == 2 and f"{tmp_path}: not a file" in result.output
-    result = CliRunner().invoke(commands.report, [str(source), "--out", str(source)])
+    result = CliRunner().invoke(cluster_commands.report, [str(source), "--out", str(source)])
     assert result.exit_code == 2 and "is a file" in result.output  # click's usage error: one line via main()
 
 
 def test_the_latency_plot_shows_the_range_with_data_and_the_slo() -> None:
-    from controller.reportplots import Cdf, latency_range
+    from controller.report.plots import Cdf, latency_range
 
     edges = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000)
     shares = (0, 0, 0, 0.02, 0.6, 0.95, 0.999, 1, 1, 1, 1, 1, 1, 1, 1, 1)

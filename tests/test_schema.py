@@ -14,8 +14,8 @@ import pydantic
 import pytest
 import yaml
 
-from controller import schema
-from controller.policy import GROUP, KIND, PLURAL, QUANTITY_PATTERN, VERSION, MetricKind, ModelRollout, OnTimeout
+from controller.api import schema
+from controller.api.model import GROUP, KIND, PLURAL, QUANTITY_PATTERN, VERSION, MetricKind, ModelRollout, OnTimeout
 
 ROOT = Path(__file__).resolve().parent.parent
 ISTIO = ROOT / "istio"
@@ -271,7 +271,7 @@ def test_checked_in_files_match_the_generator(name: str) -> None:
     assert path.is_file(), f"istio/{name} is missing: run `{schema.REGENERATE}`"
     expected = schema.generated_files()[name]
     assert path.read_text(encoding="utf-8") == expected, (
-        f"istio/{name} is out of date with controller/policy.py: run `{schema.REGENERATE}`"
+        f"istio/{name} is out of date with controller/api/model.py: run `{schema.REGENERATE}`"
     )
 
 

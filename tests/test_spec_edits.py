@@ -16,7 +16,9 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controller.decision import (
+from controller.api.model import ModelRollout
+from controller.engine.record import from_status, status_corrected, timestamp, to_status
+from controller.judge.machine import (
     Action,
     Command,
     CommandKind,
@@ -28,8 +30,6 @@ from controller.decision import (
     decide,
     routes_for,
 )
-from controller.policy import ModelRollout
-from controller.status import from_status, status_corrected, timestamp, to_status
 from tests.test_decision import ROLLOUT, T0
 
 RAISES = {Action.START, Action.ADVANCE, Action.PROMOTE}

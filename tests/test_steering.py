@@ -20,17 +20,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kubernetes import client
 
-from controller.cluster import (
+from controller.cli.cluster_commands import render_documents, render_table
+from controller.edges.kube import KubeCluster
+from controller.engine.ports import (
     COMMAND_ANNOTATION,
     COMMAND_AT_ANNOTATION,
     COMMAND_BY_ANNOTATION,
     COMMAND_ID_ANNOTATION,
 )
-from controller.commands import render_documents, render_table
-from controller.kube import KubeCluster
-from controller.localapi import LocalApiServer, local_api_server
-from controller.reconcile import reconcile
-from controller.steering import BY_LIMIT, COMMAND_TTL, check_command, rfc3339, settle_command
+from controller.engine.reconcile import reconcile
+from controller.engine.steering import BY_LIMIT, COMMAND_TTL, check_command, rfc3339, settle_command
+from controller.sandbox.localapi import LocalApiServer, local_api_server
 from tests.test_reconcile import ENV, POLICY, Synthetic
 
 NS, NAME = POLICY["metadata"]["namespace"], POLICY["metadata"]["name"]
@@ -354,7 +354,7 @@ def test_status_documents_print_user_text_escaped(objects: list[dict[str, Any]],
 def test_the_report_shows_user_text_without_controls(api: LocalApiServer, tmp_path: Path) -> None:
     """``canarist report``: a rollout driven by real reconciles, then a status and a claimed name
     full of escapes and bidi overrides: the page shows their text and none of them."""
-    from controller.report import build_report
+    from controller.report.page import build_report
 
     cluster = KubeCluster(api.api_client, propagation_delay=0.0)
     cluster.create_or_update_rollout(POLICY)

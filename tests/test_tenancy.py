@@ -1,6 +1,6 @@
 """Tenants are isolated (DESIGN.md section 4): hosts, gateways, exportTo and cross-namespace conflicts.
 
-Three levels: the pure rules (:mod:`controller.tenancy`) as properties over generated hosts,
+Three levels: the pure rules (:mod:`controller.traffic.tenancy`) as properties over generated hosts,
 gateways, namespaces and grants; the conflict rule as a table, run against the real edge (the
 official client and the local API server); and the reconciler, which must hold a refused rollout
 with the reason and never record a step it cannot route.
@@ -19,17 +19,17 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from controller.cluster import RouteConflictError
-from controller.decision import Action, Phase
-from controller.kube import KubeCluster, retry_policy
-from controller.localapi import LocalApiServer, local_api_server
-from controller.policy import ModelRollout
-from controller.reconcile import reconcile
-from controller.render import render
-from controller.routing import RouteState
-from controller.samples import Observation, Window
-from controller.templating import default_environment
-from controller.tenancy import (
+from controller.api.model import ModelRollout
+from controller.api.schedule import RouteState
+from controller.edges.kube import KubeCluster, retry_policy
+from controller.engine.ports import RouteConflictError
+from controller.engine.reconcile import reconcile
+from controller.judge.machine import Action, Phase
+from controller.metrics.samples import Observation, Window
+from controller.sandbox.localapi import LocalApiServer, local_api_server
+from controller.traffic.render import render
+from controller.traffic.templating import default_environment
+from controller.traffic.tenancy import (
     DEFAULT_RULES,
     Grant,
     TenancyRules,
@@ -260,7 +260,7 @@ def test_export_to_is_everywhere_for_mesh_and_the_gateways_namespaces_otherwise(
 def _invoke(*args: str) -> Any:
     from click.testing import CliRunner
 
-    from controller.cli import cli
+    from controller.cli.main import cli
 
     result = CliRunner().invoke(cli, list(args))
     if result.exception is not None and not isinstance(result.exception, SystemExit):
@@ -559,13 +559,13 @@ def test_a_refused_rollout_holds_against_the_real_edge(server: LocalApiServer, e
 
 
 def test_an_abort_rolls_back_even_when_a_host_added_mid_rollout_is_refused() -> None:
-    from controller.cluster import (
+    from controller.engine.ports import (
         COMMAND_ANNOTATION,
         COMMAND_AT_ANNOTATION,
         COMMAND_BY_ANNOTATION,
         COMMAND_ID_ANNOTATION,
     )
-    from controller.steering import rfc3339
+    from controller.engine.steering import rfc3339
 
     rules = rules_from_options(["team-a=api.example.com"])
     cluster = MemoryCluster()

@@ -23,7 +23,7 @@ import pytest
 import yaml
 from click.testing import CliRunner, Result
 
-from controller.cli import cli
+from controller.cli.main import cli
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICIES = ROOT / "policies"

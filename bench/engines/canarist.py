@@ -1,8 +1,8 @@
 """``canarist``: the product's own engine, the same analysis and state machine the controller runs.
 
-It turns each simulated interval into the :class:`controller.samples.Observation` a Prometheus
-look would give (a counter reset is a window without data), runs :func:`controller.analysis.analyse`
-and :func:`controller.decision.decide` on a ModelRollout that states the benchmark's policy, and
+It turns each simulated interval into the :class:`controller.metrics.samples.Observation` a Prometheus
+look would give (a counter reset is a window without data), runs :func:`controller.judge.analysis.analyse`
+and :func:`controller.judge.machine.decide` on a ModelRollout that states the benchmark's policy, and
 maps the decision onto the harness's verdicts. It never looks at the truth.
 """
 
@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from bench.engines.base import BenchPolicy, Verdict
 from bench.simulate import ISTIO_BUCKETS_MS, IntervalData, Truth, VersionInterval
-from controller.analysis import analyse
-from controller.decision import Action, Phase, Status, decide
-from controller.policy import ModelRollout
-from controller.samples import CountSeries, HistogramSeries, MetricData, Observation, Window
+from controller.api.model import ModelRollout
+from controller.judge.analysis import analyse
+from controller.judge.machine import Action, Phase, Status, decide
+from controller.metrics.samples import CountSeries, HistogramSeries, MetricData, Observation, Window
 
 #: Istio's default latency buckets, in seconds (the last is +Inf).
 EDGES_S = tuple(b / 1000.0 for b in ISTIO_BUCKETS_MS)

@@ -25,16 +25,16 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from controller.demo.haproxy import Haproxy, HaproxyError, weights_from_virtual_service
-from controller.demo.loadgen import LateLabels, Outcome, arrivals, classify, rate_at
-from controller.demo.model import Model, generate, train
-from controller.demo.processes import free_port
-from controller.demo.server import ISTIO_BUCKETS_MS
-from controller.loader import load
-from controller.policy import ModelRollout
-from controller.render import render
-from controller.routing import RouteState, schedule, state_for_step
-from controller.templating import default_environment
+from controller.api.load import load
+from controller.api.model import ModelRollout
+from controller.api.schedule import RouteState, schedule, state_for_step
+from controller.sandbox.demo.haproxy import Haproxy, HaproxyError, weights_from_virtual_service
+from controller.sandbox.demo.loadgen import LateLabels, Outcome, arrivals, classify, rate_at
+from controller.sandbox.demo.model import Model, generate, train
+from controller.sandbox.demo.processes import free_port
+from controller.sandbox.demo.server import ISTIO_BUCKETS_MS
+from controller.traffic.render import render
+from controller.traffic.templating import default_environment
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
@@ -88,7 +88,7 @@ class Processes:
         """A model server on a free port, once its /healthz answers."""
         port = free_port()
         process = self.spawn(
-            f"server-{version}", "-m", "controller.demo.server", "--version", version, "--port", str(port),
+            f"server-{version}", "-m", "controller.sandbox.demo.server", "--version", version, "--port", str(port),
             "--model", str(model), "--service", "fraud-detector", "--namespace", "demo", "--seed", "7", *extra,
         )  # fmt: skip
         wait_until(lambda: get(f"http://127.0.0.1:{port}/healthz")[0] == 200, process, f"server {version}")
@@ -289,7 +289,7 @@ def test_server_stops_at_once_on_sigterm_and_sigint(procs: Processes, model_file
 
 
 def test_server_refuses_a_missing_model_file(procs: Processes, tmp_path: Path) -> None:
-    process = procs.spawn("bad", "-m", "controller.demo.server", "--version", "v1", "--port", str(free_port()),
+    process = procs.spawn("bad", "-m", "controller.sandbox.demo.server", "--version", "v1", "--port", str(free_port()),
                           "--model", str(tmp_path / "missing.json"))  # fmt: skip
     assert process.wait(10) == 2
     procs.started.remove(process)
@@ -373,7 +373,7 @@ def test_weights_change_under_load_and_no_request_is_lost(procs: Processes, mode
     proxy = procs.haproxy(servers, {"v1": 70, "v2": 30})
     metrics, summary = free_port(), procs.workdir / "summary.json"
     loadgen = procs.spawn(
-        "loadgen", "-m", "controller.demo.loadgen", "--target", f"http://127.0.0.1:{proxy.frontend_port}",
+        "loadgen", "-m", "controller.sandbox.demo.loadgen", "--target", f"http://127.0.0.1:{proxy.frontend_port}",
         "--rate", "250", "--workers", "16", "--metrics-port", str(metrics), "--labelled-share", "0.5",
         "--label-delay", "0.3", "--seed", "3", "--versions", "v1,v2", "--summary", str(summary),
     )  # fmt: skip
@@ -429,7 +429,7 @@ def test_haproxy_long_workdir_and_refusals(procs: Processes, model_file: Path, t
 
 
 def test_missing_haproxy_is_an_error_not_a_skip(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr("controller.demo.haproxy.HAPROXY", str(tmp_path / "no-haproxy"))
+    monkeypatch.setattr("controller.sandbox.demo.haproxy.HAPROXY", str(tmp_path / "no-haproxy"))
     proxy = Haproxy(tmp_path, frontend_port=free_port(), servers={"v1": free_port()}, weights={"v1": 1})
     with pytest.raises(HaproxyError, match="apt-get install"):
         proxy.start()
@@ -437,8 +437,8 @@ def test_missing_haproxy_is_an_error_not_a_skip(monkeypatch: pytest.MonkeyPatch,
 
 
 def test_the_real_haproxy_is_installed() -> None:
-    from controller.demo import haproxy
-    from controller.demo.processes import require
+    from controller.sandbox.demo import haproxy
+    from controller.sandbox.demo.processes import require
 
     assert require(haproxy.HAPROXY, "haproxy") == haproxy.HAPROXY  # else PartMissingError says what to install
 

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 from matplotlib import image
 
-from controller.demo.run import DemoOptions, DemoResult, run_demo
-from controller.demo.scenarios import CANARY, SCENARIOS, STABLE
-from controller.status import parse_timestamp
+from controller.engine.record import parse_timestamp
+from controller.sandbox.demo.run import DemoOptions, DemoResult, run_demo
+from controller.sandbox.demo.scenarios import CANARY, SCENARIOS, STABLE
 
 SPEED = 2.5  # 4 s looks
 RATE = 250.0

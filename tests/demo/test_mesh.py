@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from controller.demo.mesh import Period, split_checks
+from controller.sandbox.demo.mesh import Period, split_checks
 
 
 def test_requests_answered_while_the_weights_change_count_in_neither_period() -> None:

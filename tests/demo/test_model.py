@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from controller.demo.model import N_FEATURES, Model, expand, generate, train, train_degraded
+from controller.sandbox.demo.model import N_FEATURES, Model, expand, generate, train, train_degraded
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from controller.demo.scenarios import SCENARIOS, demo_policy
-from controller.demo.view import BAR, LiveView, evidence_bar, frame
-from controller.status import timestamp
+from controller.engine.record import timestamp
+from controller.sandbox.demo.scenarios import SCENARIOS, demo_policy
+from controller.sandbox.demo.view import BAR, LiveView, evidence_bar, frame
 
 T0 = 1_800_000_000.0
 

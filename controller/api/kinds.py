@@ -1,0 +1,71 @@
+"""What each built-in metric kind measures: its unit, which direction is worse, where it comes from.
+
+The analysis, the validation and the query catalog all read these traits from one table, so a
+new kind is one row here plus its queries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from controller.api.model import Metric, MetricKind, parse_fraction
+from controller.api.units import parse_duration
+
+
+class Unit(StrEnum):
+    SECONDS = "seconds"  # written as durations: '250ms', '2s'
+    FRACTION = "fraction"  # written as 0.02 or '2%'
+
+
+@dataclass(frozen=True)
+class KindTraits:
+    unit: Unit
+    lower_is_better: bool
+    source: str  # which exporter provides it, for docs and messages
+    statistic: str  # what is compared between versions
+    has_quantile: bool = False
+
+
+TRAITS: dict[MetricKind, KindTraits] = {
+    MetricKind.ISTIO_LATENCY: KindTraits(
+        Unit.SECONDS, True, "Istio", "latency quantile from histogram buckets", has_quantile=True
+    ),
+    MetricKind.ISTIO_ERROR_RATE: KindTraits(Unit.FRACTION, True, "Istio", "share of 5xx responses"),
+    MetricKind.TRITON_LATENCY: KindTraits(Unit.SECONDS, True, "Triton", "mean request latency"),
+    MetricKind.TRITON_QUEUE_LATENCY: KindTraits(Unit.SECONDS, True, "Triton", "mean queueing time"),
+    MetricKind.TRITON_ERROR_RATE: KindTraits(Unit.FRACTION, True, "Triton", "share of failed inferences"),
+    MetricKind.TRITON_GPU_UTILIZATION: KindTraits(Unit.FRACTION, True, "Triton", "mean GPU utilisation per pod"),
+    MetricKind.TRITON_GPU_MEMORY: KindTraits(Unit.FRACTION, True, "Triton", "GPU memory used / total per pod"),
+    MetricKind.DCGM_GPU_UTILIZATION: KindTraits(Unit.FRACTION, True, "DCGM", "mean GPU utilisation per pod"),
+    MetricKind.DCGM_GPU_MEMORY: KindTraits(Unit.FRACTION, True, "DCGM", "framebuffer used / total per pod"),
+    MetricKind.GPU_SECONDS_PER_INFERENCE: KindTraits(Unit.SECONDS, True, "DCGM + Triton", "GPU-seconds per inference"),
+    MetricKind.CUSTOM_RATIO: KindTraits(Unit.FRACTION, False, "custom counters", "success / total"),
+}
+
+DEFAULT_QUANTILE = 0.99
+
+
+def lower_is_better(metric: Metric) -> bool:
+    """Whether a larger value of this metric is a regression."""
+    if metric.kind is MetricKind.CUSTOM_RATIO:
+        return metric.higher_is_better is False
+    return TRAITS[metric.kind].lower_is_better
+
+
+def parse_value(kind: MetricKind, value: float | str) -> float:
+    """Read an SLO bound or absolute margin in the kind's canonical unit (seconds or fraction)."""
+    if TRAITS[kind].unit is Unit.SECONDS:
+        if not isinstance(value, str):
+            raise ValueError(f"expected a duration such as '250ms' for {kind.value}, got {value!r}")
+        return parse_duration(value)
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number or a percentage, got {value!r}")
+    return parse_fraction(value)
+
+
+def quantile(metric: Metric) -> float | None:
+    """The latency quantile a metric tracks, defaulted for kinds that have one."""
+    if not TRAITS[metric.kind].has_quantile:
+        return None
+    return metric.quantile if metric.quantile is not None else DEFAULT_QUANTILE

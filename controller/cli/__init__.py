@@ -1,0 +1,1 @@
+"""click only: the `canarist` command, one module per command group."""

@@ -1,0 +1,445 @@
+"""The in-cluster commands: ``run`` (the controller), ``status``, ``report`` and the steering commands.
+
+kubectl-style options (``--kubeconfig``, ``--context``, ``-n``). Steering commands write an
+annotation the controller honours on its next reconcile, recording who asked; they never touch
+routes themselves, so the controller stays the only writer of weights.
+"""
+
+from __future__ import annotations
+
+import functools
+import getpass
+import json
+import logging
+import re
+import signal
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+import click
+import yaml
+
+from controller.api.model import DNS_LABEL
+from controller.api.text import printable
+from controller.cli.common import UserError
+from controller.engine.ports import (
+    COMMAND_ANNOTATION,
+    COMMAND_AT_ANNOTATION,
+    COMMAND_BY_ANNOTATION,
+    COMMAND_ID_ANNOTATION,
+    Cluster,
+    ClusterUnavailableError,
+    NotFoundError,
+)
+from controller.engine.steering import BY_LIMIT, COMMAND_TTL, rfc3339
+from controller.judge.machine import CommandKind
+from controller.traffic.tenancy import TenancyRules
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def kube_options(function: F) -> F:
+    """--kubeconfig, --context and -n/--namespace, as kubectl has them."""
+    function = click.option("-n", "--namespace", default=None, help="Namespace (default: all for lists).")(function)
+    function = click.option("--context", default=None, help="The kubeconfig context to use.")(function)
+    function = click.option(
+        "--kubeconfig", envvar="KUBECONFIG", type=click.Path(dir_okay=False), default=None, help="Path to a kubeconfig."
+    )(function)
+    return function
+
+
+def tenancy_options(function: F) -> F:
+    """--allow-host, --allow-gateway and --no-namespace-gateways, handed on as one ``tenancy``
+    keyword (:class:`controller.traffic.tenancy.TenancyRules`); a malformed value is a one-line error."""
+    from controller.traffic.tenancy import rules_from_options
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        hosts, gateways = kwargs.pop("allow_hosts"), kwargs.pop("allow_gateways")
+        try:
+            rules = rules_from_options(hosts, gateways, namespace_gateways=kwargs.pop("namespace_gateways"))
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        return function(*args, tenancy=rules, **kwargs)
+
+    options = [
+        click.option(
+            "--allow-host", "allow_hosts", multiple=True, metavar="NAMESPACE=PATTERN",
+            help="Let rollouts in NAMESPACE ('*': any) route hosts matching PATTERN (a host, '*.suffix' or '*'; "
+            "'{namespace}' stands for the rollout's) besides their own Service. Repeatable.",
+        ),
+        click.option(
+            "--allow-gateway", "allow_gateways", multiple=True, metavar="NAMESPACE=GWNS/NAME",
+            help="Let rollouts in NAMESPACE ('*': any) bind gateway GWNS/NAME (NAME may be '*'). Repeatable; "
+            "'mesh' is always allowed.",
+        ),
+        click.option(
+            "--namespace-gateways/--no-namespace-gateways", "namespace_gateways", default=True, show_default=True,
+            help="Whether a rollout may bind a Gateway of its own namespace without --allow-gateway.",
+        ),
+    ]  # fmt: skip
+    decorated: Any = wrapper
+    for option in reversed(options):
+        decorated = option(decorated)
+    return cast(F, decorated)
+
+
+def connect(kubeconfig: str | None, context: str | None) -> Cluster:
+    """The Kubernetes edge, from a kubeconfig or the in-cluster service account."""
+    from controller.edges.kube import KubeCluster
+
+    try:
+        return KubeCluster.from_settings(kubeconfig=kubeconfig, context=context)
+    except Exception as exc:  # the client raises many kinds for a bad or missing config
+        raise UserError(f"cannot reach Kubernetes: {exc}") from None
+
+
+def _default_namespace(cluster: Cluster) -> str:
+    """Where a command acts without -n: the kubeconfig context's namespace (as kubectl), else "default"."""
+    return str(getattr(cluster, "default_namespace", None) or "default")
+
+
+# --- steering ---------------------------------------------------------------------------------
+
+
+#: The field manager the CLI writes commands as (the API server records it in managedFields).
+FIELD_MANAGER = "canarist-cli"
+
+
+def _steer(kind: CommandKind, name: str, namespace: str | None, kubeconfig: str | None, context: str | None) -> None:
+    """Write the command annotations: what, who (as the API server knows us), when (its clock), an id."""
+    cluster = connect(kubeconfig, context)
+    ns = namespace or _default_namespace(cluster)
+    who_am_i = getattr(cluster, "who_am_i", None)
+    user, server_time = who_am_i() if callable(who_am_i) else (None, None)
+    by = printable(user, BY_LIMIT) if user else printable(f"local user {getpass.getuser()}", BY_LIMIT)
+    annotations = {
+        COMMAND_ANNOTATION: kind.value,
+        COMMAND_BY_ANNOTATION: by,
+        COMMAND_ID_ANNOTATION: str(time.time_ns()),
+        COMMAND_AT_ANNOTATION: rfc3339(server_time if server_time is not None else time.time()),
+    }
+    try:
+        cluster.annotate_rollout(ns, name, annotations, field_manager=FIELD_MANAGER)
+    except NotFoundError:
+        raise UserError(f"modelrollout {ns}/{name} not found") from None
+    except ClusterUnavailableError as exc:
+        raise UserError(f"API server unavailable: {exc.reason}") from None
+    ttl = round(COMMAND_TTL / 60)
+    click.echo(
+        f"{ns}/{name}: {kind.value} requested; the controller acts on its next reconcile (it expires in {ttl} min)"
+    )
+
+
+def _steering_command(kind: CommandKind, help_text: str) -> click.Command:
+    @click.command(kind.value, help=help_text)
+    @click.argument("name")
+    @kube_options
+    def command(name: str, namespace: str | None, kubeconfig: str | None, context: str | None) -> None:
+        _steer(kind, name, namespace, kubeconfig, context)
+
+    return command
+
+
+@click.command(help="Skip the current step's analysis (or, with --full, go straight to 100%).")
+@click.argument("name")
+@click.option("--full", is_flag=True, help="Promote to 100% at once.")
+@kube_options
+def promote(*, name: str, full: bool, namespace: str | None, kubeconfig: str | None, context: str | None) -> None:
+    _steer(CommandKind.PROMOTE_FULL if full else CommandKind.PROMOTE, name, namespace, kubeconfig, context)
+
+
+abort = _steering_command(CommandKind.ABORT, "Roll back now: 100% to stable, then clean up.")
+pause = _steering_command(CommandKind.PAUSE, "Hold the current weights until resumed (SLO breaches still roll back).")
+resume = _steering_command(CommandKind.RESUME, "Resume a paused rollout; its step deadline starts afresh.")
+retry = _steering_command(CommandKind.RETRY, "Start a failed rollout again from its first step.")
+
+
+# --- status -----------------------------------------------------------------------------------
+
+
+@click.command()
+@click.argument("name", required=False)
+@click.option("-o", "--output", type=click.Choice(["table", "json", "yaml"]), default="table", show_default=True)
+@click.option("--watch", "-w", is_flag=True, help="Keep refreshing a live view (Ctrl-C to stop).")
+@kube_options
+def status(  # click passes options by keyword
+    *, name: str | None, output: str, watch: bool, namespace: str | None, kubeconfig: str | None, context: str | None
+) -> None:
+    """Show rollouts: phase, step, weights, the evidence behind the last decision, recent decisions."""
+    cluster = connect(kubeconfig, context)
+
+    def fetch() -> list[dict[str, Any]]:
+        try:
+            if name is not None:
+                return [cluster.get_rollout(namespace or _default_namespace(cluster), name)]
+            return cluster.list_rollouts(namespace)[0]
+        except NotFoundError:
+            raise UserError(f"modelrollout {namespace or _default_namespace(cluster)}/{name} not found") from None
+        except ClusterUnavailableError as exc:
+            raise UserError(f"API server unavailable: {exc.reason}") from None
+
+    if output != "table":
+        click.echo(render_documents(fetch(), output), nl=False)
+        return
+    if not watch:
+        click.echo(render_table(fetch(), detailed=name is not None))
+        return
+    from rich.live import Live
+    from rich.text import Text
+
+    try:
+        with Live(Text(render_table(fetch(), detailed=name is not None)), refresh_per_second=1) as live:
+            while True:
+                time.sleep(2)
+                live.update(Text(render_table(fetch(), detailed=name is not None)))
+    except KeyboardInterrupt:
+        return
+
+
+def render_documents(objects: list[dict[str, Any]], output: str) -> str:
+    """Rollouts' stored statuses as JSON or YAML, whole: both escape every control character and
+    (JSON: all non-ASCII, YAML: all non-printable) character, so user text prints as data."""
+    docs = [_summary(o) for o in objects]
+    return json.dumps(docs, indent=2) + "\n" if output == "json" else yaml.safe_dump(docs, sort_keys=False)
+
+
+def _summary(obj: Mapping[str, Any]) -> dict[str, Any]:
+    metadata = obj.get("metadata") or {}
+    return {"name": metadata.get("name"), "namespace": metadata.get("namespace"), "status": obj.get("status") or {}}
+
+
+def render_table(objects: list[dict[str, Any]], *, detailed: bool) -> str:
+    """Rollouts as text: one line each, and for a single rollout its evidence and decisions.
+
+    Every cell is user data (anyone who can edit a rollout can write its status), so each one is
+    made printable: no control character, no terminal escape, no bidi override, bounded length;
+    and a value of the wrong type is shown, not a crash.
+    """
+    rows = [("NAMESPACE", "NAME", "PHASE", "STEP", "WEIGHT", "MESSAGE")]
+    for obj in objects:
+        metadata, st = _mapping(obj.get("metadata")), _mapping(obj.get("status"))
+        rows.append(
+            (
+                _cell(metadata.get("namespace", "")),
+                _cell(metadata.get("name", "")),
+                _cell(st.get("phase", "Pending")),
+                _cell(st.get("currentStep", "-")),
+                _cell(f"{st['canaryWeight']}%" if "canaryWeight" in st else "-"),
+                _cell(st.get("message", ""), MESSAGE_LIMIT),
+            )
+        )
+    lines = _columns(rows)
+    if detailed and objects:
+        st = _mapping(objects[0].get("status"))
+        metric_rows = [("METRIC", "VERDICT", "E-VALUE", "THRESHOLD", "PROOF", "CANARY N", "WHY")]
+        for m in (_mapping(item) for item in _items(st.get("metrics"))):
+            metric_rows.append(
+                (
+                    _cell(m.get("name", "")),
+                    _cell(m.get("verdict", "")) + (" (SLO)" if m.get("sloBreached") is True else ""),
+                    _number(m.get("eValue", 0)),
+                    _number(m.get("threshold", 0)),
+                    _number(m.get("eValueNonInferiority", 0)),
+                    _cell(_mapping(m.get("requests")).get("canary", "")),
+                    _cell(m.get("reason", ""), MESSAGE_LIMIT),
+                )
+            )
+        lines += ["", "evidence at the last analysis (" + _cell(st.get("lastAnalysisAt", "never")) + "):"]
+        lines += _columns(metric_rows)
+        lines += ["", "decisions:"]
+        for t in (_mapping(item) for item in _items(st.get("history"))[-10:]):
+            moved = f"{_cell(t.get('fromPhase'))}/{_cell(t.get('fromStep'))}"
+            moved += f" -> {_cell(t.get('toPhase'))}/{_cell(t.get('toStep'))}"
+            lines.append(
+                f"  {_cell(t.get('at'))}  {moved}  {_cell(t.get('action'))}: {_cell(t.get('reason'), MESSAGE_LIMIT)}"
+            )
+    return "\n".join(lines)
+
+
+#: Bounds on what one cell of ``status`` prints (a reason may be long; a name never is).
+CELL_LIMIT, MESSAGE_LIMIT = 64, 512
+
+
+def _cell(value: object, limit: int = CELL_LIMIT) -> str:
+    return printable(value if isinstance(value, str) else str(value), limit)
+
+
+def _number(value: object) -> str:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return f"{value:.3g}"
+    return _cell(value)
+
+
+def _mapping(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _items(value: object) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _columns(rows: Sequence[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    return ["  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1] for r in rows]
+
+
+# --- report ------------------------------------------------------------------------------------
+
+
+@click.command()
+@click.argument("target")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory for index.html and its plots (created if missing).",
+)
+@kube_options
+def report(  # click passes options by keyword
+    *, target: str, out: Path, namespace: str | None, kubeconfig: str | None, context: str | None
+) -> None:
+    """Write an HTML report with plots of a rollout: its weights, latency, evidence and decisions.
+
+    TARGET is a file holding the ModelRollout with its status (the output of kubectl get
+    modelrollout NAME -o json, or -o yaml), or the name of a rollout to read from the cluster.
+    Prints the path of the page.
+    """
+    path = Path(target)
+    if not path.is_file() and (path.exists() or not re.fullmatch(DNS_LABEL, target)):
+        raise UserError(f"{target}: not a file" if path.exists() else f"{target}: no such file")
+    from controller.report import page as reports  # matplotlib: only for this command
+
+    try:
+        obj = reports.read_object(path) if path.is_file() else _fetch(target, namespace, kubeconfig, context)
+        written = reports.build_report(obj, out)
+    except reports.ReportError as exc:
+        raise UserError(str(exc)) from None
+    click.echo(str(written.index))
+
+
+def _fetch(name: str, namespace: str | None, kubeconfig: str | None, context: str | None) -> dict[str, Any]:
+    cluster = connect(kubeconfig, context)
+    ns = namespace or _default_namespace(cluster)
+    try:
+        return cluster.get_rollout(ns, name)
+    except NotFoundError:
+        raise UserError(f"modelrollout {ns}/{name} not found (and no file of that name here)") from None
+    except ClusterUnavailableError as exc:
+        raise UserError(f"API server unavailable: {exc.reason}") from None
+
+
+# --- run ---------------------------------------------------------------------------------------
+
+
+def prometheus_tls_options(function: F) -> F:
+    """--bearer-token-file, --ca-file and --insecure: how to reach Prometheus (``run`` and ``analyze``)."""
+    function = click.option("--insecure", is_flag=True, help="Skip TLS verification (testing only).")(function)
+    function = click.option("--ca-file", type=click.Path(exists=True, dir_okay=False), help="Trust this CA for https.")(
+        function
+    )
+    function = click.option(
+        "--bearer-token-file",
+        type=click.Path(exists=True, dir_okay=False),
+        help="Send this token (e.g. a service account's).",
+    )(function)
+    return function
+
+
+@click.command()
+@kube_options
+@click.option("--prometheus", "url", envvar="PROMETHEUS_URL", required=True, help="Prometheus base URL.")
+@prometheus_tls_options
+@click.option("--policies", type=click.Path(file_okay=False, path_type=Path), help="GitOps: apply policies from DIR.")
+@click.option("--leader-elect", is_flag=True, help="Elect a leader on a Lease (for several replicas).")
+@click.option("--lease-namespace", envvar="POD_NAMESPACE", default="canarist-system", show_default=True)
+@click.option("--lease-seconds", type=click.IntRange(10, 600), default=15, show_default=True, help="Lease duration.")
+@click.option("--identity", envvar="POD_NAME", default=None, help="This replica's name in the Lease.")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=8080, show_default=True)
+@click.option(
+    "--metrics-bind-address",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address /metrics, /healthz and /readyz listen on (0.0.0.0 in a pod, for probes and scrapes).",
+)
+@click.option(
+    "--tick-deadline",
+    type=click.FloatRange(min=1.0),
+    default=60.0,
+    show_default=True,
+    help="Seconds after which a pass starts no more reconciles; /healthz fails after three without a pass.",
+)
+@click.option("--templates", type=click.Path(path_type=Path, file_okay=False), help="Use templates from DIR.")
+@tenancy_options
+def run(  # click passes options by keyword
+    *,
+    tenancy: TenancyRules,
+    namespace: str | None,
+    kubeconfig: str | None,
+    context: str | None,
+    url: str,
+    bearer_token_file: str | None,
+    ca_file: str | None,
+    insecure: bool,
+    policies: Path | None,
+    leader_elect: bool,
+    lease_namespace: str,
+    lease_seconds: int,
+    identity: str | None,
+    metrics_port: int,
+    metrics_bind_address: str,
+    tick_deadline: float,
+    templates: Path | None,
+) -> None:
+    """Run the controller: watch ModelRollouts and take each one step by step."""
+    from controller.edges.prometheus import PrometheusError, PrometheusSettings
+    from controller.manager.loop import Manager
+    from controller.manager.ops import ControllerMetrics, serve
+    from controller.manager.wiring import metrics_source
+    from controller.traffic.templating import default_environment
+
+    logging.basicConfig(level=logging.INFO, format='{"time":"%(asctime)s","level":"%(levelname)s","msg":"%(message)s"}')
+    try:
+        settings = PrometheusSettings(url=url, bearer_token_file=bearer_token_file, ca_file=ca_file, insecure=insecure)
+        source = metrics_source("prometheus", settings)
+        env = default_environment(templates)
+    except (ValueError, PrometheusError, FileNotFoundError) as exc:
+        raise UserError(str(exc)) from None
+    cluster = connect(kubeconfig, context)
+    elector = None
+    if leader_elect:
+        from controller.edges.leader import LeaderElector
+
+        name = identity or f"{getpass.getuser()}-{time.time_ns()}"
+        api_client = cluster.api_client  # type: ignore[attr-defined]
+        elector = LeaderElector(api_client, lease_namespace, "canarist-controller", name, lease_seconds=lease_seconds)
+    ops = ControllerMetrics(stall_after=3 * tick_deadline + 5.0)  # a pass, then at most 5 s of waiting
+    try:
+        server = serve(ops, metrics_port, metrics_bind_address)
+    except OSError as exc:
+        raise UserError(f"--metrics-bind-address {metrics_bind_address}:{metrics_port}: {exc.strerror}") from None
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    manager = Manager(
+        cluster,
+        source,
+        env,
+        time.time,
+        namespace=namespace,
+        elector=elector,
+        observer=ops,
+        policies=policies,
+        tick_deadline=tick_deadline,
+        act_budget=lease_seconds / 3,  # a reconcile's share of the lease; each write is fenced as well
+    )
+    manager.tenancy = tenancy
+    logging.getLogger("canarist").info("tenancy: %s", tenancy.describe())
+    try:
+        manager.run(stop)
+    finally:
+        server.shutdown()
+        server.server_close()

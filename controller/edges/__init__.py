@@ -1,0 +1,1 @@
+"""The only modules that import client libraries: Kubernetes (kube, leader) and Prometheus."""

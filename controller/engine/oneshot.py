@@ -1,0 +1,151 @@
+"""One-shot analysis of a rollout, as ``canarist analyze`` runs it: windows in, a report out.
+
+Pure: the caller fetches the observation (through the Prometheus edge) and prints the report. The
+report is the same evidence and decision the controller would record at that point, in a stable
+JSON shape (documented in the README).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from controller.api.model import API_VERSION, ModelRollout
+from controller.api.schedule import RouteState, realized_share, schedule
+from controller.api.units import format_duration, parse_duration
+from controller.engine.record import metric_status, timestamp
+from controller.judge.analysis import analyse
+from controller.judge.machine import Action, Decision, Evidence, Phase, Status, decide
+from controller.metrics.samples import Observation, Window
+
+
+class Outcome(StrEnum):
+    """What the rollout would do next, and the exit status ``analyze`` gives it."""
+
+    ADVANCE = "advance"
+    PROMOTE = "promote"
+    HOLD = "hold"
+    ROLLBACK = "rollback"
+
+    @property
+    def exit_code(self) -> int:
+        return {Outcome.ADVANCE: 0, Outcome.PROMOTE: 0, Outcome.ROLLBACK: 1, Outcome.HOLD: 3}[self]
+
+
+@dataclass(frozen=True)
+class Point:
+    """Where in the rollout the analysis stands: the step and the route state it assumes."""
+
+    step: int
+    routes: RouteState
+
+
+def point(rollout: ModelRollout, *, step: int | None, weight: int | None) -> Point:
+    """The step to analyse: an explicit weight, else a step index (default: the first step)."""
+    steps = schedule(rollout)
+    if weight is not None:
+        index = next((s.index for s in steps if s.canary_weight == weight), 0)
+        return Point(index, RouteState(weight))
+    index = 0 if step is None else step
+    if not 0 <= index < len(steps):
+        raise ValueError(f"step {index} is out of range: this rollout analyses steps 0..{len(steps) - 1}")
+    chosen = steps[index]
+    return Point(index, RouteState(chosen.canary_weight, chosen.mirror_percent))
+
+
+def windows(rollout: ModelRollout, share: float, *, at: float, since: float) -> tuple[Window, ...]:
+    """Interval-long windows covering ``since`` seconds before ``at``, ending on the interval's grid.
+
+    Aligned ends (multiples of the interval) let one range query serve every rollout and window.
+    """
+    interval = parse_duration(rollout.spec.strategy.interval)
+    last_end = math.floor(at / interval) * interval
+    count = max(1, math.floor(since / interval))
+    return tuple(
+        Window(last_end - (count - i) * interval, last_end - (count - i - 1) * interval, share) for i in range(count)
+    )
+
+
+def evaluate(rollout: ModelRollout, where: Point, observation: Observation, *, at: float) -> tuple[Evidence, Decision]:
+    """The evidence over all windows and what the state machine decides from it at ``at``.
+
+    The step is taken to have started with the first window (all its canary requests count), but
+    its deadline clock at ``at``: a one-shot look holds rather than timing out.
+    """
+    start = observation.windows[0].start if observation.windows else at
+    evidence = analyse(rollout, observation, step_started_at=start)
+    status = Status(phase=Phase.PROGRESSING, step=where.step, step_started_at=at)
+    return evidence, decide(rollout, status, evidence, at)
+
+
+def outcome(decision: Decision) -> Outcome:
+    return {
+        Action.ADVANCE: Outcome.ADVANCE,
+        Action.PROMOTE: Outcome.PROMOTE,
+        Action.ROLLBACK: Outcome.ROLLBACK,
+    }.get(decision.action, Outcome.HOLD)
+
+
+def report(
+    rollout: ModelRollout,
+    where: Point,
+    observation: Observation,
+    evidence: Evidence,
+    decision: Decision,
+    *,
+    at: float,
+    since: float,
+    prometheus: str,
+    error: str | None,
+) -> dict[str, Any]:
+    """The JSON document ``canarist analyze -o json`` prints (its shape is part of the CLI's contract)."""
+    stable = sum(n for n in observation.stable_requests if n is not None)
+    canary = sum(n for n in observation.canary_requests if n is not None)
+    result = outcome(decision)
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "Analysis",
+        "rollout": rollout.key,
+        "at": timestamp(at),
+        "since": format_duration(since),
+        "step": where.step,
+        "canaryWeight": where.routes.canary_weight,
+        "canaryShare": realized_share(rollout, where.routes),
+        "windows": len(observation.windows),
+        "requests": {"stable": stable, "canary": canary},
+        "decision": result.value,
+        "reason": decision.reason,
+        "metrics": [metric_status(m) for m in evidence.metrics],
+        "prometheus": {"url": prometheus, "error": error},
+    }
+
+
+def table(doc: dict[str, Any]) -> str:
+    """The report as a terminal table: one row per metric, then the decision and why."""
+    head = (
+        f"{doc['rollout']}  step {doc['step']} (canary {doc['canaryWeight']}%)  "
+        f"{doc['windows']} windows to {doc['at']}  requests stable {doc['requests']['stable']}, "
+        f"canary {doc['requests']['canary']}"
+    )
+    rows = [("METRIC", "VERDICT", "E-VALUE", "THRESHOLD", "PROOF", "CANARY N", "WHY")]
+    for m in doc["metrics"]:
+        rows.append(
+            (
+                m["name"],
+                m["verdict"] + (" (SLO)" if m["sloBreached"] else ""),
+                f"{m['eValue']:.3g}",
+                f"{m['threshold']:.3g}",
+                f"{m['eValueNonInferiority']:.3g}",
+                str(m["requests"]["canary"]),
+                m["reason"],
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    lines = [head, ""]
+    lines += ["  ".join(cell.ljust(w) for cell, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1] for r in rows]
+    lines += ["", f"decision: {doc['decision'].upper()}: {doc['reason']}"]
+    if doc["prometheus"]["error"]:
+        lines.append(f"prometheus: {doc['prometheus']['error']}")
+    return "\n".join(lines)

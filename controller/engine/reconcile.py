@@ -1,0 +1,349 @@
+"""One reconcile of one ModelRollout: read -> gate -> observe -> analyse -> decide -> apply -> record.
+
+Short on purpose: the deciding is in :mod:`controller.judge.machine` and :mod:`controller.judge.analysis`,
+the talking in the edges behind :class:`controller.engine.ports.Cluster` and :class:`MetricsSource`.
+Order matters for the invariants: the decision is recorded in the status (a compare-and-swap on
+the resourceVersion) *before* its routes are applied. A controller killed between the two finds
+the new step in the status and applies its routes (idempotent), so it never re-applies an older
+weight; had the routes gone first, a restarted controller would decide again from the old step
+and a hold would write the older weight back. A rollback's routes send 100 % to stable before
+anything else happens.
+
+Every edge error of one reconcile ends that reconcile (with its retry delay), and no decision that
+gives the canary more traffic is recorded until all its pods are ready (the readiness gate: before
+the first step, after a restart, before an advance, and for a human's promote too).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+import jinja2
+
+from controller.api import rules as policy_rules
+from controller.api.model import ModelRollout
+from controller.api.schedule import RouteState
+from controller.api.units import parse_duration
+from controller.engine.ports import FINALIZER, Cluster, ClusterUnavailableError, ConflictError, MetricsSource
+from controller.engine.record import (
+    canary_revision,
+    exposure_revision,
+    from_status,
+    parse_timestamp,
+    pending_command,
+    share_at,
+    status_corrected,
+    to_status,
+)
+from controller.engine.steering import settle_command
+from controller.judge.analysis import analyse
+from controller.judge.machine import Action, Decision, Evidence, Phase, Status, decide, routes_for
+from controller.metrics.samples import Observation, Window
+from controller.traffic import tenancy
+from controller.traffic.render import render
+
+#: How many analysis windows a look may span (two hours of one-minute windows).
+MAX_WINDOWS = 120
+#: Phases whose canary may serve traffic: the SLO guards keep looking in each (paused included).
+GUARDED_PHASES = (Phase.PROGRESSING, Phase.PAUSED)
+#: Decisions after which the analysis begins afresh: the windows before them had another canary,
+#: or another schedule whose shares the history can no longer replay.
+ANALYSIS_STARTS = (Action.START, Action.RESTART, Action.RESCHEDULE)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one reconcile did, for logs, metrics and tests."""
+
+    key: str
+    action: Action
+    reason: str
+    phase: Phase | None
+    canary_weight: int | None
+    route_writes: int
+    status_written: bool
+    requeue_after: float
+
+
+def reconcile(
+    obj: Mapping[str, Any],
+    cluster: Cluster,
+    metrics: MetricsSource,
+    env: jinja2.Environment,
+    *,
+    now: float,
+    rules: tenancy.TenancyRules = tenancy.DEFAULT_RULES,
+) -> Outcome:
+    """Bring one rollout one decision further; never raises for a user's mistake or a flaky edge."""
+    metadata = obj.get("metadata") or {}
+    key = f"{metadata.get('namespace')}/{metadata.get('name')}"
+    try:
+        if metadata.get("deletionTimestamp"):
+            return _release(obj, cluster, key)
+        return _reconcile(_finalized(obj, cluster), cluster, metrics, env, key, now=now, rules=rules)
+    except ConflictError:
+        return Outcome(key, Action.NONE, "the rollout changed meanwhile: re-reading", None, None, 0, False, 0.0)
+    except ClusterUnavailableError as exc:
+        return Outcome(key, Action.NONE, f"API server unavailable: {exc.reason}", None, None, 0, False, exc.retry_after)
+
+
+def _reconcile(
+    obj: Mapping[str, Any],
+    cluster: Cluster,
+    metrics: MetricsSource,
+    env: jinja2.Environment,
+    key: str,
+    *,
+    now: float,
+    rules: tenancy.TenancyRules = tenancy.DEFAULT_RULES,
+) -> Outcome:
+    rollout, problem = parse(obj, rules)
+    if rollout is None:
+        cluster.emit_event(obj, reason="InvalidSpec", message=problem, warning=True)
+        return Outcome(key, Action.NONE, problem, None, None, 0, False, 300.0)
+    interval = parse_duration(rollout.spec.strategy.interval)
+    stored = obj.get("status")
+    stored = stored if isinstance(stored, Mapping) else {}
+    status = from_status(stored)
+    corrected = status_corrected(stored, status)
+    if corrected:
+        cluster.emit_event(obj, reason="StatusCorrected", message=corrected, warning=True)
+    revision, exposure = canary_revision(rollout), exposure_revision(rollout)
+    pending = pending_command(obj, now)
+    commands = (pending[0],) if pending else ()
+
+    evidence = None
+    if status.phase in GUARDED_PHASES and _analysis_due(stored, now, interval):
+        evidence = look(rollout, status, metrics, now)
+    decision = decide(
+        rollout, status, evidence, now, commands=commands, canary_revision=revision, exposure_revision=exposure
+    )
+
+    in_force = _in_force(rollout, status)
+    if _exposes_more(decision.routes, in_force) and rollout.spec.canary.labels:
+        ready, total = cluster.pods_ready(rollout.metadata.namespace, rollout.spec.canary.labels)
+        if total == 0 or ready < total:
+            why = decision.action.value.lower()
+            reason = f"waiting for canary pods to be ready ({ready}/{total}) before {why}: {decision.reason}"
+            # The command waits for the pods; the evidence does not: a rollback or a hold goes ahead.
+            without = (
+                decide(rollout, status, evidence, now, canary_revision=revision, exposure_revision=exposure)
+                if commands
+                else decision
+            )
+            if not commands or _exposes_more(without.routes, in_force):
+                return _record_hold(
+                    obj, cluster, rollout, status, routes=in_force, evidence=evidence, reason=reason, now=now
+                )
+            if without.action in (Action.HOLD, Action.NONE):  # say why the command is not acted on yet
+                said = f"{reason}; meanwhile {without.reason}"
+                without = replace(without, reason=said, status=replace(without.status, message=said))
+            decision, pending = replace(without, commands_heard=False), None
+    acted = pending[1] if pending and decision.commands_heard else None
+
+    objects = render(rollout, decision.routes, env)
+    # Before anything is recorded: a refused rollout holds. Less canary traffic (a rollback) is never
+    # held up by another tenant's routes: it rewrites canarist's own objects, without a host newly
+    # refused (the edge's apply_routes checks again, so the refused host must go, not be ignored).
+    conflicts = cluster.route_conflicts(obj, objects)
+    withdrawing = decision.status.phase in (Phase.ROLLING_BACK, Phase.FAILED)
+    if conflicts and (withdrawing or _exposes_less(decision.routes, in_force)):
+        if any(c.kind == "Telemetry" for c in conflicts):  # only a metric tag: a rollback goes without it
+            objects = [o for o in objects if o.get("kind") != "Telemetry"]
+        objects = tenancy.without_hosts(objects, {c.host for c in conflicts if c.kind != "Telemetry"})
+        conflicts = cluster.route_conflicts(obj, objects)
+    if conflicts:
+        reason = "routes refused: " + "; ".join(str(c) for c in conflicts)
+        if stored.get("message") != reason:
+            cluster.emit_event(obj, reason="RoutesRefused", message=reason, warning=True)
+        return _record_hold(obj, cluster, rollout, status, routes=in_force, evidence=evidence, reason=reason, now=now)
+    body = to_status(
+        decision.status,
+        routes=decision.routes,
+        evidence=evidence,
+        previous=stored,
+        generation=(obj.get("metadata") or {}).get("generation"),
+        now=now,
+        command_id=acted,
+    )
+    written = _write_status(cluster, obj, stored, body)
+    writes = len(cluster.apply_routes(obj, objects).writes)
+    if decision.action not in (Action.HOLD, Action.NONE):
+        warning = decision.action in (Action.ROLLBACK, Action.RESCHEDULE)
+        cluster.emit_event(obj, reason=decision.action.value, message=decision.reason, warning=warning)
+    settle_command(cluster, obj, acted=acted, now=now)  # consumed or expired: removed; preempted: kept
+    return Outcome(
+        key,
+        decision.action,
+        decision.reason,
+        decision.status.phase,
+        decision.routes.canary_weight,
+        writes,
+        written,
+        _requeue(decision, interval),
+    )
+
+
+def _in_force(rollout: ModelRollout, status: Status) -> RouteState:
+    """The routes in force as recorded: the weight the last transition set (older records: the stored
+    weight), whatever the spec now says a step means."""
+    routes = routes_for(rollout, status)
+    recorded = status.history[-1].weight if status.history else None
+    recorded = recorded if recorded is not None else status.canary_weight
+    return replace(routes, canary_weight=recorded) if recorded is not None else routes
+
+
+def _exposes_less(new: RouteState, old: RouteState) -> bool:
+    """Whether ``new`` sends the canary less traffic than ``old`` and nothing more."""
+    return not _exposes_more(new, old) and (new.canary_weight, new.mirror_percent) != (
+        old.canary_weight,
+        old.mirror_percent,
+    )
+
+
+def _exposes_more(new: RouteState, old: RouteState) -> bool:
+    """Whether ``new`` sends the canary more live or mirrored traffic than ``old``."""
+    return new.canary_weight > old.canary_weight or new.mirror_percent > old.mirror_percent
+
+
+def _release(obj: Mapping[str, Any], cluster: Cluster, key: str) -> Outcome:
+    """A deleted rollout: restore the routes it replaced, then let the API server remove it."""
+    metadata = obj.get("metadata") or {}
+    if FINALIZER not in (metadata.get("finalizers") or []):
+        return Outcome(key, Action.NONE, "deleted", None, None, 0, False, 300.0)
+    released = cluster.release_routes(obj)
+    cluster.emit_event(obj, reason="RoutesReleased", message=f"routes restored ({len(released.writes)} writes)")
+    cluster.set_finalizer(
+        metadata["namespace"], metadata["name"], present=False, resource_version=metadata.get("resourceVersion", "")
+    )
+    return Outcome(key, Action.NONE, "deleted: routes restored", None, None, len(released.writes), False, 300.0)
+
+
+def _finalized(obj: Mapping[str, Any], cluster: Cluster) -> Mapping[str, Any]:
+    """The rollout with canarist's finalizer, added before any route is written."""
+    metadata = obj.get("metadata") or {}
+    if FINALIZER in (metadata.get("finalizers") or []):
+        return obj
+    return cluster.set_finalizer(
+        metadata["namespace"], metadata["name"], present=True, resource_version=metadata.get("resourceVersion", "")
+    )
+
+
+def parse(obj: Mapping[str, Any], rules: tenancy.TenancyRules | None = None) -> tuple[ModelRollout | None, str]:
+    """The object as a validated ModelRollout, or the first problem in one line; with ``rules``, a
+    host or gateway its tenant may not use is a problem too (:func:`controller.traffic.tenancy.check`)."""
+    from pydantic import ValidationError
+
+    metadata = obj.get("metadata") or {}
+    body = {
+        **obj,
+        "metadata": {
+            k: metadata[k] for k in ("name", "namespace", "labels", "annotations", "generation") if k in metadata
+        },
+    }
+    try:
+        rollout = ModelRollout.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        return None, f"{where}: {first['msg']}"
+    problems = [*policy_rules.check(rollout), *(tenancy.check(rollout, rules) if rules is not None else [])]
+    if problems:
+        return None, f"{problems[0].dotted}: {problems[0].reason}"
+    return rollout, ""
+
+
+def look(rollout: ModelRollout, status: Status, metrics: MetricsSource, now: float) -> Evidence:
+    """Observe every window since the analysis of this canary began and analyse them."""
+    windows = analysis_windows(rollout, status, now)
+    observations, _ = metrics.observe([rollout], {rollout.key: windows}, now)
+    observation = observations.get(rollout.key) or Observation(windows, (None,) * len(windows), (None,) * len(windows))
+    return analyse(rollout, observation, step_started_at=status.step_started_at)
+
+
+def analysis_windows(rollout: ModelRollout, status: Status, now: float) -> tuple[Window, ...]:
+    """Interval-long windows on the clock grid from the analysis start to ``now``.
+
+    Each window carries the canary share in force during it, time-weighted from the decision
+    history when a step changed inside the window.
+    """
+    interval = parse_duration(rollout.spec.strategy.interval)
+    started = next((t.at for t in reversed(status.history) if t.action in ANALYSIS_STARTS), None)
+    start = started if started is not None else status.step_started_at
+    last_end = math.floor(now / interval) * interval
+    first_end = max(math.floor(start / interval) * interval + interval, last_end - (MAX_WINDOWS - 1) * interval)
+    windows = []
+    end = first_end
+    while end <= last_end:
+        changes = [t.at for t in status.history if end - 2 * interval < t.at < end]
+        windows.append(Window(end - interval, end, _mean_share(rollout, status, end - interval, end), not changes))
+        end += interval
+    return tuple(windows)
+
+
+def _mean_share(rollout: ModelRollout, status: Status, start: float, end: float) -> float:
+    cuts = sorted({start, end, *(t.at for t in status.history if start < t.at < end)})
+    total = 0.0
+    for a, b in itertools.pairwise(cuts):
+        total += (b - a) * share_at(rollout, status, a)
+    return min(max(total / (end - start), 0.0), 1.0)
+
+
+def _analysis_due(stored: Mapping[str, Any], now: float, interval: float) -> bool:
+    if not stored.get("lastAnalysisAt"):
+        return True
+    last = parse_timestamp(stored.get("lastAnalysisAt"))
+    return math.floor(now / interval) > math.floor(last / interval)
+
+
+def _write_status(cluster: Cluster, obj: Mapping[str, Any], stored: Mapping[str, Any], body: dict[str, Any]) -> bool:
+    """Patch the status subresource only when it changed (no write storms on quiet ticks)."""
+    if dict(stored) == body:
+        return False
+    metadata = obj.get("metadata") or {}
+    cluster.patch_rollout_status(metadata["namespace"], metadata["name"], body, metadata.get("resourceVersion", ""))
+    return True
+
+
+def _record_hold(
+    obj: Mapping[str, Any],
+    cluster: Cluster,
+    rollout: ModelRollout,
+    status: Status,
+    *,
+    routes: RouteState,
+    evidence: Evidence | None,
+    reason: str,
+    now: float,
+) -> Outcome:
+    """Hold where the rollout is (the canary is not ready for more): say why, keep the routes in force.
+
+    No route is written, and a pending command stays pending: it is acted on once the canary's
+    pods are ready.
+    """
+    held = replace(status, message=reason, canary_revision=status.canary_revision or canary_revision(rollout))
+    stored = obj.get("status")
+    stored = stored if isinstance(stored, Mapping) else {}
+    body = to_status(
+        held,
+        routes=routes,
+        evidence=evidence,
+        previous=stored,
+        generation=(obj.get("metadata") or {}).get("generation"),
+        now=now,
+    )
+    written = _write_status(cluster, obj, stored, body)
+    return Outcome(rollout.key, Action.HOLD, reason, held.phase, routes.canary_weight, 0, written, 10.0)
+
+
+def _requeue(decision: Decision, interval: float) -> float:
+    """When to look again: at once after a transition that needs a follow-up, else next interval."""
+    if decision.status.phase in (Phase.PROMOTING, Phase.ROLLING_BACK, Phase.INITIALIZING):
+        return 1.0
+    if decision.status.phase in (Phase.SUCCEEDED, Phase.FAILED):
+        return 300.0
+    return interval  # Paused too: its SLO guards look every interval

@@ -1,0 +1,1 @@
+"""Pure judgement: evidence from observations (analysis) and the decision state machine."""

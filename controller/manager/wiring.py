@@ -1,0 +1,38 @@
+"""Builds the concrete edges from settings: the one place that knows which edge is which.
+
+An unknown metrics backend is an error, never a silent fallback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from controller.api.model import ModelRollout
+from controller.edges.prometheus import PrometheusClient, PrometheusSettings, observe_or_explain
+from controller.engine.ports import MetricsSource
+from controller.metrics.promql import Labels
+from controller.metrics.samples import Observation, Window
+
+METRICS_BACKENDS = ("prometheus",)
+
+
+@dataclass
+class PrometheusSource:
+    """The MetricsSource over Prometheus: a failed look is no data for every rollout, with the reason."""
+
+    client: PrometheusClient
+    labels: Labels | None = None
+
+    def observe(
+        self, rollouts: Sequence[ModelRollout], windows: Mapping[str, Sequence[Window]], at: float
+    ) -> tuple[dict[str, Observation], str | None]:
+        observations, error = observe_or_explain(self.client, rollouts, windows, at, labels=self.labels)
+        return observations, (error.reason if error is not None else None)
+
+
+def metrics_source(backend: str, settings: PrometheusSettings, labels: Labels | None = None) -> MetricsSource:
+    """The metrics edge for ``backend``; raises ValueError for one canarist does not know."""
+    if backend == "prometheus":
+        return PrometheusSource(PrometheusClient(settings), labels)
+    raise ValueError(f"unknown metrics backend {backend!r}; known: {', '.join(METRICS_BACKENDS)}")

@@ -1,0 +1,409 @@
+"""Turn the answers to a look's queries into one :class:`Observation` per rollout. Pure.
+
+Rows are picked per rollout and version by exact label equality. Anything doubtful makes that
+window *no data* for that version, with the reason kept in the metric's ``reason``: a missing
+series (no traffic, a missed scrape, a query that was not answered), NaN or Inf, a negative
+increase, a counter reset inside the window. Counts come from ``increase()``, which Prometheus
+extrapolates to the window's edges; they are rounded to whole events. Per-pod gauges drop only
+the doubtful pod and say so.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from itertools import pairwise
+from typing import TypeVar
+
+from controller.api.model import MetricKind, ModelRollout
+from controller.metrics.promql import Ask, MetricPlan, Plan, Role, Target, to_millis
+from controller.metrics.samples import (
+    CountSeries,
+    Cumulative,
+    GaugeSeries,
+    HistogramSeries,
+    MetricData,
+    Observation,
+    Series,
+    Window,
+)
+
+Labelset = Mapping[str, str]
+Sample = tuple[Labelset, float]
+#: The answers of a look: per (PromQL text, evaluation time in ms), the instant vector found.
+Results = Mapping[tuple[str, int], Sequence[Sample]]
+
+T = TypeVar("T")
+STABLE, CANARY = "stable", "canary"
+#: Most bucket bounds (+Inf included) a latency histogram is analysed on; finer ones are coarsened.
+#: Istio's default histogram has 20; the latency tests' cost grows with the square of the bounds.
+MAX_HISTOGRAM_EDGES = 64
+_SERVER_ERROR = re.compile(r"^5[0-9][0-9]$")
+Valued = tuple[T, tuple[str, ...]] | str  # a value with notes on what was dropped, or why there is none
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One family's rows for one version in one window, and the pods whose counters reset in it."""
+
+    rows: tuple[Sample, ...]
+    resets: frozenset[str]
+
+
+class Reader:
+    """Finds a rollout's rows in the answers."""
+
+    def __init__(self, plan: Plan, results: Results) -> None:
+        self.plan = plan
+        self.results = results
+
+    def cell(self, ask: Ask, side: str, window: Window) -> Cell | str:
+        family = ask.family
+        end = to_millis(window.end)
+        length = end - to_millis(window.start)
+        values = ask.stable if side == STABLE else ask.canary
+        text = self.plan.text(family, length)
+        rows = self.results.get((text, end)) if text is not None else None
+        if rows is None:
+            return f"{family.metric} not queried"
+        resets: frozenset[str] = frozenset()
+        if family.is_counter:
+            reset_text = self.plan.text(family, length, resets=True)
+            reset_rows = self.results.get((reset_text, end)) if reset_text is not None else None
+            if reset_rows is None:
+                return f"resets of {family.metric} not queried"
+            resets = frozenset(labels.get(family.pod or "", "") for labels, _ in _pick(reset_rows, ask, values))
+        return Cell(_pick(rows, ask, values), resets)
+
+
+def _pick(rows: Sequence[Sample], ask: Ask, values: tuple[str, ...]) -> tuple[Sample, ...]:
+    identity = ask.family.identity
+    return tuple(r for r in rows if all(r[0].get(k, "") == v for k, v in zip(identity, values, strict=True)))
+
+
+def _bad(value: float) -> str | None:
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "Inf"
+    if value < 0:
+        return "negative increase"
+    return None
+
+
+def _total(cell: Cell | str, metric: str, *, absent_is_zero: bool = False) -> int | str:
+    """The whole-event count of a counter cell, or why there is none."""
+    if isinstance(cell, str):
+        return cell
+    if cell.resets:
+        return f"counter reset of {metric}"
+    if not cell.rows:
+        return 0 if absent_is_zero else f"no {metric} series"
+    for _, value in cell.rows:
+        if (bad := _bad(value)) is not None:
+            return f"{bad} in {metric}"
+    return round(sum(v for _, v in cell.rows))
+
+
+def _per_pod(cell: Cell | str, pod: str | None, metric: str) -> dict[str, float] | str:
+    """Per-pod values of a cell (pods with a reset, NaN, Inf or a negative value dropped)."""
+    if isinstance(cell, str):
+        return cell
+    if not cell.rows:
+        return f"no {metric} series"
+    return {
+        labels.get(pod or "", ""): value
+        for labels, value in cell.rows
+        if _bad(value) is None and labels.get(pod or "", "") not in cell.resets
+    }
+
+
+class Builder:
+    """Builds one rollout's observation."""
+
+    def __init__(self, reader: Reader, target: Target) -> None:
+        self.reader = reader
+        self.target = target
+
+    def collect(self, fn: Callable[[Window, str], Valued[T]]) -> tuple[list[T | None], list[T | None], list[str]]:
+        """``fn`` per window and version: the stable and canary columns, and what was dropped."""
+        columns: dict[str, list[T | None]] = {STABLE: [], CANARY: []}
+        drops: dict[tuple[str, str], list[int]] = {}
+        for i, window in enumerate(self.target.windows):
+            for side in (STABLE, CANARY):
+                got: Valued[T] = "window ends after the look" if i in self.target.future else fn(window, side)
+                if isinstance(got, str):
+                    columns[side].append(None)
+                    drops.setdefault((side, got), []).append(i)
+                    continue
+                columns[side].append(got[0])
+                for note in got[1]:
+                    drops.setdefault((side, note), []).append(i)
+        reasons = [f"{side}: {why} ({_windows(idx)})" for (side, why), idx in drops.items()]
+        return columns[STABLE], columns[CANARY], reasons
+
+    def cell(self, plan: MetricPlan | Mapping[Role, Ask], role: Role, window: Window, side: str) -> Cell | str:
+        asks = plan.asks if isinstance(plan, MetricPlan) else plan
+        return self.reader.cell(asks[role], side, window)
+
+    def requests(self, window: Window, side: str) -> Valued[int]:
+        asks = self.target.requests
+        got: int | str
+        if Role.REQUESTS in asks:
+            got = _total(self.cell(asks, Role.REQUESTS, window, side), asks[Role.REQUESTS].family.metric)
+        else:
+            counts = self.triton_counts(asks, window, side)
+            got = counts if isinstance(counts, str) else counts[1]
+        return got if isinstance(got, str) else (got, ())
+
+    def triton_counts(self, asks: Mapping[Role, Ask], window: Window, side: str) -> tuple[int, int] | str:
+        """(failures, requests) from Triton's success and failure counters, summed over pods."""
+        success = _total(self.cell(asks, Role.SUCCESS, window, side), asks[Role.SUCCESS].family.metric)
+        failure = self.cell(asks, Role.FAILURE, window, side)
+        failures = _total(failure, asks[Role.FAILURE].family.metric, absent_is_zero=not isinstance(success, str))
+        if isinstance(success, str) or isinstance(failures, str):
+            return success if isinstance(success, str) else str(failures)
+        return failures, success + failures
+
+    def observation(self) -> Observation:
+        if self.target.requests:
+            stable, canary, _ = self.collect(self.requests)
+        else:
+            stable = canary = [None] * len(self.target.windows)
+        metrics = tuple(self.metric(m) for m in self.target.metrics)
+        return Observation(self.target.windows, tuple(stable), tuple(canary), metrics)
+
+    def metric(self, plan: MetricPlan) -> MetricData:
+        if plan.unsupported:
+            return MetricData(plan.name, None, plan.unsupported)
+        series, reasons = BUILDERS[plan.kind](self, plan)
+        return MetricData(plan.name, series, "; ".join(reasons))
+
+    # --- kinds ----------------------------------------------------------------------------
+
+    def counts(self, plan: MetricPlan) -> tuple[Series | None, list[str]]:
+        def fn(window: Window, side: str) -> Valued[tuple[int, int]]:
+            got = self.events_trials(plan, window, side)
+            return got if isinstance(got, str) else (got, ())
+
+        stable, canary, reasons = self.collect(fn)
+        if all(v is None for v in (*stable, *canary)):
+            return None, reasons or ["no windows"]
+        every: list[tuple[int, int] | None] | None = None
+        if Role.REQUESTS_ALL in plan.asks:  # the SLO guard's: cohort and sticky requests too
+
+            def all_requests(window: Window, side: str) -> Valued[tuple[int, int]]:
+                got = self.events_trials(plan, window, side, role=Role.REQUESTS_ALL)
+                return got if isinstance(got, str) else (got, ())
+
+            _, every, _ = self.collect(all_requests)
+        series = CountSeries(
+            tuple(v[0] if v else None for v in stable),
+            tuple(v[1] if v else None for v in stable),
+            tuple(v[0] if v else None for v in canary),
+            tuple(v[1] if v else None for v in canary),
+            tuple(v[0] if v else None for v in every) if every is not None else None,
+            tuple(v[1] if v else None for v in every) if every is not None else None,
+        )
+        return series, reasons
+
+    def events_trials(
+        self, plan: MetricPlan, window: Window, side: str, *, role: Role = Role.REQUESTS
+    ) -> tuple[int, int] | str:
+        if plan.kind is MetricKind.ISTIO_ERROR_RATE:
+            cell = self.cell(plan, role, window, side)
+            metric = plan.asks[role].family.metric
+            trials = _total(cell, metric)
+            if isinstance(trials, str) or isinstance(cell, str):
+                return str(trials)
+            code = plan.asks[role].family.split or ""
+            errors = Cell(tuple(r for r in cell.rows if _SERVER_ERROR.match(r[0].get(code, ""))), cell.resets)
+            events = _total(errors, metric, absent_is_zero=True)
+            return events if isinstance(events, str) else (min(events, trials), trials)
+        if plan.kind is MetricKind.TRITON_ERROR_RATE:
+            return self.triton_counts(plan.asks, window, side)
+        total = _total(self.cell(plan, Role.TOTAL, window, side), plan.asks[Role.TOTAL].family.metric)
+        if isinstance(total, str):
+            return total
+        success_metric = plan.asks[Role.SUCCESS].family.metric
+        success = _total(self.cell(plan, Role.SUCCESS, window, side), success_metric, absent_is_zero=True)
+        if isinstance(success, str):
+            return success
+        if success > total:
+            return f"{success_metric} grew more than {plan.asks[Role.TOTAL].family.metric}"
+        return success, total
+
+    def histogram(self, plan: MetricPlan) -> tuple[Series | None, list[str]]:
+        def fn(window: Window, side: str) -> Valued[dict[float, int]]:
+            cell = self.cell(plan, Role.BUCKETS, window, side)
+            got = _buckets(cell, plan.asks[Role.BUCKETS].family.metric)
+            return got if isinstance(got, str) else (got, ())
+
+        stable, canary, reasons = self.collect(fn)
+        present = [b for b in (*stable, *canary) if b is not None]
+        if not present:
+            return None, reasons or ["no windows"]
+        shared = tuple(sorted(set.intersection(*(set(b) for b in present))))
+        if not shared or not math.isinf(shared[-1]):
+            return None, [*reasons, "the versions' histograms share no bucket bounds ending with +Inf"]
+        edges = coarsen(shared, plan.keep)
+        if len(edges) < len(shared):
+            reasons.append(
+                f"{len(shared)} bucket bounds coarsened to {len(edges)} (at most {MAX_HISTOGRAM_EDGES}; "
+                "the SLO's bounds kept)"
+            )
+
+        def cumulative(column: list[dict[float, int] | None]) -> tuple[Cumulative | None, ...]:
+            return tuple(
+                tuple(float(b[e]) for e in edges) if b is not None and all(e in b for e in edges) else None
+                for b in column
+            )
+
+        every: tuple[Cumulative | None, ...] | None = None
+        if Role.BUCKETS_ALL in plan.asks:  # the SLO guard's: cohort and sticky requests too
+
+            def all_buckets(window: Window, side: str) -> Valued[dict[float, int]]:
+                got = _buckets(
+                    self.cell(plan, Role.BUCKETS_ALL, window, side), plan.asks[Role.BUCKETS_ALL].family.metric
+                )
+                return got if isinstance(got, str) else (got, ())
+
+            every = cumulative(self.collect(all_buckets)[1])
+        return HistogramSeries(edges, cumulative(stable), cumulative(canary), every), reasons
+
+    def gauges(self, plan: MetricPlan) -> tuple[Series | None, list[str]]:
+        def fn(window: Window, side: str) -> Valued[tuple[float, ...]]:
+            got = self.pod_values(plan, window, side)
+            if isinstance(got, str):
+                return got
+            values, dropped = got
+            if not values:
+                return f"no pod with usable {plan.kind.value} data"
+            notes = (f"{dropped} pod(s) dropped (counter reset, NaN, Inf or no inferences)",) if dropped else ()
+            return tuple(values[p] for p in sorted(values)), notes
+
+        stable, canary, reasons = self.collect(fn)
+        if all(v is None for v in (*stable, *canary)):
+            return None, reasons or ["no windows"]
+        return GaugeSeries(tuple(stable), tuple(canary)), reasons
+
+    def pod_values(self, plan: MetricPlan, window: Window, side: str) -> tuple[dict[str, float], int] | str:
+        """Per-pod values of a pod-scraped kind, and how many pods were dropped."""
+        parts: dict[Role, dict[str, float]] = {}
+        for role, ask in plan.asks.items():
+            got = _per_pod(self.cell(plan, role, window, side), ask.family.pod, ask.family.metric)
+            if isinstance(got, str):
+                return got
+            parts[role] = got
+        pods = set.union(*(set(p) for p in parts.values()))
+        values = {p: v for p in pods if (v := _pod_value(plan.kind, parts, p, window)) is not None}
+        return values, len(pods) - len(values)
+
+
+def _pod_value(kind: MetricKind, parts: Mapping[Role, Mapping[str, float]], pod: str, window: Window) -> float | None:
+    """One pod's value of a pod-scraped kind in canonical units, or None when it has none."""
+    try:
+        if kind in (MetricKind.TRITON_LATENCY, MetricKind.TRITON_QUEUE_LATENCY):
+            value = parts[Role.DURATION][pod] / parts[Role.SUCCESS][pod] / 1e6
+        elif kind is MetricKind.TRITON_GPU_UTILIZATION:
+            value = parts[Role.UTILIZATION][pod]
+        elif kind is MetricKind.DCGM_GPU_UTILIZATION:
+            value = parts[Role.UTILIZATION][pod] / 100.0
+        elif kind is MetricKind.TRITON_GPU_MEMORY:
+            value = parts[Role.USED][pod] / parts[Role.TOTAL][pod]
+        elif kind is MetricKind.DCGM_GPU_MEMORY:
+            value = parts[Role.USED][pod] / (parts[Role.USED][pod] + parts[Role.FREE][pod])
+        else:  # GPU_SECONDS_PER_INFERENCE: sum over the pod's GPUs of utilisation x seconds, per inference
+            seconds = parts[Role.UTILIZATION][pod] / 100.0 * (window.end - window.start)
+            value = seconds / parts[Role.INFERENCES][pod]
+    except (KeyError, ZeroDivisionError):
+        return None
+    return value if math.isfinite(value) and value >= 0 else None
+
+
+def coarsen(edges: Sequence[float], keep: Iterable[float] = (), cap: int = MAX_HISTOGRAM_EDGES) -> tuple[float, ...]:
+    """At most ``cap`` of the sorted bucket bounds ``edges`` (the last one +Inf), chosen from the bounds alone.
+
+    Kept: +Inf, the bounds on either side of each ``keep`` value (the SLO bound: its breach and
+    compliance edges stay exact; in order, while they fit), then bounds evenly spaced by index, the
+    first and last finite ones included. Dropping bounds from a cumulative histogram gives the exact
+    histogram on the bounds left, so every test stays valid (it loses resolution, not validity); the
+    choice never looks at the counts. Caps the latency tests' cost, which grows with the square of
+    the bounds.
+    """
+    if cap < 3:
+        raise ValueError(f"cap must be at least 3 bucket bounds, got {cap}")
+    if len(edges) <= cap:
+        return tuple(edges)
+    finite = list(edges[:-1])
+    must: set[int] = set()
+    for value in keep:
+        pair = {i for i in (bisect_left(finite, value), bisect_right(finite, value) - 1) if 0 <= i < len(finite)}
+        if len(must | pair) <= cap - 1:  # in the order given, while there is room
+            must |= pair
+    slots = cap - 1 - len(must)
+    spread = {round(k * (len(finite) - 1) / (slots - 1)) for k in range(slots)} if slots > 1 else set()
+    return (*(finite[i] for i in sorted(must | spread)), edges[-1])
+
+
+def _buckets(cell: Cell | str, metric: str) -> dict[float, int] | str:
+    """Cumulative counts by upper bound in seconds (Istio's ``le`` is in milliseconds)."""
+    total = _total(cell, metric)
+    if isinstance(total, str) or isinstance(cell, str):
+        return str(total)
+    out: dict[float, int] = {}
+    for labels, value in cell.rows:
+        try:
+            edge = float(labels.get("le", ""))
+        except ValueError:
+            return f"{metric} has a bucket without a numeric le label"
+        out[edge / 1000.0] = round(value)
+    counts = [out[e] for e in sorted(out)]
+    if any(b < a for a, b in pairwise(counts)):
+        return f"{metric} buckets are not cumulative"
+    if math.inf not in out:
+        return f"{metric} has no +Inf bucket"
+    return out
+
+
+BUILDERS: dict[MetricKind, Callable[[Builder, MetricPlan], tuple[Series | None, list[str]]]] = {
+    MetricKind.ISTIO_LATENCY: Builder.histogram,
+    MetricKind.ISTIO_ERROR_RATE: Builder.counts,
+    MetricKind.TRITON_ERROR_RATE: Builder.counts,
+    MetricKind.CUSTOM_RATIO: Builder.counts,
+    MetricKind.TRITON_LATENCY: Builder.gauges,
+    MetricKind.TRITON_QUEUE_LATENCY: Builder.gauges,
+    MetricKind.TRITON_GPU_UTILIZATION: Builder.gauges,
+    MetricKind.TRITON_GPU_MEMORY: Builder.gauges,
+    MetricKind.DCGM_GPU_UTILIZATION: Builder.gauges,
+    MetricKind.DCGM_GPU_MEMORY: Builder.gauges,
+    MetricKind.GPU_SECONDS_PER_INFERENCE: Builder.gauges,
+}
+
+
+def _windows(indices: Sequence[int]) -> str:
+    """``window 3`` or ``windows 0-4, 7``."""
+    runs: list[list[int]] = []
+    for i in sorted(indices):
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    text = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs)
+    return f"window{'s' if len(indices) > 1 else ''} {text}"
+
+
+def build_observations(plan: Plan, results: Results) -> dict[str, Observation]:
+    """One observation per rollout of the plan (keyed ``namespace/name``) from the answers."""
+    reader = Reader(plan, results)
+    return {t.key: Builder(reader, t).observation() for t in plan.targets}
+
+
+def no_data(rollout: ModelRollout, windows: Sequence[Window], reason: str) -> Observation:
+    """An observation with no data at all, every metric saying why (e.g. Prometheus unavailable)."""
+    empty: tuple[int | None, ...] = (None,) * len(windows)
+    metrics = tuple(MetricData(m.name, None, reason) for m in rollout.spec.analysis.metrics)
+    return Observation(tuple(windows), empty, empty, metrics)

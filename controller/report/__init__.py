@@ -1,0 +1,1 @@
+"""The HTML report and its plots, read from a rollout's stored status."""

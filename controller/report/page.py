@@ -1,0 +1,348 @@
+"""``canarist report``: one rollout as an HTML page with PNG plots, from its spec and stored status.
+
+The status the in-cluster controller writes is enough: the decision log (``history``), the weight
+in force over time (``weights``), every look's numbers (``analyses``) and the latency buckets at
+each decision (``distributions``). Any of these may be missing in an older status: a plot without
+its data is skipped with a note on the page, never a crash. :mod:`controller.report.plots` turns
+the status into plot-ready series (pure) and draws them; this module reads the input, writes the
+page and its images. Every string taken from the object is escaped: reasons and messages carry
+user text.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import partial
+from html import escape
+from pathlib import Path
+from typing import Any
+
+from controller.api import rules
+from controller.api.load import PolicyError, parse_yaml, printable
+from controller.api.model import API_VERSION, KIND, ModelRollout
+from controller.api.schedule import schedule
+from controller.api.text import printable as plain_text
+from controller.engine.record import E_VALUE_CAP, timestamp
+from controller.report import plots
+from controller.report.plots import Scale, entries, estimate_scale, interval_of, metric_of, number, parse_time
+
+MAX_INPUT_BYTES = 16 * 1024 * 1024
+#: YAML costs far more memory per byte than JSON while it is composed; an object is at most
+#: 1.5 MiB in etcd, so its ``kubectl get -o yaml`` fits well within this.
+MAX_YAML_BYTES = 4 * 1024 * 1024
+MAX_YAML_NODES = 1_000_000
+
+
+class ReportError(ValueError):
+    """The input cannot be reported on, or the report cannot be written: one line for the user."""
+
+
+@dataclass(frozen=True)
+class Report:
+    """What :func:`build_report` wrote: the page, its images, and the plots it skipped (and why)."""
+
+    index: Path
+    images: tuple[Path, ...]
+    notes: tuple[str, ...]
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        return (self.index, *self.images)
+
+
+# --- the input --------------------------------------------------------------------------------
+
+
+def read_object(path: Path) -> dict[str, Any]:
+    """A ModelRollout from a file: ``kubectl get -o json|yaml`` output (a one-item List too)."""
+    try:
+        if path.stat().st_size > MAX_INPUT_BYTES:
+            raise ReportError(f"{path}: larger than {MAX_INPUT_BYTES // (1024 * 1024)} MiB")
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ReportError(f"{path}: not UTF-8 text") from None
+    except OSError as exc:
+        raise ReportError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        doc = json.loads(text)
+    except RecursionError:
+        raise ReportError(f"{path}: JSON nested too deeply") from None
+    except ValueError:
+        doc = _yaml_object(text, str(path))
+    return rollout_object(doc, str(path))
+
+
+def _yaml_object(text: str, source: str) -> Any:
+    """One YAML document, read by the policy loader's parser: aliases refused, never expanded."""
+    try:
+        documents = parse_yaml(text, source, max_bytes=MAX_YAML_BYTES, max_nodes=MAX_YAML_NODES)
+    except PolicyError as exc:
+        raise ReportError(f"{exc.diagnostics[0]} (neither JSON nor YAML that canarist reads)") from None
+    if len(documents) != 1:
+        raise ReportError(f"{printable(source, 300)}: {len(documents)} YAML documents: give exactly one ModelRollout")
+    return documents[0].data
+
+
+def rollout_object(doc: Any, source: str = "input") -> dict[str, Any]:
+    """The document as a ModelRollout with a status, or a ReportError saying what it is instead."""
+    source = printable(source, 300)  # a file name or an object's name: user text in a terminal line
+    if isinstance(doc, Mapping) and doc.get("kind") == "List" and isinstance(doc.get("items"), list):
+        if len(doc["items"]) != 1:
+            raise ReportError(f"{source}: a List of {len(doc['items'])} objects: give exactly one ModelRollout")
+        doc = doc["items"][0]
+    if not isinstance(doc, Mapping) or not isinstance(doc.get("spec"), Mapping):
+        raise ReportError(f"{source}: not a ModelRollout (no spec)")
+    if doc.get("kind", KIND) != KIND:
+        raise ReportError(f"{source}: not a ModelRollout but a {printable(str(doc.get('kind')), 100)}")
+    if not isinstance(doc.get("status"), Mapping) or not doc["status"]:
+        raise ReportError(f"{source}: the rollout has no status yet (the controller has not reconciled it)")
+    return dict(doc)
+
+
+def policy_of(obj: Mapping[str, Any]) -> tuple[ModelRollout | None, str]:
+    """The spec validated as the controller does (``reconcile.parse``), or its first problem.
+
+    Validated here rather than through :mod:`controller.engine.reconcile`, which would import the whole
+    analysis (SciPy: a second more on every ``canarist report``) for these few lines.
+    """
+    from pydantic import ValidationError
+
+    metadata = _mapping(obj.get("metadata"))
+    names = {k: metadata[k] for k in ("name", "namespace") if k in metadata}
+    body = {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": "unnamed", **names}, "spec": obj.get("spec")}
+    try:
+        rollout = ModelRollout.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        return None, f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
+    problems = rules.check(rollout)
+    return (None, f"{problems[0].dotted}: {problems[0].reason}") if problems else (rollout, "")
+
+
+# --- the report -------------------------------------------------------------------------------
+
+
+def build_report(obj: Mapping[str, Any], out: Path) -> Report:
+    """Write ``out/index.html`` and its PNGs for a ModelRollout object as stored in the cluster."""
+    metadata = _mapping(_mapping(obj).get("metadata"))
+    key = f"{metadata.get('namespace', 'default')}/{metadata.get('name', '(unnamed)')}"
+    obj = rollout_object(obj, f"modelrollout {key}")
+    status, spec = obj["status"], obj["spec"]
+    rollout, problem = policy_of(obj)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ReportError(f"{out}: cannot create the report directory: {exc.strerror or exc}") from None
+    t0 = plots.origin(status)
+    base = t0 if t0 is not None else 0.0
+    label = f"minutes since {timestamp(base)}"
+    weights = plots.weight_series(status, rollout, base) if t0 is not None else None
+    marks = weights.marks if weights is not None else ()
+    cdfs = plots.latency_cdfs(status, rollout, base)
+    evidence = plots.evidence_paths(status, rollout, base)
+    estimates = plots.estimate_paths(status, rollout, base)
+    wanted: list[tuple[str, str, Callable[[Path], None] | None, str]] = [
+        ("weights.png", "Canary weight",
+         partial(plots.draw_weights, weights, time_label=label, title=key) if weights else None,
+         "no weights log, and no decision whose weight the policy tells"),
+        ("latency.png", "Latency distributions", partial(plots.draw_latency, cdfs, title=key) if cdfs else None,
+         "no latency bucket counts recorded at a decision (no latency metric, no decision yet, or an older status)"),
+        ("evidence.png", "Evidence",
+         partial(plots.draw_evidence, evidence, marks, time_label=label, title=key) if evidence else None,
+         "no look with evidence recorded"),
+        ("estimates.png", "Estimated effects",
+         partial(plots.draw_estimates, estimates, marks, time_label=label, title=key) if estimates else None,
+         "no look with an estimate recorded"),
+    ]  # fmt: skip
+    figures, images, notes = [], [], []
+    for name, heading, draw, missing in wanted:
+        why = _draw(out / name, draw) if draw else missing
+        if why is None:
+            images.append(out / name)
+        else:
+            notes.append(f"{name} skipped: {why}")
+            with contextlib.suppress(OSError):  # no older report's plot left beside this page
+                (out / name).unlink(missing_ok=True)
+        figures.append((heading, name if why is None else None, why or ""))
+    if rollout is None:
+        notes.append(f"the spec does not validate ({problem}): margins, SLOs and replayed weights are left out")
+    index = out / "index.html"
+    page = render_html(key, status, spec, rollout, figures=figures, notes=notes, t0=base)
+    try:
+        index.write_text(page, encoding="utf-8")
+    except OSError as exc:
+        raise ReportError(f"{index}: cannot write: {exc.strerror or exc}") from None
+    return Report(index, tuple(images), tuple(notes))
+
+
+def _draw(path: Path, draw: Callable[[Path], None]) -> str | None:
+    """Draw one plot; None, or why it is missing (matplotlib could not lay the numbers out)."""
+    try:
+        draw(path)
+    except OSError as exc:
+        raise ReportError(f"{path}: cannot write: {exc.strerror or exc}") from None
+    except Exception as exc:  # a plot that fails is a note on the page, not a lost report
+        return f"could not be drawn: {type(exc).__name__}: {exc}"
+    return None
+
+
+CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222;padding:0 1em}
+table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:.9em}th,td{border:1px solid #ccc;padding:.3em .6em;
+text-align:left;vertical-align:top}th{background:#f3f3f3}img{max-width:100%;border:1px solid #ddd}
+.Succeeded,.Pass{color:#176f2c;font-weight:bold}.Failed,.Fail,.Rollback{color:#b00020;font-weight:bold}
+.Paused,.Inconclusive,.NoData,.Pause{color:#9a6700}.note{color:#666;font-style:italic}code{background:#f3f3f3}"""
+LEGEND = (
+    "Estimates: a latency quantile as its relative change (canary / stable - 1); a rate as canary - stable in "
+    "percentage points (pp), with its anytime-valid interval. A metric decides when an e-value reaches its "
+    "threshold: regression evidence rolls back, non-inferiority evidence passes."
+)
+CLASSES = {"Succeeded", "Failed", "Paused", "Pass", "Fail", "Inconclusive", "NoData", "Rollback", "Pause"}
+
+
+def render_html(
+    key: str,
+    status: Mapping[str, Any],
+    spec: Mapping[str, Any],
+    rollout: ModelRollout | None,
+    *,
+    figures: list[tuple[str, str | None, str]],
+    notes: list[str],
+    t0: float,
+) -> str:
+    """The page: outcome, latest metrics, plots (or why not), the decision log and the policy."""
+    phase = str(status.get("phase", "Pending"))
+    outcome = [
+        ("Phase", _span(phase)),
+        ("Message", _esc(status.get("message", ""))),
+        ("Step", _esc(status.get("currentStep", "-"))),
+        ("Canary weight", _esc(f"{status['canaryWeight']}%" if "canaryWeight" in status else "-")),
+        ("Versions", _esc(f"{_get(spec, 'stable', 'name')} (stable) → {_get(spec, 'canary', 'name')} (canary)")),
+        ("Started", _esc(timestamp(t0) if t0 else "-")),
+        ("Last analysis", _esc(status.get("lastAnalysisAt", "never"))),
+        ("Canary revision", _esc(status.get("canaryRevision", "-"))),
+    ]
+    metrics = [m for m in status.get("metrics") or [] if isinstance(m, Mapping)]
+    metric_rows = [_metric_row(m, estimate_scale(metric_of(rollout, str(m.get("name"))))) for m in metrics]
+    history = [
+        [_esc(e.get("at")), _esc(f"{((parse_time(e.get('at')) or t0) - t0) / 60:.1f}"),
+         _esc(f"{e.get('fromPhase')} / step {e.get('fromStep')}"), _esc(f"{e.get('toPhase')} / step {e.get('toStep')}"),
+         _span(str(e.get("action", ""))), _esc(e.get("reason", ""))]
+        for e in entries(status, "history")
+    ]  # fmt: skip
+    body = [f"<h1>ModelRollout {_esc(key)}</h1>", "<h2>Outcome</h2>", _pairs(outcome)]
+    body += [f'<p class="note">{_esc(n)}</p>' for n in notes]
+    body += ["<h2>Latest metrics</h2>", f'<p class="note">{_esc(LEGEND)}</p>']
+    headers = ["Metric", "Verdict", "Estimate", "Interval", "e-value (regression)", "e-value (non-inferiority)",
+               "Threshold", "Requests stable", "Requests canary", "Reason"]  # fmt: skip
+    body += [_table(headers, metric_rows) if metric_rows else '<p class="note">No metric recorded yet.</p>']
+    for heading, name, why in figures:
+        body.append(f"<h2>{_esc(heading)}</h2>")
+        if name is None:
+            body.append(f'<p class="note">Not drawn: {_esc(why)}.</p>')
+        else:
+            body.append(f'<img src="{_esc(name)}" alt="{_esc(heading)}">')
+    body += ["<h2>Decision log</h2>"]
+    log_headers = ["Time", "Minute", "From", "To", "Action", "Reason"]
+    body += [_table(log_headers, history) if history else '<p class="note">No decision recorded.</p>']
+    body += ["<h2>Policy</h2>", _policy(spec, rollout)]
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>canarist report: {_esc(key)}</title>'
+        f"<style>{CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+    )
+
+
+def _metric_row(m: Mapping[str, Any], scale: Scale) -> list[str]:
+    estimate, (lo, hi) = number(m.get("estimate")), interval_of(m.get("interval"))
+    requests = _mapping(m.get("requests"))
+    threshold = number(m.get("threshold"))
+    verdict = str(m.get("verdict", "")) + (" (SLO breached)" if m.get("sloBreached") is True else "")
+    return [
+        _esc(m.get("name", "")),
+        _span(verdict, str(m.get("verdict", ""))),
+        _esc(f"{estimate * scale.factor:+.3g} {scale.unit}" if estimate is not None else "-"),
+        _esc(f"[{lo * scale.factor:+.3g}, {hi * scale.factor:+.3g}] {scale.unit}" if math.isfinite(lo) else "-"),
+        _esc(_g(m.get("eValue"))),
+        _esc(_g(m.get("eValueNonInferiority"))),
+        _esc(_g(threshold) if threshold is not None and threshold < E_VALUE_CAP else "-"),
+        _esc(requests.get("stable", "-")),
+        _esc(requests.get("canary", "-")),
+        _esc(m.get("reason", "")),
+    ]
+
+
+def _policy(spec: Mapping[str, Any], rollout: ModelRollout | None) -> str:
+    strategy = _mapping(spec.get("strategy"))
+    if rollout is not None:
+        shown = [f"{s.canary_weight}%" if not s.is_shadow else f"shadow ({s.mirror_percent:g}% mirrored)"
+                 for s in schedule(rollout)]  # fmt: skip
+        steps = ", ".join([*shown, "then 100% (promoted)"])
+    else:
+        steps = _raw(strategy.get("steps"))
+    pairs = [
+        ("Service", _esc(f"{_get(spec, 'service', 'name')}:{_get(spec, 'service', 'port')}")),
+        ("Steps (canary weight)", _esc(steps)),
+        ("Interval", _esc(_raw(strategy.get("interval", "1m")))),
+        ("Minimum canary requests per step", _esc(_raw(strategy.get("minRequests", 100)))),
+        ("Progress deadline", _esc(_raw(strategy.get("progressDeadline", "30m")))),
+        ("On no data / inconclusive",
+         _esc(f"{strategy.get('onNoData', 'Pause')} / {strategy.get('onInconclusive', 'Pause')}")),
+        ("Alpha (false rollback budget)", _esc(_raw(_get(spec, "analysis", "alpha") or 0.05))),
+    ]  # fmt: skip
+    raw = _get(spec, "analysis", "metrics")
+    metrics = [m for m in raw if isinstance(m, Mapping)] if isinstance(raw, list) else []
+    rows = [
+        [_esc(_raw(m.get(f, default))) for f, default in
+         (("name", None), ("kind", None), ("weight", 1), ("quantile", None), ("slo", None), ("margin", None))]
+        for m in metrics
+    ]  # fmt: skip
+    return _pairs(pairs) + _table(["Metric", "Kind", "Weight", "Quantile", "SLO", "Margin"], rows)
+
+
+def _pairs(pairs: list[tuple[str, str]]) -> str:
+    return "<table>" + "".join(f"<tr><th>{_esc(k)}</th><td>{v}</td></tr>" for k, v in pairs) + "</table>"
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    """A table of already escaped cells."""
+    head = "".join(f"<th>{_esc(h)}</th>" for h in headers)
+    return (
+        f"<table><tr>{head}</tr>"
+        + "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
+        + "</table>"
+    )
+
+
+def _span(text: str, kind: str | None = None) -> str:
+    css = kind if kind is not None else text
+    return f'<span class="{css}">{_esc(text)}</span>' if css in CLASSES else _esc(text)
+
+
+def _esc(value: Any) -> str:
+    """User text as HTML: no control character, bidi override or escape sequence, bounded, escaped."""
+    return escape(plain_text("" if value is None else str(value), 2048), quote=True)
+
+
+def _raw(value: Any) -> str:
+    """A policy value as text: ``max 250ms`` for a mapping, ``-`` for nothing."""
+    if value is None:
+        return "-"
+    if isinstance(value, Mapping):
+        return "; ".join(f"{k} {_raw(v)}" for k, v in value.items())
+    return json.dumps(value, default=str) if isinstance(value, list) else str(value)
+
+
+def _g(value: Any) -> str:
+    x = number(value)
+    return f"{x:.3g}" if x is not None else "-"
+
+
+def _get(spec: Mapping[str, Any], section: str, key: str) -> Any:
+    return _mapping(spec.get(section)).get(key)
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}

@@ -1,0 +1,520 @@
+"""The plots of ``canarist report``: what they show, from a stored status, and how they are drawn.
+
+Two halves. The series functions are pure: they read a status dict (any field may be missing or
+malformed in an older status) and the validated policy, and return plain frozen values with times
+in minutes since the rollout began and numbers in the units shown; tests drive them with plain
+values. The ``draw_*`` functions lay those values out, one PNG each, knowing nothing of the status
+format. Figures are :class:`matplotlib.figure.Figure` objects (no pyplot: no global registry of
+open figures to leak, nothing to close) rendered by Agg, and saved without the Software metadata
+so that the same input gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # before anything could pull in pyplot: never a display
+
+from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
+
+from controller.api.kinds import TRAITS, Unit, lower_is_better, parse_value, quantile
+from controller.api.model import Metric, MetricKind, ModelRollout
+from controller.engine.record import E_VALUE_CAP
+from controller.judge.machine import Phase, Status, routes_for
+
+DPI = 100
+LATENCY_PANELS = 6
+RATE_KINDS = (MetricKind.ISTIO_ERROR_RATE, MetricKind.TRITON_ERROR_RATE, MetricKind.CUSTOM_RATIO)
+NAN = math.nan
+SHARE_TICKS = (0.01, 0.1, 0.5, 0.9, 0.99, 0.999, 0.9999)
+ACTION_COLOURS = {
+    "Start": "tab:blue",
+    "Advance": "tab:blue",
+    "Promote": "tab:green",
+    "Complete": "tab:green",
+    "Rollback": "tab:red",
+    "Pause": "tab:orange",
+    "Hold": "tab:gray",
+    "Resume": "tab:purple",
+    "Retry": "tab:purple",
+    "Restart": "tab:purple",
+}
+
+
+@dataclass(frozen=True)
+class Mark:
+    """A decision on the time axis, and the canary weight right after it."""
+
+    minutes: float
+    action: str
+    weight: float | None
+
+
+@dataclass(frozen=True)
+class WeightSeries:
+    """The canary weight in force: a step function from each point on, drawn up to ``end``."""
+
+    minutes: tuple[float, ...]
+    weights: tuple[float, ...]
+    end: float
+    marks: tuple[Mark, ...]
+    source: str  # "weights" (the status's log) or "history" (replayed from the decisions)
+
+
+@dataclass(frozen=True)
+class EvidencePath:
+    """One metric's e-values at each look (NaN where a look did not record one)."""
+
+    metric: str
+    minutes: tuple[float, ...]
+    regression: tuple[float, ...]
+    noninferiority: tuple[float, ...]
+    threshold: float | None
+
+
+@dataclass(frozen=True)
+class EstimatePath:
+    """One metric's effect at each look, in display units (``label``), with its interval if any."""
+
+    metric: str
+    label: str
+    unit: str
+    minutes: tuple[float, ...]
+    values: tuple[float, ...]
+    lows: tuple[float, ...]  # NaN where there is no interval
+    highs: tuple[float, ...]
+    margin: float | None  # the non-inferiority margin in the same units, where it is known
+    points: bool  # draw points (a relative change without an interval) rather than a line and band
+
+
+@dataclass(frozen=True)
+class Cdf:
+    """Both versions' latency distributions at one decision: the share of requests at or below each edge."""
+
+    metric: str
+    minutes: float
+    step: int | None
+    action: str
+    edges_ms: tuple[float, ...]
+    stable: tuple[float, ...] | None  # None: no request of this version yet
+    canary: tuple[float, ...] | None
+    n_stable: int
+    n_canary: int
+    slo_ms: float | None
+    quantile: float | None
+
+
+# --- the series: pure, from the stored status -------------------------------------------------
+
+
+def parse_time(value: Any) -> float | None:
+    """Unix seconds of an RFC 3339 time (or a datetime, as YAML may load one); None if unreadable."""
+    if isinstance(value, datetime):
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+
+
+def number(value: Any) -> float | None:
+    """A finite number, or None (booleans, strings and NaN are not numbers here)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def entries(status: Mapping[str, Any], key: str) -> list[Mapping[str, Any]]:
+    """The mappings of a list field, each with a readable ``at``, in time order (stable for ties)."""
+    raw = status.get(key)
+    items = [e for e in raw if isinstance(e, Mapping)] if isinstance(raw, list) else []
+    timed = [(t, i, e) for i, e in enumerate(items) if (t := parse_time(e.get("at"))) is not None]
+    return [e for _, _, e in sorted(timed, key=lambda x: (x[0], x[1]))]
+
+
+def times(status: Mapping[str, Any]) -> list[float]:
+    """Every time the status records, in order."""
+    found = [
+        parse_time(e.get("at")) for k in ("history", "weights", "analyses", "distributions") for e in entries(status, k)
+    ]
+    found += [parse_time(status.get(k)) for k in ("stepStartedAt", "lastAnalysisAt")]
+    return sorted(t for t in found if t is not None)
+
+
+def origin(status: Mapping[str, Any]) -> float | None:
+    """Time zero of the plots: the first thing the status records (normally the Start decision)."""
+    found = times(status)
+    return found[0] if found else None
+
+
+def _entry_weight(rollout: ModelRollout | None, entry: Mapping[str, Any]) -> float | None:
+    """The weight a history entry put in force: as it recorded it, else replayed from its phase and step."""
+    weight = entry.get("canaryWeight")  # recorded since canarist keeps it
+    if isinstance(weight, int) and not isinstance(weight, bool) and 0 <= weight <= 100:
+        return float(weight)
+    return weight_after(rollout, entry.get("toPhase"), entry.get("toStep"))
+
+
+def weight_after(rollout: ModelRollout | None, phase: Any, step: Any) -> float | None:
+    """The canary weight a decision's target phase and step put in force (None if unknown)."""
+    try:
+        target = Phase(phase)
+    except ValueError:
+        return None
+    if target in (Phase.ROLLING_BACK, Phase.FAILED):
+        return 0.0
+    if target in (Phase.PROMOTING, Phase.SUCCEEDED):
+        return 100.0
+    if rollout is None or not isinstance(step, int) or isinstance(step, bool):
+        return None
+    try:
+        return float(routes_for(rollout, Status(phase=target, step=step)).canary_weight)
+    except ValueError:
+        return None
+
+
+def weight_series(status: Mapping[str, Any], rollout: ModelRollout | None, t0: float) -> WeightSeries | None:
+    """The weight over time from ``weights``, else replayed from ``history``; decisions as marks."""
+    points = [
+        (t, w)
+        for e in entries(status, "weights")
+        if (t := parse_time(e.get("at"))) is not None and (w := number(e.get("canaryWeight"))) is not None
+    ]
+    source = "weights"
+    history = entries(status, "history")
+    if not points:
+        source = "history"
+        points = [
+            (t, w)
+            for e in history
+            if (t := parse_time(e.get("at"))) is not None and (w := _entry_weight(rollout, e)) is not None
+        ]
+    if not points:
+        return None
+    marks = []
+    for e in history:
+        t = parse_time(e.get("at"))
+        assert t is not None  # entries() keeps only readable times
+        before = [w for at, w in points if at <= t]
+        marks.append(Mark((t - t0) / 60, str(e.get("action", "?")), before[-1] if before else None))
+    return WeightSeries(
+        minutes=tuple((t - t0) / 60 for t, _ in points),
+        weights=tuple(w for _, w in points),
+        end=(max(times(status)[-1], points[-1][0]) - t0) / 60,
+        marks=tuple(marks),
+        source=source,
+    )
+
+
+def looks(status: Mapping[str, Any]) -> list[tuple[float, list[Mapping[str, Any]]]]:
+    """(time, per-metric dicts) of every look: ``analyses``, else the latest ``metrics`` alone."""
+    found = []
+    for e in entries(status, "analyses"):
+        t = parse_time(e.get("at"))
+        metrics = e.get("metrics")
+        if t is not None and isinstance(metrics, list):
+            found.append((t, [m for m in metrics if isinstance(m, Mapping) and isinstance(m.get("name"), str)]))
+    last = parse_time(status.get("lastAnalysisAt"))
+    if not found and last is not None and isinstance(status.get("metrics"), list):
+        found.append(
+            (last, [m for m in status["metrics"] if isinstance(m, Mapping) and isinstance(m.get("name"), str)])
+        )
+    return found
+
+
+def metric_names(status: Mapping[str, Any], rollout: ModelRollout | None) -> list[str]:
+    """The policy's metrics in its order, then any other the status recorded (e.g. traffic-split)."""
+    names = [m.name for m in rollout.spec.analysis.metrics] if rollout is not None else []
+    for _, metrics in looks(status):
+        names += [m["name"] for m in metrics if m["name"] not in names]
+    return names
+
+
+def evidence_paths(status: Mapping[str, Any], rollout: ModelRollout | None, t0: float) -> tuple[EvidencePath, ...]:
+    """Each metric's e-value paths and the threshold it is held to (the latest real one)."""
+    out = []
+    for name in metric_names(status, rollout):
+        rows = [(t, m) for t, metrics in looks(status) for m in metrics if m["name"] == name]
+        regression = tuple(_positive(m.get("eValue")) for _, m in rows)
+        noninferiority = tuple(_positive(m.get("eValueNonInferiority")) for _, m in rows)
+        if not any(math.isfinite(v) for v in regression + noninferiority):
+            continue
+        thresholds = [x for _, m in rows if (x := number(m.get("threshold"))) is not None and 0 < x < E_VALUE_CAP]
+        minutes = tuple((t - t0) / 60 for t, _ in rows)
+        out.append(EvidencePath(name, minutes, regression, noninferiority, thresholds[-1] if thresholds else None))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class Scale:
+    """How a metric's estimate is shown: multiplied by ``factor``, in ``unit``, against ``margin``."""
+
+    factor: float
+    unit: str
+    label: str
+    margin: float | None  # in display units, signed: the harmful side of zero
+    points: bool
+
+
+def estimate_scale(metric: Metric | None) -> Scale:
+    """Display units and margin of a metric's estimate, following what the analysis computes."""
+    if metric is None:
+        return Scale(1.0, "", "estimate", None, False)
+    margin = metric.margin
+    relative = margin.relative if margin is not None else None
+    absolute = margin.absolute if margin is not None else None
+    harm = 1.0 if lower_is_better(metric) else -1.0
+    if TRAITS[metric.kind].has_quantile:  # latency quantiles: canary / stable - 1
+        shown = 100 * parse_value(MetricKind.CUSTOM_RATIO, relative) if relative is not None else None
+        return Scale(100.0, "%", "relative change of the quantile (%)", shown, True)
+    if metric.kind in RATE_KINDS and relative is not None and harm > 0:  # error rate ratio - 1
+        return Scale(
+            100.0, "%", "relative change of the rate (%)", 100 * parse_value(MetricKind.CUSTOM_RATIO, relative), True
+        )
+    seconds = TRAITS[metric.kind].unit is Unit.SECONDS
+    factor, unit = (1000.0, "ms") if seconds else (100.0, "pp")
+    shown = harm * factor * parse_value(metric.kind, absolute) if absolute is not None else None
+    return Scale(factor, unit, f"canary - stable ({unit})", shown, False)
+
+
+def estimate_paths(status: Mapping[str, Any], rollout: ModelRollout | None, t0: float) -> tuple[EstimatePath, ...]:
+    """Each metric's estimate (with interval) at each look that has one, in display units."""
+    out = []
+    for name in metric_names(status, rollout):
+        scale = estimate_scale(metric_of(rollout, name))
+        rows = []
+        for t, metrics in looks(status):
+            for m in metrics:
+                value = number(m.get("estimate"))
+                if m["name"] == name and value is not None:
+                    lo, hi = interval_of(m.get("interval"))
+                    rows.append(((t - t0) / 60, value * scale.factor, lo * scale.factor, hi * scale.factor))
+        if rows:
+            minutes, values, lows, highs = (tuple(column) for column in zip(*rows, strict=True))
+            out.append(
+                EstimatePath(name, scale.label, scale.unit, minutes, values, lows, highs, scale.margin, scale.points)
+            )
+    return tuple(out)
+
+
+def latency_cdfs(
+    status: Mapping[str, Any], rollout: ModelRollout | None, t0: float, limit: int = LATENCY_PANELS
+) -> tuple[Cdf, ...]:
+    """The latest ``limit`` well-formed bucket records as CDFs (share of requests at or below each edge)."""
+    out = []
+    for e in entries(status, "distributions"):
+        edges, stable, canary = e.get("edges"), e.get("stable"), e.get("canary")
+        if not (isinstance(edges, list) and isinstance(stable, list) and isinstance(canary, list)):
+            continue
+        bounds = [number(x) for x in edges]
+        if not bounds or None in bounds or len(stable) != len(bounds) + 1 or len(canary) != len(bounds) + 1:
+            continue
+        counts = [[number(x) for x in stable], [number(x) for x in canary]]
+        if any(None in c for c in counts):
+            continue
+        metric = metric_of(rollout, str(e.get("metric")))
+        slo = metric.slo.max if metric is not None and metric.slo is not None else None
+        seconds = metric is not None and TRAITS[metric.kind].unit is Unit.SECONDS
+        step = e.get("step")
+        out.append(
+            Cdf(
+                metric=str(e.get("metric", "latency")),
+                minutes=((parse_time(e.get("at")) or t0) - t0) / 60,
+                step=step if isinstance(step, int) and not isinstance(step, bool) else None,
+                action=str(e.get("action", "?")),
+                edges_ms=tuple(1000 * b for b in bounds if b is not None),
+                stable=_shares(counts[0]),
+                canary=_shares(counts[1]),
+                n_stable=int(counts[0][-1] or 0),
+                n_canary=int(counts[1][-1] or 0),
+                slo_ms=1000 * parse_value(metric.kind, slo)
+                if metric is not None and slo is not None and seconds
+                else None,
+                quantile=quantile(metric) if metric is not None else None,
+            )
+        )
+    return tuple(out[-limit:]) if limit > 0 else ()
+
+
+def _shares(cumulative: list[float | None]) -> tuple[float, ...] | None:
+    total = cumulative[-1] or 0.0
+    return tuple((c or 0.0) / total for c in cumulative[:-1]) if total > 0 else None
+
+
+def _positive(value: Any) -> float:
+    x = number(value)
+    return x if x is not None and x > 0 else NAN
+
+
+def interval_of(value: Any) -> tuple[float, float]:
+    if isinstance(value, list) and len(value) == 2:
+        lo, hi = number(value[0]), number(value[1])
+        if lo is not None and hi is not None:
+            return lo, hi
+    return NAN, NAN
+
+
+def metric_of(rollout: ModelRollout | None, name: str) -> Metric | None:
+    return next((m for m in rollout.spec.analysis.metrics if m.name == name), None) if rollout is not None else None
+
+
+# --- drawing ----------------------------------------------------------------------------------
+
+
+def draw_weights(series: WeightSeries, path: Path, time_label: str, title: str) -> None:
+    figure = Figure(figsize=(9, 4), layout="constrained")
+    ax = figure.add_subplot()
+    xs, ys = [*series.minutes, max(series.end, series.minutes[-1])], [*series.weights, series.weights[-1]]
+    ax.step(xs, ys, where="post", color="tab:blue", linewidth=2, label="canary weight")
+    for mark in series.marks:
+        colour = ACTION_COLOURS.get(mark.action, "black")
+        ax.axvline(mark.minutes, color=colour, alpha=0.25, linewidth=1)
+        if mark.weight is not None:
+            ax.plot([mark.minutes], [mark.weight], marker="o", color=colour)
+            ax.annotate(
+                mark.action, (mark.minutes, mark.weight), textcoords="offset points", xytext=(3, 6), fontsize=8,
+                rotation=30, color=colour, parse_math=False,
+            )  # fmt: skip
+    ax.set_ylim(-5, 110)
+    ax.set_xlabel(time_label)
+    ax.set_ylabel("canary weight (%)")
+    source = "" if series.source == "weights" else " (replayed from the decision log)"
+    ax.set_title(f"{title}: canary weight over time{source}", parse_math=False)
+    ax.grid(alpha=0.3)
+    _save(figure, path)
+
+
+def latency_range(cdf: Cdf) -> tuple[float, float]:
+    """The x range worth showing: from the edge below the first request to the edge past the last (and the SLO)."""
+    edges = cdf.edges_ms
+    lo, hi = len(edges) - 1, 0
+    for shares in (cdf.stable, cdf.canary):
+        if shares is None:
+            continue
+        lo = min(lo, next((i for i, v in enumerate(shares) if v > 0), len(edges) - 1))
+        hi = max(hi, next((i for i, v in enumerate(shares) if v >= 1.0), len(edges) - 1))
+    low = edges[max(lo - 1, 0)] / 2
+    high = edges[min(hi + 1, len(edges) - 1)] * 2
+    if cdf.slo_ms is not None:
+        low, high = min(low, cdf.slo_ms / 2), max(high, cdf.slo_ms * 2)
+    return low, high
+
+
+def draw_latency(cdfs: Sequence[Cdf], path: Path, title: str) -> None:
+    figure, axes = _panels(len(cdfs), width=4.6, height=3.4)
+    for ax, cdf in zip(axes, cdfs, strict=False):
+        for name, shares, n, colour in (
+            ("stable", cdf.stable, cdf.n_stable, "tab:blue"),
+            ("canary", cdf.canary, cdf.n_canary, "tab:orange"),
+        ):
+            if shares is not None:  # drawn a little past the last finite edge: its level holds up to +Inf
+                xs, ys = [*cdf.edges_ms, 2 * cdf.edges_ms[-1]], [*shares, shares[-1]]
+                ax.step(xs, ys, where="post", color=colour, label=f"{name} (n={n:,})")
+        if cdf.slo_ms is not None:
+            ax.axvline(cdf.slo_ms, color="tab:red", linestyle="--", label=f"SLO {cdf.slo_ms:g} ms")
+        if cdf.quantile is not None:
+            ax.axhline(cdf.quantile, color="gray", linestyle=":", label=f"p{cdf.quantile * 100:g}")
+        ax.set_xscale("log")
+        ax.set_xlim(*latency_range(cdf))
+        ax.set_yscale("logit", nonpositive="clip")  # spreads the tail out: 0.9, 0.99, 0.999
+        ax.set_ylim(SHARE_TICKS[0], SHARE_TICKS[-1])
+        ax.set_yticks(SHARE_TICKS, [f"{t * 100:g}%" for t in SHARE_TICKS])
+        ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("latency (ms, log scale)")
+        ax.set_ylabel("requests at or below (logit scale)")
+        step = "" if cdf.step is None else f", step {cdf.step}"
+        when = f"{cdf.minutes:.1f}" if cdf.minutes < 10 else f"{cdf.minutes:.0f}"
+        ax.set_title(f"{cdf.metric}: {cdf.action} at {when} min{step}", fontsize=10, parse_math=False)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    figure.suptitle(
+        f"{title}: latency distributions at each decision (cumulative since the analysis began)", parse_math=False
+    )
+    _save(figure, path)
+
+
+def draw_evidence(
+    paths: Sequence[EvidencePath], marks: Sequence[Mark], path: Path, time_label: str, title: str
+) -> None:
+    figure, axes = _panels(len(paths), width=5.0, height=3.4, columns=2)
+    for ax, item in zip(axes, paths, strict=False):
+        _decisions(ax, marks)
+        ax.plot(item.minutes, item.regression, marker=".", color="tab:red", label="regression (eValue)")
+        ax.plot(item.minutes, item.noninferiority, marker=".", color="tab:green", label="non-inferiority")
+        if item.threshold is not None:
+            ax.axhline(item.threshold, color="black", linestyle="--", label=f"threshold {item.threshold:.3g}")
+        ax.axhline(1.0, color="gray", linewidth=0.8)
+        ax.set_yscale("log")
+        ax.set_xlabel(time_label)
+        ax.set_ylabel("e-value (log scale)")
+        ax.set_title(item.metric, fontsize=10, parse_math=False)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+    figure.suptitle(f"{title}: evidence at each look (a path reaching the threshold decides)", parse_math=False)
+    _save(figure, path)
+
+
+def draw_estimates(
+    paths: Sequence[EstimatePath], marks: Sequence[Mark], path: Path, time_label: str, title: str
+) -> None:
+    figure, axes = _panels(len(paths), width=5.0, height=3.4, columns=2)
+    for ax, item in zip(axes, paths, strict=False):
+        _decisions(ax, marks)
+        ax.axhline(0.0, color="gray", linewidth=0.8)
+        if item.points:
+            ax.plot(item.minutes, item.values, "o", color="tab:purple", markersize=4, label="canary vs stable")
+        else:
+            ax.plot(item.minutes, item.values, marker=".", color="tab:purple", label="canary - stable")
+            if any(math.isfinite(v) for v in item.lows):
+                ax.fill_between(item.minutes, item.lows, item.highs, color="tab:purple", alpha=0.2, label="interval")
+        if item.margin is not None:
+            ax.axhline(item.margin, color="tab:red", linestyle="--", label=f"margin {item.margin:+.3g} {item.unit}")
+        ax.set_ylim(*estimate_limits(item))
+        ax.set_xlabel(time_label)
+        ax.set_ylabel(item.label)
+        ax.set_title(item.metric, fontsize=10, parse_math=False)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left")
+    figure.suptitle(f"{title}: estimated effect of the canary at each look", parse_math=False)
+    _save(figure, path)
+
+
+def estimate_limits(item: EstimatePath) -> tuple[float, float]:
+    """A y range around the estimates, the margin and zero: an early, very wide interval is cut off."""
+    core = [v for v in (*item.values, 0.0, item.margin) if v is not None and math.isfinite(v)]
+    low, high = min(core), max(core)
+    pad = max(high - low, abs(high), abs(low), 1e-9)
+    bands = [v for v in (*item.lows, *item.highs) if math.isfinite(v)]
+    low, high = max(min([low, *bands]), low - pad), min(max([high, *bands]), high + pad)
+    return low - 0.05 * (high - low), high + 0.05 * (high - low)
+
+
+def _panels(count: int, *, width: float, height: float, columns: int = 3) -> tuple[Figure, list[Any]]:
+    cols = max(1, min(columns, count))
+    rows = math.ceil(count / cols)
+    figure = Figure(figsize=(width * cols, height * rows + 0.6), layout="constrained")
+    grid = figure.subplots(rows, cols, squeeze=False)
+    axes = [ax for row in grid for ax in row]
+    for ax in axes[count:]:
+        ax.set_visible(False)
+    return figure, axes[:count]
+
+
+def _decisions(ax: Any, marks: Sequence[Mark]) -> None:
+    for mark in marks:
+        ax.axvline(mark.minutes, color=ACTION_COLOURS.get(mark.action, "black"), alpha=0.2, linewidth=1)
+
+
+def _save(figure: Figure, path: Path) -> None:
+    figure.savefig(path, dpi=DPI, format="png", metadata={"Software": None})

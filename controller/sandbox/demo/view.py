@@ -1,0 +1,152 @@
+"""The demo's live view (rich): step, weights, requests per version, each metric's evidence, decisions.
+
+On a terminal it redraws in place; otherwise (CI, a pipe) it prints one line per decision, so a log
+reads like the story it is. The drawing reads only the rollout's status and haproxy's counters:
+what ``canarist status`` and a dashboard would see.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from rich import box
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from controller.engine.record import parse_timestamp
+from controller.sandbox.demo.run import World
+from controller.sandbox.demo.scenarios import CANARY, STABLE, Scenario
+
+BAR = 12
+
+
+def evidence_bar(e_value: float | None, threshold: float | None) -> Text:
+    """How far an e-value has come toward its threshold, on the log scale the decision uses."""
+    if not e_value or not threshold or threshold <= 1:
+        return Text("·" * BAR, style="dim")
+    progress = min(max(math.log(max(e_value, 1e-300)) / math.log(threshold), 0.0), 1.0)
+    filled = round(progress * BAR)
+    return Text("█" * filled + "·" * (BAR - filled), style="bold" if progress >= 1 else "")
+
+
+def _number(value: Any, *, percent: bool = False) -> str:
+    if not isinstance(value, int | float) or not math.isfinite(value):
+        return "-"
+    if percent:
+        return f"{value:+.2%}"
+    return f"{value:.1e}" if value >= 1e4 or 0 < value < 1e-2 else f"{value:.2f}"
+
+
+def _points(value: Any) -> str:
+    return f"{value * 100:+.1f}" if isinstance(value, int | float) and math.isfinite(value) else "-"
+
+
+def metrics_table(metrics: Sequence[Mapping[str, Any]]) -> Table:
+    table = Table(expand=True, show_edge=False, pad_edge=False, box=box.SIMPLE_HEAD)
+    table.add_column("metric", no_wrap=True, min_width=11)
+    table.add_column("verdict", no_wrap=True, min_width=12)
+    table.add_column("evidence of harm", no_wrap=True, min_width=BAR + 8)
+    table.add_column("of no harm", no_wrap=True, min_width=BAR + 8)
+    table.add_column("canary - stable", no_wrap=True, min_width=19)
+    style = {"Pass": "green", "Fail": "red", "Inconclusive": "yellow", "NoData": "dim"}
+    for m in metrics:
+        interval = m.get("interval")
+        if isinstance(interval, list) and len(interval) == 2 and None not in interval:  # a rate, in points
+            estimate = f"{_points(m.get('estimate'))}pp [{_points(interval[0])}, {_points(interval[1])}]"
+        else:  # a latency quantile's relative change
+            estimate = _number(m.get("estimate"), percent=True)
+        table.add_row(
+            str(m.get("name", "?")),
+            Text(str(m.get("verdict", "?")), style=style.get(str(m.get("verdict")), "")),
+            Text.assemble(evidence_bar(m.get("eValue"), m.get("threshold")), f" {_number(m.get('eValue'))}"),
+            Text.assemble(
+                evidence_bar(m.get("eValueNonInferiority"), m.get("threshold")),
+                f" {_number(m.get('eValueNonInferiority'))}",
+            ),
+            estimate,
+        )
+    return table
+
+
+def decisions_table(history: Sequence[Mapping[str, Any]], started: float, limit: int = 6) -> Table:
+    table = Table(expand=True, show_edge=False, pad_edge=False, show_header=False, box=None)
+    table.add_column("t", no_wrap=True, width=6)
+    table.add_column("action", no_wrap=True, width=9)
+    table.add_column("reason", overflow="fold", ratio=1)
+    for t in list(history)[-limit:]:
+        at = parse_timestamp(t.get("at"), started) - started
+        table.add_row(f"{max(at, 0.0):5.0f}s", str(t.get("action")), str(t.get("reason", "")))
+    return table
+
+
+def frame(
+    rollout: Mapping[str, Any], served: Mapping[str, int], scenario: Scenario, *, started: float, now: float
+) -> RenderableType:
+    """One picture of the rollout as it stands: its stored object, and what haproxy served."""
+    status = rollout.get("status") or {}
+    weight = int(status.get("canaryWeight", 0) or 0)
+    steps = (rollout.get("spec") or {}).get("strategy", {}).get("steps", [])
+    head = Table.grid(expand=True)
+    head.add_column()
+    head.add_column(justify="right")
+    head.add_row(
+        Text.assemble(("canarist demo ", "bold"), f"· scenario {scenario.name}: {scenario.summary}"),
+        f"{now - started:5.0f}s",
+    )
+    split = round(weight / 100 * 30)
+    head.add_row(
+        Text.assemble(
+            f"{status.get('phase', 'Initializing')} · step {min(status.get('currentStep', 0) + 1, len(steps))}"
+            f"/{len(steps)} ",
+            (f"{STABLE} {100 - weight:3d}% ", "cyan"),
+            ("▇" * (30 - split), "cyan"),
+            ("▇" * split, "magenta"),
+            (f" {weight:3d}% {CANARY}", "magenta"),
+        ),
+        f"served {STABLE} {served.get(STABLE, 0)} · {CANARY} {served.get(CANARY, 0)}",
+    )
+    message = Text(str(status.get("message", "")), style="italic")
+    body = Group(
+        head,
+        message,
+        Panel(metrics_table(status.get("metrics") or []), title="evidence (bars: log e-value / log threshold)"),
+        Panel(decisions_table(status.get("history") or [], started), title="decisions"),
+    )
+    return body
+
+
+class LiveView:
+    """Redraws :func:`frame` in place on a terminal; prints each new decision as a line elsewhere."""
+
+    def __init__(self, scenario: Scenario, console: Console | None = None) -> None:
+        self.scenario = scenario
+        self.console = console or Console()
+        self.live: Live | None = None
+        self.printed = 0
+
+    def __enter__(self) -> LiveView:
+        if self.console.is_terminal:
+            self.live = Live(console=self.console, refresh_per_second=4, transient=False)
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.live is not None:
+            self.live.__exit__(None, None, None)
+
+    def __call__(self, world: World, rollout: Mapping[str, Any]) -> None:
+        if self.live is not None:
+            picture = frame(rollout, world.haproxy.served(), self.scenario, started=world.started, now=time.time())
+            self.live.update(picture)
+            return
+        history = (rollout.get("status") or {}).get("history") or []
+        for t in history[self.printed :]:
+            at = parse_timestamp(t.get("at"), world.started) - world.started
+            self.console.print(f"{at:6.1f}s  {t.get('action'):<8} step {t.get('toStep')}: {t.get('reason')}")
+        self.printed = len(history)

@@ -27,7 +27,7 @@ import yaml
 import tests.prometheus_fixture
 import tests.test_e2e
 from controller.edges.kube import KubeCluster
-from controller.edges.leader import LeaderElector
+from controller.edges.kube.leader import LeaderElector
 from controller.edges.prometheus import PrometheusClient, PrometheusSettings
 from controller.engine.reconcile import reconcile
 from controller.judge.machine import Action

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from kubernetes.client import ApiException
 
 from controller.edges.kube import KubeCluster, retry_policy
-from controller.edges.leader import (
+from controller.edges.kube.leader import (
     LeaderElector,
     LeaseLostError,
     LeaseRecord,

@@ -411,7 +411,7 @@ def run(  # click passes options by keyword
     cluster = connect(kubeconfig, context)
     elector = None
     if leader_elect:
-        from controller.edges.leader import LeaderElector
+        from controller.edges.kube.leader import LeaderElector
 
         name = identity or f"{getpass.getuser()}-{time.time_ns()}"
         api_client = cluster.api_client  # type: ignore[attr-defined]

@@ -1,7 +1,7 @@
 """Adopting a user's DestinationRule or VirtualService: the pure merge rules, no I/O.
 
 canarist adds only its subsets and routes to an object the user already has for the host, keeps
-everything else, and can restore the original exactly (see :mod:`controller.edges.kube`, which reads and
+everything else, and can restore the original exactly (see :mod:`controller.edges.kube.adoption`, which reads and
 writes the objects; the rules here are tested with plain values).
 """
 
@@ -28,7 +28,9 @@ def fqdn(host: str, namespace: str) -> str:
 
 
 def merge_destination_rule(original: Mapping[str, Any], ours: Mapping[str, Any]) -> dict[str, Any]:
-    """The user's DestinationRule spec with canarist's subsets added (the rules: :mod:`controller.edges.kube`)."""
+    """The user's DestinationRule spec with canarist's subsets added.
+
+    The rules are in :mod:`controller.edges.kube.adoption`'s docstring, under Adoption."""
     spec = copy.deepcopy(dict(original))
     mine = copy.deepcopy(list(ours.get("subsets") or []))
     for subset in mine:
@@ -46,7 +48,7 @@ def merge_virtual_service(
 ) -> dict[str, Any]:
     """The user's VirtualService spec with canarist's routes for ``host``.
 
-    The rules are in :mod:`controller.edges.kube`'s docstring, under Adoption."""
+    The rules are in :mod:`controller.edges.kube.adoption`'s docstring, under Adoption."""
     spec = copy.deepcopy(dict(original))
     routes = [dict(r) for r in ours.get("http") or []]
     if not routes:

@@ -1,0 +1,41 @@
+"""The Kubernetes edge: :class:`controller.engine.ports.Cluster` over the official ``kubernetes`` client.
+
+:class:`KubeCluster` composes the concerns of the edge, each a class over the shared transport
+(:class:`controller.edges.kube.client.KubeClient`): the rollouts (:mod:`~controller.edges.kube.rollouts`),
+route convergence (:mod:`~controller.edges.kube.routes`) with adoption and conflicts
+(:mod:`~controller.edges.kube.adoption`), Events and pods (:mod:`~controller.edges.kube.events`).
+"""
+
+from __future__ import annotations
+
+import os
+
+from kubernetes import client, config
+
+from controller.edges.kube.client import _untyped, context_namespace, retry_policy
+from controller.edges.kube.events import EventsAndPods
+from controller.edges.kube.rollouts import Rollouts
+from controller.edges.kube.routes import Routes
+
+
+class KubeCluster(Rollouts, Routes, EventsAndPods):
+    """The :class:`controller.engine.ports.Cluster` protocol on a real (or fake) API server."""
+
+    @classmethod
+    def from_settings(
+        cls, kubeconfig: str | None = None, context: str | None = None, *, propagation_delay: float = 2.0
+    ) -> KubeCluster:
+        """In a pod, with no kubeconfig or context asked for: the service account; else the kubeconfig
+        (``kubeconfig``, else ``$KUBECONFIG``, else ``~/.kube/config``) at ``context``."""
+        configuration = client.Configuration()
+        configuration.retries = retry_policy()
+        namespace = "default"
+        if kubeconfig is None and context is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
+            _untyped(config.load_incluster_config)(client_configuration=configuration)
+        else:
+            load = _untyped(config.load_kube_config)
+            load(config_file=kubeconfig, context=context, client_configuration=configuration)
+            namespace = context_namespace(kubeconfig, context)
+        cluster = cls(client.ApiClient(configuration), propagation_delay=propagation_delay)
+        cluster.default_namespace = namespace
+        return cluster

@@ -1,0 +1,55 @@
+"""The marks canarist reads and writes on the objects it manages: names, labels, annotations, ownership.
+
+Shared by the modules of the Kubernetes edge (transport, routes, adoption, rollouts); the helpers keep
+their leading underscore: they are private to this package, not part of its API.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from controller.engine.ports import ORIGINAL_ANNOTATION
+from controller.traffic.render import MANAGED_BY, ROLLOUT_LABEL, WEIGHT_ANNOTATION
+
+ISTIO_GROUP = "networking.istio.io"
+PLURALS = {"DestinationRule": "destinationrules", "VirtualService": "virtualservices"}
+#: The randomised split's metric tag (templates/telemetry.yaml.j2): created and owned, never adopted.
+TELEMETRY_GROUP, TELEMETRY_VERSION, TELEMETRY_PLURAL = "telemetry.istio.io", "v1", "telemetries"
+MANAGED_WEIGHTS_ANNOTATION = "canarist.io/managed-weights"
+ADOPTED_LABEL = "canarist.io/adopted-by"
+
+
+def _namespace(obj: Mapping[str, Any]) -> str:
+    return str((obj.get("metadata") or {}).get("namespace", ""))
+
+
+def _name(obj: Mapping[str, Any]) -> str:
+    return str((obj.get("metadata") or {}).get("name", ""))
+
+
+def _labels(obj: Mapping[str, Any]) -> dict[str, str]:
+    return dict((obj.get("metadata") or {}).get("labels") or {})
+
+
+def _annotations(obj: Mapping[str, Any]) -> dict[str, str]:
+    return dict((obj.get("metadata") or {}).get("annotations") or {})
+
+
+def _ours(obj: Mapping[str, Any], kept: Mapping[str, Any] | None = None) -> dict[str, str]:
+    """canarist's annotations for ``obj`` over ``kept``'s. A DestinationRule has no weights and never
+    carries the weight annotation: a step rewrites only the VirtualService (a DestinationRule write
+    makes istiod push cluster config to every proxy)."""
+    annotations = {**(_annotations(kept) if kept else {}), **_annotations(obj), MANAGED_WEIGHTS_ANNOTATION: "true"}
+    if obj.get("kind") == "DestinationRule":
+        annotations.pop(WEIGHT_ANNOTATION, None)
+    return annotations
+
+
+def _created_by(obj: Mapping[str, Any], rollout: str) -> bool:
+    labels = _labels(obj)
+    return labels.get(ROLLOUT_LABEL) == rollout and MANAGED_BY.items() <= labels.items()
+
+
+def _adopted_by(obj: Mapping[str, Any], rollout: str) -> bool:
+    return _labels(obj).get(ADOPTED_LABEL) == rollout and ORIGINAL_ANNOTATION in _annotations(obj)

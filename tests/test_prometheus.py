@@ -37,9 +37,10 @@ from controller.edges.prometheus import (
     observe,
     observe_or_explain,
 )
-from controller.metrics.promql import Matcher, Op, Query, any_of, selector
+from controller.metrics.plan import Query
 from controller.metrics.read import Results
 from controller.metrics.samples import CountSeries, HistogramSeries, Observation, Window
+from controller.metrics.selectors import Matcher, Op, any_of, selector
 from controller.sandbox.demo.processes import free_port
 from tests.hostile_http import BEHAVIOURS, HEADERS, HostileServer
 from tests.prometheus_fixture import (

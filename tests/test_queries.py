@@ -14,29 +14,21 @@ from hypothesis import strategies as st
 
 from controller.api.load import load
 from controller.api.model import ModelRollout, ModelVersion, RatioQuery
-from controller.metrics.promql import (
-    ISTIO_BUCKETS,
-    ISTIO_REQUESTS,
-    REQUESTS_KEY,
+from controller.metrics.catalog import ISTIO_BUCKETS, ISTIO_REQUESTS, Family, Labels, Reduce, pod_families
+from controller.metrics.plan import REQUESTS_KEY, Plan, metric_queries, plan
+from controller.metrics.read import MAX_HISTOGRAM_EDGES, build_observations, coarsen, no_data
+from controller.metrics.samples import CountSeries, GaugeSeries, HistogramSeries, Window
+from controller.metrics.selectors import (
     CatalogError,
-    Family,
-    Labels,
     Matcher,
     Op,
-    Plan,
-    Reduce,
     any_of,
     check_label_name,
     check_metric_name,
     escape_label_value,
-    metric_queries,
-    plan,
-    pod_families,
     promql_duration,
     selector,
 )
-from controller.metrics.read import MAX_HISTOGRAM_EDGES, build_observations, coarsen, no_data
-from controller.metrics.samples import CountSeries, GaugeSeries, HistogramSeries, Window
 
 SUBSET = """
 apiVersion: canarist.io/v1alpha1

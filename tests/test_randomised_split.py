@@ -27,7 +27,7 @@ from controller.api.schedule import SPLIT_HEADER, SPLIT_TAG, SPLIT_VALUE, RouteS
 from controller.edges.kube import KubeCluster, retry_policy
 from controller.edges.prometheus import PrometheusClient, PrometheusSettings, observe
 from controller.judge.analysis import analyse
-from controller.metrics.promql import metric_queries
+from controller.metrics.plan import metric_queries
 from controller.metrics.samples import CountSeries, Window
 from controller.sandbox.localapi import local_api_server
 from controller.traffic.render import render

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from controller.api.model import ModelRollout
 from controller.edges.prometheus import PrometheusClient, PrometheusSettings, observe_or_explain
 from controller.engine.ports import MetricsSource
-from controller.metrics.promql import Labels
+from controller.metrics.catalog import Labels
 from controller.metrics.samples import Observation, Window
 
 METRICS_BACKENDS = ("prometheus",)

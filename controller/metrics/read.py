@@ -19,7 +19,8 @@ from itertools import pairwise
 from typing import TypeVar
 
 from controller.api.model import MetricKind, ModelRollout
-from controller.metrics.promql import Ask, MetricPlan, Plan, Role, Target, to_millis
+from controller.metrics.catalog import Ask, MetricPlan, Role
+from controller.metrics.plan import Plan, Target
 from controller.metrics.samples import (
     CountSeries,
     Cumulative,
@@ -30,6 +31,7 @@ from controller.metrics.samples import (
     Series,
     Window,
 )
+from controller.metrics.selectors import to_millis
 
 Labelset = Mapping[str, str]
 Sample = tuple[Labelset, float]

@@ -1,13 +1,10 @@
-"""The PromQL catalog: which series each metric kind reads, and the queries one look needs. Pure.
+"""The catalog: which series each metric kind reads, and what one rollout asks of them. Pure.
 
 Every built-in kind is read from *base families*: one metric, reduced over an analysis window
 (``increase`` for counters, ``avg_over_time`` for gauges) and aggregated by the labels that name a
-rollout's version (plus ``pod``, ``le`` or ``response_code`` where the kind needs them). The
-values that pick each rollout's versions are unioned into one selector per family, so one look
-asks Prometheus one query per (family, window length), however many rollouts there are; the
-results are split back per rollout by exact label equality (:mod:`controller.metrics.read`), so a wide
-regex can never leak one rollout's series into another's. Every counter family is paired with a
-``resets()`` query: a window in which a counter restarted is *no data*, never a wrong count.
+rollout's version (plus ``pod``, ``le`` or ``response_code`` where the kind needs them). A
+rollout's :class:`Ask` of a family is the identity values that pick its stable and canary series;
+:mod:`controller.metrics.plan` unions them across rollouts into one query per family.
 
 Which labels name a version:
 
@@ -24,14 +21,10 @@ Which labels name a version:
   its ``matchLabels`` (required) and its ``versionLabel``; the version's value is its pod label of
   that name if it has one, else its name (Subset), or the Triton model version (TritonVersion). So
   a pod of another namespace reporting the same version name is never counted as this canary.
-
-Label names and metric names are checked, label values escaped for PromQL (and for RE2 in ``=~``
-unions); nothing a policy says can break out of a selector.
 """
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -40,111 +33,18 @@ from enum import StrEnum
 from controller.api.kinds import parse_value
 from controller.api.model import Metric, MetricKind, ModelRollout, ModelVersion, RoutingMode
 from controller.api.schedule import SPLIT_TAG, SPLIT_VALUE, split_tagged
-from controller.metrics.samples import Window
+from controller.metrics.selectors import (
+    CatalogError,
+    Matcher,
+    Op,
+    any_of,
+    check_label_name,
+    check_metric_name,
+    promql_duration,
+    selector,
+)
 
-METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
-LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 ISTIO_VERSION_LABELS = ("service.istio.io/canonical-revision", "app.kubernetes.io/version", "version")
-REQUESTS_KEY = "(requests)"
-_RE2_SPECIAL = frozenset("\\.+*?()|[]{}^$")
-
-
-class CatalogError(ValueError):
-    """A name or value that cannot be put into PromQL safely: a configuration error, never retried."""
-
-
-# --- escaping ---------------------------------------------------------------------------------
-
-
-def escape_label_value(value: str) -> str:
-    """The body of a double-quoted PromQL string that reads back exactly as ``value``.
-
-    Backslash and quote are escaped, control characters written as ``\\uXXXX``; other Unicode is
-    kept as UTF-8. Lone surrogates (not encodable as UTF-8) are refused.
-    """
-    if not isinstance(value, str):
-        raise CatalogError(f"label value must be a string, got {type(value).__name__}")
-    out: list[str] = []
-    for char in value:
-        code = ord(char)
-        if 0xD800 <= code <= 0xDFFF:
-            raise CatalogError(f"label value {value!r} contains a lone surrogate (not UTF-8)")
-        if char in ('"', "\\"):
-            out.append("\\" + char)
-        elif code < 0x20 or 0x7F <= code <= 0x9F:
-            out.append(f"\\u{code:04x}")
-        else:
-            out.append(char)
-    return "".join(out)
-
-
-def escape_regex(value: str) -> str:
-    """``value`` as an RE2 pattern matching exactly that text (before PromQL string escaping)."""
-    return "".join("\\" + c if c in _RE2_SPECIAL else c for c in value)
-
-
-def check_metric_name(name: str) -> str:
-    if not isinstance(name, str) or not METRIC_NAME.fullmatch(name):
-        raise CatalogError(f"invalid Prometheus metric name {name!r}: must match [a-zA-Z_:][a-zA-Z0-9_:]*")
-    return name
-
-
-def check_label_name(name: str) -> str:
-    if not isinstance(name, str) or not LABEL_NAME.fullmatch(name) or name.startswith("__"):
-        raise CatalogError(
-            f"invalid Prometheus label name {name!r}: must match [a-zA-Z_][a-zA-Z0-9_]* and not start with '__'"
-        )
-    return name
-
-
-class Op(StrEnum):
-    EQ = "="
-    NE = "!="
-    RE = "=~"
-    NRE = "!~"
-
-
-@dataclass(frozen=True)
-class Matcher:
-    """One label matcher; for ``=~``/``!~`` the value is a pattern (build it with :func:`any_of`)."""
-
-    label: str
-    op: Op
-    value: str
-
-
-def any_of(label: str, values: Iterable[str]) -> Matcher:
-    """A matcher for any of ``values`` exactly: ``=`` for one value, an escaped RE2 union otherwise."""
-    unique = sorted(set(values))
-    if not unique or any(v == "" for v in unique):
-        raise CatalogError(f"label {label!r}: empty value refused (it would match series without the label)")
-    if len(unique) == 1:
-        return Matcher(label, Op.EQ, unique[0])
-    return Matcher(label, Op.RE, "|".join(escape_regex(v) for v in unique))
-
-
-def selector(matchers: Sequence[Matcher]) -> str:
-    """``{a="x", b=~"y|z"}`` with every name checked and every value escaped."""
-    parts = []
-    for m in matchers:
-        if not isinstance(m.op, Op):
-            raise CatalogError(f"invalid matcher operator {m.op!r}")
-        parts.append(f'{check_label_name(m.label)}{m.op.value}"{escape_label_value(m.value)}"')
-    return "{" + ", ".join(parts) + "}"
-
-
-def promql_duration(seconds: float) -> str:
-    """A PromQL range duration: ``60s``, or ``1500ms`` when not a whole number of seconds."""
-    millis = to_millis(seconds)
-    if millis <= 0:
-        raise CatalogError(f"window length must be positive, got {seconds!r}")
-    return f"{millis // 1000}s" if millis % 1000 == 0 else f"{millis}ms"
-
-
-def to_millis(seconds: float) -> int:
-    if not math.isfinite(seconds):
-        raise CatalogError(f"time must be finite, got {seconds!r}")
-    return round(seconds * 1000)
 
 
 # --- families ---------------------------------------------------------------------------------
@@ -323,38 +223,6 @@ class MetricPlan:
     keep: tuple[float, ...] = ()  # values (canonical unit) whose bucket bounds survive coarsening: the SLO's
 
 
-@dataclass(frozen=True)
-class Target:
-    """One rollout's part of a look: its windows, the request count asks and its metrics."""
-
-    key: str
-    windows: tuple[Window, ...]
-    requests: Mapping[Role, Ask]
-    requests_unsupported: str
-    metrics: tuple[MetricPlan, ...]
-    future: frozenset[int]  # indices of windows that end after the look's time
-
-
-@dataclass(frozen=True)
-class Query:
-    """One PromQL text to evaluate at each of ``times`` (window ends, seconds)."""
-
-    promql: str
-    times: tuple[float, ...]
-
-
-@dataclass(frozen=True)
-class Plan:
-    """Every query a look runs, and how to find each rollout's rows in the answers."""
-
-    targets: tuple[Target, ...]
-    queries: tuple[Query, ...]
-    texts: Mapping[tuple[Family, int, bool], str]  # (family, window ms, resets?) -> PromQL
-
-    def text(self, family: Family, window_ms: int, resets: bool = False) -> str | None:
-        return self.texts.get((family, window_ms, resets))
-
-
 def istio_version(version: ModelVersion) -> str | None:
     """The ``destination_version`` Istio reports for this version's pods, if its labels give one."""
     return next((version.labels[k] for k in ISTIO_VERSION_LABELS if k in version.labels), None)
@@ -382,7 +250,7 @@ def _ask(family: Family, stable: Sequence[str | None], canary: Sequence[str | No
     return Ask(family, s, c)
 
 
-class _Rollout:
+class RolloutAsks:
     """The identity values of one rollout, and the asks of each kind."""
 
     def __init__(self, rollout: ModelRollout, labels: Labels) -> None:
@@ -486,75 +354,3 @@ class _Rollout:
             return str(self.triton.stable_version if side == "stable" else self.triton.canary_version)
         version: ModelVersion = getattr(self.rollout.spec, side)
         return pod_label_value(version, label) or version.name
-
-
-def plan(
-    rollouts: Sequence[ModelRollout],
-    windows_by_rollout: Mapping[str, Sequence[Window]],
-    at: float,
-    labels: Labels | None = None,
-) -> Plan:
-    """Every query one look needs for all ``rollouts`` together, deduplicated and grouped.
-
-    One PromQL text per (family, window length) with the identity values of every rollout unioned,
-    evaluated at the union of the window ends; one ``resets()`` text beside each counter's. Windows
-    ending after ``at`` are not asked for (their data is incomplete).
-    """
-    labels = labels or Labels()
-    targets: list[Target] = []
-    values: dict[tuple[Family, int], list[set[str]]] = {}
-    times: dict[tuple[Family, int], set[int]] = {}
-    at_ms = to_millis(at)
-    for rollout in rollouts:
-        windows = tuple(windows_by_rollout.get(rollout.key, ()))
-        r = _Rollout(rollout, labels)
-        requests, requests_why = r.requests()
-        metrics = tuple(r.metric(m) for m in rollout.spec.analysis.metrics)
-        future = frozenset(i for i, w in enumerate(windows) if to_millis(w.end) > at_ms)
-        targets.append(Target(rollout.key, windows, requests, requests_why, metrics, future))
-        asks = [*requests.values(), *(a for m in metrics for a in m.asks.values())]
-        for i, window in enumerate(windows):
-            if i in future:
-                continue
-            length = to_millis(window.end) - to_millis(window.start)
-            for ask in asks:
-                key = (ask.family, length)
-                slots = values.setdefault(key, [set() for _ in ask.family.identity])
-                for slot, s, c in zip(slots, ask.stable, ask.canary, strict=True):
-                    slot.update((s, c))
-                times.setdefault(key, set()).add(to_millis(window.end))
-    texts: dict[tuple[Family, int, bool], str] = {}
-    queries: list[Query] = []
-    for (family, length), slots in sorted(values.items(), key=lambda kv: (kv[0][0].metric, repr(kv[0]))):
-        ends = tuple(t / 1000 for t in sorted(times[(family, length)]))
-        texts[(family, length, False)] = family.promql(slots, length / 1000)
-        queries.append(Query(texts[(family, length, False)], ends))
-        if family.is_counter:
-            texts[(family, length, True)] = family.resets_promql(slots, length / 1000)
-            queries.append(Query(texts[(family, length, True)], ends))
-    return Plan(tuple(targets), _merge(queries), texts)
-
-
-def _merge(queries: Sequence[Query]) -> tuple[Query, ...]:
-    """One query per PromQL text (families shared by several kinds), with the union of their times."""
-    merged: dict[str, set[float]] = {}
-    for q in queries:
-        merged.setdefault(q.promql, set()).update(q.times)
-    return tuple(Query(text, tuple(sorted(ts))) for text, ts in merged.items())
-
-
-def metric_queries(rollout: ModelRollout, window: float, labels: Labels | None = None) -> dict[str, tuple[str, ...]]:
-    """The PromQL each metric of ``rollout`` reads over one ``window`` (seconds), for docs and reports.
-
-    Keyed by metric name, with the request counts under :data:`REQUESTS_KEY` (not a valid metric
-    name, so it cannot collide); counters come with their ``resets()`` query.
-    """
-    the_plan = plan([rollout], {rollout.key: [Window(0.0, window, 0.0)]}, window, labels)
-    (target,) = the_plan.targets
-    length = to_millis(window)
-    named = [(REQUESTS_KEY, target.requests), *((m.name, m.asks) for m in target.metrics)]
-    out: dict[str, tuple[str, ...]] = {}
-    for name, asks in named:
-        texts = [the_plan.text(a.family, length, resets) for a in asks.values() for resets in (False, True)]
-        out[name] = tuple(dict.fromkeys(t for t in texts if t is not None))
-    return out

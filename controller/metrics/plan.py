@@ -1,0 +1,124 @@
+"""The plan of one look: every query it needs for all rollouts together, deduplicated. Pure.
+
+The values that pick each rollout's versions are unioned into one selector per family, so one look
+asks Prometheus one query per (family, window length), however many rollouts there are; the
+results are split back per rollout by exact label equality (:mod:`controller.metrics.read`), so a
+wide regex can never leak one rollout's series into another's. Every counter family is paired with
+a ``resets()`` query: a window in which a counter restarted is *no data*, never a wrong count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from controller.api.model import ModelRollout
+from controller.metrics.catalog import Ask, Family, Labels, MetricPlan, Role, RolloutAsks
+from controller.metrics.samples import Window
+from controller.metrics.selectors import to_millis
+
+REQUESTS_KEY = "(requests)"
+
+
+@dataclass(frozen=True)
+class Target:
+    """One rollout's part of a look: its windows, the request count asks and its metrics."""
+
+    key: str
+    windows: tuple[Window, ...]
+    requests: Mapping[Role, Ask]
+    requests_unsupported: str
+    metrics: tuple[MetricPlan, ...]
+    future: frozenset[int]  # indices of windows that end after the look's time
+
+
+@dataclass(frozen=True)
+class Query:
+    """One PromQL text to evaluate at each of ``times`` (window ends, seconds)."""
+
+    promql: str
+    times: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Every query a look runs, and how to find each rollout's rows in the answers."""
+
+    targets: tuple[Target, ...]
+    queries: tuple[Query, ...]
+    texts: Mapping[tuple[Family, int, bool], str]  # (family, window ms, resets?) -> PromQL
+
+    def text(self, family: Family, window_ms: int, resets: bool = False) -> str | None:
+        return self.texts.get((family, window_ms, resets))
+
+
+def plan(
+    rollouts: Sequence[ModelRollout],
+    windows_by_rollout: Mapping[str, Sequence[Window]],
+    at: float,
+    labels: Labels | None = None,
+) -> Plan:
+    """Every query one look needs for all ``rollouts`` together, deduplicated and grouped.
+
+    One PromQL text per (family, window length) with the identity values of every rollout unioned,
+    evaluated at the union of the window ends; one ``resets()`` text beside each counter's. Windows
+    ending after ``at`` are not asked for (their data is incomplete).
+    """
+    labels = labels or Labels()
+    targets: list[Target] = []
+    values: dict[tuple[Family, int], list[set[str]]] = {}
+    times: dict[tuple[Family, int], set[int]] = {}
+    at_ms = to_millis(at)
+    for rollout in rollouts:
+        windows = tuple(windows_by_rollout.get(rollout.key, ()))
+        r = RolloutAsks(rollout, labels)
+        requests, requests_why = r.requests()
+        metrics = tuple(r.metric(m) for m in rollout.spec.analysis.metrics)
+        future = frozenset(i for i, w in enumerate(windows) if to_millis(w.end) > at_ms)
+        targets.append(Target(rollout.key, windows, requests, requests_why, metrics, future))
+        asks = [*requests.values(), *(a for m in metrics for a in m.asks.values())]
+        for i, window in enumerate(windows):
+            if i in future:
+                continue
+            length = to_millis(window.end) - to_millis(window.start)
+            for ask in asks:
+                key = (ask.family, length)
+                slots = values.setdefault(key, [set() for _ in ask.family.identity])
+                for slot, s, c in zip(slots, ask.stable, ask.canary, strict=True):
+                    slot.update((s, c))
+                times.setdefault(key, set()).add(to_millis(window.end))
+    texts: dict[tuple[Family, int, bool], str] = {}
+    queries: list[Query] = []
+    for (family, length), slots in sorted(values.items(), key=lambda kv: (kv[0][0].metric, repr(kv[0]))):
+        ends = tuple(t / 1000 for t in sorted(times[(family, length)]))
+        texts[(family, length, False)] = family.promql(slots, length / 1000)
+        queries.append(Query(texts[(family, length, False)], ends))
+        if family.is_counter:
+            texts[(family, length, True)] = family.resets_promql(slots, length / 1000)
+            queries.append(Query(texts[(family, length, True)], ends))
+    return Plan(tuple(targets), _merge(queries), texts)
+
+
+def _merge(queries: Sequence[Query]) -> tuple[Query, ...]:
+    """One query per PromQL text (families shared by several kinds), with the union of their times."""
+    merged: dict[str, set[float]] = {}
+    for q in queries:
+        merged.setdefault(q.promql, set()).update(q.times)
+    return tuple(Query(text, tuple(sorted(ts))) for text, ts in merged.items())
+
+
+def metric_queries(rollout: ModelRollout, window: float, labels: Labels | None = None) -> dict[str, tuple[str, ...]]:
+    """The PromQL each metric of ``rollout`` reads over one ``window`` (seconds), for docs and reports.
+
+    Keyed by metric name, with the request counts under :data:`REQUESTS_KEY` (not a valid metric
+    name, so it cannot collide); counters come with their ``resets()`` query.
+    """
+    the_plan = plan([rollout], {rollout.key: [Window(0.0, window, 0.0)]}, window, labels)
+    (target,) = the_plan.targets
+    length = to_millis(window)
+    named = [(REQUESTS_KEY, target.requests), *((m.name, m.asks) for m in target.metrics)]
+    out: dict[str, tuple[str, ...]] = {}
+    for name, asks in named:
+        texts = [the_plan.text(a.family, length, resets) for a in asks.values() for resets in (False, True)]
+        out[name] = tuple(dict.fromkeys(t for t in texts if t is not None))
+    return out

@@ -265,7 +265,8 @@ def _inject(base: str, error_rate: float) -> None:
 
 
 def _stop_loadgen(loadgen: ManagedProcess, summary: Path) -> dict[str, Any]:
-    loadgen.stop()
+    """Stop the load generator and read its totals; a machine under load gets time to write them."""
+    loadgen.stop(timeout=30.0)
     try:
         loaded: dict[str, Any] = json.loads(summary.read_text())
         return loaded

@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 import yaml
 
+from controller.api.times import parse_timestamp
 from controller.edges.kube import KubeCluster
 from controller.edges.prometheus import PrometheusClient, PrometheusSettings
-from controller.engine.record import parse_timestamp
 from controller.manager.loop import Manager
 from controller.manager.wiring import PrometheusSource
 from controller.report.page import build_report

@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 import yaml
 
+from controller.api.times import parse_time, rfc3339
 from controller.edges.kube import KubeCluster
 from controller.engine.ports import (
     COMMAND_ANNOTATION,
@@ -34,7 +35,6 @@ from controller.engine.ports import (
     COMMAND_ID_ANNOTATION,
 )
 from controller.engine.reconcile import reconcile
-from controller.engine.steering import parse_moment, rfc3339
 from controller.sandbox.demo.processes import free_port
 from controller.sandbox.localapi import LocalApiServer, local_api_server
 from tests.test_reconcile import ENV, POLICY, Synthetic
@@ -242,7 +242,7 @@ def test_a_steering_command_writes_the_command_annotations(
     assert annotations[COMMAND_BY_ANNOTATION] == USER  # as the API server authenticated the CLI
     assert annotations[COMMAND_ID_ANNOTATION].isdigit()
     assert annotations[COMMAND_ID_ANNOTATION] != before["status"].get("lastCommandId")
-    issued = parse_moment(annotations[COMMAND_AT_ANNOTATION])
+    issued = parse_time(annotations[COMMAND_AT_ANNOTATION])
     assert issued is not None and abs(issued - time.time()) < 10  # the API server's clock (its Date)
     # who am I (a SelfSubjectReview), then one merge patch of the annotations as canarist-cli;
     # spec, status and routes untouched

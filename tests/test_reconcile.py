@@ -19,6 +19,7 @@ import yaml
 
 from controller.api.model import ModelRollout
 from controller.api.schedule import RouteState
+from controller.api.times import parse_timestamp, rfc3339, timestamp
 from controller.engine.ports import (
     COMMAND_ANNOTATION,
     COMMAND_AT_ANNOTATION,
@@ -27,8 +28,7 @@ from controller.engine.ports import (
     ClusterUnavailableError,
 )
 from controller.engine.reconcile import Outcome, analysis_windows, reconcile
-from controller.engine.record import ANALYSES_LIMIT, from_status, parse_timestamp, timestamp, to_status
-from controller.engine.steering import rfc3339
+from controller.engine.record import ANALYSES_LIMIT, from_status, to_status
 from controller.judge.machine import Action
 from controller.metrics.samples import CountSeries, HistogramSeries, MetricData, Observation, Window
 from controller.traffic.templating import default_environment

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 
 from controller.api.model import ModelRollout
 from controller.api.schedule import RouteState
+from controller.api.times import rfc3339
 from controller.engine.ports import (
     COMMAND_ANNOTATION,
     COMMAND_AT_ANNOTATION,
@@ -34,7 +35,6 @@ from controller.engine.ports import (
 )
 from controller.engine.reconcile import reconcile
 from controller.engine.record import STATUS_BYTES_LIMIT, to_status
-from controller.engine.steering import rfc3339
 from controller.judge.machine import Action, Evidence, MetricEvidence, Phase, Status, Verdict
 from controller.manager.loop import Manager
 from controller.metrics.samples import Observation, Window

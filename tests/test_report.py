@@ -23,9 +23,10 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from controller.api.times import timestamp
 from controller.cli import cluster_commands
 from controller.engine.reconcile import parse
-from controller.engine.record import ANALYSES_LIMIT, timestamp
+from controller.engine.record import ANALYSES_LIMIT
 from controller.report.page import ReportError, build_report, policy_of, read_object, rollout_object
 from controller.report.plots import (
     EstimatePath,

@@ -17,7 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from controller.api.model import ModelRollout
-from controller.engine.record import from_status, status_corrected, timestamp, to_status
+from controller.api.times import timestamp
+from controller.engine.record import from_status, status_corrected, to_status
 from controller.judge.machine import (
     Action,
     Command,

@@ -24,6 +24,7 @@ import yaml
 
 from controller.api.model import DNS_LABEL
 from controller.api.text import printable
+from controller.api.times import rfc3339
 from controller.cli.common import UserError
 from controller.engine.ports import (
     COMMAND_ANNOTATION,
@@ -34,7 +35,7 @@ from controller.engine.ports import (
     ClusterUnavailableError,
     NotFoundError,
 )
-from controller.engine.steering import BY_LIMIT, COMMAND_TTL, rfc3339
+from controller.engine.steering import BY_LIMIT, COMMAND_TTL
 from controller.judge.machine import CommandKind
 from controller.traffic.tenancy import TenancyRules
 

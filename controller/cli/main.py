@@ -9,7 +9,6 @@ import json
 import sys
 import time
 from collections.abc import Iterator
-from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -20,6 +19,7 @@ from controller import __version__
 from controller.api.load import Diagnostic, PolicyError, parse_yaml
 from controller.api.model import ModelRollout
 from controller.api.schedule import RouteState, realized_share, schedule, state_for_step
+from controller.api.times import parse_time
 from controller.api.units import parse_duration
 from controller.cli import cluster_commands as commands
 from controller.cli import demo as demo_command
@@ -245,13 +245,12 @@ def _parse_time(text: str | None) -> float:
         return float(text)
     except ValueError:
         pass
-    try:
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise UserError(f"--at: {text!r} is neither RFC 3339 nor Unix seconds") from None
-    if parsed.tzinfo is None:
+    parsed = parse_time(text)
+    if parsed is not None:
+        return parsed
+    if parse_time(text, naive_as_utc=True) is not None:
         raise UserError(f"--at: {text!r} has no time zone (add Z or +00:00)")
-    return parsed.timestamp()
+    raise UserError(f"--at: {text!r} is neither RFC 3339 nor Unix seconds")
 
 
 # --- schema -----------------------------------------------------------------------------------

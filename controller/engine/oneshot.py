@@ -14,8 +14,9 @@ from typing import Any
 
 from controller.api.model import API_VERSION, ModelRollout
 from controller.api.schedule import RouteState, realized_share, schedule
+from controller.api.times import timestamp
 from controller.api.units import format_duration, parse_duration
-from controller.engine.record import metric_status, timestamp
+from controller.engine.record import metric_status
 from controller.judge.analysis import analyse
 from controller.judge.machine import Action, Decision, Evidence, Phase, Status, decide
 from controller.metrics.samples import Observation, Window

@@ -12,12 +12,12 @@ import hashlib
 import json
 import math
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 from controller.api.model import ModelRollout
 from controller.api.schedule import RouteState, realized_share
 from controller.api.text import printable
+from controller.api.times import parse_timestamp, timestamp
 from controller.engine.steering import check_command
 from controller.judge.machine import (
     Action,
@@ -45,20 +45,6 @@ _SHED_ORDER = ("distributions", "analyses", "weights", "history")
 METRIC_REASON_SHORT = 200
 #: A command id is compared with the annotation's: bounded like a label value, far above any real one.
 COMMAND_ID_LIMIT = 253
-
-
-def timestamp(seconds: float) -> str:
-    """RFC 3339 in UTC with a Z, as Kubernetes writes times."""
-    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def parse_timestamp(text: Any, default: float = 0.0) -> float:
-    if not isinstance(text, str) or not text:
-        return default
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return default
 
 
 def canary_revision(rollout: ModelRollout) -> str:

@@ -27,10 +27,10 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from controller.api.text import printable
+from controller.api.times import parse_time, rfc3339
 from controller.engine.ports import (
     COMMAND_ANNOTATION,
     COMMAND_AT_ANNOTATION,
@@ -50,24 +50,6 @@ CLOCK_SKEW = 120.0
 #: The longest "who asked" canarist stores (a DNS subdomain's limit).
 BY_LIMIT = 253
 COMMAND_ANNOTATIONS = (COMMAND_ANNOTATION, COMMAND_BY_ANNOTATION, COMMAND_ID_ANNOTATION, COMMAND_AT_ANNOTATION)
-
-
-def rfc3339(seconds: float) -> str:
-    """A moment in UTC as RFC 3339 with a Z, to the microsecond when it has a fraction."""
-    moment = datetime.fromtimestamp(seconds, UTC)
-    spec = "seconds" if moment.microsecond == 0 else "microseconds"
-    return moment.isoformat(timespec=spec).replace("+00:00", "Z")
-
-
-def parse_moment(text: object) -> float | None:
-    """An RFC 3339 time with its offset, as epoch seconds; None when absent or unreadable."""
-    if not isinstance(text, str) or not 0 < len(text) <= 40:
-        return None
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
-        return None
-    return moment.timestamp() if moment.tzinfo is not None else None
 
 
 @dataclass(frozen=True)
@@ -124,7 +106,7 @@ def check_command(rollout_obj: Mapping[str, Any], now: float) -> CommandCheck | 
         return None
     text = printable(str(annotations.get(COMMAND_ANNOTATION) or ""), 64)
     at_text = annotations.get(COMMAND_AT_ANNOTATION)
-    issued = parse_moment(at_text)
+    issued = parse_time(at_text)
     command_id = _bounded_id(str(annotations.get(COMMAND_ID_ANNOTATION) or f"{text}@{at_text}"))
     status = rollout_obj.get("status") or {}
     done = isinstance(status, Mapping) and command_id == status.get("lastCommandId")
@@ -149,7 +131,7 @@ def _problem(text: str, issued: float | None, rollout_obj: Mapping[str, Any], no
         return f"issued in the future ({rfc3339(issued)}; is a clock wrong?)"
     if now - issued > COMMAND_TTL:
         return f"issued {rfc3339(issued)}, {round(now - issued)}s ago: commands expire after {round(COMMAND_TTL)}s"
-    created = parse_moment((rollout_obj.get("metadata") or {}).get("creationTimestamp"))
+    created = parse_time((rollout_obj.get("metadata") or {}).get("creationTimestamp"))
     if created is not None and issued < created:
         return f"issued {rfc3339(issued)}, before this object was created ({rfc3339(created)}): restored or re-applied?"
     changed = _canary_changed_at(rollout_obj.get("status") or {})
@@ -162,7 +144,7 @@ def _canary_changed_at(status: Any) -> float | None:
     """When the current canary revision's rollout restarted (the last Restart), from the stored history."""
     history = status.get("history") if isinstance(status, Mapping) else None
     restarts = [
-        parse_moment(t.get("at"))
+        parse_time(t.get("at"))
         for t in (history if isinstance(history, list) else [])
         if isinstance(t, Mapping) and t.get("action") == "Restart"
     ]

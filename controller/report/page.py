@@ -26,7 +26,8 @@ from controller.api.load import PolicyError, parse_yaml, printable
 from controller.api.model import API_VERSION, KIND, ModelRollout
 from controller.api.schedule import schedule
 from controller.api.text import printable as plain_text
-from controller.engine.record import E_VALUE_CAP, timestamp
+from controller.api.times import timestamp
+from controller.engine.record import E_VALUE_CAP
 from controller.report import plots
 from controller.report.plots import Scale, entries, estimate_scale, interval_of, metric_of, number, parse_time
 

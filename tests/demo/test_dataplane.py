@@ -7,12 +7,15 @@ stopped by PID, and each test ends by checking that no process is left in those 
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import random
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -407,6 +410,36 @@ def test_weights_change_under_load_and_no_request_is_lost(procs: Processes, mode
     assert result["outcomes"] == {"ok": result["sent"], "injected_error": 0, "routing_failure": 0}
     assert result["by_version"] == proxy.served()  # the client and haproxy agree on every request
     assert result["shed"] == 0
+
+
+def test_a_stopped_loadgen_writes_its_totals_while_requests_hang(procs: Processes) -> None:
+    """A target that accepts and never answers (a canary stuck under an SLO breach) holds every worker
+    in a request; SIGTERM must still bring the summary within seconds, not after the request timeout
+    (the demo's supervisor once lost the totals to its SIGKILL)."""
+    hanging = socket.create_server(("127.0.0.1", 0), backlog=64)
+    accepted: list[socket.socket] = []
+
+    def take() -> None:  # accept and never answer, until the socket is closed
+        with contextlib.suppress(OSError):
+            while True:
+                accepted.append(hanging.accept()[0])
+
+    threading.Thread(target=take, daemon=True).start()
+    port, metrics, summary = hanging.getsockname()[1], free_port(), procs.workdir / "hanging.json"
+    loadgen = procs.spawn(
+        "loadgen", "-m", "controller.sandbox.demo.loadgen", "--target", f"http://127.0.0.1:{port}",
+        "--rate", "50", "--workers", "4", "--metrics-port", str(metrics), "--timeout", "60",
+        "--versions", "v1,v2", "--summary", str(summary),
+    )  # fmt: skip
+    wait_until(lambda: len(accepted) >= 4, loadgen, "4 hanging connections", timeout=20)
+    started = time.monotonic()
+    assert procs.terminate(loadgen, timeout=8.0) == 0
+    assert time.monotonic() - started < 8.0
+    result = json.loads(summary.read_text())
+    assert result["sent"] >= 4 and result["routing_failures"] == 0  # in flight: neither answered nor failed
+    hanging.close()
+    for connection in accepted:
+        connection.close()
 
 
 def test_haproxy_long_workdir_and_refusals(procs: Processes, model_file: Path, tmp_path: Path) -> None:

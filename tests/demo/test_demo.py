@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from matplotlib import image
 
-from controller.engine.record import parse_timestamp
+from controller.api.times import parse_timestamp
 from controller.sandbox.demo.run import DemoOptions, DemoResult, run_demo
 from controller.sandbox.demo.scenarios import CANARY, SCENARIOS, STABLE
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from controller.engine.record import timestamp
+from controller.api.times import timestamp
 from controller.sandbox.demo.scenarios import SCENARIOS, demo_policy
 from controller.sandbox.demo.view import BAR, LiveView, evidence_bar, frame
 

@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 import yaml
 
+from controller.api.times import parse_timestamp
 from controller.edges.kube import KubeCluster
 from controller.edges.prometheus import PrometheusClient, PrometheusSettings
-from controller.engine.record import parse_timestamp
 from controller.manager.loop import Manager
 from controller.manager.wiring import PrometheusSource
 from controller.report.page import build_report
@@ -265,7 +265,8 @@ def _inject(base: str, error_rate: float) -> None:
 
 
 def _stop_loadgen(loadgen: ManagedProcess, summary: Path) -> dict[str, Any]:
-    loadgen.stop()
+    """Stop the load generator and read its totals; a machine under load gets time to write them."""
+    loadgen.stop(timeout=30.0)
     try:
         loaded: dict[str, Any] = json.loads(summary.read_text())
         return loaded

@@ -19,7 +19,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from controller.engine.record import parse_timestamp
+from controller.api.times import parse_timestamp
 from controller.sandbox.demo.run import World
 from controller.sandbox.demo.scenarios import CANARY, STABLE, Scenario
 

@@ -1,0 +1,50 @@
+"""Times as the API writes them (RFC 3339, UTC, with a Z) and the one parser that reads them back.
+
+Every stored time (status, history, command annotations) and every ``--at`` goes through here, so a
+time means the same to the reconcile, the CLI, the report and the demo.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+#: Longer than any RFC 3339 time (35 characters with nanoseconds and an offset): not one.
+MAX_TIME_LENGTH = 40
+
+
+def timestamp(seconds: float) -> str:
+    """RFC 3339 in UTC with a Z, to the second, as Kubernetes writes times."""
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def rfc3339(seconds: float) -> str:
+    """A moment in UTC as RFC 3339 with a Z, to the microsecond when it has a fraction."""
+    moment = datetime.fromtimestamp(seconds, UTC)
+    spec = "seconds" if moment.microsecond == 0 else "microseconds"
+    return moment.isoformat(timespec=spec).replace("+00:00", "Z")
+
+
+def parse_time(value: object, *, naive_as_utc: bool = False) -> float | None:
+    """Unix seconds of an RFC 3339 time (or of a datetime, as YAML loads one); None when absent or
+    unreadable. A time without an offset is read as UTC with ``naive_as_utc`` (stored times canarist
+    wrote), else refused (a command's issue time decides whether it may act: no guessing)."""
+    if isinstance(value, datetime):
+        moment = value
+    elif isinstance(value, str) and 0 < len(value) <= MAX_TIME_LENGTH:
+        try:
+            moment = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+        except ValueError:
+            return None
+    else:
+        return None
+    if moment.tzinfo is None:
+        if not naive_as_utc:
+            return None
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def parse_timestamp(value: object, default: float = 0.0) -> float:
+    """A time canarist stored, as Unix seconds (without an offset: UTC); ``default`` when unreadable."""
+    found = parse_time(value, naive_as_utc=True)
+    return default if found is None else found

@@ -13,16 +13,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from controller.engine.ports import (
-    FINALIZER,
-    ApplyResult,
-    Conflict,
-    ConflictError,
-    NotFoundError,
-    RouteConflictError,
-    WatchEvent,
-)
-from controller.traffic.render import ROLLOUT_LABEL
+from controller.api.names import FINALIZER, ROLLOUT_LABEL
+from controller.engine.ports import ApplyResult, Conflict, ConflictError, NotFoundError, RouteConflictError, WatchEvent
 from controller.traffic.tenancy import istio_name, overlaps
 
 

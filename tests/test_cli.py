@@ -21,9 +21,9 @@ from click.testing import CliRunner, Result
 from controller import __version__
 from controller.api.load import load
 from controller.api.model import ModelRollout, RoutingMode
+from controller.api.names import WEIGHT_ANNOTATION
 from controller.api.schedule import schedule, split_tagged
 from controller.cli.main import cli
-from controller.traffic.render import WEIGHT_ANNOTATION
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICIES = ROOT / "policies"

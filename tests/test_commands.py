@@ -26,14 +26,9 @@ from typing import Any
 import pytest
 import yaml
 
+from controller.api.names import COMMAND_ANNOTATION, COMMAND_AT_ANNOTATION, COMMAND_BY_ANNOTATION, COMMAND_ID_ANNOTATION
 from controller.api.times import parse_time, rfc3339
 from controller.edges.kube import KubeCluster
-from controller.engine.ports import (
-    COMMAND_ANNOTATION,
-    COMMAND_AT_ANNOTATION,
-    COMMAND_BY_ANNOTATION,
-    COMMAND_ID_ANNOTATION,
-)
 from controller.engine.reconcile import reconcile
 from controller.sandbox.demo.processes import free_port
 from controller.sandbox.localapi import LocalApiServer, local_api_server

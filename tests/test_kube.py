@@ -18,22 +18,10 @@ import yaml
 from kubernetes import client
 
 from controller.api.model import ModelRollout
+from controller.api.names import ADOPTED_LABEL, MANAGED_WEIGHTS_ANNOTATION, ORIGINAL_ANNOTATION
 from controller.api.schedule import RouteState
-from controller.edges.kube import (
-    ADOPTED_LABEL,
-    MANAGED_WEIGHTS_ANNOTATION,
-    KubeCluster,
-    RejectedError,
-    retry_policy,
-)
-from controller.engine.ports import (
-    ORIGINAL_ANNOTATION,
-    ClusterUnavailableError,
-    Conflict,
-    ConflictError,
-    NotFoundError,
-    RouteConflictError,
-)
+from controller.edges.kube import KubeCluster, RejectedError, retry_policy
+from controller.engine.ports import ClusterUnavailableError, Conflict, ConflictError, NotFoundError, RouteConflictError
 from controller.sandbox.localapi import LocalApiServer, local_api_server
 from controller.traffic.adopt import fqdn, merge_destination_rule, merge_virtual_service
 from controller.traffic.render import render

@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kubernetes.client import ApiException
 
+from controller.api.names import FINALIZER
 from controller.edges.kube import KubeCluster, retry_policy
 from controller.edges.kube.leader import (
     LeaderElector,
@@ -29,7 +30,7 @@ from controller.edges.kube.leader import (
     valid_until,
 )
 from controller.edges.prometheus import PrometheusClient, PrometheusSettings
-from controller.engine.ports import FINALIZER, Cluster
+from controller.engine.ports import Cluster
 from controller.manager.loop import Manager
 from controller.manager.wiring import PrometheusSource
 from controller.sandbox.localapi import LocalApiServer, local_api_server

@@ -23,7 +23,8 @@ from hypothesis import strategies as st
 
 from controller.api.load import PolicyError, load
 from controller.api.model import ModelRollout
-from controller.api.schedule import SPLIT_HEADER, SPLIT_TAG, SPLIT_VALUE, RouteState, schedule, state_for_step
+from controller.api.names import SPLIT_HEADER, SPLIT_TAG, SPLIT_VALUE
+from controller.api.schedule import RouteState, schedule, state_for_step
 from controller.edges.kube import KubeCluster, retry_policy
 from controller.edges.prometheus import PrometheusClient, PrometheusSettings, observe
 from controller.judge.analysis import analyse

@@ -18,15 +18,10 @@ import pytest
 import yaml
 
 from controller.api.model import ModelRollout
+from controller.api.names import COMMAND_ANNOTATION, COMMAND_AT_ANNOTATION, COMMAND_BY_ANNOTATION, COMMAND_ID_ANNOTATION
 from controller.api.schedule import RouteState
 from controller.api.times import parse_timestamp, rfc3339, timestamp
-from controller.engine.ports import (
-    COMMAND_ANNOTATION,
-    COMMAND_AT_ANNOTATION,
-    COMMAND_BY_ANNOTATION,
-    COMMAND_ID_ANNOTATION,
-    ClusterUnavailableError,
-)
+from controller.engine.ports import ClusterUnavailableError
 from controller.engine.reconcile import Outcome, analysis_windows, reconcile
 from controller.engine.record import ANALYSES_LIMIT, from_status, to_status
 from controller.judge.machine import Action

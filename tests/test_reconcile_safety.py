@@ -23,16 +23,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from controller.api.model import ModelRollout
+from controller.api.names import COMMAND_ANNOTATION, COMMAND_AT_ANNOTATION, COMMAND_BY_ANNOTATION, COMMAND_ID_ANNOTATION
 from controller.api.schedule import RouteState
 from controller.api.times import rfc3339
-from controller.engine.ports import (
-    COMMAND_ANNOTATION,
-    COMMAND_AT_ANNOTATION,
-    COMMAND_BY_ANNOTATION,
-    COMMAND_ID_ANNOTATION,
-    ClusterUnavailableError,
-    ConflictError,
-)
+from controller.engine.ports import ClusterUnavailableError, ConflictError
 from controller.engine.reconcile import reconcile
 from controller.engine.record import STATUS_BYTES_LIMIT, to_status
 from controller.judge.machine import Action, Evidence, MetricEvidence, Phase, Status, Verdict

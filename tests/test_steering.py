@@ -20,15 +20,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kubernetes import client
 
+from controller.api.names import COMMAND_ANNOTATION, COMMAND_AT_ANNOTATION, COMMAND_BY_ANNOTATION, COMMAND_ID_ANNOTATION
 from controller.api.times import rfc3339
 from controller.cli.cluster_commands import render_documents, render_table
 from controller.edges.kube import KubeCluster
-from controller.engine.ports import (
-    COMMAND_ANNOTATION,
-    COMMAND_AT_ANNOTATION,
-    COMMAND_BY_ANNOTATION,
-    COMMAND_ID_ANNOTATION,
-)
 from controller.engine.reconcile import reconcile
 from controller.engine.steering import BY_LIMIT, COMMAND_TTL, check_command, settle_command
 from controller.sandbox.localapi import LocalApiServer, local_api_server

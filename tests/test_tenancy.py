@@ -559,13 +559,13 @@ def test_a_refused_rollout_holds_against_the_real_edge(server: LocalApiServer, e
 
 
 def test_an_abort_rolls_back_even_when_a_host_added_mid_rollout_is_refused() -> None:
-    from controller.api.times import rfc3339
-    from controller.engine.ports import (
+    from controller.api.names import (
         COMMAND_ANNOTATION,
         COMMAND_AT_ANNOTATION,
         COMMAND_BY_ANNOTATION,
         COMMAND_ID_ANNOTATION,
     )
+    from controller.api.times import rfc3339
 
     rules = rules_from_options(["team-a=api.example.com"])
     cluster = MemoryCluster()

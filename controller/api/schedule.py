@@ -13,11 +13,6 @@ from controller.api.model import ModelRollout, RoutingMode, Strategy
 
 #: Triton mode splits on the first three hex digits of Envoy's x-request-id (a random UUIDv4).
 REQUEST_ID_BUCKETS = 16**3
-#: Requests of the randomised split carry this header (set by the weighted route, removed from every
-#: other route so a client cannot forge it); an Istio Telemetry resource turns it into a metric tag.
-SPLIT_HEADER = "x-canarist-split"
-SPLIT_TAG = "canarist_split"
-SPLIT_VALUE = "randomised"
 _HEX = "0123456789abcdef"
 
 

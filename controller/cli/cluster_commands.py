@@ -23,18 +23,11 @@ import click
 import yaml
 
 from controller.api.model import DNS_LABEL
+from controller.api.names import COMMAND_ANNOTATION, COMMAND_AT_ANNOTATION, COMMAND_BY_ANNOTATION, COMMAND_ID_ANNOTATION
 from controller.api.text import printable
 from controller.api.times import rfc3339
 from controller.cli.common import UserError
-from controller.engine.ports import (
-    COMMAND_ANNOTATION,
-    COMMAND_AT_ANNOTATION,
-    COMMAND_BY_ANNOTATION,
-    COMMAND_ID_ANNOTATION,
-    Cluster,
-    ClusterUnavailableError,
-    NotFoundError,
-)
+from controller.engine.ports import Cluster, ClusterUnavailableError, NotFoundError
 from controller.engine.steering import BY_LIMIT, COMMAND_TTL
 from controller.judge.machine import CommandKind
 from controller.traffic.tenancy import TenancyRules

@@ -14,16 +14,6 @@ from typing import Any, Protocol
 from controller.api.model import ModelRollout
 from controller.metrics.samples import Observation, Window
 
-#: Annotations through which people (and ``canarist promote|abort|...``) steer a rollout.
-COMMAND_ANNOTATION = "canarist.io/command"
-COMMAND_BY_ANNOTATION = "canarist.io/command-by"
-COMMAND_ID_ANNOTATION = "canarist.io/command-id"
-COMMAND_AT_ANNOTATION = "canarist.io/command-at"  # when it was issued (RFC 3339): commands expire
-#: Keeps a deleted rollout until canarist has restored the routes it replaced.
-FINALIZER = "canarist.io/restore-routes"
-#: On a DestinationRule or VirtualService canarist adopted: the user's original spec, to restore.
-ORIGINAL_ANNOTATION = "canarist.io/original-spec"
-
 
 class ConflictError(Exception):
     """The object changed since it was read (HTTP 409): read it again and retry."""

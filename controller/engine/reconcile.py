@@ -26,10 +26,11 @@ import jinja2
 
 from controller.api import rules as policy_rules
 from controller.api.model import ModelRollout
+from controller.api.names import FINALIZER
 from controller.api.schedule import RouteState
 from controller.api.times import parse_timestamp
 from controller.api.units import parse_duration
-from controller.engine.ports import FINALIZER, Cluster, ClusterUnavailableError, ConflictError, MetricsSource
+from controller.engine.ports import Cluster, ClusterUnavailableError, ConflictError, MetricsSource
 from controller.engine.record import (
     canary_revision,
     exposure_revision,

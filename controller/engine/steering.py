@@ -29,18 +29,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from controller.api.names import COMMAND_ANNOTATION, COMMAND_AT_ANNOTATION, COMMAND_BY_ANNOTATION, COMMAND_ID_ANNOTATION
 from controller.api.text import printable
 from controller.api.times import parse_time, rfc3339
-from controller.engine.ports import (
-    COMMAND_ANNOTATION,
-    COMMAND_AT_ANNOTATION,
-    COMMAND_BY_ANNOTATION,
-    COMMAND_ID_ANNOTATION,
-    Cluster,
-    ClusterUnavailableError,
-    ConflictError,
-    NotFoundError,
-)
+from controller.engine.ports import Cluster, ClusterUnavailableError, ConflictError, NotFoundError
 from controller.judge.machine import Command, CommandKind
 
 #: A command is acted on only within this many seconds of being issued (10 minutes).

@@ -32,7 +32,8 @@ from enum import StrEnum
 
 from controller.api.kinds import parse_value
 from controller.api.model import Metric, MetricKind, ModelRollout, ModelVersion, RoutingMode
-from controller.api.schedule import SPLIT_TAG, SPLIT_VALUE, split_tagged
+from controller.api.names import SPLIT_TAG, SPLIT_VALUE
+from controller.api.schedule import split_tagged
 from controller.metrics.selectors import (
     CatalogError,
     Matcher,

@@ -20,20 +20,11 @@ import jinja2
 import yaml
 
 from controller.api.model import CanaryMatch, ModelRollout, RoutingMode, StringMatch
-from controller.api.schedule import (
-    SPLIT_HEADER,
-    SPLIT_TAG,
-    SPLIT_VALUE,
-    RouteState,
-    request_id_regex,
-    split_tagged,
-)
+from controller.api.names import MANAGED_BY, ROLLOUT_LABEL, SPLIT_HEADER, SPLIT_TAG, SPLIT_VALUE, WEIGHT_ANNOTATION
+from controller.api.schedule import RouteState, request_id_regex, split_tagged
 from controller.api.units import parse_duration
 from controller.traffic import tenancy
 
-MANAGED_BY = {"app.kubernetes.io/managed-by": "canarist"}
-ROLLOUT_LABEL = "canarist.io/rollout"
-WEIGHT_ANNOTATION = "canarist.io/canary-weight"
 #: In apply order: subsets and the split's metric tag exist before a route uses them.
 TEMPLATE_NAMES = ("destinationrule.yaml.j2", "telemetry.yaml.j2", "virtualservice.yaml.j2")
 #: libyaml's safe loader where PyYAML was built with it (ten times faster); the same YAML 1.1 rules.

@@ -6,18 +6,16 @@ This ``__init__`` presents the package's public API: :class:`KubeCluster` (in
 :mod:`controller.edges.kube.leader`.
 
 Modules: ``client`` (transport: the API client, ``_call``, the retry policy, errors mapped to the
-types of :mod:`controller.engine.ports`), ``objects`` (canarist's marks on objects), ``rollouts``,
-``routes`` (convergence), ``adoption`` (the user's objects adopted; conflicts), ``events`` (Events
-and pods), ``cluster`` (:class:`KubeCluster`, composing them), ``leader`` (the Lease).
+types of :mod:`controller.engine.ports`), ``objects`` (the Istio kinds, and helpers that read the
+marks named in :mod:`controller.api.names`), ``rollouts``, ``routes`` (convergence), ``adoption``
+(the user's objects adopted; conflicts), ``events`` (Events and pods), ``cluster``
+(:class:`KubeCluster`, composing them), ``leader`` (the Lease).
 """
 
 from controller.edges.kube.client import RejectedError, context_namespace, retry_policy, translate
 from controller.edges.kube.cluster import KubeCluster
-from controller.edges.kube.objects import ADOPTED_LABEL, MANAGED_WEIGHTS_ANNOTATION
 
 __all__ = [
-    "ADOPTED_LABEL",
-    "MANAGED_WEIGHTS_ANNOTATION",
     "KubeCluster",
     "RejectedError",
     "context_namespace",

@@ -60,9 +60,9 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from controller.api.names import ADOPTED_LABEL, MANAGED_BY, ORIGINAL_ANNOTATION, ROLLOUT_LABEL
 from controller.edges.kube.client import Kind, KubeClient
 from controller.edges.kube.objects import (
-    ADOPTED_LABEL,
     ISTIO_GROUP,
     PLURALS,
     TELEMETRY_GROUP,
@@ -76,9 +76,8 @@ from controller.edges.kube.objects import (
     _namespace,
     _ours,
 )
-from controller.engine.ports import ORIGINAL_ANNOTATION, Conflict, NotFoundError, RouteConflictError
+from controller.engine.ports import Conflict, NotFoundError, RouteConflictError
 from controller.traffic.adopt import fqdn, merge_destination_rule, merge_virtual_service
-from controller.traffic.render import MANAGED_BY, ROLLOUT_LABEL
 from controller.traffic.tenancy import istio_name, overlaps
 
 

@@ -11,13 +11,13 @@ from typing import Any
 from kubernetes import client
 
 from controller.api.model import API_VERSION, KIND
+from controller.api.names import REPORTING_CONTROLLER
 from controller.api.text import printable
 from controller.edges.kube.client import KubeClient, _as_dict, _untyped
 from controller.edges.kube.objects import _name
 from controller.engine.ports import NotFoundError
 
 log = logging.getLogger("canarist.kube")
-REPORTING_CONTROLLER = "canarist.io/controller"
 
 
 class EventsAndPods(KubeClient):

@@ -9,15 +9,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from controller.engine.ports import ORIGINAL_ANNOTATION
-from controller.traffic.render import MANAGED_BY, ROLLOUT_LABEL, WEIGHT_ANNOTATION
+from controller.api.names import (
+    ADOPTED_LABEL,
+    MANAGED_BY,
+    MANAGED_WEIGHTS_ANNOTATION,
+    ORIGINAL_ANNOTATION,
+    ROLLOUT_LABEL,
+    WEIGHT_ANNOTATION,
+)
 
 ISTIO_GROUP = "networking.istio.io"
 PLURALS = {"DestinationRule": "destinationrules", "VirtualService": "virtualservices"}
 #: The randomised split's metric tag (templates/telemetry.yaml.j2): created and owned, never adopted.
 TELEMETRY_GROUP, TELEMETRY_VERSION, TELEMETRY_PLURAL = "telemetry.istio.io", "v1", "telemetries"
-MANAGED_WEIGHTS_ANNOTATION = "canarist.io/managed-weights"
-ADOPTED_LABEL = "canarist.io/adopted-by"
 
 
 def _namespace(obj: Mapping[str, Any]) -> str:

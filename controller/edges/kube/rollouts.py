@@ -15,9 +15,10 @@ import urllib3
 from kubernetes import client, watch
 
 from controller.api.model import API_VERSION, GROUP, KIND, PLURAL, VERSION
+from controller.api.names import FINALIZER
 from controller.edges.kube.client import ROLLOUTS, KubeClient, _as_dict, _untyped, translate
 from controller.edges.kube.objects import _annotations, _labels
-from controller.engine.ports import FINALIZER, ClusterUnavailableError, ConflictError, NotFoundError, WatchEvent
+from controller.engine.ports import ClusterUnavailableError, ConflictError, NotFoundError, WatchEvent
 from controller.traffic.adopt import normalise
 
 

@@ -32,12 +32,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from controller.api.model import API_VERSION, KIND
+from controller.api.names import ADOPTED_LABEL, MANAGED_WEIGHTS_ANNOTATION, ORIGINAL_ANNOTATION, WEIGHT_ANNOTATION
 from controller.edges.kube.adoption import RouteAdoption
 from controller.edges.kube.client import Kind, RejectedError, _as_dict
 from controller.edges.kube.objects import (
-    ADOPTED_LABEL,
     ISTIO_GROUP,
-    MANAGED_WEIGHTS_ANNOTATION,
     PLURALS,
     _adopted_by,
     _annotations,
@@ -48,7 +47,6 @@ from controller.edges.kube.objects import (
     _ours,
 )
 from controller.engine.ports import (
-    ORIGINAL_ANNOTATION,
     ApplyResult,
     ClusterUnavailableError,
     ConflictError,
@@ -56,7 +54,6 @@ from controller.engine.ports import (
     RouteConflictError,
 )
 from controller.traffic.adopt import normalise
-from controller.traffic.render import WEIGHT_ANNOTATION
 
 log = logging.getLogger("canarist.kube")
 Writes = list[tuple[str, str, str]]

@@ -22,7 +22,8 @@ from kubernetes import client
 
 from controller.api.names import COMMAND_ANNOTATION, COMMAND_AT_ANNOTATION, COMMAND_BY_ANNOTATION, COMMAND_ID_ANNOTATION
 from controller.api.times import rfc3339
-from controller.cli.cluster_commands import render_documents, render_table
+from controller.cli.cluster_commands import render_documents
+from controller.cli.tables import rollouts_table
 from controller.edges.kube import KubeCluster
 from controller.engine.reconcile import reconcile
 from controller.engine.steering import BY_LIMIT, COMMAND_TTL, check_command, settle_command
@@ -333,7 +334,7 @@ def test_status_tables_print_no_control_character_and_no_escape(objects: list[di
     """Class: any text (or any JSON value) in any status field or name: the table renders, one line
     per row, without a control character, an escape sequence or a bidi override."""
     for detailed in (False, True):
-        out = render_table(objects, detailed=detailed)
+        out = rollouts_table(objects, detailed=detailed)
         assert shown_safely(out)
         if not detailed:
             assert len(out.split("\n")) == len(objects) + 1

@@ -15,7 +15,7 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -27,6 +27,7 @@ from controller.api.names import COMMAND_ANNOTATION, COMMAND_AT_ANNOTATION, COMM
 from controller.api.text import printable
 from controller.api.times import rfc3339
 from controller.cli.common import UserError
+from controller.cli.tables import rollouts_table
 from controller.engine.ports import Cluster, ClusterUnavailableError, NotFoundError
 from controller.engine.steering import BY_LIMIT, COMMAND_TTL
 from controller.judge.machine import CommandKind
@@ -180,16 +181,16 @@ def status(  # click passes options by keyword
         click.echo(render_documents(fetch(), output), nl=False)
         return
     if not watch:
-        click.echo(render_table(fetch(), detailed=name is not None))
+        click.echo(rollouts_table(fetch(), detailed=name is not None))
         return
     from rich.live import Live
     from rich.text import Text
 
     try:
-        with Live(Text(render_table(fetch(), detailed=name is not None)), refresh_per_second=1) as live:
+        with Live(Text(rollouts_table(fetch(), detailed=name is not None)), refresh_per_second=1) as live:
             while True:
                 time.sleep(2)
-                live.update(Text(render_table(fetch(), detailed=name is not None)))
+                live.update(Text(rollouts_table(fetch(), detailed=name is not None)))
     except KeyboardInterrupt:
         return
 
@@ -204,81 +205,6 @@ def render_documents(objects: list[dict[str, Any]], output: str) -> str:
 def _summary(obj: Mapping[str, Any]) -> dict[str, Any]:
     metadata = obj.get("metadata") or {}
     return {"name": metadata.get("name"), "namespace": metadata.get("namespace"), "status": obj.get("status") or {}}
-
-
-def render_table(objects: list[dict[str, Any]], *, detailed: bool) -> str:
-    """Rollouts as text: one line each, and for a single rollout its evidence and decisions.
-
-    Every cell is user data (anyone who can edit a rollout can write its status), so each one is
-    made printable: no control character, no terminal escape, no bidi override, bounded length;
-    and a value of the wrong type is shown, not a crash.
-    """
-    rows = [("NAMESPACE", "NAME", "PHASE", "STEP", "WEIGHT", "MESSAGE")]
-    for obj in objects:
-        metadata, st = _mapping(obj.get("metadata")), _mapping(obj.get("status"))
-        rows.append(
-            (
-                _cell(metadata.get("namespace", "")),
-                _cell(metadata.get("name", "")),
-                _cell(st.get("phase", "Pending")),
-                _cell(st.get("currentStep", "-")),
-                _cell(f"{st['canaryWeight']}%" if "canaryWeight" in st else "-"),
-                _cell(st.get("message", ""), MESSAGE_LIMIT),
-            )
-        )
-    lines = _columns(rows)
-    if detailed and objects:
-        st = _mapping(objects[0].get("status"))
-        metric_rows = [("METRIC", "VERDICT", "E-VALUE", "THRESHOLD", "PROOF", "CANARY N", "WHY")]
-        for m in (_mapping(item) for item in _items(st.get("metrics"))):
-            metric_rows.append(
-                (
-                    _cell(m.get("name", "")),
-                    _cell(m.get("verdict", "")) + (" (SLO)" if m.get("sloBreached") is True else ""),
-                    _number(m.get("eValue", 0)),
-                    _number(m.get("threshold", 0)),
-                    _number(m.get("eValueNonInferiority", 0)),
-                    _cell(_mapping(m.get("requests")).get("canary", "")),
-                    _cell(m.get("reason", ""), MESSAGE_LIMIT),
-                )
-            )
-        lines += ["", "evidence at the last analysis (" + _cell(st.get("lastAnalysisAt", "never")) + "):"]
-        lines += _columns(metric_rows)
-        lines += ["", "decisions:"]
-        for t in (_mapping(item) for item in _items(st.get("history"))[-10:]):
-            moved = f"{_cell(t.get('fromPhase'))}/{_cell(t.get('fromStep'))}"
-            moved += f" -> {_cell(t.get('toPhase'))}/{_cell(t.get('toStep'))}"
-            lines.append(
-                f"  {_cell(t.get('at'))}  {moved}  {_cell(t.get('action'))}: {_cell(t.get('reason'), MESSAGE_LIMIT)}"
-            )
-    return "\n".join(lines)
-
-
-#: Bounds on what one cell of ``status`` prints (a reason may be long; a name never is).
-CELL_LIMIT, MESSAGE_LIMIT = 64, 512
-
-
-def _cell(value: object, limit: int = CELL_LIMIT) -> str:
-    return printable(value if isinstance(value, str) else str(value), limit)
-
-
-def _number(value: object) -> str:
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return f"{value:.3g}"
-    return _cell(value)
-
-
-def _mapping(value: object) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
-
-
-def _items(value: object) -> list[Any]:
-    return value if isinstance(value, list) else []
-
-
-def _columns(rows: Sequence[tuple[str, ...]]) -> list[str]:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
-    return ["  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1] for r in rows]
 
 
 # --- report ------------------------------------------------------------------------------------

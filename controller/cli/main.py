@@ -24,6 +24,7 @@ from controller.api.units import parse_duration
 from controller.cli import cluster_commands as commands
 from controller.cli import demo as demo_command
 from controller.cli.common import EXIT_INVALID, UserError, load_file, load_or_fail
+from controller.cli.tables import analysis_table
 from controller.traffic.render import RenderError, render
 from controller.traffic.templating import default_environment
 from controller.traffic.tenancy import TenancyRules
@@ -226,7 +227,7 @@ def analyze(  # click passes options by keyword
                 prometheus=url,
                 error=error.reason if error is not None else None,
             )
-            click.echo(json.dumps(doc, indent=2) if output == "json" else oneshot.table(doc))
+            click.echo(json.dumps(doc, indent=2) if output == "json" else analysis_table(doc))
             worst = max(worst, oneshot.outcome(decision), key=_severity)
     finally:
         client.close()

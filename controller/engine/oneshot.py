@@ -121,32 +121,3 @@ def report(
         "metrics": [metric_status(m) for m in evidence.metrics],
         "prometheus": {"url": prometheus, "error": error},
     }
-
-
-def table(doc: dict[str, Any]) -> str:
-    """The report as a terminal table: one row per metric, then the decision and why."""
-    head = (
-        f"{doc['rollout']}  step {doc['step']} (canary {doc['canaryWeight']}%)  "
-        f"{doc['windows']} windows to {doc['at']}  requests stable {doc['requests']['stable']}, "
-        f"canary {doc['requests']['canary']}"
-    )
-    rows = [("METRIC", "VERDICT", "E-VALUE", "THRESHOLD", "PROOF", "CANARY N", "WHY")]
-    for m in doc["metrics"]:
-        rows.append(
-            (
-                m["name"],
-                m["verdict"] + (" (SLO)" if m["sloBreached"] else ""),
-                f"{m['eValue']:.3g}",
-                f"{m['threshold']:.3g}",
-                f"{m['eValueNonInferiority']:.3g}",
-                str(m["requests"]["canary"]),
-                m["reason"],
-            )
-        )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
-    lines = [head, ""]
-    lines += ["  ".join(cell.ljust(w) for cell, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1] for r in rows]
-    lines += ["", f"decision: {doc['decision'].upper()}: {doc['reason']}"]
-    if doc["prometheus"]["error"]:
-        lines.append(f"prometheus: {doc['prometheus']['error']}")
-    return "\n".join(lines)

@@ -22,7 +22,7 @@ from typing import Any, TypeVar, cast
 import click
 import yaml
 
-from controller.api.model import DNS_LABEL
+from controller.api.fields import DNS_LABEL
 from controller.api.text import printable
 from controller.cli.common import UserError
 from controller.engine.ports import (

@@ -26,7 +26,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
 from controller.api.kinds import TRAITS, Unit, lower_is_better, parse_value, quantile
-from controller.api.model import Metric, MetricKind, ModelRollout
+from controller.api.metrics_spec import Metric, MetricKind
+from controller.api.model import ModelRollout
 from controller.engine.record import E_VALUE_CAP
 from controller.judge.machine import Phase, Status, routes_for
 

@@ -19,7 +19,8 @@ from typing import Any
 import jinja2
 import yaml
 
-from controller.api.model import CanaryMatch, ModelRollout, RoutingMode, StringMatch
+from controller.api.model import ModelRollout
+from controller.api.routing import CanaryMatch, RoutingMode, StringMatch
 from controller.api.schedule import (
     SPLIT_HEADER,
     SPLIT_TAG,

@@ -23,7 +23,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from controller.cli.main import cluster_commands
+from controller.cli import cluster_commands
 from controller.engine.reconcile import parse
 from controller.engine.record import ANALYSES_LIMIT, timestamp
 from controller.report.page import ReportError, build_report, policy_of, read_object, rollout_object

@@ -26,14 +26,13 @@ from click.testing import CliRunner
 from controller.cli import cluster_commands
 from controller.engine.reconcile import parse
 from controller.engine.record import ANALYSES_LIMIT, timestamp
+from controller.report.drawing import draw_weights, estimate_limits
 from controller.report.page import ReportError, build_report, policy_of, read_object, rollout_object
-from controller.report.plots import (
+from controller.report.series import (
     EstimatePath,
     Mark,
     WeightSeries,
-    draw_weights,
     entries,
-    estimate_limits,
     estimate_paths,
     estimate_scale,
     evidence_paths,
@@ -598,7 +597,8 @@ def test_every_bad_input_is_one_line_and_exit_status_2(tmp_path: Path) -> None:
 
 
 def test_the_latency_plot_shows_the_range_with_data_and_the_slo() -> None:
-    from controller.report.plots import Cdf, latency_range
+    from controller.report.drawing import latency_range
+    from controller.report.series import Cdf
 
     edges = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000)
     shares = (0, 0, 0, 0.02, 0.6, 0.95, 0.999, 1, 1, 1, 1, 1, 1, 1, 1, 1)

@@ -19,7 +19,8 @@ import yaml
 from controller.cli.main import cli, main
 from controller.edges.kube import KubeCluster
 from controller.edges.prometheus import PrometheusClient, PrometheusSettings
-from controller.manager.loop import Manager, ops
+from controller.manager import ops
+from controller.manager.loop import Manager
 from controller.manager.ops import ControllerMetrics, serve
 from controller.manager.wiring import PrometheusSource
 from controller.sandbox.localapi import LocalApiServer, local_api_server

@@ -15,7 +15,8 @@ import pytest
 from scipy import stats as sps
 
 from controller import stats
-from controller.api.model import Metric, ModelRollout
+from controller.api.metrics_spec import Metric
+from controller.api.model import ModelRollout
 from controller.judge.analysis import SAMPLE_RATIO_NAME, SLO_SHARE, analyse, check_shares, evaluate
 from controller.judge.machine import Verdict
 from controller.metrics.samples import CountSeries, GaugeSeries, HistogramSeries, MetricData, Observation, Window

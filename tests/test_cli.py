@@ -20,8 +20,9 @@ from click.testing import CliRunner, Result
 
 from controller import __version__
 from controller.api.load import load
-from controller.api.model import ModelRollout, RoutingMode
+from controller.api.model import ModelRollout
 from controller.api.names import WEIGHT_ANNOTATION
+from controller.api.routing import RoutingMode
 from controller.api.schedule import schedule, split_tagged
 from controller.cli.main import cli
 

@@ -28,8 +28,10 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from controller.api import schema
+from controller.api.fields import MAX_REGEX_NESTING, regex_bounds
 from controller.api.load import Document, PolicyError, validate
-from controller.api.model import MAX_REGEX_NESTING, ModelRollout, StringMatch, regex_bounds
+from controller.api.model import ModelRollout
+from controller.api.routing import StringMatch
 from controller.api.schedule import RouteState, schedule, state_for_step
 from controller.cli.main import cli
 from controller.traffic.render import environment, render, render_texts

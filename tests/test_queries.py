@@ -13,7 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from controller.api.load import load
-from controller.api.model import ModelRollout, ModelVersion, RatioQuery
+from controller.api.metrics_spec import RatioQuery
+from controller.api.model import ModelRollout
+from controller.api.routing import ModelVersion
 from controller.metrics.catalog import ISTIO_BUCKETS, ISTIO_REQUESTS, Family, Labels, Reduce, pod_families
 from controller.metrics.plan import REQUESTS_KEY, Plan, metric_queries, plan
 from controller.metrics.read import MAX_HISTOGRAM_EDGES, build_observations, coarsen, no_data

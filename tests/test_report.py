@@ -27,14 +27,13 @@ from controller.api.times import timestamp
 from controller.cli import cluster_commands
 from controller.engine.reconcile import parse
 from controller.engine.record import ANALYSES_LIMIT
+from controller.report.drawing import draw_weights, estimate_limits
 from controller.report.page import ReportError, build_report, policy_of, read_object, rollout_object
-from controller.report.plots import (
+from controller.report.series import (
     EstimatePath,
     Mark,
     WeightSeries,
-    draw_weights,
     entries,
-    estimate_limits,
     estimate_paths,
     estimate_scale,
     evidence_paths,
@@ -42,7 +41,7 @@ from controller.report.plots import (
     metric_names,
     number,
     origin,
-    parse_time,
+    stored_time,
     weight_after,
     weight_series,
 )
@@ -155,10 +154,10 @@ def assert_png(path: Path) -> None:
 def test_times_are_read_from_rfc3339_or_yaml_datetimes_and_anything_else_is_none() -> None:
     from datetime import UTC, datetime
 
-    assert parse_time("2026-11-23T22:10:52Z") == datetime(2026, 11, 23, 22, 10, 52, tzinfo=UTC).timestamp()
-    assert parse_time("2026-11-23T23:10:52+01:00") == parse_time("2026-11-23T22:10:52Z")
-    assert parse_time(datetime(2026, 11, 23, 22, 10, 52)) == parse_time("2026-11-23T22:10:52Z")
-    assert [parse_time(v) for v in (None, "", "yesterday", 17, [])] == [None] * 5
+    assert stored_time("2026-11-23T22:10:52Z") == datetime(2026, 11, 23, 22, 10, 52, tzinfo=UTC).timestamp()
+    assert stored_time("2026-11-23T23:10:52+01:00") == stored_time("2026-11-23T22:10:52Z")
+    assert stored_time(datetime(2026, 11, 23, 22, 10, 52)) == stored_time("2026-11-23T22:10:52Z")
+    assert [stored_time(v) for v in (None, "", "yesterday", 17, [])] == [None] * 5
 
 
 def test_numbers_are_finite_and_never_booleans_or_strings() -> None:
@@ -599,7 +598,8 @@ def test_every_bad_input_is_one_line_and_exit_status_2(tmp_path: Path) -> None:
 
 
 def test_the_latency_plot_shows_the_range_with_data_and_the_slo() -> None:
-    from controller.report.plots import Cdf, latency_range
+    from controller.report.drawing import latency_range
+    from controller.report.series import Cdf
 
     edges = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000)
     shares = (0, 0, 0, 0.02, 0.6, 0.95, 0.999, 1, 1, 1, 1, 1, 1, 1, 1, 1)

@@ -15,7 +15,9 @@ import pytest
 import yaml
 
 from controller.api import schema
-from controller.api.model import GROUP, KIND, PLURAL, QUANTITY_PATTERN, VERSION, MetricKind, ModelRollout, OnTimeout
+from controller.api.fields import QUANTITY_PATTERN
+from controller.api.metrics_spec import MetricKind
+from controller.api.model import GROUP, KIND, PLURAL, VERSION, ModelRollout, OnTimeout
 
 ROOT = Path(__file__).resolve().parent.parent
 ISTIO = ROOT / "istio"

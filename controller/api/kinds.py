@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from controller.api.model import Metric, MetricKind, parse_fraction
+from controller.api.fields import parse_fraction
+from controller.api.metrics_spec import Metric, MetricKind
 from controller.api.units import parse_duration
 
 

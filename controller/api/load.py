@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from controller.api import rules
-from controller.api.model import (
+from controller.api.fields import (
     COOKIE_TOKEN,
     DNS_LABEL,
     GATEWAY,
@@ -30,8 +30,8 @@ from controller.api.model import (
     PROM_METRIC_NAME,
     REGEX_TEXT,
     SAFE_TEXT,
-    ModelRollout,
 )
+from controller.api.model import ModelRollout
 from controller.api.units import DURATION_PATTERN
 
 MAX_BYTES = 1024 * 1024

@@ -12,13 +12,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from controller.api.kinds import TRAITS, Unit, lower_is_better, parse_value
-from controller.api.model import (
-    Metric,
-    MetricKind,
-    ModelRollout,
-    RoutingMode,
-    StringMatch,
-)
+from controller.api.metrics_spec import Metric, MetricKind
+from controller.api.model import ModelRollout
+from controller.api.routing import RoutingMode, StringMatch
 from controller.api.schedule import has_cohorts, split_tagged
 from controller.api.units import parse_duration
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from controller.api.model import ModelRollout, RoutingMode, Strategy
+from controller.api.model import ModelRollout, Strategy
+from controller.api.routing import RoutingMode
 
 #: Triton mode splits on the first three hex digits of Envoy's x-request-id (a random UUIDv4).
 REQUEST_ID_BUCKETS = 16**3

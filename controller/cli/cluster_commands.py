@@ -22,7 +22,7 @@ from typing import Any, TypeVar, cast
 import click
 import yaml
 
-from controller.api.model import DNS_LABEL
+from controller.api.fields import DNS_LABEL
 from controller.api.names import COMMAND_ANNOTATION, COMMAND_AT_ANNOTATION, COMMAND_BY_ANNOTATION, COMMAND_ID_ANNOTATION
 from controller.api.text import printable
 from controller.api.times import rfc3339

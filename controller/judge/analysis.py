@@ -43,7 +43,8 @@ import numpy as np
 
 from controller import stats
 from controller.api.kinds import TRAITS, Unit, lower_is_better, parse_value, quantile
-from controller.api.model import Metric, MetricKind, ModelRollout
+from controller.api.metrics_spec import Metric, MetricKind
+from controller.api.model import ModelRollout
 from controller.judge.machine import Distribution, Evidence, MetricEvidence, Verdict
 from controller.metrics.samples import CountSeries, GaugeSeries, HistogramSeries, MetricData, Observation
 

@@ -31,8 +31,10 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from controller.api.kinds import parse_value
-from controller.api.model import Metric, MetricKind, ModelRollout, ModelVersion, RoutingMode
+from controller.api.metrics_spec import Metric, MetricKind
+from controller.api.model import ModelRollout
 from controller.api.names import SPLIT_TAG, SPLIT_VALUE
+from controller.api.routing import ModelVersion, RoutingMode
 from controller.api.schedule import split_tagged
 from controller.metrics.selectors import (
     CatalogError,

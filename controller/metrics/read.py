@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from itertools import pairwise
 from typing import TypeVar
 
-from controller.api.model import MetricKind, ModelRollout
+from controller.api.metrics_spec import MetricKind
+from controller.api.model import ModelRollout
 from controller.metrics.catalog import Ask, MetricPlan, Role
 from controller.metrics.plan import Plan, Target
 from controller.metrics.samples import (

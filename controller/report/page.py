@@ -3,10 +3,10 @@
 The status the in-cluster controller writes is enough: the decision log (``history``), the weight
 in force over time (``weights``), every look's numbers (``analyses``) and the latency buckets at
 each decision (``distributions``). Any of these may be missing in an older status: a plot without
-its data is skipped with a note on the page, never a crash. :mod:`controller.report.plots` turns
-the status into plot-ready series (pure) and draws them; this module reads the input, writes the
-page and its images. Every string taken from the object is escaped: reasons and messages carry
-user text.
+its data is skipped with a note on the page, never a crash. :mod:`controller.report.series` turns
+the status into plot-ready series (pure) and :mod:`controller.report.drawing` draws them; this
+module reads the input, writes the page and its images. Every string taken from the object is
+escaped: reasons and messages carry user text.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from controller.api.schedule import schedule
 from controller.api.text import printable as plain_text
 from controller.api.times import timestamp
 from controller.engine.record import E_VALUE_CAP
-from controller.report import plots
-from controller.report.plots import Scale, entries, estimate_scale, interval_of, metric_of, number, parse_time
+from controller.report import drawing, series
+from controller.report.series import Scale, entries, estimate_scale, interval_of, metric_of, number, stored_time
 
 MAX_INPUT_BYTES = 16 * 1024 * 1024
 #: YAML costs far more memory per byte than JSON while it is composed; an object is at most
@@ -138,25 +138,25 @@ def build_report(obj: Mapping[str, Any], out: Path) -> Report:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ReportError(f"{out}: cannot create the report directory: {exc.strerror or exc}") from None
-    t0 = plots.origin(status)
+    t0 = series.origin(status)
     base = t0 if t0 is not None else 0.0
     label = f"minutes since {timestamp(base)}"
-    weights = plots.weight_series(status, rollout, base) if t0 is not None else None
+    weights = series.weight_series(status, rollout, base) if t0 is not None else None
     marks = weights.marks if weights is not None else ()
-    cdfs = plots.latency_cdfs(status, rollout, base)
-    evidence = plots.evidence_paths(status, rollout, base)
-    estimates = plots.estimate_paths(status, rollout, base)
+    cdfs = series.latency_cdfs(status, rollout, base)
+    evidence = series.evidence_paths(status, rollout, base)
+    estimates = series.estimate_paths(status, rollout, base)
     wanted: list[tuple[str, str, Callable[[Path], None] | None, str]] = [
         ("weights.png", "Canary weight",
-         partial(plots.draw_weights, weights, time_label=label, title=key) if weights else None,
+         partial(drawing.draw_weights, weights, time_label=label, title=key) if weights else None,
          "no weights log, and no decision whose weight the policy tells"),
-        ("latency.png", "Latency distributions", partial(plots.draw_latency, cdfs, title=key) if cdfs else None,
+        ("latency.png", "Latency distributions", partial(drawing.draw_latency, cdfs, title=key) if cdfs else None,
          "no latency bucket counts recorded at a decision (no latency metric, no decision yet, or an older status)"),
         ("evidence.png", "Evidence",
-         partial(plots.draw_evidence, evidence, marks, time_label=label, title=key) if evidence else None,
+         partial(drawing.draw_evidence, evidence, marks, time_label=label, title=key) if evidence else None,
          "no look with evidence recorded"),
         ("estimates.png", "Estimated effects",
-         partial(plots.draw_estimates, estimates, marks, time_label=label, title=key) if estimates else None,
+         partial(drawing.draw_estimates, estimates, marks, time_label=label, title=key) if estimates else None,
          "no look with an estimate recorded"),
     ]  # fmt: skip
     figures, images, notes = [], [], []
@@ -229,7 +229,7 @@ def render_html(
     metrics = [m for m in status.get("metrics") or [] if isinstance(m, Mapping)]
     metric_rows = [_metric_row(m, estimate_scale(metric_of(rollout, str(m.get("name"))))) for m in metrics]
     history = [
-        [_esc(e.get("at")), _esc(f"{((parse_time(e.get('at')) or t0) - t0) / 60:.1f}"),
+        [_esc(e.get("at")), _esc(f"{((stored_time(e.get('at')) or t0) - t0) / 60:.1f}"),
          _esc(f"{e.get('fromPhase')} / step {e.get('fromStep')}"), _esc(f"{e.get('toPhase')} / step {e.get('toStep')}"),
          _span(str(e.get("action", ""))), _esc(e.get("reason", ""))]
         for e in entries(status, "history")

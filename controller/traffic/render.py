@@ -19,8 +19,9 @@ from typing import Any
 import jinja2
 import yaml
 
-from controller.api.model import CanaryMatch, ModelRollout, RoutingMode, StringMatch
+from controller.api.model import ModelRollout
 from controller.api.names import MANAGED_BY, ROLLOUT_LABEL, SPLIT_HEADER, SPLIT_TAG, SPLIT_VALUE, WEIGHT_ANNOTATION
+from controller.api.routing import CanaryMatch, RoutingMode, StringMatch
 from controller.api.schedule import RouteState, request_id_regex, split_tagged
 from controller.api.units import parse_duration
 from controller.traffic import tenancy

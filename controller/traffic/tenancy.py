@@ -45,7 +45,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from controller.api.model import DNS_LABEL, ModelRollout
+from controller.api.fields import DNS_LABEL
+from controller.api.model import ModelRollout
 from controller.api.rules import Path, Problem
 
 CLUSTER_DOMAIN = "cluster.local"

@@ -1,6 +1,6 @@
 """JSON documents as the API server treats them: merge and JSON patches, label and field selectors, errors.
 
-Pure functions over plain dicts, shared by :mod:`controller.sandbox.localapi.server`.
+Pure functions over plain dicts, shared by :mod:`controller.sandbox.localapi.store` and the server.
 """
 
 from __future__ import annotations

@@ -40,137 +40,35 @@ Not supported: namespaces as objects, admission and schema validation, defaultin
 apply, pagination (``limit``/``continue``), bookmarks, dry run, collection deletes, foreground
 deletion (treated as background), label-selector transitions in watches (events are filtered on
 the object's state in the event), authorization.
+
+Here: :class:`LocalApiServer` (its state, the test hooks, serving, dispatching a request). Beside
+it in :mod:`controller.sandbox.localapi`: ``store`` (the object semantics and the watch),
+``handler`` (HTTP), ``resources`` (the resource table and routes), ``calls`` (the request
+records) and ``documents`` (patches, selectors, errors: pure functions over dicts).
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import json
-import secrets
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 from kubernetes import client
 
-from controller.sandbox.localapi.documents import (
-    ApiError,
-    field_matcher,
-    json_patch,
-    label_matcher,
-    merge_patch,
-    selected,
-    track_update,
-)
-
-
-@dataclass(frozen=True)
-class Resource:
-    group: str  # "" for the core group
-    plural: str
-    kind: str
-    versions: tuple[str, ...]
-    status: bool = False  # has the status subresource
-    custom: bool = False  # a CRD: an update must carry metadata.resourceVersion
-
-
-RESOURCES = {
-    (r.group, r.plural): r
-    for r in (
-        Resource("canarist.io", "modelrollouts", "ModelRollout", ("v1alpha1",), status=True, custom=True),
-        Resource("networking.istio.io", "virtualservices", "VirtualService", ("v1", "v1beta1"), True, True),
-        Resource("networking.istio.io", "destinationrules", "DestinationRule", ("v1", "v1beta1"), True, True),
-        Resource("telemetry.istio.io", "telemetries", "Telemetry", ("v1", "v1alpha1"), True, True),
-        Resource("", "pods", "Pod", ("v1",), status=True),
-        Resource("", "events", "Event", ("v1",)),
-        Resource("events.k8s.io", "events", "Event", ("v1",)),
-        Resource("coordination.k8s.io", "leases", "Lease", ("v1",)),
-    )
-}
-Key = tuple[str, str, str, str]  # group, plural, namespace, name
-
-
-#: Who a request without credentials is (anonymous authentication is on, as by default).
-ANONYMOUS = "system:anonymous"
-
-
-@dataclass(frozen=True)
-class Caller:
-    """Who the server authenticated a request as, and the field manager its writes are recorded under."""
-
-    user: str = ANONYMOUS
-    manager: str = "unknown"
-
-    @property
-    def groups(self) -> list[str]:
-        return ["system:unauthenticated"] if self.user == ANONYMOUS else ["system:authenticated"]
+from controller.sandbox.localapi.calls import ANONYMOUS, Caller, Fault, Request
+from controller.sandbox.localapi.documents import ApiError
+from controller.sandbox.localapi.handler import RequestHandler
+from controller.sandbox.localapi.resources import RESOURCES, Key, Route, now
+from controller.sandbox.localapi.store import ObjectStore
 
 
 @dataclass
-class Request:
-    """One request as the fake saw it; ``code`` is what it answered."""
-
-    method: str
-    path: str
-    query: dict[str, str]
-    body: Any
-    code: int = 0
-    user: str = ANONYMOUS  # who the server authenticated the request as
-
-
-@dataclass
-class Fault:
-    match: str  # a substring of the request path
-    method: str | None
-    code: int | None
-    times: int
-    delay: float
-    retry_after: int | None
-
-
-@dataclass(frozen=True)
-class Route:
-    resource: Resource
-    version: str
-    namespace: str
-    name: str | None
-    sub: str | None
-
-    @property
-    def api_version(self) -> str:
-        return f"{self.resource.group}/{self.version}" if self.resource.group else self.version
-
-    def key(self, name: str | None = None) -> Key:
-        return (self.resource.group, self.resource.plural, self.namespace, name or self.name or "")
-
-    def what(self, name: str | None = None) -> str:
-        group = self.resource.group
-        return f'{self.resource.plural}{"." + group if group else ""} "{name or self.name}"'
-
-
-def _now() -> str:
-    """Now, to the second, from the same clock as ``time.time()``: ``time.gmtime()`` without an
-    argument reads a coarse clock that can lag a few milliseconds behind a second boundary."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time()))
-
-
-def _content(obj: dict[str, Any]) -> dict[str, Any]:
-    """What generation tracks: everything but metadata, status and the type."""
-    return {k: v for k, v in obj.items() if k not in ("metadata", "status", "apiVersion", "kind")}
-
-
-# --- the server -------------------------------------------------------------------------------
-
-
-@dataclass
-class LocalApiServer:
+class LocalApiServer(ObjectStore):
     """The API server's state and semantics; :meth:`start` serves it on a free loopback port."""
 
     istio_status: bool = False
@@ -220,7 +118,7 @@ class LocalApiServer:
         metadata = stored.setdefault("metadata", {})
         metadata.setdefault("namespace", "default")
         metadata.setdefault("uid", str(uuid.uuid4()))
-        metadata.setdefault("creationTimestamp", _now())
+        metadata.setdefault("creationTimestamp", now())
         metadata.setdefault("generation", 1)
         with self.cond:
             key = (group, resource.plural, metadata["namespace"], metadata["name"])
@@ -241,7 +139,7 @@ class LocalApiServer:
     # --- serving ---
 
     def start(self) -> LocalApiServer:
-        http = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        http = ThreadingHTTPServer(("127.0.0.1", 0), RequestHandler)
         http.daemon_threads = True
         http.fake = self  # type: ignore[attr-defined]
         self._http = http
@@ -368,310 +266,7 @@ class LocalApiServer:
             raise ApiError(400, "the body of the request must be a SelfSubjectReview")
         info = {"username": caller.user, "groups": caller.groups}
         review = {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
-        return {**review, "metadata": {"creationTimestamp": _now()}, "status": {"userInfo": info}}
-
-    def _out(self, route: Route, obj: dict[str, Any]) -> dict[str, Any]:
-        return {**copy.deepcopy(obj), "apiVersion": route.api_version, "kind": route.resource.kind}
-
-    def _existing(self, route: Route, key: Key | None = None) -> dict[str, Any]:
-        found = self.objects.get(key or route.key())
-        if found is None:
-            details = {"name": route.name, "group": route.resource.group, "kind": route.resource.plural}
-            raise ApiError(404, f"{route.what()} not found", details=details)
-        return found
-
-    def _commit(self, key: Key, obj: dict[str, Any], kind: str) -> dict[str, Any]:
-        self.resource_version += 1
-        obj["metadata"]["resourceVersion"] = str(self.resource_version)
-        if kind == "DELETED":
-            self.objects.pop(key, None)
-        else:
-            self.objects[key] = obj
-        self.history.append((self.resource_version, kind, key, copy.deepcopy(obj)))
-        self.cond.notify_all()
-        return obj
-
-    def _list(self, route: Route, query: dict[str, str]) -> dict[str, Any]:
-        labels = label_matcher(query.get("labelSelector", ""))
-        fields = field_matcher(query.get("fieldSelector", ""))
-        items = [
-            self._out(route, obj)
-            for key, obj in sorted(self.objects.items())
-            if key[:2] == route.key()[:2] and route.namespace in ("", key[2]) and selected(obj, labels, fields)
-        ]
-        listing = {"apiVersion": route.api_version, "kind": f"{route.resource.kind}List", "items": items}
-        return {**listing, "metadata": {"resourceVersion": str(self.resource_version)}}
-
-    def _create(self, route: Route, body: Any, manager: str = "unknown") -> dict[str, Any]:
-        if not isinstance(body, dict):
-            raise ApiError(400, "the body of the request must be an object")
-        obj = copy.deepcopy(body)
-        metadata = obj.setdefault("metadata", {})
-        if metadata.get("namespace", route.namespace) != route.namespace:
-            raise ApiError(400, "the namespace of the provided object does not match the namespace sent on the request")
-        name = metadata.get("name") or (
-            metadata.get("generateName") and metadata["generateName"] + secrets.token_hex(3)
-        )
-        if not name:
-            raise ApiError(422, "metadata.name: Required value: name or generateName is required")
-        key = route.key(name)
-        if key in self.objects:
-            details = {"name": name, "group": route.resource.group, "kind": route.resource.plural}
-            raise ApiError(409, f"{route.what(name)} already exists", "AlreadyExists", details)
-        for server_set in ("resourceVersion", "deletionTimestamp", "uid", "creationTimestamp", "managedFields"):
-            metadata.pop(server_set, None)
-        metadata.update(name=name, namespace=route.namespace, uid=str(uuid.uuid4()), creationTimestamp=_now())
-        metadata["generation"] = 1
-        obj.update(apiVersion=route.api_version, kind=route.resource.kind)
-        if route.resource.status:
-            obj.pop("status", None)
-        metadata["managedFields"] = self._tracked(route, [], {}, obj, manager)
-        return self._commit(key, obj, "ADDED")
-
-    def _patched(self, route: Route, patch: Any, content_type: str) -> dict[str, Any]:
-        current = self._out(route, self._existing(route))
-        kind = content_type.partition(";")[0].strip()
-        if kind == "application/json-patch+json":
-            patched = json_patch(current, patch)
-        elif kind in ("application/merge-patch+json", "application/strategic-merge-patch+json"):
-            patched = merge_patch(current, patch)
-        else:
-            raise ApiError(
-                415,
-                f"the body of the request was in an unknown format - accepted media types include: "
-                f"application/json-patch+json, application/merge-patch+json ({kind!r})",
-            )
-        if not isinstance(patched, dict):
-            raise ApiError(422, "the patched object is not an object")
-        return patched
-
-    def _update(self, route: Route, body: Any, *, unconditional: bool, manager: str = "unknown") -> dict[str, Any]:
-        if not isinstance(body, dict):
-            raise ApiError(400, "the body of the request must be an object")
-        old = self._existing(route)
-        new_meta = body.get("metadata") or {}
-        if new_meta.get("name", route.name) != route.name:
-            raise ApiError(400, f"the name of the object ({new_meta.get('name')}) does not match the name on the URL")
-        wanted = new_meta.get("resourceVersion")
-        if not wanted and not unconditional:
-            raise ApiError(422, "metadata.resourceVersion: Invalid value: 0x0: must be specified for an update")
-        conflict = f"Operation cannot be fulfilled on {route.what()}: "
-        if wanted and wanted != old["metadata"]["resourceVersion"]:
-            raise ApiError(
-                409,
-                conflict + "the object has been modified; please apply your changes to the latest "
-                "version and try again",
-            )
-        if new_meta.get("uid") not in (None, old["metadata"]["uid"]):
-            raise ApiError(409, conflict + "Precondition failed: UID in precondition does not match")
-        if route.sub == "status":
-            merged = copy.deepcopy(old)
-            merged.pop("status", None)
-            if body.get("status") is not None:
-                merged["status"] = copy.deepcopy(body["status"])
-        else:
-            merged = copy.deepcopy(body)
-            meta = merged.setdefault("metadata", {})
-            for kept in ("name", "namespace", "uid", "creationTimestamp", "generation", "deletionTimestamp"):
-                meta.pop(kept, None)
-                if kept in old["metadata"]:
-                    meta[kept] = old["metadata"][kept]
-            merged.pop("status", None)
-            if route.resource.status and "status" in old:
-                merged["status"] = copy.deepcopy(old["status"])
-            if _content(merged) != _content(old):
-                meta["generation"] = old["metadata"].get("generation", 1) + 1
-        merged.update(apiVersion=old["apiVersion"], kind=old["kind"])
-        merged["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
-        merged["metadata"].pop("managedFields", None)  # the server's record: what a client sends is ignored
-        if "managedFields" in old["metadata"]:
-            merged["metadata"]["managedFields"] = old["metadata"]["managedFields"]
-        if merged == old:
-            return old  # a no-op: no new resourceVersion, no event
-        entries = old["metadata"].get("managedFields") or []
-        merged["metadata"]["managedFields"] = self._tracked(route, entries, old, merged, manager)
-        if merged["metadata"].get("deletionTimestamp") and not merged["metadata"].get("finalizers"):
-            return self._remove(route.key(), merged, orphan=False)
-        return self._commit(route.key(), merged, "MODIFIED")
-
-    def _tracked(
-        self, route: Route, entries: Any, old: dict[str, Any], new: dict[str, Any], manager: str
-    ) -> list[dict[str, Any]]:
-        return track_update(
-            entries,
-            old,
-            new,
-            manager=manager,
-            api_version=route.api_version,
-            subresource=route.sub,
-            has_status=route.resource.status,
-            now=_now(),
-        )
-
-    def _delete(self, route: Route, key: Key, options: dict[str, Any]) -> dict[str, Any]:
-        old = self._existing(route, key)
-        preconditions = options.get("preconditions") or {}
-        for name in ("uid", "resourceVersion"):
-            if preconditions.get(name) not in (None, old["metadata"].get(name)):
-                raise ApiError(
-                    409, f"Operation cannot be fulfilled on {route.what(key[3])}: Precondition failed: {name}"
-                )
-        if old["metadata"].get("finalizers"):
-            if not old["metadata"].get("deletionTimestamp"):
-                marked = copy.deepcopy(old)
-                marked["metadata"]["deletionTimestamp"] = _now()
-                marked["metadata"]["generation"] = old["metadata"].get("generation", 1) + 1
-                self._commit(key, marked, "MODIFIED")
-            return self._out(route, self.objects[key])
-        self._remove(key, copy.deepcopy(old), orphan=options.get("propagationPolicy") == "Orphan")
-        details = {"name": key[3], "group": key[0], "kind": key[1], "uid": old["metadata"]["uid"]}
-        return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": details}
-
-    def _remove(self, key: Key, obj: dict[str, Any], *, orphan: bool) -> dict[str, Any]:
-        """Delete for good, then collect the dependents whose owners are all gone."""
-        gone = self._commit(key, obj, "DELETED")
-        uid = obj["metadata"]["uid"]
-        live = {o["metadata"]["uid"] for o in self.objects.values()}
-        for dep_key, dependent in list(self.objects.items()):
-            refs = dependent["metadata"].get("ownerReferences") or []
-            if dep_key[2] != key[2] or not any(r.get("uid") == uid for r in refs):
-                continue
-            rest = [r for r in refs if r.get("uid") != uid]
-            if orphan or any(r.get("uid") in live for r in rest):
-                kept = copy.deepcopy(dependent)
-                kept["metadata"]["ownerReferences"] = rest
-                if not rest:
-                    del kept["metadata"]["ownerReferences"]
-                self._commit(dep_key, kept, "MODIFIED")
-            else:
-                resource = RESOURCES[dep_key[:2]]
-                dep_route = Route(resource, resource.versions[0], dep_key[2], dep_key[3], None)
-                self._delete(dep_route, dep_key, {})
-        return gone
-
-    def _istiod(self, route: Route, obj: dict[str, Any]) -> None:
-        """Play istiod's status reporting: mark the new generation Reconciled."""
-        if not self.istio_status or route.resource.group != "networking.istio.io":
-            return
-        generation = obj["metadata"].get("generation", 1)
-        if (obj.get("status") or {}).get("observedGeneration") == generation:
-            return
-        reported = copy.deepcopy(obj)
-        condition = {"type": "Reconciled", "status": "True", "lastProbeTime": _now(), "lastTransitionTime": _now()}
-        reported["status"] = {"observedGeneration": generation, "conditions": [condition]}
-        self._commit(route.key(obj["metadata"]["name"]), reported, "MODIFIED")
-
-    def watch(self, route: Route, query: dict[str, str]) -> Iterator[dict[str, Any]]:
-        """The watch stream: events since ``resourceVersion`` until ``timeoutSeconds`` or shutdown."""
-        labels = label_matcher(query.get("labelSelector", ""))
-        fields = field_matcher(query.get("fieldSelector", ""))
-        deadline = time.monotonic() + float(query.get("timeoutSeconds") or 1800)
-        since = query.get("resourceVersion", "")
-        with self.cond:
-            if since in ("", "0"):
-                cursor = self.resource_version
-                initial = [("ADDED", k, o) for k, o in sorted(self.objects.items())]
-            elif int(since) < self.compacted:
-                status = ApiError(410, f"too old resource version: {since} ({self.compacted})").status()
-                yield {"type": "ERROR", "object": status}
-                return
-            else:
-                cursor, initial = int(since), []
-        for kind, key, obj in initial:
-            if self._watched(route, key, obj, labels, fields):
-                yield {"type": kind, "object": self._out(route, obj)}
-        while not self.stopping:
-            with self.cond:
-                batch = [(k, key, o) for rv, k, key, o in self.history if rv > cursor]
-                if not batch:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        return
-                    self.cond.wait(min(remaining, 0.2))
-                    continue
-                cursor = self.resource_version
-            for kind, key, obj in batch:
-                if self._watched(route, key, obj, labels, fields):
-                    yield {"type": kind, "object": self._out(route, obj)}
-
-    @staticmethod
-    def _watched(route: Route, key: Key, obj: dict[str, Any], labels: Any, fields: dict[str, str]) -> bool:
-        same = key[:2] == route.key()[:2] and route.namespace in ("", key[2])
-        return same and selected(obj, labels, fields)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True  # one small answer must not wait for a delayed ACK
-
-    def log_message(self, format: str, *args: Any) -> None:  # quiet
-        pass
-
-    def _handle(self) -> None:
-        method = self.command
-        fake: LocalApiServer = self.server.fake  # type: ignore[attr-defined]
-        url = urlsplit(self.path)
-        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
-        request = Request(method, url.path, query, None)
-        headers: dict[str, str] = {}
-        try:
-            try:
-                request.body = json.loads(raw) if raw else None
-            except ValueError:
-                raise ApiError(400, "the body of the request could not be decoded as JSON") from None
-            caller = fake.authenticate(self.headers.get("Authorization"), self.headers.get("User-Agent"), query)
-            request.user = caller.user
-            fault = fake.take_fault(method, url.path)
-            if fault is not None:
-                time.sleep(fault.delay)
-                if fault.retry_after is not None:
-                    headers["Retry-After"] = str(fault.retry_after)
-                if fault.code is not None:
-                    raise ApiError(fault.code, f"injected fault: {fault.code}")
-            if method == "GET" and query.get("watch") in ("true", "1"):
-                route = fake.route(url.path)
-                request.code = 200
-                fake.record(request)
-                self._stream(fake.watch(route, query))
-                return
-            content_type = self.headers.get("Content-Type", "")
-            code, payload = fake.handle(method, url.path, query, request.body, content_type, caller=caller)
-        except ApiError as error:
-            code, payload = error.code, error.status()
-        request.code = code
-        fake.record(request)
-        data = json.dumps(payload).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        for name, value in headers.items():
-            self.send_header(name, value)
-        self.end_headers()
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the client gave up waiting
-            self.wfile.write(data)
-
-    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle  # noqa: N815  (http.server's names)
-
-    def _stream(self, events: Iterator[dict[str, Any]]) -> None:
-        self.close_connection = True
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Transfer-Encoding", "chunked")
-        # Said, not only done: a client that pooled this connection would send its next request
-        # into a socket we are closing (RemoteDisconnected), depending on who is faster.
-        self.send_header("Connection", "close")
-        self.end_headers()
-        try:
-            for event in events:
-                line = json.dumps(event).encode() + b"\n"
-                self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
-                self.wfile.flush()
-            self.wfile.write(b"0\r\n\r\n")
-            self.wfile.flush()
-        except (BrokenPipeError, ConnectionResetError):
-            pass
+        return {**review, "metadata": {"creationTimestamp": now()}, "status": {"userInfo": info}}
 
 
 @contextmanager

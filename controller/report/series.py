@@ -1,52 +1,29 @@
-"""The plots of ``canarist report``: what they show, from a stored status, and how they are drawn.
+"""The plots' data: plot-ready series read from a rollout's stored status, pure.
 
-Two halves. The series functions are pure: they read a status dict (any field may be missing or
-malformed in an older status) and the validated policy, and return plain frozen values with times
-in minutes since the rollout began and numbers in the units shown; tests drive them with plain
-values. The ``draw_*`` functions lay those values out, one PNG each, knowing nothing of the status
-format. Figures are :class:`matplotlib.figure.Figure` objects (no pyplot: no global registry of
-open figures to leak, nothing to close) rendered by Agg, and saved without the Software metadata
-so that the same input gives the same bytes.
+The functions here read a status dict (any field may be missing or malformed in an older status)
+and the validated policy, and return plain frozen values with times in minutes since the rollout
+began and numbers in the units shown; tests drive them with plain values.
+:mod:`controller.report.drawing` lays those values out; :mod:`controller.report.page` also reads
+the status through the helpers here (times, numbers, entries, the estimate's scale).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # before anything could pull in pyplot: never a display
-
-from matplotlib.figure import Figure
-from matplotlib.ticker import NullFormatter
-
 from controller.api.kinds import TRAITS, Unit, lower_is_better, parse_value, quantile
-from controller.api.model import Metric, MetricKind, ModelRollout
+from controller.api.metrics_spec import Metric, MetricKind
+from controller.api.model import ModelRollout
+from controller.api.times import parse_time
 from controller.engine.record import E_VALUE_CAP
 from controller.judge.machine import Phase, Status, routes_for
 
-DPI = 100
 LATENCY_PANELS = 6
 RATE_KINDS = (MetricKind.ISTIO_ERROR_RATE, MetricKind.TRITON_ERROR_RATE, MetricKind.CUSTOM_RATIO)
 NAN = math.nan
-SHARE_TICKS = (0.01, 0.1, 0.5, 0.9, 0.99, 0.999, 0.9999)
-ACTION_COLOURS = {
-    "Start": "tab:blue",
-    "Advance": "tab:blue",
-    "Promote": "tab:green",
-    "Complete": "tab:green",
-    "Rollback": "tab:red",
-    "Pause": "tab:orange",
-    "Hold": "tab:gray",
-    "Resume": "tab:purple",
-    "Retry": "tab:purple",
-    "Restart": "tab:purple",
-}
 
 
 @dataclass(frozen=True)
@@ -112,20 +89,9 @@ class Cdf:
     quantile: float | None
 
 
-# --- the series: pure, from the stored status -------------------------------------------------
-
-
-def parse_time(value: Any) -> float | None:
-    """Unix seconds of an RFC 3339 time (or a datetime, as YAML may load one); None if unreadable."""
-    if isinstance(value, datetime):
-        return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+def stored_time(value: Any) -> float | None:
+    """Unix seconds of a time in a stored status (without an offset: UTC, as canarist writes)."""
+    return parse_time(value, naive_as_utc=True)
 
 
 def number(value: Any) -> float | None:
@@ -139,16 +105,18 @@ def entries(status: Mapping[str, Any], key: str) -> list[Mapping[str, Any]]:
     """The mappings of a list field, each with a readable ``at``, in time order (stable for ties)."""
     raw = status.get(key)
     items = [e for e in raw if isinstance(e, Mapping)] if isinstance(raw, list) else []
-    timed = [(t, i, e) for i, e in enumerate(items) if (t := parse_time(e.get("at"))) is not None]
+    timed = [(t, i, e) for i, e in enumerate(items) if (t := stored_time(e.get("at"))) is not None]
     return [e for _, _, e in sorted(timed, key=lambda x: (x[0], x[1]))]
 
 
 def times(status: Mapping[str, Any]) -> list[float]:
     """Every time the status records, in order."""
     found = [
-        parse_time(e.get("at")) for k in ("history", "weights", "analyses", "distributions") for e in entries(status, k)
+        stored_time(e.get("at"))
+        for k in ("history", "weights", "analyses", "distributions")
+        for e in entries(status, k)
     ]
-    found += [parse_time(status.get(k)) for k in ("stepStartedAt", "lastAnalysisAt")]
+    found += [stored_time(status.get(k)) for k in ("stepStartedAt", "lastAnalysisAt")]
     return sorted(t for t in found if t is not None)
 
 
@@ -189,7 +157,7 @@ def weight_series(status: Mapping[str, Any], rollout: ModelRollout | None, t0: f
     points = [
         (t, w)
         for e in entries(status, "weights")
-        if (t := parse_time(e.get("at"))) is not None and (w := number(e.get("canaryWeight"))) is not None
+        if (t := stored_time(e.get("at"))) is not None and (w := number(e.get("canaryWeight"))) is not None
     ]
     source = "weights"
     history = entries(status, "history")
@@ -198,13 +166,13 @@ def weight_series(status: Mapping[str, Any], rollout: ModelRollout | None, t0: f
         points = [
             (t, w)
             for e in history
-            if (t := parse_time(e.get("at"))) is not None and (w := _entry_weight(rollout, e)) is not None
+            if (t := stored_time(e.get("at"))) is not None and (w := _entry_weight(rollout, e)) is not None
         ]
     if not points:
         return None
     marks = []
     for e in history:
-        t = parse_time(e.get("at"))
+        t = stored_time(e.get("at"))
         assert t is not None  # entries() keeps only readable times
         before = [w for at, w in points if at <= t]
         marks.append(Mark((t - t0) / 60, str(e.get("action", "?")), before[-1] if before else None))
@@ -221,11 +189,11 @@ def looks(status: Mapping[str, Any]) -> list[tuple[float, list[Mapping[str, Any]
     """(time, per-metric dicts) of every look: ``analyses``, else the latest ``metrics`` alone."""
     found = []
     for e in entries(status, "analyses"):
-        t = parse_time(e.get("at"))
+        t = stored_time(e.get("at"))
         metrics = e.get("metrics")
         if t is not None and isinstance(metrics, list):
             found.append((t, [m for m in metrics if isinstance(m, Mapping) and isinstance(m.get("name"), str)]))
-    last = parse_time(status.get("lastAnalysisAt"))
+    last = stored_time(status.get("lastAnalysisAt"))
     if not found and last is not None and isinstance(status.get("metrics"), list):
         found.append(
             (last, [m for m in status["metrics"] if isinstance(m, Mapping) and isinstance(m.get("name"), str)])
@@ -330,7 +298,7 @@ def latency_cdfs(
         out.append(
             Cdf(
                 metric=str(e.get("metric", "latency")),
-                minutes=((parse_time(e.get("at")) or t0) - t0) / 60,
+                minutes=((stored_time(e.get("at")) or t0) - t0) / 60,
                 step=step if isinstance(step, int) and not isinstance(step, bool) else None,
                 action=str(e.get("action", "?")),
                 edges_ms=tuple(1000 * b for b in bounds if b is not None),
@@ -367,154 +335,3 @@ def interval_of(value: Any) -> tuple[float, float]:
 
 def metric_of(rollout: ModelRollout | None, name: str) -> Metric | None:
     return next((m for m in rollout.spec.analysis.metrics if m.name == name), None) if rollout is not None else None
-
-
-# --- drawing ----------------------------------------------------------------------------------
-
-
-def draw_weights(series: WeightSeries, path: Path, time_label: str, title: str) -> None:
-    figure = Figure(figsize=(9, 4), layout="constrained")
-    ax = figure.add_subplot()
-    xs, ys = [*series.minutes, max(series.end, series.minutes[-1])], [*series.weights, series.weights[-1]]
-    ax.step(xs, ys, where="post", color="tab:blue", linewidth=2, label="canary weight")
-    for mark in series.marks:
-        colour = ACTION_COLOURS.get(mark.action, "black")
-        ax.axvline(mark.minutes, color=colour, alpha=0.25, linewidth=1)
-        if mark.weight is not None:
-            ax.plot([mark.minutes], [mark.weight], marker="o", color=colour)
-            ax.annotate(
-                mark.action, (mark.minutes, mark.weight), textcoords="offset points", xytext=(3, 6), fontsize=8,
-                rotation=30, color=colour, parse_math=False,
-            )  # fmt: skip
-    ax.set_ylim(-5, 110)
-    ax.set_xlabel(time_label)
-    ax.set_ylabel("canary weight (%)")
-    source = "" if series.source == "weights" else " (replayed from the decision log)"
-    ax.set_title(f"{title}: canary weight over time{source}", parse_math=False)
-    ax.grid(alpha=0.3)
-    _save(figure, path)
-
-
-def latency_range(cdf: Cdf) -> tuple[float, float]:
-    """The x range worth showing: from the edge below the first request to the edge past the last (and the SLO)."""
-    edges = cdf.edges_ms
-    lo, hi = len(edges) - 1, 0
-    for shares in (cdf.stable, cdf.canary):
-        if shares is None:
-            continue
-        lo = min(lo, next((i for i, v in enumerate(shares) if v > 0), len(edges) - 1))
-        hi = max(hi, next((i for i, v in enumerate(shares) if v >= 1.0), len(edges) - 1))
-    low = edges[max(lo - 1, 0)] / 2
-    high = edges[min(hi + 1, len(edges) - 1)] * 2
-    if cdf.slo_ms is not None:
-        low, high = min(low, cdf.slo_ms / 2), max(high, cdf.slo_ms * 2)
-    return low, high
-
-
-def draw_latency(cdfs: Sequence[Cdf], path: Path, title: str) -> None:
-    figure, axes = _panels(len(cdfs), width=4.6, height=3.4)
-    for ax, cdf in zip(axes, cdfs, strict=False):
-        for name, shares, n, colour in (
-            ("stable", cdf.stable, cdf.n_stable, "tab:blue"),
-            ("canary", cdf.canary, cdf.n_canary, "tab:orange"),
-        ):
-            if shares is not None:  # drawn a little past the last finite edge: its level holds up to +Inf
-                xs, ys = [*cdf.edges_ms, 2 * cdf.edges_ms[-1]], [*shares, shares[-1]]
-                ax.step(xs, ys, where="post", color=colour, label=f"{name} (n={n:,})")
-        if cdf.slo_ms is not None:
-            ax.axvline(cdf.slo_ms, color="tab:red", linestyle="--", label=f"SLO {cdf.slo_ms:g} ms")
-        if cdf.quantile is not None:
-            ax.axhline(cdf.quantile, color="gray", linestyle=":", label=f"p{cdf.quantile * 100:g}")
-        ax.set_xscale("log")
-        ax.set_xlim(*latency_range(cdf))
-        ax.set_yscale("logit", nonpositive="clip")  # spreads the tail out: 0.9, 0.99, 0.999
-        ax.set_ylim(SHARE_TICKS[0], SHARE_TICKS[-1])
-        ax.set_yticks(SHARE_TICKS, [f"{t * 100:g}%" for t in SHARE_TICKS])
-        ax.yaxis.set_minor_formatter(NullFormatter())
-        ax.set_xlabel("latency (ms, log scale)")
-        ax.set_ylabel("requests at or below (logit scale)")
-        step = "" if cdf.step is None else f", step {cdf.step}"
-        when = f"{cdf.minutes:.1f}" if cdf.minutes < 10 else f"{cdf.minutes:.0f}"
-        ax.set_title(f"{cdf.metric}: {cdf.action} at {when} min{step}", fontsize=10, parse_math=False)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right")
-    figure.suptitle(
-        f"{title}: latency distributions at each decision (cumulative since the analysis began)", parse_math=False
-    )
-    _save(figure, path)
-
-
-def draw_evidence(
-    paths: Sequence[EvidencePath], marks: Sequence[Mark], path: Path, time_label: str, title: str
-) -> None:
-    figure, axes = _panels(len(paths), width=5.0, height=3.4, columns=2)
-    for ax, item in zip(axes, paths, strict=False):
-        _decisions(ax, marks)
-        ax.plot(item.minutes, item.regression, marker=".", color="tab:red", label="regression (eValue)")
-        ax.plot(item.minutes, item.noninferiority, marker=".", color="tab:green", label="non-inferiority")
-        if item.threshold is not None:
-            ax.axhline(item.threshold, color="black", linestyle="--", label=f"threshold {item.threshold:.3g}")
-        ax.axhline(1.0, color="gray", linewidth=0.8)
-        ax.set_yscale("log")
-        ax.set_xlabel(time_label)
-        ax.set_ylabel("e-value (log scale)")
-        ax.set_title(item.metric, fontsize=10, parse_math=False)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
-    figure.suptitle(f"{title}: evidence at each look (a path reaching the threshold decides)", parse_math=False)
-    _save(figure, path)
-
-
-def draw_estimates(
-    paths: Sequence[EstimatePath], marks: Sequence[Mark], path: Path, time_label: str, title: str
-) -> None:
-    figure, axes = _panels(len(paths), width=5.0, height=3.4, columns=2)
-    for ax, item in zip(axes, paths, strict=False):
-        _decisions(ax, marks)
-        ax.axhline(0.0, color="gray", linewidth=0.8)
-        if item.points:
-            ax.plot(item.minutes, item.values, "o", color="tab:purple", markersize=4, label="canary vs stable")
-        else:
-            ax.plot(item.minutes, item.values, marker=".", color="tab:purple", label="canary - stable")
-            if any(math.isfinite(v) for v in item.lows):
-                ax.fill_between(item.minutes, item.lows, item.highs, color="tab:purple", alpha=0.2, label="interval")
-        if item.margin is not None:
-            ax.axhline(item.margin, color="tab:red", linestyle="--", label=f"margin {item.margin:+.3g} {item.unit}")
-        ax.set_ylim(*estimate_limits(item))
-        ax.set_xlabel(time_label)
-        ax.set_ylabel(item.label)
-        ax.set_title(item.metric, fontsize=10, parse_math=False)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="upper left")
-    figure.suptitle(f"{title}: estimated effect of the canary at each look", parse_math=False)
-    _save(figure, path)
-
-
-def estimate_limits(item: EstimatePath) -> tuple[float, float]:
-    """A y range around the estimates, the margin and zero: an early, very wide interval is cut off."""
-    core = [v for v in (*item.values, 0.0, item.margin) if v is not None and math.isfinite(v)]
-    low, high = min(core), max(core)
-    pad = max(high - low, abs(high), abs(low), 1e-9)
-    bands = [v for v in (*item.lows, *item.highs) if math.isfinite(v)]
-    low, high = max(min([low, *bands]), low - pad), min(max([high, *bands]), high + pad)
-    return low - 0.05 * (high - low), high + 0.05 * (high - low)
-
-
-def _panels(count: int, *, width: float, height: float, columns: int = 3) -> tuple[Figure, list[Any]]:
-    cols = max(1, min(columns, count))
-    rows = math.ceil(count / cols)
-    figure = Figure(figsize=(width * cols, height * rows + 0.6), layout="constrained")
-    grid = figure.subplots(rows, cols, squeeze=False)
-    axes = [ax for row in grid for ax in row]
-    for ax in axes[count:]:
-        ax.set_visible(False)
-    return figure, axes[:count]
-
-
-def _decisions(ax: Any, marks: Sequence[Mark]) -> None:
-    for mark in marks:
-        ax.axvline(mark.minutes, color=ACTION_COLOURS.get(mark.action, "black"), alpha=0.2, linewidth=1)
-
-
-def _save(figure: Figure, path: Path) -> None:
-    figure.savefig(path, dpi=DPI, format="png", metadata={"Software": None})

@@ -1,0 +1,97 @@
+"""The HTTP side of the local API stand-in: one request in, one JSON answer or a watch stream out.
+
+:class:`RequestHandler` decodes the body, authenticates the caller, applies an injected fault, then
+hands the request to its :class:`~controller.sandbox.localapi.server.LocalApiServer` and writes the
+answer (a ``kind: Status`` for an error), or streams a watch as chunked JSON lines; every request
+is recorded in the server's log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlsplit
+
+from controller.sandbox.localapi.calls import Request
+from controller.sandbox.localapi.documents import ApiError
+
+if TYPE_CHECKING:
+    from controller.sandbox.localapi.server import LocalApiServer
+
+
+class RequestHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # one small answer must not wait for a delayed ACK
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet
+        pass
+
+    def _handle(self) -> None:
+        method = self.command
+        fake: LocalApiServer = self.server.fake  # type: ignore[attr-defined]
+        url = urlsplit(self.path)
+        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        request = Request(method, url.path, query, None)
+        headers: dict[str, str] = {}
+        try:
+            try:
+                request.body = json.loads(raw) if raw else None
+            except ValueError:
+                raise ApiError(400, "the body of the request could not be decoded as JSON") from None
+            caller = fake.authenticate(self.headers.get("Authorization"), self.headers.get("User-Agent"), query)
+            request.user = caller.user
+            fault = fake.take_fault(method, url.path)
+            if fault is not None:
+                time.sleep(fault.delay)
+                if fault.retry_after is not None:
+                    headers["Retry-After"] = str(fault.retry_after)
+                if fault.code is not None:
+                    raise ApiError(fault.code, f"injected fault: {fault.code}")
+            if method == "GET" and query.get("watch") in ("true", "1"):
+                route = fake.route(url.path)
+                request.code = 200
+                fake.record(request)
+                self._stream(fake.watch(route, query))
+                return
+            content_type = self.headers.get("Content-Type", "")
+            code, payload = fake.handle(method, url.path, query, request.body, content_type, caller=caller)
+        except ApiError as error:
+            code, payload = error.code, error.status()
+        request.code = code
+        fake.record(request)
+        data = json.dumps(payload).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the client gave up waiting
+            self.wfile.write(data)
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle  # noqa: N815  (http.server's names)
+
+    def _stream(self, events: Iterator[dict[str, Any]]) -> None:
+        self.close_connection = True
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Transfer-Encoding", "chunked")
+        # Said, not only done: a client that pooled this connection would send its next request
+        # into a socket we are closing (RemoteDisconnected), depending on who is faster.
+        self.send_header("Connection", "close")
+        self.end_headers()
+        try:
+            for event in events:
+                line = json.dumps(event).encode() + b"\n"
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
+                self.wfile.flush()
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            pass

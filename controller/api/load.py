@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +32,7 @@ from controller.api.fields import (
     REGEX_TEXT,
     SAFE_TEXT,
 )
-from controller.api.model import ModelRollout
+from controller.api.model import API_VERSION, KIND, ModelRollout
 from controller.api.units import DURATION_PATTERN
 
 MAX_BYTES = 1024 * 1024
@@ -155,6 +156,29 @@ def validate(doc: Document, source: str) -> ModelRollout:
     if problems:
         raise PolicyError([_locate(doc, source, p.path, p.dotted, p.reason) for p in problems])
     return rollout
+
+
+#: What a stored object's metadata contributes to its policy; the rest is the server's.
+OBJECT_METADATA = ("name", "namespace", "labels", "annotations", "generation")
+
+
+def from_object(obj: Mapping[str, Any]) -> tuple[ModelRollout | None, str]:
+    """A ModelRollout object as the API stores it (read from a cluster, or exported to a file)
+    validated as a policy file is: the model, then the cross-field rules. The rollout, or None and
+    the first problem in one line (``field.path: reason``). The one validator of stored objects:
+    the reconcile, ``status`` and ``report`` judge an object alike."""
+    metadata = obj.get("metadata")
+    kept = {k: metadata[k] for k in OBJECT_METADATA if k in metadata} if isinstance(metadata, Mapping) else {}
+    body = {"apiVersion": API_VERSION, "kind": KIND, **obj, "metadata": {"name": "unnamed", **kept}}
+    try:
+        rollout = ModelRollout.model_validate(body)
+        problems = rules.check(rollout)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        return None, f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
+    except (RecursionError, MemoryError, OverflowError) as exc:  # a validator's bug must not stop the caller
+        return None, f"spec: too complex to validate ({type(exc).__name__})"
+    return (None, f"{problems[0].dotted}: {problems[0].reason}") if problems else (rollout, "")
 
 
 def parse_yaml(text: str, source: str, *, max_bytes: int = MAX_BYTES, max_nodes: int = MAX_NODES) -> list[Document]:

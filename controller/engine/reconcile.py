@@ -24,7 +24,7 @@ from typing import Any
 
 import jinja2
 
-from controller.api import rules as policy_rules
+from controller.api.load import from_object
 from controller.api.model import ModelRollout
 from controller.api.names import FINALIZER
 from controller.api.schedule import RouteState
@@ -235,27 +235,14 @@ def _finalized(obj: Mapping[str, Any], cluster: Cluster) -> Mapping[str, Any]:
 
 
 def parse(obj: Mapping[str, Any], rules: tenancy.TenancyRules | None = None) -> tuple[ModelRollout | None, str]:
-    """The object as a validated ModelRollout, or the first problem in one line; with ``rules``, a
-    host or gateway its tenant may not use is a problem too (:func:`controller.traffic.tenancy.check`)."""
-    from pydantic import ValidationError
-
-    metadata = obj.get("metadata") or {}
-    body = {
-        **obj,
-        "metadata": {
-            k: metadata[k] for k in ("name", "namespace", "labels", "annotations", "generation") if k in metadata
-        },
-    }
-    try:
-        rollout = ModelRollout.model_validate(body)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        return None, f"{where}: {first['msg']}"
-    problems = [*policy_rules.check(rollout), *(tenancy.check(rollout, rules) if rules is not None else [])]
-    if problems:
-        return None, f"{problems[0].dotted}: {problems[0].reason}"
-    return rollout, ""
+    """The object as a validated ModelRollout (:func:`controller.api.load.from_object`), or the first
+    problem in one line; with ``rules``, a host or gateway its tenant may not use is a problem too
+    (:func:`controller.traffic.tenancy.check`)."""
+    rollout, problem = from_object(obj)
+    if rollout is None or rules is None:
+        return rollout, problem
+    refused = tenancy.check(rollout, rules)
+    return (None, f"{refused[0].dotted}: {refused[0].reason}") if refused else (rollout, "")
 
 
 def look(rollout: ModelRollout, status: Status, metrics: MetricsSource, now: float) -> Evidence:

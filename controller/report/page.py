@@ -21,9 +21,8 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from controller.api import rules
-from controller.api.load import PolicyError, parse_yaml, printable
-from controller.api.model import API_VERSION, KIND, ModelRollout
+from controller.api.load import PolicyError, from_object, parse_yaml, printable
+from controller.api.model import KIND, ModelRollout
 from controller.api.schedule import schedule
 from controller.api.text import printable as plain_text
 from controller.api.times import timestamp
@@ -105,23 +104,9 @@ def rollout_object(doc: Any, source: str = "input") -> dict[str, Any]:
 
 
 def policy_of(obj: Mapping[str, Any]) -> tuple[ModelRollout | None, str]:
-    """The spec validated as the controller does (``reconcile.parse``), or its first problem.
-
-    Validated here rather than through :mod:`controller.engine.reconcile`, which would import the whole
-    analysis (SciPy: a second more on every ``canarist report``) for these few lines.
-    """
-    from pydantic import ValidationError
-
-    metadata = _mapping(obj.get("metadata"))
-    names = {k: metadata[k] for k in ("name", "namespace") if k in metadata}
-    body = {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": "unnamed", **names}, "spec": obj.get("spec")}
-    try:
-        rollout = ModelRollout.model_validate(body)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        return None, f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
-    problems = rules.check(rollout)
-    return (None, f"{problems[0].dotted}: {problems[0].reason}") if problems else (rollout, "")
+    """The spec validated as the controller does (:func:`controller.api.load.from_object`), or its
+    first problem."""
+    return from_object(obj)
 
 
 # --- the report -------------------------------------------------------------------------------

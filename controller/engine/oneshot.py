@@ -19,7 +19,7 @@ from controller.api.units import format_duration, parse_duration
 from controller.engine.record import metric_status
 from controller.judge.analysis import analyse
 from controller.judge.machine import Action, Decision, Evidence, Phase, Status, decide
-from controller.metrics.samples import Observation, Window
+from controller.metrics.samples import Observation, Window, window_ends
 
 
 class Outcome(StrEnum):
@@ -62,11 +62,8 @@ def windows(rollout: ModelRollout, share: float, *, at: float, since: float) -> 
     Aligned ends (multiples of the interval) let one range query serve every rollout and window.
     """
     interval = parse_duration(rollout.spec.strategy.interval)
-    last_end = math.floor(at / interval) * interval
-    count = max(1, math.floor(since / interval))
-    return tuple(
-        Window(last_end - (count - i) * interval, last_end - (count - i - 1) * interval, share) for i in range(count)
-    )
+    ends = window_ends(interval, at, most=max(1, math.floor(since / interval)))
+    return tuple(Window(end - interval, end, share) for end in ends)
 
 
 def evaluate(rollout: ModelRollout, where: Point, observation: Observation, *, at: float) -> tuple[Evidence, Decision]:

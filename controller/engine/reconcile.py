@@ -43,7 +43,7 @@ from controller.engine.record import (
 from controller.engine.steering import settle_command
 from controller.judge.analysis import analyse
 from controller.judge.machine import Action, Decision, Evidence, Phase, Status, decide, routes_for
-from controller.metrics.samples import Observation, Window
+from controller.metrics.samples import Observation, Window, window_ends
 from controller.traffic import tenancy
 from controller.traffic.render import render
 
@@ -262,14 +262,10 @@ def analysis_windows(rollout: ModelRollout, status: Status, now: float) -> tuple
     interval = parse_duration(rollout.spec.strategy.interval)
     started = next((t.at for t in reversed(status.history) if t.action in ANALYSIS_STARTS), None)
     start = started if started is not None else status.step_started_at
-    last_end = math.floor(now / interval) * interval
-    first_end = max(math.floor(start / interval) * interval + interval, last_end - (MAX_WINDOWS - 1) * interval)
     windows = []
-    end = first_end
-    while end <= last_end:
+    for end in window_ends(interval, now, most=MAX_WINDOWS, since=start):
         changes = [t.at for t in status.history if end - 2 * interval < t.at < end]
         windows.append(Window(end - interval, end, _mean_share(rollout, status, end - interval, end), not changes))
-        end += interval
     return tuple(windows)
 
 

@@ -14,6 +14,18 @@ from dataclasses import dataclass, field
 Cumulative = tuple[float, ...]
 
 
+def window_ends(interval: float, until: float, *, most: int, since: float | None = None) -> tuple[float, ...]:
+    """The ends of the interval-long windows on the clock's grid (ends at multiples of ``interval``):
+    the last ``most`` that end by ``until``, and with ``since`` only those ending after it. The one
+    grid of every look: aligned ends let one range query serve every rollout and window."""
+    last = math.floor(until / interval) * interval
+    first = last - (most - 1) * interval
+    if since is not None:
+        first = max(first, math.floor(since / interval) * interval + interval)
+    count = round((last - first) / interval) + 1 if first <= last else 0
+    return tuple(last - (count - 1 - k) * interval for k in range(count))
+
+
 @dataclass(frozen=True)
 class Window:
     """One analysis interval ``(start, end]`` and the canary's realized share of traffic in it.

@@ -115,7 +115,10 @@ def test_an_slo_breach_rolls_back_at_the_first_look_after_it(tmp_path: Path) -> 
     looks = [parse_timestamp(a["at"]) for a in status["analyses"] if parse_timestamp(a["at"]) >= seen_from]
     assert looks and parse_timestamp(rollback["at"]) == looks[0], (result.broke_at, looks)
     advances = [t for t in status["history"] if t["action"] == "Advance"]
-    assert advances and parse_timestamp(advances[-1]["at"]) < result.broke_at  # it was healthy until then
+    # Healthy until then: no look that could see the breach advanced (a look just after the break,
+    # before the grid's next window closes, still judges the windows before it: a slow machine may
+    # take it after the break).
+    assert advances and parse_timestamp(advances[-1]["at"]) < seen_from, (result.broke_at, advances[-1])
     common_checks(result)
 
 

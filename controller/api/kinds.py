@@ -65,6 +65,28 @@ def parse_value(kind: MetricKind, value: float | str) -> float:
     return parse_fraction(value)
 
 
+def slo_max(metric: Metric) -> float | None:
+    """The metric's SLO upper bound in its kind's unit (seconds or fraction); None without one."""
+    return parse_value(metric.kind, metric.slo.max) if metric.slo is not None and metric.slo.max is not None else None
+
+
+def slo_min(metric: Metric) -> float | None:
+    """The metric's SLO lower bound in its kind's unit; None without one."""
+    return parse_value(metric.kind, metric.slo.min) if metric.slo is not None and metric.slo.min is not None else None
+
+
+def relative_margin(metric: Metric) -> float | None:
+    """The relative non-inferiority margin as a fraction ('5%' is 0.05); None without one."""
+    margin = metric.margin
+    return parse_fraction(margin.relative) if margin is not None and margin.relative is not None else None
+
+
+def absolute_margin(metric: Metric) -> float | None:
+    """The absolute non-inferiority margin in the kind's unit; None without one."""
+    margin = metric.margin
+    return parse_value(metric.kind, margin.absolute) if margin is not None and margin.absolute is not None else None
+
+
 def quantile(metric: Metric) -> float | None:
     """The latency quantile a metric tracks, defaulted for kinds that have one."""
     if not TRAITS[metric.kind].has_quantile:

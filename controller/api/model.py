@@ -18,6 +18,7 @@ from pydantic import Field
 from controller.api.fields import DnsLabel, Duration, LabelKey, LabelValue, Model, Percent
 from controller.api.metrics_spec import Analysis
 from controller.api.routing import ModelVersion, Routing, ServiceRef, TrafficPolicy
+from controller.api.units import parse_duration
 
 API_VERSION = "canarist.io/v1alpha1"
 KIND = "ModelRollout"
@@ -86,6 +87,19 @@ class Strategy(Model):
         strict=False,
         description="After the progress deadline without a conclusion: Hold, Pause or Abort.",
     )
+
+    @property
+    def interval_seconds(self) -> float:
+        """``interval`` in seconds: the length of one analysis window."""
+        return parse_duration(self.interval)
+
+    @property
+    def progress_deadline_seconds(self) -> float:
+        return parse_duration(self.progress_deadline)
+
+    @property
+    def hold_on_suspicion_seconds(self) -> float:
+        return parse_duration(self.hold_on_suspicion)
 
 
 # --- the resource -----------------------------------------------------------------------------

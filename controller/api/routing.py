@@ -25,6 +25,7 @@ from controller.api.fields import (
     Regex,
     SafeText,
 )
+from controller.api.units import parse_duration
 
 # --- service and versions ---------------------------------------------------------------------
 
@@ -92,6 +93,11 @@ class StickySession(Model):
 
     cookie_name: CookieToken = "canarist-canary"
     max_age: Duration = "24h"
+
+    @property
+    def max_age_seconds(self) -> float:
+        """``maxAge`` in seconds, as the cookie's Max-Age."""
+        return parse_duration(self.max_age)
 
 
 class RetryPolicy(Model):

@@ -15,7 +15,7 @@ from typing import Any
 from controller.api.model import API_VERSION, ModelRollout
 from controller.api.schedule import RouteState, realized_share, schedule
 from controller.api.times import timestamp
-from controller.api.units import format_duration, parse_duration
+from controller.api.units import format_duration
 from controller.engine.record import metric_status
 from controller.judge.analysis import analyse
 from controller.judge.machine import Action, Decision, Evidence, Phase, Status, decide
@@ -61,7 +61,7 @@ def windows(rollout: ModelRollout, share: float, *, at: float, since: float) -> 
 
     Aligned ends (multiples of the interval) let one range query serve every rollout and window.
     """
-    interval = parse_duration(rollout.spec.strategy.interval)
+    interval = rollout.spec.strategy.interval_seconds
     ends = window_ends(interval, at, most=max(1, math.floor(since / interval)))
     return tuple(Window(end - interval, end, share) for end in ends)
 

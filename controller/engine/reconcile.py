@@ -29,7 +29,6 @@ from controller.api.model import ModelRollout
 from controller.api.names import FINALIZER
 from controller.api.schedule import RouteState
 from controller.api.times import parse_timestamp
-from controller.api.units import parse_duration
 from controller.engine.ports import Cluster, ClusterUnavailableError, ConflictError, MetricsSource
 from controller.engine.record import (
     canary_revision,
@@ -106,7 +105,7 @@ def _reconcile(
     if rollout is None:
         cluster.emit_event(obj, reason="InvalidSpec", message=problem, warning=True)
         return Outcome(key, Action.NONE, problem, None, None, 0, False, 300.0)
-    interval = parse_duration(rollout.spec.strategy.interval)
+    interval = rollout.spec.strategy.interval_seconds
     stored = obj.get("status")
     stored = stored if isinstance(stored, Mapping) else {}
     status = from_status(stored)
@@ -259,7 +258,7 @@ def analysis_windows(rollout: ModelRollout, status: Status, now: float) -> tuple
     Each window carries the canary share in force during it, time-weighted from the decision
     history when a step changed inside the window.
     """
-    interval = parse_duration(rollout.spec.strategy.interval)
+    interval = rollout.spec.strategy.interval_seconds
     started = next((t.at for t in reversed(status.history) if t.action in ANALYSIS_STARTS), None)
     start = started if started is not None else status.step_started_at
     windows = []

@@ -42,8 +42,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from controller import stats
-from controller.api.kinds import TRAITS, Unit, lower_is_better, parse_value, quantile
-from controller.api.metrics_spec import Metric, MetricKind
+from controller.api.kinds import (
+    TRAITS,
+    Unit,
+    absolute_margin,
+    lower_is_better,
+    quantile,
+    relative_margin,
+    slo_max,
+    slo_min,
+)
+from controller.api.metrics_spec import Metric
 from controller.api.model import ModelRollout
 from controller.judge.machine import Distribution, Evidence, MetricEvidence, Verdict
 from controller.metrics.samples import CountSeries, GaugeSeries, HistogramSeries, MetricData, Observation
@@ -180,7 +189,8 @@ def _latency(metric: Metric, series: HistogramSeries, alpha: float) -> tuple[lis
     checks: list[Check] = []
     label = f"p{q * 100:g}"
     if metric.slo is not None and metric.slo.max is not None:
-        bound = parse_value(metric.kind, metric.slo.max)
+        bound = slo_max(metric)
+        assert bound is not None
         slo = stats.latency_slo_test(edges, np.asarray(every_request, dtype=np.float64), quantile=q, bound=bound)
         checks.append(
             Check(
@@ -221,10 +231,11 @@ def _latency(metric: Metric, series: HistogramSeries, alpha: float) -> tuple[lis
 def _relative_margin(metric: Metric, stable_level: float) -> float:
     """A relative margin as given, or an absolute one divided by the stable's level (a plug-in)."""
     assert metric.margin is not None
-    if metric.margin.relative is not None:
-        return parse_value(MetricKind.CUSTOM_RATIO, metric.margin.relative)
-    assert metric.margin.absolute is not None
-    absolute = parse_value(metric.kind, metric.margin.absolute)
+    relative = relative_margin(metric)
+    if relative is not None:
+        return relative
+    absolute = absolute_margin(metric)
+    assert absolute is not None
     return absolute / stable_level if stable_level > 0 else math.inf
 
 
@@ -238,9 +249,8 @@ def _rate(metric: Metric, series: CountSeries, alpha: float) -> tuple[list[Check
     bad_canary = ce if lower else ct - ce  # the harmful event: an error, or a wrong answer
     checks: list[Check] = []
     if metric.slo is not None:
-        raw = metric.slo.max if lower else metric.slo.min
-        assert raw is not None
-        bound = parse_value(metric.kind, raw)
+        bound = slo_max(metric) if lower else slo_min(metric)
+        assert bound is not None
         harmful_bound = bound if lower else 1.0 - bound
         guard_bad, guard_trials = bad_canary, ct
         if series.canary_all_events is not None and series.canary_all_trials is not None:  # cohorts too
@@ -276,15 +286,16 @@ def _rate_comparison(
     assert metric.margin is not None
     ce, ct, se, st = cols
     stable_rate = float(se.sum() / st.sum()) if st.sum() else 0.0
-    if metric.margin.absolute is not None:
-        margin = parse_value(metric.kind, metric.margin.absolute)
+    absolute = absolute_margin(metric)
+    if absolute is not None:
+        margin = absolute
     elif lower:  # relative margin on an error rate: the count test compares rates directly
-        relative = parse_value(MetricKind.CUSTOM_RATIO, metric.margin.relative or 0)
+        relative = relative_margin(metric) or 0.0
         counts = stats.count_regression_test(ce, ct, se, st, relative_margin=relative)
         summary = f"canary/stable rate ratio {counts.rate_ratio:.2f} (margin x{1 + relative:.2f})"
         return Check(counts.e_value, counts.e_value_noninferior, summary), counts.rate_ratio - 1.0, None
     else:  # relative margin on accuracy: a plug-in of the stable's rate
-        margin = parse_value(MetricKind.CUSTOM_RATIO, metric.margin.relative or 0) * stable_rate
+        margin = (relative_margin(metric) or 0.0) * stable_rate
     result = stats.proportion_test(ce, ct, se, st, margin=margin, higher_is_better=not lower, alpha=alpha)
     summary = (
         f"canary {result.canary_rate:.3%} vs stable {result.stable_rate:.3%} "
@@ -301,7 +312,8 @@ def _gauge(metric: Metric, series: GaugeSeries, alpha: float) -> tuple[list[Chec
     seconds = TRAITS[metric.kind].unit is Unit.SECONDS
     checks: list[Check] = []
     if metric.slo is not None and metric.slo.max is not None:
-        limit = parse_value(metric.kind, metric.slo.max)
+        limit = slo_max(metric)
+        assert limit is not None
         upper = limit * GAUGE_CEILING_FACTOR if seconds else 1.0
         clipped = [[min(v, upper) for v in g] for g in canary_only]
         guard = stats.gauge_guardrail(clipped, limit=limit, lower=0.0, upper=upper, alpha=alpha)
@@ -316,9 +328,9 @@ def _gauge(metric: Metric, series: GaugeSeries, alpha: float) -> tuple[list[Chec
         stable = [list(series.stable[i] or ()) for i in both]
         relative = absolute = 0.0
         if metric.margin.relative is not None:
-            relative = parse_value(MetricKind.CUSTOM_RATIO, metric.margin.relative)
+            relative = relative_margin(metric) or 0.0
         else:
-            absolute = parse_value(metric.kind, metric.margin.absolute or 0)
+            absolute = absolute_margin(metric) or 0.0
         test = stats.gauge_comparison_test(
             canary, stable, relative_margin=relative, absolute_margin=absolute, alpha=alpha
         )

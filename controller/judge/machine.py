@@ -38,7 +38,7 @@ from enum import StrEnum
 
 from controller.api.model import ModelRollout, OnTimeout
 from controller.api.schedule import RouteState, schedule, state_for_step
-from controller.api.units import format_duration, parse_duration
+from controller.api.units import format_duration
 
 HISTORY_LIMIT = 50
 
@@ -213,9 +213,9 @@ class _Machine:
         self.now = now
         self.steps = len(schedule(rollout))
         strategy = rollout.spec.strategy
-        self.deadline = parse_duration(strategy.progress_deadline)
+        self.deadline = strategy.progress_deadline_seconds
         self.min_requests = strategy.min_requests
-        self.suspicion_hold = parse_duration(strategy.hold_on_suspicion)
+        self.suspicion_hold = strategy.hold_on_suspicion_seconds
 
     def go(self, action: Action, phase: Phase, step: int, reason: str) -> Decision:
         old = self.status

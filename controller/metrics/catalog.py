@@ -30,7 +30,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
-from controller.api.kinds import parse_value
+from controller.api.kinds import slo_max
 from controller.api.metrics_spec import Metric, MetricKind
 from controller.api.model import ModelRollout
 from controller.api.names import SPLIT_TAG, SPLIT_VALUE
@@ -321,8 +321,8 @@ class RolloutAsks:
                 everything = self.istio(family, randomised=False)
                 if isinstance(everything, Ask):
                     asks[Role.BUCKETS_ALL if role is Role.BUCKETS else Role.REQUESTS_ALL] = everything
-            if kind is MetricKind.ISTIO_LATENCY and metric.slo is not None and metric.slo.max is not None:
-                return MetricPlan(metric.name, kind, asks, why, keep=(parse_value(kind, metric.slo.max),))
+            if kind is MetricKind.ISTIO_LATENCY and (bound := slo_max(metric)) is not None:
+                return MetricPlan(metric.name, kind, asks, why, keep=(bound,))
         elif kind is MetricKind.CUSTOM_RATIO:
             asks, why = self.custom(metric)
         elif kind in PER_POD_GPU and self.triton is not None:

@@ -14,7 +14,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from controller.api.kinds import TRAITS, Unit, lower_is_better, parse_value, quantile
+from controller.api.kinds import (
+    TRAITS,
+    Unit,
+    absolute_margin,
+    lower_is_better,
+    quantile,
+    relative_margin,
+    slo_max,
+)
 from controller.api.metrics_spec import Metric, MetricKind
 from controller.api.model import ModelRollout
 from controller.api.times import parse_time
@@ -239,20 +247,16 @@ def estimate_scale(metric: Metric | None) -> Scale:
     """Display units and margin of a metric's estimate, following what the analysis computes."""
     if metric is None:
         return Scale(1.0, "", "estimate", None, False)
-    margin = metric.margin
-    relative = margin.relative if margin is not None else None
-    absolute = margin.absolute if margin is not None else None
+    relative, absolute = relative_margin(metric), absolute_margin(metric)
     harm = 1.0 if lower_is_better(metric) else -1.0
     if TRAITS[metric.kind].has_quantile:  # latency quantiles: canary / stable - 1
-        shown = 100 * parse_value(MetricKind.CUSTOM_RATIO, relative) if relative is not None else None
+        shown = 100 * relative if relative is not None else None
         return Scale(100.0, "%", "relative change of the quantile (%)", shown, True)
     if metric.kind in RATE_KINDS and relative is not None and harm > 0:  # error rate ratio - 1
-        return Scale(
-            100.0, "%", "relative change of the rate (%)", 100 * parse_value(MetricKind.CUSTOM_RATIO, relative), True
-        )
+        return Scale(100.0, "%", "relative change of the rate (%)", 100 * relative, True)
     seconds = TRAITS[metric.kind].unit is Unit.SECONDS
     factor, unit = (1000.0, "ms") if seconds else (100.0, "pp")
-    shown = harm * factor * parse_value(metric.kind, absolute) if absolute is not None else None
+    shown = harm * factor * absolute if absolute is not None else None
     return Scale(factor, unit, f"canary - stable ({unit})", shown, False)
 
 
@@ -292,7 +296,7 @@ def latency_cdfs(
         if any(None in c for c in counts):
             continue
         metric = metric_of(rollout, str(e.get("metric")))
-        slo = metric.slo.max if metric is not None and metric.slo is not None else None
+        slo = slo_max(metric) if metric is not None else None
         seconds = metric is not None and TRAITS[metric.kind].unit is Unit.SECONDS
         step = e.get("step")
         out.append(
@@ -306,9 +310,7 @@ def latency_cdfs(
                 canary=_shares(counts[1]),
                 n_stable=int(counts[0][-1] or 0),
                 n_canary=int(counts[1][-1] or 0),
-                slo_ms=1000 * parse_value(metric.kind, slo)
-                if metric is not None and slo is not None and seconds
-                else None,
+                slo_ms=1000 * slo if slo is not None and seconds else None,
                 quantile=quantile(metric) if metric is not None else None,
             )
         )

@@ -23,7 +23,6 @@ from controller.api.model import ModelRollout
 from controller.api.names import MANAGED_BY, ROLLOUT_LABEL, SPLIT_HEADER, SPLIT_TAG, SPLIT_VALUE, WEIGHT_ANNOTATION
 from controller.api.routing import CanaryMatch, RoutingMode, StringMatch
 from controller.api.schedule import RouteState, request_id_regex, split_tagged
-from controller.api.units import parse_duration
 from controller.traffic import tenancy
 
 #: In apply order: subsets and the split's metric tag exist before a route uses them.
@@ -195,7 +194,7 @@ def template_context(rollout: ModelRollout, state: RouteState) -> dict[str, Any]
         cookie_value = spec.canary.name
         context["sticky"] = {
             "match": {"cookie": {"regex": cookie_regex(sticky.cookie_name, cookie_value)}},
-            "set_cookie": f"{sticky.cookie_name}={cookie_value}; Max-Age={int(parse_duration(sticky.max_age))}; Path=/",
+            "set_cookie": f"{sticky.cookie_name}={cookie_value}; Max-Age={int(sticky.max_age_seconds)}; Path=/",
         }
     if triton:
         assert spec.routing.triton is not None

@@ -48,6 +48,7 @@ import yaml
 
 from controller.api.model import ModelRollout
 from controller.edges.kube import KubeCluster
+from controller.engine.ports import EdgeFailure
 from controller.engine.reconcile import Outcome, reconcile
 from controller.metrics.samples import CountSeries, HistogramSeries, MetricData, Observation, Window
 from controller.traffic.templating import default_environment
@@ -169,7 +170,7 @@ class Synthetic:
 
     def observe(
         self, rollouts: Sequence[ModelRollout], windows: Mapping[str, Sequence[Window]], at: float
-    ) -> tuple[dict[str, Observation], str | None]:
+    ) -> tuple[dict[str, Observation], EdgeFailure | None]:
         self.looks += 1
         out = {}
         for rollout in rollouts:

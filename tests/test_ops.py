@@ -292,3 +292,37 @@ def test_a_pass_starts_no_reconcile_after_its_deadline_and_the_rest_go_first_nex
             break
     assert set(seen) == {f"ml/r{i}" for i in range(rollouts)}
     assert len(seen) == rollouts, "a rollout went twice before every other had its turn"
+
+
+# --- canarist_edge_errors: typed failures, whichever edge ----------------------------------------
+
+
+def edge_errors(metrics: ControllerMetrics, key: str) -> float:
+    return metrics.registry.get_sample_value("canarist_edge_errors_total", {"rollout": key}) or 0.0
+
+
+def test_a_look_that_prometheus_cannot_answer_and_a_failed_api_call_each_count_as_an_edge_error() -> None:
+    """The counter reads the reconcile's typed failure, not words in its reason: an unreachable
+    Prometheus (the look became no data) counts, and so does a 503 from the API server."""
+    from tests.test_steering import NAME, NS, POLICY, ready_pods
+
+    with local_api_server() as api:
+        ready_pods(api)
+        metrics = ControllerMetrics()
+        down = PrometheusSource(PrometheusClient(PrometheusSettings(url="http://127.0.0.1:9", timeout=1.0)))
+        cluster = KubeCluster(api.api_client, propagation_delay=0.0)
+        cluster.create_or_update_rollout(POLICY)
+        now = [time.time()]
+        manager = Manager(cluster, down, default_environment(), lambda: now[0], namespace=NS, observer=metrics)
+        key = f"{NS}/{NAME}"
+        manager.tick()  # started: no look yet
+        assert edge_errors(metrics, key) == 0.0
+        now[0] += 600.0  # whole windows since the start to look at
+        manager.due.clear()
+        manager.tick()  # the first look: Prometheus refuses the connection
+        assert edge_errors(metrics, key) == 1.0
+        api.fail("/status", 503, method="PUT", times=10)
+        now[0] += 60.0
+        manager.due.clear()
+        manager.tick()
+        assert edge_errors(metrics, key) == 2.0

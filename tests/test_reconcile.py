@@ -21,7 +21,7 @@ from controller.api.model import ModelRollout
 from controller.api.names import COMMAND_ANNOTATION, COMMAND_AT_ANNOTATION, COMMAND_BY_ANNOTATION, COMMAND_ID_ANNOTATION
 from controller.api.schedule import RouteState
 from controller.api.times import parse_timestamp, rfc3339, timestamp
-from controller.engine.ports import ClusterUnavailableError
+from controller.engine.ports import ClusterUnavailableError, EdgeFailure
 from controller.engine.reconcile import Outcome, analysis_windows, reconcile
 from controller.engine.record import ANALYSES_LIMIT, from_status, to_status
 from controller.judge.machine import Action
@@ -50,7 +50,7 @@ class Synthetic:
 
     def observe(
         self, rollouts: Sequence[ModelRollout], windows: Mapping[str, Sequence[Window]], at: float
-    ) -> tuple[dict[str, Observation], str | None]:
+    ) -> tuple[dict[str, Observation], EdgeFailure | None]:
         self.looks += 1
         out = {}
         for rollout in rollouts:
@@ -77,7 +77,7 @@ class Synthetic:
             )
             metrics = (MetricData("latency-p99", hist), MetricData("error-rate", errors))
             out[rollout.key] = Observation(ws, tuple(stable), tuple(canary), metrics)
-        return out, "connection refused" if self.down else None
+        return out, EdgeFailure("prometheus", "connection refused", retryable=True) if self.down else None
 
 
 def drive(cluster: MemoryCluster, source: Synthetic, *, minutes: int, start: float = T0) -> list[Outcome]:

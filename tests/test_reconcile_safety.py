@@ -26,7 +26,7 @@ from controller.api.model import ModelRollout
 from controller.api.names import COMMAND_ANNOTATION, COMMAND_AT_ANNOTATION, COMMAND_BY_ANNOTATION, COMMAND_ID_ANNOTATION
 from controller.api.schedule import RouteState
 from controller.api.times import rfc3339
-from controller.engine.ports import ClusterUnavailableError, ConflictError
+from controller.engine.ports import ClusterUnavailableError, ConflictError, EdgeFailure
 from controller.engine.reconcile import reconcile
 from controller.engine.record import STATUS_BYTES_LIMIT, to_status
 from controller.judge.machine import Action, Evidence, MetricEvidence, Phase, Status, Verdict
@@ -225,7 +225,7 @@ class Poisoned(Synthetic):
 
     def observe(
         self, rollouts: Sequence[ModelRollout], windows: Mapping[str, Sequence[Window]], at: float
-    ) -> tuple[dict[str, Observation], str | None]:
+    ) -> tuple[dict[str, Observation], EdgeFailure | None]:
         if any(r.metadata.name == "poisoned" for r in rollouts):
             raise RecursionError("maximum recursion depth exceeded")
         return super().observe(rollouts, windows, at)

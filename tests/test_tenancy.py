@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from controller.api.model import ModelRollout
 from controller.api.schedule import RouteState
 from controller.edges.kube import KubeCluster, retry_policy
-from controller.engine.ports import RouteConflictError
+from controller.engine.ports import EdgeFailure, RouteConflictError
 from controller.engine.reconcile import reconcile
 from controller.judge.machine import Action, Phase
 from controller.metrics.samples import Observation, Window
@@ -507,8 +507,8 @@ class NoData:
 
     def observe(
         self, rollouts: Sequence[ModelRollout], windows: Mapping[str, Sequence[Window]], at: float
-    ) -> tuple[dict[str, Observation], str | None]:
-        return {}, "no data in this test"
+    ) -> tuple[dict[str, Observation], EdgeFailure | None]:
+        return {}, EdgeFailure("prometheus", "no data in this test", retryable=True)
 
 
 # --- the reconciler: a refused rollout holds ----------------------------------------------------

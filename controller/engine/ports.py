@@ -18,18 +18,35 @@ from controller.metrics.samples import Observation, Window
 class ConflictError(Exception):
     """The object changed since it was read (HTTP 409): read it again and retry."""
 
+    retryable = True
+
 
 class NotFoundError(Exception):
     """The object does not exist (HTTP 404)."""
+
+    retryable = False
 
 
 class ClusterUnavailableError(Exception):
     """The API server could not be reached or answered 5xx: retry after ``retry_after`` seconds."""
 
+    retryable = True
+
     def __init__(self, reason: str, *, retry_after: float = 5.0) -> None:
         super().__init__(reason)
         self.reason = reason
         self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class EdgeFailure:
+    """A call to the world that one reconcile could not complete: which edge, why, and whether the
+    same call may succeed later. The reconcile's outcome carries it, so counting and backing off act
+    on the type, not on words in a reason."""
+
+    edge: str  # "kubernetes" or "prometheus"
+    reason: str
+    retryable: bool
 
 
 @dataclass(frozen=True)
@@ -162,6 +179,6 @@ class MetricsSource(Protocol):
 
     def observe(
         self, rollouts: Sequence[ModelRollout], windows: Mapping[str, Sequence[Window]], at: float
-    ) -> tuple[dict[str, Observation], str | None]:
-        """Observations per rollout key, and the reason if the look failed (then: no data)."""
+    ) -> tuple[dict[str, Observation], EdgeFailure | None]:
+        """Observations per rollout key, and the failure if the look failed (then: no data, saying why)."""
         ...

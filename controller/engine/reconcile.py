@@ -29,7 +29,7 @@ from controller.api.model import ModelRollout
 from controller.api.names import FINALIZER
 from controller.api.schedule import RouteState
 from controller.api.times import parse_timestamp
-from controller.engine.ports import Cluster, ClusterUnavailableError, ConflictError, MetricsSource
+from controller.engine.ports import Cluster, ClusterUnavailableError, ConflictError, EdgeFailure, MetricsSource
 from controller.engine.record import (
     canary_revision,
     exposure_revision,
@@ -67,6 +67,8 @@ class Outcome:
     route_writes: int
     status_written: bool
     requeue_after: float
+    #: An edge this reconcile could not reach (the look became no data, or a call failed).
+    edge_failure: EdgeFailure | None = None
 
 
 def reconcile(
@@ -88,7 +90,9 @@ def reconcile(
     except ConflictError:
         return Outcome(key, Action.NONE, "the rollout changed meanwhile: re-reading", None, None, 0, False, 0.0)
     except ClusterUnavailableError as exc:
-        return Outcome(key, Action.NONE, f"API server unavailable: {exc.reason}", None, None, 0, False, exc.retry_after)
+        failure = EdgeFailure("kubernetes", exc.reason, exc.retryable)
+        reason = f"API server unavailable: {exc.reason}"
+        return Outcome(key, Action.NONE, reason, None, None, 0, False, exc.retry_after, failure)
 
 
 def _reconcile(
@@ -116,9 +120,9 @@ def _reconcile(
     pending = pending_command(obj, now)
     commands = (pending[0],) if pending else ()
 
-    evidence = None
+    evidence, failure = None, None
     if status.phase in GUARDED_PHASES and _analysis_due(stored, now, interval):
-        evidence = look(rollout, status, metrics, now)
+        evidence, failure = look(rollout, status, metrics, now)
     decision = decide(
         rollout, status, evidence, now, commands=commands, canary_revision=revision, exposure_revision=exposure
     )
@@ -137,8 +141,9 @@ def _reconcile(
             )
             if not commands or _exposes_more(without.routes, in_force):
                 return _record_hold(
-                    obj, cluster, rollout, status, routes=in_force, evidence=evidence, reason=reason, now=now
-                )
+                    obj, cluster, rollout, status, routes=in_force, evidence=evidence, reason=reason, now=now,
+                    failure=failure,
+                )  # fmt: skip
             if without.action in (Action.HOLD, Action.NONE):  # say why the command is not acted on yet
                 said = f"{reason}; meanwhile {without.reason}"
                 without = replace(without, reason=said, status=replace(without.status, message=said))
@@ -160,7 +165,9 @@ def _reconcile(
         reason = "routes refused: " + "; ".join(str(c) for c in conflicts)
         if stored.get("message") != reason:
             cluster.emit_event(obj, reason="RoutesRefused", message=reason, warning=True)
-        return _record_hold(obj, cluster, rollout, status, routes=in_force, evidence=evidence, reason=reason, now=now)
+        return _record_hold(
+            obj, cluster, rollout, status, routes=in_force, evidence=evidence, reason=reason, now=now, failure=failure
+        )
     body = to_status(
         decision.status,
         routes=decision.routes,
@@ -185,6 +192,7 @@ def _reconcile(
         writes,
         written,
         _requeue(decision, interval),
+        failure,
     )
 
 
@@ -244,12 +252,14 @@ def parse(obj: Mapping[str, Any], rules: tenancy.TenancyRules | None = None) -> 
     return (None, f"{refused[0].dotted}: {refused[0].reason}") if refused else (rollout, "")
 
 
-def look(rollout: ModelRollout, status: Status, metrics: MetricsSource, now: float) -> Evidence:
+def look(
+    rollout: ModelRollout, status: Status, metrics: MetricsSource, now: float
+) -> tuple[Evidence, EdgeFailure | None]:
     """Observe every window since the analysis of this canary began and analyse them."""
     windows = analysis_windows(rollout, status, now)
-    observations, _ = metrics.observe([rollout], {rollout.key: windows}, now)
+    observations, failure = metrics.observe([rollout], {rollout.key: windows}, now)
     observation = observations.get(rollout.key) or Observation(windows, (None,) * len(windows), (None,) * len(windows))
-    return analyse(rollout, observation, step_started_at=status.step_started_at)
+    return analyse(rollout, observation, step_started_at=status.step_started_at), failure
 
 
 def analysis_windows(rollout: ModelRollout, status: Status, now: float) -> tuple[Window, ...]:
@@ -302,6 +312,7 @@ def _record_hold(
     evidence: Evidence | None,
     reason: str,
     now: float,
+    failure: EdgeFailure | None = None,
 ) -> Outcome:
     """Hold where the rollout is (the canary is not ready for more): say why, keep the routes in force.
 
@@ -320,7 +331,7 @@ def _record_hold(
         now=now,
     )
     written = _write_status(cluster, obj, stored, body)
-    return Outcome(rollout.key, Action.HOLD, reason, held.phase, routes.canary_weight, 0, written, 10.0)
+    return Outcome(rollout.key, Action.HOLD, reason, held.phase, routes.canary_weight, 0, written, 10.0, failure)
 
 
 def _requeue(decision: Decision, interval: float) -> float:

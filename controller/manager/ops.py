@@ -74,7 +74,7 @@ class ControllerMetrics:
         self.ready.set()
         self.duration.observe(seconds)
         self.decisions.labels(outcome.key, outcome.action.value).inc()
-        if "unavailable" in outcome.reason:
+        if outcome.edge_failure is not None:
             self.errors.labels(outcome.key).inc()
         if outcome.phase is not None:
             for phase in Phase:

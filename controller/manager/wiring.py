@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from controller.api.model import ModelRollout
 from controller.edges.prometheus import PrometheusClient, PrometheusSettings, observe_or_explain
-from controller.engine.ports import MetricsSource
+from controller.engine.ports import EdgeFailure, MetricsSource
 from controller.metrics.catalog import Labels
 from controller.metrics.samples import Observation, Window
 
@@ -26,9 +26,10 @@ class PrometheusSource:
 
     def observe(
         self, rollouts: Sequence[ModelRollout], windows: Mapping[str, Sequence[Window]], at: float
-    ) -> tuple[dict[str, Observation], str | None]:
+    ) -> tuple[dict[str, Observation], EdgeFailure | None]:
         observations, error = observe_or_explain(self.client, rollouts, windows, at, labels=self.labels)
-        return observations, (error.reason if error is not None else None)
+        failure = EdgeFailure("prometheus", f"{error.reason} ({error.kind})", error.retryable) if error else None
+        return observations, failure
 
 
 def metrics_source(backend: str, settings: PrometheusSettings, labels: Labels | None = None) -> MetricsSource:

@@ -21,10 +21,10 @@ from controller.edges.kube.leader import (
     LeaderElector,
     LeaseLostError,
     LeaseRecord,
-    Verdict,
-    decide,
+    LeaseVerdict,
     default_margin,
     expired,
+    judge_lease,
     released,
     successor,
     valid_until,
@@ -51,22 +51,22 @@ def test_expiry_is_measured_from_our_own_observation() -> None:
 @pytest.mark.parametrize(
     ("record", "now", "verdict"),
     [
-        (None, 0.0, Verdict.CREATE),
-        (LeaseRecord("me", 15, 0.0, 0.0), 1.0, Verdict.RENEW),
-        (LeaseRecord("me", 15, 0.0, 0.0), 1000.0, Verdict.RENEW),
-        (LeaseRecord("", 1, 0.0, 0.0), 0.5, Verdict.TAKE_OVER),
-        (LeaseRecord("other", 15, 0.0, 0.0), 14.0, Verdict.FOLLOW),
-        (LeaseRecord("other", 15, 0.0, 0.0), 15.0, Verdict.TAKE_OVER),
+        (None, 0.0, LeaseVerdict.CREATE),
+        (LeaseRecord("me", 15, 0.0, 0.0), 1.0, LeaseVerdict.RENEW),
+        (LeaseRecord("me", 15, 0.0, 0.0), 1000.0, LeaseVerdict.RENEW),
+        (LeaseRecord("", 1, 0.0, 0.0), 0.5, LeaseVerdict.TAKE_OVER),
+        (LeaseRecord("other", 15, 0.0, 0.0), 14.0, LeaseVerdict.FOLLOW),
+        (LeaseRecord("other", 15, 0.0, 0.0), 15.0, LeaseVerdict.TAKE_OVER),
     ],
 )
-def test_decide(record: LeaseRecord | None, now: float, verdict: Verdict) -> None:
-    assert decide(record, "me", now, observed_at=0.0) is verdict
+def test_judge_lease(record: LeaseRecord | None, now: float, verdict: LeaseVerdict) -> None:
+    assert judge_lease(record, "me", now, observed_at=0.0) is verdict
 
 
 def test_the_holders_timestamps_do_not_decide_expiry() -> None:
     """A renewTime far in the past (a skewed clock) does not let a fresh observer take over."""
     ancient = LeaseRecord("other", 15, 0.0, 0.0)
-    assert decide(ancient, "me", now=10_000.0, observed_at=9_999.0) is Verdict.FOLLOW
+    assert judge_lease(ancient, "me", now=10_000.0, observed_at=9_999.0) is LeaseVerdict.FOLLOW
 
 
 def test_successor_counts_transitions_and_keeps_acquire_time_on_renewal() -> None:

@@ -33,13 +33,13 @@ from controller.api.fields import (
     SAFE_TEXT,
 )
 from controller.api.model import API_VERSION, KIND, ModelRollout
+from controller.api.rules import Path
 from controller.api.units import DURATION_PATTERN
 
 MAX_BYTES = 1024 * 1024
 MAX_NODES = 100_000
 MAX_DEPTH = 64
 
-Path = tuple[str | int, ...]
 
 _PATTERN_HELP = {
     DNS_LABEL: "must be a DNS-1123 label: lowercase letters, digits and '-', at most 63 characters",

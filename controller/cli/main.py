@@ -204,7 +204,7 @@ def analyze(  # click passes options by keyword
         raise UserError(f"--prometheus: {exc}") from None
     rollouts = load_or_fail(policy)
     client = PrometheusClient(settings)
-    worst = oneshot.Outcome.PROMOTE
+    worst = oneshot.Conclusion.PROMOTE
     try:
         for rollout in rollouts:
             try:
@@ -215,8 +215,8 @@ def analyze(  # click passes options by keyword
             windows = oneshot.windows(rollout, share, at=at, since=window_span)
             observations, error = observe_or_explain(client, [rollout], {rollout.key: windows}, at)
             observation = observations[rollout.key]
-            evidence, decision = oneshot.evaluate(rollout, where, observation, at=at)
-            doc = oneshot.report(
+            evidence, decision = oneshot.judge_look(rollout, where, observation, at=at)
+            doc = oneshot.look_document(
                 rollout,
                 where,
                 observation,
@@ -228,7 +228,7 @@ def analyze(  # click passes options by keyword
                 error=error.reason if error is not None else None,
             )
             click.echo(json.dumps(doc, indent=2) if output == "json" else analysis_table(doc))
-            worst = max(worst, oneshot.outcome(decision), key=_severity)
+            worst = max(worst, oneshot.conclusion(decision), key=_severity)
     finally:
         client.close()
     sys.exit(worst.exit_code)

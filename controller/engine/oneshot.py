@@ -22,7 +22,7 @@ from controller.judge.machine import Action, Decision, Evidence, Phase, Status, 
 from controller.metrics.samples import Observation, Window, window_ends
 
 
-class Outcome(StrEnum):
+class Conclusion(StrEnum):
     """What the rollout would do next, and the exit status ``analyze`` gives it."""
 
     ADVANCE = "advance"
@@ -32,7 +32,7 @@ class Outcome(StrEnum):
 
     @property
     def exit_code(self) -> int:
-        return {Outcome.ADVANCE: 0, Outcome.PROMOTE: 0, Outcome.ROLLBACK: 1, Outcome.HOLD: 3}[self]
+        return {Conclusion.ADVANCE: 0, Conclusion.PROMOTE: 0, Conclusion.ROLLBACK: 1, Conclusion.HOLD: 3}[self]
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,9 @@ def windows(rollout: ModelRollout, share: float, *, at: float, since: float) -> 
     return tuple(Window(end - interval, end, share) for end in ends)
 
 
-def evaluate(rollout: ModelRollout, where: Point, observation: Observation, *, at: float) -> tuple[Evidence, Decision]:
+def judge_look(
+    rollout: ModelRollout, where: Point, observation: Observation, *, at: float
+) -> tuple[Evidence, Decision]:
     """The evidence over all windows and what the state machine decides from it at ``at``.
 
     The step is taken to have started with the first window (all its canary requests count), but
@@ -78,15 +80,15 @@ def evaluate(rollout: ModelRollout, where: Point, observation: Observation, *, a
     return evidence, decide(rollout, status, evidence, at)
 
 
-def outcome(decision: Decision) -> Outcome:
+def conclusion(decision: Decision) -> Conclusion:
     return {
-        Action.ADVANCE: Outcome.ADVANCE,
-        Action.PROMOTE: Outcome.PROMOTE,
-        Action.ROLLBACK: Outcome.ROLLBACK,
-    }.get(decision.action, Outcome.HOLD)
+        Action.ADVANCE: Conclusion.ADVANCE,
+        Action.PROMOTE: Conclusion.PROMOTE,
+        Action.ROLLBACK: Conclusion.ROLLBACK,
+    }.get(decision.action, Conclusion.HOLD)
 
 
-def report(
+def look_document(
     rollout: ModelRollout,
     where: Point,
     observation: Observation,
@@ -101,7 +103,7 @@ def report(
     """The JSON document ``canarist analyze -o json`` prints (its shape is part of the CLI's contract)."""
     stable = sum(n for n in observation.stable_requests if n is not None)
     canary = sum(n for n in observation.canary_requests if n is not None)
-    result = outcome(decision)
+    result = conclusion(decision)
     return {
         "apiVersion": API_VERSION,
         "kind": "Analysis",

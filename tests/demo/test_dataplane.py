@@ -32,7 +32,7 @@ from controller.api.load import load
 from controller.api.model import ModelRollout
 from controller.api.schedule import RouteState, schedule, state_for_step
 from controller.sandbox.demo.haproxy import Haproxy, HaproxyError, weights_from_virtual_service
-from controller.sandbox.demo.loadgen import LateLabels, Outcome, arrivals, classify, rate_at
+from controller.sandbox.demo.loadgen import LateLabels, RequestOutcome, arrivals, classify, rate_at
 from controller.sandbox.demo.model import Model, generate, train
 from controller.sandbox.demo.processes import free_port
 from controller.sandbox.demo.server import ISTIO_BUCKETS_MS
@@ -303,15 +303,15 @@ def test_server_refuses_a_missing_model_file(procs: Processes, tmp_path: Path) -
 
 def test_outcomes_are_classified_strictly() -> None:
     served = {"X-Served-By": "v2"}
-    assert classify(200, served) == ("v2", Outcome.OK)
-    assert classify(200, served, body_ok=False) == ("v2", Outcome.ROUTING_FAILURE)
-    assert classify(500, {**served, "x-injected-error": "1"}) == ("v2", Outcome.INJECTED_ERROR)
-    assert classify(500, served) == ("v2", Outcome.ROUTING_FAILURE)  # a real crash, not the injected one
-    assert classify(400, served) == ("v2", Outcome.ROUTING_FAILURE)
-    assert classify(503, {"content-type": "text/html"}) == ("unknown", Outcome.ROUTING_FAILURE)  # haproxy's own
-    assert classify(503, {"x-injected-error": "1"}) == ("unknown", Outcome.ROUTING_FAILURE)  # no server named
-    assert classify(200, {}) == ("unknown", Outcome.ROUTING_FAILURE)
-    assert classify(None, {}) == ("unknown", Outcome.ROUTING_FAILURE)  # refused, reset, timed out
+    assert classify(200, served) == ("v2", RequestOutcome.OK)
+    assert classify(200, served, body_ok=False) == ("v2", RequestOutcome.ROUTING_FAILURE)
+    assert classify(500, {**served, "x-injected-error": "1"}) == ("v2", RequestOutcome.INJECTED_ERROR)
+    assert classify(500, served) == ("v2", RequestOutcome.ROUTING_FAILURE)  # a real crash, not the injected one
+    assert classify(400, served) == ("v2", RequestOutcome.ROUTING_FAILURE)
+    assert classify(503, {"content-type": "text/html"}) == ("unknown", RequestOutcome.ROUTING_FAILURE)  # haproxy's own
+    assert classify(503, {"x-injected-error": "1"}) == ("unknown", RequestOutcome.ROUTING_FAILURE)  # no server named
+    assert classify(200, {}) == ("unknown", RequestOutcome.ROUTING_FAILURE)
+    assert classify(None, {}) == ("unknown", RequestOutcome.ROUTING_FAILURE)  # refused, reset, timed out
 
 
 def test_arrivals_are_poisson_at_the_mean_rate_with_a_wobble() -> None:

@@ -53,7 +53,7 @@ class LeaseRecord:
     transitions: int = 0
 
 
-class Verdict(enum.Enum):
+class LeaseVerdict(enum.Enum):
     CREATE = "create"
     RENEW = "renew"
     TAKE_OVER = "take over"
@@ -65,15 +65,15 @@ def expired(observed_at: float, duration: float, now: float) -> bool:
     return now >= observed_at + duration
 
 
-def decide(record: LeaseRecord | None, identity: str, now: float, observed_at: float) -> Verdict:
+def judge_lease(record: LeaseRecord | None, identity: str, now: float, observed_at: float) -> LeaseVerdict:
     """What ``identity`` does about the Lease ``record`` (None: there is none)."""
     if record is None:
-        return Verdict.CREATE
+        return LeaseVerdict.CREATE
     if record.holder == identity:
-        return Verdict.RENEW
+        return LeaseVerdict.RENEW
     if not record.holder or expired(observed_at, record.duration, now):
-        return Verdict.TAKE_OVER
-    return Verdict.FOLLOW
+        return LeaseVerdict.TAKE_OVER
+    return LeaseVerdict.FOLLOW
 
 
 def successor(record: LeaseRecord | None, identity: str, now: float, lease_seconds: int) -> LeaseRecord:
@@ -180,8 +180,8 @@ class LeaderElector:
             record = record_of(lease) if lease is not None else None
             if record != self._observed:
                 self._observed, self._observed_at = record, now
-            verdict = decide(record, self.identity, now, self._observed_at)
-            if verdict is Verdict.FOLLOW:
+            verdict = judge_lease(record, self.identity, now, self._observed_at)
+            if verdict is LeaseVerdict.FOLLOW:
                 self._valid_until = None
                 return self._lead(False)
             wanted = successor(record, self.identity, self.clock(), self.lease_seconds)
@@ -189,7 +189,7 @@ class LeaderElector:
             written = self._write(lease, wanted)
             self._observed, self._observed_at = record_of(written), now
             self._valid_until = valid_until(sent, self.lease_seconds, self.margin)
-            if verdict is not Verdict.RENEW:
+            if verdict is not LeaseVerdict.RENEW:
                 log.info("%s took the lease %s/%s (%s)", self.identity, self.namespace, self.name, verdict.value)
             return self._lead(True)
         except client.ApiException as exc:

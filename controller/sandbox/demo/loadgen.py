@@ -54,23 +54,23 @@ STOP_GRACE_S = 2.0
 _JSON = {"Content-Type": "application/json"}
 
 
-class Outcome(StrEnum):
+class RequestOutcome(StrEnum):
     OK = "ok"
     INJECTED_ERROR = "injected_error"
     ROUTING_FAILURE = "routing_failure"
 
 
-def classify(status: int | None, headers: Mapping[str, str], *, body_ok: bool = True) -> tuple[str, Outcome]:
+def classify(status: int | None, headers: Mapping[str, str], *, body_ok: bool = True) -> tuple[str, RequestOutcome]:
     """Which version answered and how; ``status`` None means no HTTP answer at all."""
     lower = {k.lower(): v for k, v in headers.items()}
     version = lower.get("x-served-by") or UNKNOWN
     if status is None or version == UNKNOWN:
-        return version, Outcome.ROUTING_FAILURE
+        return version, RequestOutcome.ROUTING_FAILURE
     if status == 200 and body_ok:
-        return version, Outcome.OK
+        return version, RequestOutcome.OK
     if status >= 500 and lower.get("x-injected-error") == "1":
-        return version, Outcome.INJECTED_ERROR
-    return version, Outcome.ROUTING_FAILURE
+        return version, RequestOutcome.INJECTED_ERROR
+    return version, RequestOutcome.ROUTING_FAILURE
 
 
 def rate_at(t: float, rate: float, wobble: float, period: float) -> float:
@@ -155,17 +155,17 @@ class LoadGenerator:
         self.correct = Counter("fraud_predictions_correct", "Labelled predictions that were right.",
                                ["model", "version"], registry=registry)  # fmt: skip
         for version in versions:  # series exist from the start, so increase() sees the first events
-            for outcome in Outcome:
+            for outcome in RequestOutcome:
                 self.requests.labels(version, outcome.value)
             self.labelled.labels(model_service, version)
             self.correct.labels(model_service, version)
-        self.requests.labels(UNKNOWN, Outcome.ROUTING_FAILURE.value)
+        self.requests.labels(UNKNOWN, RequestOutcome.ROUTING_FAILURE.value)
         self.labels: LateLabels[tuple[str, bool]] = LateLabels()
         self.jobs: queue.Queue[tuple[list[float], bool] | None] = queue.Queue()
         self._lock = threading.Lock()
         self.sent = 0
         self.shed = 0
-        self.outcomes: Tally[tuple[str, Outcome]] = Tally()
+        self.outcomes: Tally[tuple[str, RequestOutcome]] = Tally()
         self.label_counts: Tally[tuple[str, bool]] = Tally()
         self.elapsed = 0.0
 
@@ -238,7 +238,7 @@ class LoadGenerator:
             self.requests.labels(version, outcome.value).inc()
             with self._lock:
                 self.outcomes[version, outcome] += 1
-            if outcome is Outcome.OK and rng.random() < self.labelled_share:
+            if outcome is RequestOutcome.OK and rng.random() < self.labelled_share:
                 self.labels.push(last_used + self.label_delay, (version, fraud == truth))
         conn.close()
 
@@ -259,7 +259,7 @@ class LoadGenerator:
     def summary(self) -> dict[str, Any]:
         """Totals: sent, answers per version, outcomes, labels reported per version."""
         with self._lock:
-            outcomes = {o.value: 0 for o in Outcome}
+            outcomes = {o.value: 0 for o in RequestOutcome}
             by_version: Tally[str] = Tally()
             for (version, outcome), n in self.outcomes.items():
                 outcomes[outcome.value] += n
@@ -275,7 +275,7 @@ class LoadGenerator:
                 "sent": self.sent,
                 "by_version": dict(sorted(by_version.items())),
                 "outcomes": outcomes,
-                "routing_failures": outcomes[Outcome.ROUTING_FAILURE],
+                "routing_failures": outcomes[RequestOutcome.ROUTING_FAILURE],
                 "labelled": dict(sorted(labelled.items())),
                 "correct": dict(sorted(correct.items())),
                 "labels_pending": len(self.labels),

@@ -168,16 +168,16 @@ _UNTRACKED_METADATA = frozenset(
         "selfLink",
     }
 )
-Path = tuple[str, ...]
+FieldPath = tuple[str, ...]
 
 
-def field_values(obj: dict[str, Any], *, subresource: str | None, has_status: bool) -> dict[Path, Any]:
+def field_values(obj: dict[str, Any], *, subresource: str | None, has_status: bool) -> dict[FieldPath, Any]:
     """The fields a write to ``obj`` (the main resource, or its ``status`` subresource) can own, as
     leaf paths with their values. Maps are walked; lists are atomic leaves (a CRD's default
     ``x-kubernetes-list-type``); apiVersion, kind and server-set metadata are never owned."""
-    out: dict[Path, Any] = {}
+    out: dict[FieldPath, Any] = {}
 
-    def walk(path: Path, value: Any) -> None:
+    def walk(path: FieldPath, value: Any) -> None:
         if isinstance(value, dict) and value:
             for key, item in value.items():
                 walk((*path, str(key)), item)
@@ -198,7 +198,7 @@ def field_values(obj: dict[str, Any], *, subresource: str | None, has_status: bo
     return out
 
 
-def fields_v1(paths: set[Path]) -> dict[str, Any]:
+def fields_v1(paths: set[FieldPath]) -> dict[str, Any]:
     """Leaf paths as the ``FieldsV1`` trie: ``{"f:metadata": {"f:annotations": {"f:k": {}}}}``."""
     trie: dict[str, Any] = {}
     for path in sorted(paths):
@@ -208,14 +208,14 @@ def fields_v1(paths: set[Path]) -> dict[str, Any]:
     return trie
 
 
-def fields_v1_paths(fields: Any, prefix: Path = ()) -> set[Path]:
+def fields_v1_paths(fields: Any, prefix: FieldPath = ()) -> set[FieldPath]:
     """The leaf paths of a ``FieldsV1`` trie (the inverse of :func:`fields_v1`)."""
     if not isinstance(fields, dict):
         return set()
     children = {k: v for k, v in fields.items() if k.startswith("f:")}
     if not children:
         return {prefix} if prefix else set()
-    out: set[Path] = set()
+    out: set[FieldPath] = set()
     for key, value in children.items():
         out |= fields_v1_paths(value, (*prefix, key[2:]))
     return out

@@ -34,6 +34,7 @@ from controller.api.fields import (
 )
 from controller.api.model import API_VERSION, KIND, ModelRollout
 from controller.api.rules import Path
+from controller.api.text import escaped
 from controller.api.units import DURATION_PATTERN
 
 MAX_BYTES = 1024 * 1024
@@ -75,21 +76,8 @@ class Diagnostic:
 
     def __str__(self) -> str:
         """One printable line: user text in the field path or the reason is escaped, long text cut."""
-        field = f" {printable(self.field, 200)}:" if self.field else ""
-        return f"{printable(self.source, 300)}:{self.line}:{self.column}:{field} {printable(self.reason, 500)}"
-
-
-def printable(text: str, limit: int = 500) -> str:
-    """``text`` with every unprintable character (controls, separators, ...) as its Python escape.
-
-    What a policy echoes back (a bad value, an unknown key) cannot move the cursor, recolour a
-    terminal, reorder text or start a new line; over ``limit`` characters it is cut with "...".
-    """
-    if len(text) > limit:
-        text = text[:limit] + "..."
-    if text.isprintable():
-        return text
-    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+        field = f" {escaped(self.field, 200)}:" if self.field else ""
+        return f"{escaped(self.source, 300)}:{self.line}:{self.column}:{field} {escaped(self.reason, 500)}"
 
 
 class PolicyError(Exception):

@@ -3,7 +3,9 @@
 Names, reasons and identities reach terminals (``canarist status``), logs, Events and the status.
 A control character or an escape sequence in them could rewrite what an operator sees, and an
 unbounded one could grow an object past etcd's limit; so every user string passes through here
-before it is printed or stored.
+before it is printed or stored. Two forms, on purpose: :func:`printable` replaces what it removes
+with U+FFFD (status, Events, tables: the edit stays visible), :func:`escaped` writes it as its
+Python escape (a validation diagnostic shows exactly which character is wrong).
 """
 
 from __future__ import annotations
@@ -37,3 +39,16 @@ def _shown(ch: str) -> bool:
     # Cc: C0/C1 controls, Cf: format (bidi overrides, zero-width), Cs: surrogates, Co/Cn: private/unassigned,
     # Zl/Zp: line and paragraph separators (they break a line in most terminals).
     return category[0] != "C" and category not in ("Zl", "Zp")
+
+
+def escaped(text: str, limit: int = 500) -> str:
+    """``text`` with every unprintable character (controls, separators, ...) as its Python escape.
+
+    What a policy echoes back (a bad value, an unknown key) cannot move the cursor, recolour a
+    terminal, reorder text or start a new line; over ``limit`` characters it is cut with "...".
+    """
+    if len(text) > limit:
+        text = text[:limit] + "..."
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)

@@ -21,10 +21,10 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from controller.api.load import PolicyError, from_object, parse_yaml, printable
+from controller.api.load import PolicyError, from_object, parse_yaml
 from controller.api.model import KIND, ModelRollout
 from controller.api.schedule import schedule
-from controller.api.text import printable as plain_text
+from controller.api.text import escaped, printable
 from controller.api.times import timestamp
 from controller.engine.record import E_VALUE_CAP
 from controller.report import drawing, series
@@ -83,13 +83,13 @@ def _yaml_object(text: str, source: str) -> Any:
     except PolicyError as exc:
         raise ReportError(f"{exc.diagnostics[0]} (neither JSON nor YAML that canarist reads)") from None
     if len(documents) != 1:
-        raise ReportError(f"{printable(source, 300)}: {len(documents)} YAML documents: give exactly one ModelRollout")
+        raise ReportError(f"{escaped(source, 300)}: {len(documents)} YAML documents: give exactly one ModelRollout")
     return documents[0].data
 
 
 def rollout_object(doc: Any, source: str = "input") -> dict[str, Any]:
     """The document as a ModelRollout with a status, or a ReportError saying what it is instead."""
-    source = printable(source, 300)  # a file name or an object's name: user text in a terminal line
+    source = escaped(source, 300)  # a file name or an object's name: user text in a terminal line
     if isinstance(doc, Mapping) and doc.get("kind") == "List" and isinstance(doc.get("items"), list):
         if len(doc["items"]) != 1:
             raise ReportError(f"{source}: a List of {len(doc['items'])} objects: give exactly one ModelRollout")
@@ -97,7 +97,7 @@ def rollout_object(doc: Any, source: str = "input") -> dict[str, Any]:
     if not isinstance(doc, Mapping) or not isinstance(doc.get("spec"), Mapping):
         raise ReportError(f"{source}: not a ModelRollout (no spec)")
     if doc.get("kind", KIND) != KIND:
-        raise ReportError(f"{source}: not a ModelRollout but a {printable(str(doc.get('kind')), 100)}")
+        raise ReportError(f"{source}: not a ModelRollout but a {escaped(str(doc.get('kind')), 100)}")
     if not isinstance(doc.get("status"), Mapping) or not doc["status"]:
         raise ReportError(f"{source}: the rollout has no status yet (the controller has not reconciled it)")
     return dict(doc)
@@ -309,7 +309,7 @@ def _span(text: str, kind: str | None = None) -> str:
 
 def _esc(value: Any) -> str:
     """User text as HTML: no control character, bidi override or escape sequence, bounded, escaped."""
-    return escape(plain_text("" if value is None else str(value), 2048), quote=True)
+    return escape(printable("" if value is None else str(value), 2048), quote=True)
 
 
 def _raw(value: Any) -> str:

@@ -68,13 +68,13 @@ from controller.edges.kube.objects import (
     TELEMETRY_GROUP,
     TELEMETRY_PLURAL,
     TELEMETRY_VERSION,
-    _adopted_by,
-    _annotations,
-    _created_by,
-    _labels,
-    _name,
-    _namespace,
-    _ours,
+    adopted_by,
+    annotations_of,
+    created_by,
+    labels_of,
+    marks_of,
+    object_name,
+    object_namespace,
 )
 from controller.engine.ports import Conflict, NotFoundError, RouteConflictError
 from controller.traffic.adopt import fqdn, merge_destination_rule, merge_virtual_service
@@ -84,14 +84,14 @@ from controller.traffic.tenancy import istio_name, overlaps
 def _host_of(desired: Mapping[str, Any]) -> str:
     spec = desired.get("spec") or {}
     host = spec.get("host", "") if desired.get("kind") == "DestinationRule" else (spec.get("hosts") or [""])[0]
-    return fqdn(str(host), _namespace(desired))
+    return fqdn(str(host), object_namespace(desired))
 
 
 def _serves(obj: Mapping[str, Any], host: str) -> bool:
     """Whether ``obj`` (a DestinationRule or VirtualService) is for ``host``."""
     spec = obj.get("spec") or {}
     hosts = spec.get("hosts") or [] if obj.get("kind") == "VirtualService" else [spec.get("host", "")]
-    return host in {fqdn(str(h), _namespace(obj)) for h in hosts}
+    return host in {fqdn(str(h), object_namespace(obj)) for h in hosts}
 
 
 def _hosts_of(obj: Mapping[str, Any]) -> list[str]:
@@ -104,7 +104,7 @@ def _hosts_of(obj: Mapping[str, Any]) -> list[str]:
 def _gateways(obj: Mapping[str, Any]) -> set[str]:
     """The proxies a VirtualService applies to: ``mesh`` (the default) or ``namespace/gateway``."""
     names = (obj.get("spec") or {}).get("gateways") or ["mesh"]
-    home = _namespace(obj)
+    home = object_namespace(obj)
     return {str(g) if str(g) == "mesh" or "/" in str(g) else f"{home}/{g}" for g in names}
 
 
@@ -115,7 +115,7 @@ def _host_of_rollout(objects: Sequence[Mapping[str, Any]]) -> str:
 
 def _canarists(obj: Mapping[str, Any]) -> str | None:
     """The rollout that manages ``obj`` (created or adopted), or None for the user's own object."""
-    labels = _labels(obj)
+    labels = labels_of(obj)
     if ADOPTED_LABEL in labels:
         return labels[ADOPTED_LABEL]
     return labels.get(ROLLOUT_LABEL) if MANAGED_BY.items() <= labels.items() else None
@@ -132,14 +132,19 @@ class RouteAdoption(KubeClient):
         self, owner: Mapping[str, Any], desired: Mapping[str, Any], kind: Kind
     ) -> tuple[dict[str, Any] | None, bool]:
         """The object to bring to ``desired`` and whether it is adopted; (None, False): create it."""
-        rollout, namespace, name, host = _name(owner), _namespace(desired), _name(desired), _host_of(desired)
+        rollout, namespace, name, host = (
+            object_name(owner),
+            object_namespace(desired),
+            object_name(desired),
+            _host_of(desired),
+        )
         try:
             current = self._get(kind, namespace, name)
         except NotFoundError:
             candidates = [o for o in self._list(kind, namespace)[0] if _serves(o, host)]
         else:
-            if _created_by(current, rollout) or _adopted_by(current, rollout):
-                return current, _adopted_by(current, rollout)
+            if created_by(current, rollout) or adopted_by(current, rollout):
+                return current, adopted_by(current, rollout)
             if _canarists(current) is None and _serves(current, host):
                 return current, True
             theirs = ", ".join(_hosts_of(current)) or "no host"
@@ -147,18 +152,20 @@ class RouteAdoption(KubeClient):
             raise RouteConflictError(
                 [Conflict(host, str(desired["kind"]), namespace, name, theirs, managed and f"{namespace}/{managed}")]
             )
-        mine = [o for o in candidates if _adopted_by(o, rollout)]
+        mine = [o for o in candidates if adopted_by(o, rollout)]
         others = [o for o in candidates if _canarists(o) not in (None, rollout)]
         if others and not mine:
             raise RouteConflictError(
                 [
-                    Conflict(host, str(desired["kind"]), namespace, _name(o), host, f"{namespace}/{_canarists(o)}")
-                    for o in sorted(others, key=_name)
+                    Conflict(
+                        host, str(desired["kind"]), namespace, object_name(o), host, f"{namespace}/{_canarists(o)}"
+                    )
+                    for o in sorted(others, key=object_name)
                 ]
             )
         users = sorted(
             (o for o in candidates if _canarists(o) is None),
-            key=lambda o: (o["metadata"].get("creationTimestamp", ""), _name(o)),
+            key=lambda o: (o["metadata"].get("creationTimestamp", ""), object_name(o)),
         )
         found = mine[0] if mine else users[0] if users else None  # the user's oldest: the one Istio honours
         return found, found is not None
@@ -174,18 +181,18 @@ class RouteAdoption(KubeClient):
         was free, and a later object elsewhere must not freeze the rollout (nor its rollback). The
         user's own VirtualServices for the host in the rollout's namespace are adopted, not conflicts.
         """
-        rollout, home = _name(owner), _namespace(owner)
+        rollout, home = object_name(owner), object_namespace(owner)
         conflicts: list[Conflict] = []
         services = [o for o in objects if o.get("kind") == "VirtualService"]
         for desired in objects:
             if desired.get("kind") == "Telemetry":  # canarist's own name: someone else's object is in the way
                 try:
-                    current = self._get(self._telemetry_kind(str(desired["apiVersion"])), home, _name(desired))
+                    current = self._get(self._telemetry_kind(str(desired["apiVersion"])), home, object_name(desired))
                 except NotFoundError:
                     continue
-                if not _created_by(current, rollout):
+                if not created_by(current, rollout):
                     what = "its split tag, not created by this rollout"
-                    conflicts.append(Conflict(_host_of_rollout(objects), "Telemetry", home, _name(desired), what))
+                    conflicts.append(Conflict(_host_of_rollout(objects), "Telemetry", home, object_name(desired), what))
                 continue
             plural = PLURALS.get(str(desired.get("kind")))
             if plural is None:
@@ -199,7 +206,9 @@ class RouteAdoption(KubeClient):
             return conflicts
         kind = Kind(ISTIO_GROUP, str(services[0]["apiVersion"]).rpartition("/")[2], PLURALS["VirtualService"])
         everywhere = self._list(kind, None)[0]
-        ours = [o for o in everywhere if _namespace(o) == home and (_created_by(o, rollout) or _adopted_by(o, rollout))]
+        ours = [
+            o for o in everywhere if object_namespace(o) == home and (created_by(o, rollout) or adopted_by(o, rollout))
+        ]
         held = {istio_name(h, home) for o in ours for h in _hosts_of(o)}
         for desired in services:
             primary = _host_of(desired)
@@ -207,31 +216,33 @@ class RouteAdoption(KubeClient):
                 if any(obj is o for o in ours):
                     continue
                 managed = _canarists(obj)
-                if _namespace(obj) == home and managed is None and _serves(obj, primary):
+                if object_namespace(obj) == home and managed is None and _serves(obj, primary):
                     continue  # the user's object for the host: adopted, not a conflict
                 if not _gateways(desired) & _gateways(obj):
                     continue  # bound to other proxies (an ingress gateway's catch-all, say): no request meets both
-                by = f"{_namespace(obj)}/{managed}" if managed else None
+                by = f"{object_namespace(obj)}/{managed}" if managed else None
                 for host in (str(h) for h in (desired.get("spec") or {}).get("hosts") or []):
                     if istio_name(host, home) in held:
                         continue
-                    other = next((h for h in _hosts_of(obj) if overlaps(host, home, h, _namespace(obj))), None)
+                    other = next((h for h in _hosts_of(obj) if overlaps(host, home, h, object_namespace(obj))), None)
                     if other is not None:
-                        conflicts.append(Conflict(host, "VirtualService", _namespace(obj), _name(obj), other, by))
+                        conflicts.append(
+                            Conflict(host, "VirtualService", object_namespace(obj), object_name(obj), other, by)
+                        )
         return list(dict.fromkeys(conflicts))
 
     def _adopted(self, owner: Mapping[str, Any], desired: Mapping[str, Any], current: dict[str, Any]) -> dict[str, Any]:
-        saved = _annotations(current).get(ORIGINAL_ANNOTATION)
+        saved = annotations_of(current).get(ORIGINAL_ANNOTATION)
         original = json.loads(saved) if saved else copy.deepcopy(current.get("spec") or {})
         ours = desired.get("spec") or {}
         if desired["kind"] == "DestinationRule":
             spec = merge_destination_rule(original, ours)
         else:
-            spec = merge_virtual_service(original, ours, _host_of(desired), _namespace(current))
+            spec = merge_virtual_service(original, ours, _host_of(desired), object_namespace(current))
         target = {k: copy.deepcopy(v) for k, v in current.items() if k != "status"}
         target["spec"] = spec
-        target["metadata"]["labels"] = {**_labels(current), ADOPTED_LABEL: _name(owner)}
-        annotations = _ours(desired, kept=current)
+        target["metadata"]["labels"] = {**labels_of(current), ADOPTED_LABEL: object_name(owner)}
+        annotations = marks_of(desired, kept=current)
         annotations[ORIGINAL_ANNOTATION] = json.dumps(original, sort_keys=True, separators=(",", ":"))
         target["metadata"]["annotations"] = annotations
         return target

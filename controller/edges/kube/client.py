@@ -24,7 +24,7 @@ import urllib3
 from kubernetes import client, config
 
 from controller.api.model import GROUP, PLURAL, VERSION
-from controller.edges.kube.objects import _name, _namespace
+from controller.edges.kube.objects import object_name, object_namespace
 from controller.engine.ports import ClusterUnavailableError, ConflictError, NotFoundError
 
 T = TypeVar("T")
@@ -60,12 +60,12 @@ class Kind:
 ROLLOUTS = Kind(GROUP, VERSION, PLURAL)
 
 
-def _untyped(function: Any) -> Callable[..., Any]:
+def untyped(function: Any) -> Callable[..., Any]:
     """A function of the client without annotations, as a callable mypy accepts."""
     return cast(Callable[..., Any], function)
 
 
-def _as_dict(value: object) -> dict[str, Any]:
+def as_dict(value: object) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise TypeError(f"expected a JSON object from the API server, got {type(value).__name__}")
     return value
@@ -94,7 +94,7 @@ def translate(exc: client.ApiException, what: str) -> Exception:
 
 def context_namespace(kubeconfig: str | None, context: str | None) -> str:
     """The namespace set on the kubeconfig context (``context``, else the current one), else "default"."""
-    contexts, current = _untyped(config.list_kube_config_contexts)(config_file=kubeconfig)
+    contexts, current = untyped(config.list_kube_config_contexts)(config_file=kubeconfig)
     chosen = next((c for c in contexts if c.get("name") == context), None) if context else current
     return str(((chosen or {}).get("context") or {}).get("namespace") or "default")
 
@@ -138,7 +138,7 @@ class KubeClient:
 
     def _get(self, kind: Kind, namespace: str, name: str) -> dict[str, Any]:
         where = (kind.group, kind.version, namespace, kind.plural, name)
-        return _as_dict(
+        return as_dict(
             self._call(f"get {kind.plural} {namespace}/{name}", self.custom.get_namespaced_custom_object, *where)
         )
 
@@ -152,32 +152,35 @@ class KubeClient:
             found = self._call(
                 f"list {kind.plural}", self.custom.list_cluster_custom_object, kind.group, kind.version, kind.plural
             )
-        listing = _as_dict(found)
-        items = [_as_dict(item) for item in listing.get("items") or []]
+        listing = as_dict(found)
+        items = [as_dict(item) for item in listing.get("items") or []]
         return items, str((listing.get("metadata") or {}).get("resourceVersion", ""))
 
     def _create(self, kind: Kind, namespace: str, body: Mapping[str, Any]) -> dict[str, Any]:
         where = (kind.group, kind.version, namespace, kind.plural)
-        what = f"create {kind.plural} {namespace}/{_name(body)}"
-        return _as_dict(self._call(what, self.custom.create_namespaced_custom_object, *where, dict(body)))
+        what = f"create {kind.plural} {namespace}/{object_name(body)}"
+        return as_dict(self._call(what, self.custom.create_namespaced_custom_object, *where, dict(body)))
 
     def _replace(self, kind: Kind, body: Mapping[str, Any], *, status: bool = False) -> dict[str, Any]:
-        namespace, name = _namespace(body), _name(body)
+        namespace, name = object_namespace(body), object_name(body)
         where = (kind.group, kind.version, namespace, kind.plural, name)
         method = (
             self.custom.replace_namespaced_custom_object_status
             if status
             else self.custom.replace_namespaced_custom_object
         )
-        return _as_dict(self._call(f"update {kind.plural} {namespace}/{name}", method, *where, dict(body)))
+        return as_dict(self._call(f"update {kind.plural} {namespace}/{name}", method, *where, dict(body)))
 
     def _delete(self, kind: Kind, obj: Mapping[str, Any]) -> None:
         preconditions = client.V1Preconditions(uid=str(obj["metadata"]["uid"]))
         options = client.V1DeleteOptions(propagation_policy="Background", preconditions=preconditions)
-        where = (kind.group, kind.version, _namespace(obj), kind.plural, _name(obj))
+        where = (kind.group, kind.version, object_namespace(obj), kind.plural, object_name(obj))
         with contextlib.suppress(NotFoundError):  # gone already
             self._call(
-                f"delete {kind.plural} {_name(obj)}", self.custom.delete_namespaced_custom_object, *where, body=options
+                f"delete {kind.plural} {object_name(obj)}",
+                self.custom.delete_namespaced_custom_object,
+                *where,
+                body=options,
             )
 
     def who_am_i(self) -> tuple[str | None, float | None]:

@@ -12,7 +12,7 @@ import os
 
 from kubernetes import client, config
 
-from controller.edges.kube.client import _untyped, context_namespace, retry_policy
+from controller.edges.kube.client import context_namespace, retry_policy, untyped
 from controller.edges.kube.events import EventsAndPods
 from controller.edges.kube.rollouts import Rollouts
 from controller.edges.kube.routes import Routes
@@ -31,9 +31,9 @@ class KubeCluster(Rollouts, Routes, EventsAndPods):
         configuration.retries = retry_policy()
         namespace = "default"
         if kubeconfig is None and context is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
-            _untyped(config.load_incluster_config)(client_configuration=configuration)
+            untyped(config.load_incluster_config)(client_configuration=configuration)
         else:
-            load = _untyped(config.load_kube_config)
+            load = untyped(config.load_kube_config)
             load(config_file=kubeconfig, context=context, client_configuration=configuration)
             namespace = context_namespace(kubeconfig, context)
         cluster = cls(client.ApiClient(configuration), propagation_delay=propagation_delay)

@@ -13,8 +13,8 @@ from kubernetes import client
 from controller.api.model import API_VERSION, KIND
 from controller.api.names import REPORTING_CONTROLLER
 from controller.api.text import printable
-from controller.edges.kube.client import KubeClient, _as_dict, _untyped
-from controller.edges.kube.objects import _name
+from controller.edges.kube.client import KubeClient, as_dict, untyped
+from controller.edges.kube.objects import object_name
 from controller.engine.ports import NotFoundError
 
 log = logging.getLogger("canarist.kube")
@@ -56,7 +56,7 @@ class EventsAndPods(KubeClient):
                 )  # fmt: skip
                 self._call("record event", self.core.create_namespaced_event, namespace, legacy, _request_timeout=5.0)
         except Exception as exc:  # best effort by contract: an Event never stops a decision
-            log.warning("could not record event %s on %s: %s", reason, _name(owner), exc)
+            log.warning("could not record event %s on %s: %s", reason, object_name(owner), exc)
 
     def pods_ready(self, namespace: str, labels: Mapping[str, str]) -> tuple[int, int]:
         """(ready, total) pods matching ``labels``; finished and terminating pods are not counted."""
@@ -65,7 +65,7 @@ class EventsAndPods(KubeClient):
             f"list pods in {namespace}", self.core.list_namespaced_pod, namespace, label_selector=selector
         )
         ready = total = 0
-        for pod in _as_dict(_untyped(self.api_client.sanitize_for_serialization)(found)).get("items") or []:
+        for pod in as_dict(untyped(self.api_client.sanitize_for_serialization)(found)).get("items") or []:
             status = pod.get("status") or {}
             if (pod.get("metadata") or {}).get("deletionTimestamp") or status.get("phase") in ("Succeeded", "Failed"):
                 continue

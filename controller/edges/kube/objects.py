@@ -1,7 +1,7 @@
 """The marks canarist reads and writes on the objects it manages: names, labels, annotations, ownership.
 
-Shared by the modules of the Kubernetes edge (transport, routes, adoption, rollouts); the helpers keep
-their leading underscore: they are private to this package, not part of its API.
+Shared by the modules of the Kubernetes edge (transport, routes, adoption, rollouts); not exported by
+the package: they read the raw objects the edge handles, nothing else needs them.
 """
 
 from __future__ import annotations
@@ -24,36 +24,36 @@ PLURALS = {"DestinationRule": "destinationrules", "VirtualService": "virtualserv
 TELEMETRY_GROUP, TELEMETRY_VERSION, TELEMETRY_PLURAL = "telemetry.istio.io", "v1", "telemetries"
 
 
-def _namespace(obj: Mapping[str, Any]) -> str:
+def object_namespace(obj: Mapping[str, Any]) -> str:
     return str((obj.get("metadata") or {}).get("namespace", ""))
 
 
-def _name(obj: Mapping[str, Any]) -> str:
+def object_name(obj: Mapping[str, Any]) -> str:
     return str((obj.get("metadata") or {}).get("name", ""))
 
 
-def _labels(obj: Mapping[str, Any]) -> dict[str, str]:
+def labels_of(obj: Mapping[str, Any]) -> dict[str, str]:
     return dict((obj.get("metadata") or {}).get("labels") or {})
 
 
-def _annotations(obj: Mapping[str, Any]) -> dict[str, str]:
+def annotations_of(obj: Mapping[str, Any]) -> dict[str, str]:
     return dict((obj.get("metadata") or {}).get("annotations") or {})
 
 
-def _ours(obj: Mapping[str, Any], kept: Mapping[str, Any] | None = None) -> dict[str, str]:
+def marks_of(obj: Mapping[str, Any], kept: Mapping[str, Any] | None = None) -> dict[str, str]:
     """canarist's annotations for ``obj`` over ``kept``'s. A DestinationRule has no weights and never
     carries the weight annotation: a step rewrites only the VirtualService (a DestinationRule write
     makes istiod push cluster config to every proxy)."""
-    annotations = {**(_annotations(kept) if kept else {}), **_annotations(obj), MANAGED_WEIGHTS_ANNOTATION: "true"}
+    annotations = {**(annotations_of(kept) if kept else {}), **annotations_of(obj), MANAGED_WEIGHTS_ANNOTATION: "true"}
     if obj.get("kind") == "DestinationRule":
         annotations.pop(WEIGHT_ANNOTATION, None)
     return annotations
 
 
-def _created_by(obj: Mapping[str, Any], rollout: str) -> bool:
-    labels = _labels(obj)
+def created_by(obj: Mapping[str, Any], rollout: str) -> bool:
+    labels = labels_of(obj)
     return labels.get(ROLLOUT_LABEL) == rollout and MANAGED_BY.items() <= labels.items()
 
 
-def _adopted_by(obj: Mapping[str, Any], rollout: str) -> bool:
-    return _labels(obj).get(ADOPTED_LABEL) == rollout and ORIGINAL_ANNOTATION in _annotations(obj)
+def adopted_by(obj: Mapping[str, Any], rollout: str) -> bool:
+    return labels_of(obj).get(ADOPTED_LABEL) == rollout and ORIGINAL_ANNOTATION in annotations_of(obj)

@@ -16,8 +16,8 @@ from kubernetes import client, watch
 
 from controller.api.model import API_VERSION, GROUP, KIND, PLURAL, VERSION
 from controller.api.names import FINALIZER
-from controller.edges.kube.client import ROLLOUTS, KubeClient, _as_dict, _untyped, translate
-from controller.edges.kube.objects import _annotations, _labels
+from controller.edges.kube.client import ROLLOUTS, KubeClient, as_dict, translate, untyped
+from controller.edges.kube.objects import annotations_of, labels_of
 from controller.engine.ports import ClusterUnavailableError, ConflictError, NotFoundError, WatchEvent
 from controller.traffic.adopt import normalise
 
@@ -31,24 +31,24 @@ class Rollouts(KubeClient):
     def watch_rollouts(
         self, namespace: str | None, resource_version: str, timeout_seconds: int
     ) -> Iterator[WatchEvent]:
-        watcher = _untyped(watch.Watch)()
+        watcher = untyped(watch.Watch)()
         if namespace:
             function: Callable[..., Any] = self.custom.list_namespaced_custom_object
             args: tuple[str, ...] = (GROUP, VERSION, namespace, PLURAL)
         else:
             function, args = self.custom.list_cluster_custom_object, (GROUP, VERSION, PLURAL)
         options = {"resource_version": resource_version, "timeout_seconds": timeout_seconds}
-        stream = _untyped(watcher.stream)(function, *args, _request_timeout=timeout_seconds + 10, **options)
+        stream = untyped(watcher.stream)(function, *args, _request_timeout=timeout_seconds + 10, **options)
         try:
             for event in stream:
                 if event.get("type") in ("ADDED", "MODIFIED", "DELETED"):
-                    yield WatchEvent(str(event["type"]), _as_dict(event.get("raw_object")))
+                    yield WatchEvent(str(event["type"]), as_dict(event.get("raw_object")))
         except client.ApiException as exc:
             raise translate(exc, "watch rollouts") from None
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise ClusterUnavailableError(f"watch rollouts: {type(exc).__name__}: {exc}") from None
         finally:
-            _untyped(watcher.stop)()
+            untyped(watcher.stop)()
 
     def get_rollout(self, namespace: str, name: str) -> dict[str, Any]:
         return self._get(ROLLOUTS, namespace, name)
@@ -71,8 +71,8 @@ class Rollouts(KubeClient):
                 continue
             wanted = {k: copy.deepcopy(v) for k, v in current.items() if k != "status"}
             wanted["spec"] = spec
-            wanted["metadata"]["labels"] = {**_labels(current), **labels}
-            wanted["metadata"]["annotations"] = {**_annotations(current), **annotations}
+            wanted["metadata"]["labels"] = {**labels_of(current), **labels}
+            wanted["metadata"]["annotations"] = {**annotations_of(current), **annotations}
             if normalise(wanted) == normalise({k: v for k, v in current.items() if k != "status"}):
                 return current
             with contextlib.suppress(ConflictError):
@@ -106,7 +106,7 @@ class Rollouts(KubeClient):
         what = f"annotate rollout {namespace}/{name}"
         options = {"field_manager": field_manager} if field_manager else {}
         patch = {"metadata": metadata}
-        return _as_dict(self._call(what, self.custom.patch_namespaced_custom_object, *where, patch, **options))
+        return as_dict(self._call(what, self.custom.patch_namespaced_custom_object, *where, patch, **options))
 
     def set_finalizer(self, namespace: str, name: str, *, present: bool, resource_version: str) -> dict[str, Any]:
         current = self.get_rollout(namespace, name)
@@ -117,4 +117,4 @@ class Rollouts(KubeClient):
         patch = {"metadata": {"finalizers": finalizers, "resourceVersion": resource_version}}
         where = (GROUP, VERSION, namespace, PLURAL, name)
         what = f"set finalizer on rollout {namespace}/{name}"
-        return _as_dict(self._call(what, self.custom.patch_namespaced_custom_object, *where, patch))
+        return as_dict(self._call(what, self.custom.patch_namespaced_custom_object, *where, patch))

@@ -34,17 +34,17 @@ from typing import Any
 from controller.api.model import API_VERSION, KIND
 from controller.api.names import ADOPTED_LABEL, MANAGED_WEIGHTS_ANNOTATION, ORIGINAL_ANNOTATION, WEIGHT_ANNOTATION
 from controller.edges.kube.adoption import RouteAdoption
-from controller.edges.kube.client import Kind, RejectedError, _as_dict
+from controller.edges.kube.client import Kind, RejectedError, as_dict
 from controller.edges.kube.objects import (
     ISTIO_GROUP,
     PLURALS,
-    _adopted_by,
-    _annotations,
-    _created_by,
-    _labels,
-    _name,
-    _namespace,
-    _ours,
+    adopted_by,
+    annotations_of,
+    created_by,
+    labels_of,
+    marks_of,
+    object_name,
+    object_namespace,
 )
 from controller.engine.ports import (
     ApplyResult,
@@ -101,7 +101,9 @@ class _Written:
 
 
 def _written(kind: Kind, obj: Mapping[str, Any]) -> _Written:
-    return _Written(kind, _namespace(obj), _name(obj), int((obj.get("metadata") or {}).get("generation") or 1))
+    return _Written(
+        kind, object_namespace(obj), object_name(obj), int((obj.get("metadata") or {}).get("generation") or 1)
+    )
 
 
 class Routes(RouteAdoption):
@@ -111,10 +113,11 @@ class Routes(RouteAdoption):
 
     def apply_routes(self, owner: Mapping[str, Any], objects: Sequence[Mapping[str, Any]]) -> ApplyResult:
         for desired in objects:
-            if _namespace(desired) != _namespace(owner):
+            if object_namespace(desired) != object_namespace(owner):
+                where = f"{object_namespace(desired)}/{object_name(desired)}"
                 raise RejectedError(
-                    f"{desired.get('kind')} {_namespace(desired)}/{_name(desired)}: not in the rollout's namespace "
-                    f"{_namespace(owner)!r}: not writing",
+                    f"{desired.get('kind')} {where}: not in the rollout's namespace "
+                    f"{object_namespace(owner)!r}: not writing",
                     code=403,
                 )
         conflicts = self.route_conflicts(owner, objects)
@@ -140,11 +143,11 @@ class Routes(RouteAdoption):
                 raise ValueError(f"canarist applies DestinationRules, Telemetries and VirtualServices, not {kind!r}")
         for desired in leaving:  # subsets no route of this call uses any more: remove them last
             self._converge(owner, desired, writes, before=functools.partial(self._settle, routes_written))
-        wanted = {_name(o) for o in objects if o.get("kind") == "Telemetry"}
+        wanted = {object_name(o) for o in objects if o.get("kind") == "Telemetry"}
         for obj in self._telemetries(owner, needed=bool(wanted)):  # a tag the policy no longer needs
-            if _name(obj) not in wanted:
+            if object_name(obj) not in wanted:
                 self._delete(self._telemetry_kind(), obj)
-                writes.append(("Telemetry", _name(obj), "delete"))
+                writes.append(("Telemetry", object_name(obj), "delete"))
         return ApplyResult(tuple(writes))
 
     def _telemetries(self, owner: Mapping[str, Any], *, needed: bool = False) -> list[dict[str, Any]]:
@@ -154,23 +157,23 @@ class Routes(RouteAdoption):
         Telemetry CRD in the cluster) means there is none of ours: a rollout without A/B cohorts never
         needs the permission."""
         try:
-            found = self._list(self._telemetry_kind(), _namespace(owner))[0]
+            found = self._list(self._telemetry_kind(), object_namespace(owner))[0]
         except (RejectedError, NotFoundError):
             if needed:
                 raise
             return []
-        return [o for o in found if _created_by(o, _name(owner))]
+        return [o for o in found if created_by(o, object_name(owner))]
 
     def _converge_owned(self, owner: Mapping[str, Any], desired: Mapping[str, Any], writes: Writes) -> None:
         """Create or update an object only canarist writes; one of the same name it did not create is a conflict."""
         kind = self._telemetry_kind(str(desired.get("apiVersion", "")))
-        namespace, name = _namespace(desired), _name(desired)
+        namespace, name = object_namespace(desired), object_name(desired)
         for _ in range(self.conflict_retries):
             try:
                 current = self._get(kind, namespace, name)
             except NotFoundError:
                 current = None
-            if current is not None and not _created_by(current, _name(owner)):
+            if current is not None and not created_by(current, object_name(owner)):
                 raise RejectedError(
                     f"{desired['kind']} {namespace}/{name} exists and was not created by this rollout: not overwriting",
                     code=409,
@@ -219,36 +222,40 @@ class Routes(RouteAdoption):
                     return None, bool(stale)
             if attempt == 0:
                 before()  # wait for Istio once, before the first write
-            name, verb = _name(target), "update"
+            name, verb = object_name(target), "update"
             if current is None:
                 verb = "create"
-            elif adopt and not _adopted_by(current, _name(owner)):
+            elif adopt and not adopted_by(current, object_name(owner)):
                 verb = "adopt"  # the first write to the user's object
             try:
                 done = (
-                    self._create(kind, _namespace(target), target) if verb == "create" else self._replace(kind, target)
+                    self._create(kind, object_namespace(target), target)
+                    if verb == "create"
+                    else self._replace(kind, target)
                 )
             except ConflictError:
-                log.info("%s %s/%s changed meanwhile: reading it again", kind_name, _namespace(target), name)
+                log.info("%s %s/%s changed meanwhile: reading it again", kind_name, object_namespace(target), name)
                 continue
             writes.append((kind_name, name, verb))
             return _written(kind, done), bool(stale)
-        raise ConflictError(f"{kind_name} {_namespace(desired)}/{_name(desired)}: still conflicting after retries")
+        raise ConflictError(
+            f"{kind_name} {object_namespace(desired)}/{object_name(desired)}: still conflicting after retries"
+        )
 
     def _created(self, owner: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:
         body = copy.deepcopy(dict(desired))
-        body["metadata"]["annotations"] = _ours(desired)
+        body["metadata"]["annotations"] = marks_of(desired)
         reference = _owner_reference(owner)
         if reference is not None:
             body["metadata"]["ownerReferences"] = [reference]
-        return _as_dict(normalise(body))
+        return as_dict(normalise(body))
 
     def _owned(self, owner: Mapping[str, Any], desired: Mapping[str, Any], current: dict[str, Any]) -> dict[str, Any]:
         target = {k: copy.deepcopy(v) for k, v in current.items() if k != "status"}
         target["spec"] = copy.deepcopy(desired.get("spec") or {})
         metadata = target["metadata"]
-        metadata["labels"] = {**_labels(current), **_labels(desired)}
-        metadata["annotations"] = _ours(desired, kept=current)
+        metadata["labels"] = {**labels_of(current), **labels_of(desired)}
+        metadata["annotations"] = marks_of(desired, kept=current)
         reference = _owner_reference(owner)
         if reference is not None:
             kept = [r for r in metadata.get("ownerReferences") or [] if r.get("kind") != KIND]
@@ -256,7 +263,7 @@ class Routes(RouteAdoption):
         return target
 
     def release_routes(self, owner: Mapping[str, Any]) -> ApplyResult:
-        rollout, namespace = _name(owner), _namespace(owner) or "default"
+        rollout, namespace = object_name(owner), object_namespace(owner) or "default"
         writes: Writes = []
         routes_written: list[_Written] = []
         for kind_name in ("VirtualService", "DestinationRule"):  # no route may outlive the subset it uses
@@ -264,25 +271,25 @@ class Routes(RouteAdoption):
             if kind_name == "DestinationRule":
                 self._settle(routes_written)
             for obj in self._list(kind, namespace)[0]:
-                if _created_by(obj, rollout):
+                if created_by(obj, rollout):
                     self._delete(kind, obj)
-                    writes.append((kind_name, _name(obj), "delete"))
-                elif _adopted_by(obj, rollout):
+                    writes.append((kind_name, object_name(obj), "delete"))
+                elif adopted_by(obj, rollout):
                     routes_written.append(self._restore(kind, obj))
-                    writes.append((kind_name, _name(obj), "restore"))
+                    writes.append((kind_name, object_name(obj), "restore"))
         for obj in self._telemetries(owner):  # no route sets the split header any more
             self._delete(self._telemetry_kind(), obj)
-            writes.append(("Telemetry", _name(obj), "delete"))
+            writes.append(("Telemetry", object_name(obj), "delete"))
         return ApplyResult(tuple(writes))
 
     def _restore(self, kind: Kind, current: dict[str, Any]) -> _Written:
         for _ in range(self.conflict_retries):
             target = {k: copy.deepcopy(v) for k, v in current.items() if k != "status"}
-            annotations = _annotations(current)
+            annotations = annotations_of(current)
             target["spec"] = json.loads(annotations[ORIGINAL_ANNOTATION])
             for key in (ORIGINAL_ANNOTATION, MANAGED_WEIGHTS_ANNOTATION, WEIGHT_ANNOTATION):
                 annotations.pop(key, None)
-            labels = {k: v for k, v in _labels(current).items() if k != ADOPTED_LABEL}
+            labels = {k: v for k, v in labels_of(current).items() if k != ADOPTED_LABEL}
             for field, values in (("annotations", annotations), ("labels", labels)):
                 target["metadata"][field] = values
                 if not values:
@@ -291,8 +298,10 @@ class Routes(RouteAdoption):
                 done = self._replace(kind, target)
                 return _written(kind, done)
             except ConflictError:
-                current = self._get(kind, _namespace(current), _name(current))
-        raise ConflictError(f"{kind.plural} {_namespace(current)}/{_name(current)}: still conflicting after retries")
+                current = self._get(kind, object_namespace(current), object_name(current))
+        raise ConflictError(
+            f"{kind.plural} {object_namespace(current)}/{object_name(current)}: still conflicting after retries"
+        )
 
     def _settle(self, written: list[_Written]) -> None:
         """Wait until Istio has taken up what this call wrote (once: the list is emptied).

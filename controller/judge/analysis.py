@@ -188,9 +188,7 @@ def _latency(metric: Metric, series: HistogramSeries, alpha: float) -> tuple[lis
         return None
     checks: list[Check] = []
     label = f"p{q * 100:g}"
-    if metric.slo is not None and metric.slo.max is not None:
-        bound = slo_max(metric)
-        assert bound is not None
+    if (bound := slo_max(metric)) is not None:
         slo = stats.latency_slo_test(edges, np.asarray(every_request, dtype=np.float64), quantile=q, bound=bound)
         checks.append(
             Check(
@@ -311,9 +309,7 @@ def _gauge(metric: Metric, series: GaugeSeries, alpha: float) -> tuple[list[Chec
         return None
     seconds = TRAITS[metric.kind].unit is Unit.SECONDS
     checks: list[Check] = []
-    if metric.slo is not None and metric.slo.max is not None:
-        limit = slo_max(metric)
-        assert limit is not None
+    if (limit := slo_max(metric)) is not None:
         upper = limit * GAUGE_CEILING_FACTOR if seconds else 1.0
         clipped = [[min(v, upper) for v in g] for g in canary_only]
         guard = stats.gauge_guardrail(clipped, limit=limit, lower=0.0, upper=upper, alpha=alpha)

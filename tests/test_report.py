@@ -23,7 +23,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from controller.api.times import timestamp
+from controller.api.times import stored_time, timestamp
 from controller.cli import cluster_commands
 from controller.engine.reconcile import parse
 from controller.engine.record import ANALYSES_LIMIT
@@ -41,7 +41,6 @@ from controller.report.series import (
     metric_names,
     number,
     origin,
-    stored_time,
     weight_after,
     weight_series,
 )

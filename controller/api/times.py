@@ -44,7 +44,12 @@ def parse_time(value: object, *, naive_as_utc: bool = False) -> float | None:
     return moment.timestamp()
 
 
+def stored_time(value: object) -> float | None:
+    """A time canarist stored, as Unix seconds (without an offset: UTC); None when unreadable."""
+    return parse_time(value, naive_as_utc=True)
+
+
 def parse_timestamp(value: object, default: float = 0.0) -> float:
-    """A time canarist stored, as Unix seconds (without an offset: UTC); ``default`` when unreadable."""
-    found = parse_time(value, naive_as_utc=True)
+    """:func:`stored_time`, or ``default`` when unreadable."""
+    found = stored_time(value)
     return default if found is None else found

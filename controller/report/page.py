@@ -25,10 +25,10 @@ from controller.api.load import PolicyError, from_object, parse_yaml
 from controller.api.model import KIND, ModelRollout
 from controller.api.schedule import schedule
 from controller.api.text import escaped, printable
-from controller.api.times import timestamp
+from controller.api.times import stored_time, timestamp
 from controller.engine.record import E_VALUE_CAP
 from controller.report import drawing, series
-from controller.report.series import Scale, entries, estimate_scale, interval_of, metric_of, number, stored_time
+from controller.report.series import Scale, entries, estimate_scale, interval_of, metric_of, number
 
 MAX_INPUT_BYTES = 16 * 1024 * 1024
 #: YAML costs far more memory per byte than JSON while it is composed; an object is at most

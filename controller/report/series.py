@@ -25,7 +25,7 @@ from controller.api.kinds import (
 )
 from controller.api.metrics_spec import Metric, MetricKind
 from controller.api.model import ModelRollout
-from controller.api.times import parse_time
+from controller.api.times import stored_time
 from controller.engine.record import E_VALUE_CAP
 from controller.judge.machine import Phase, Status, routes_for
 
@@ -95,11 +95,6 @@ class Cdf:
     n_canary: int
     slo_ms: float | None
     quantile: float | None
-
-
-def stored_time(value: Any) -> float | None:
-    """Unix seconds of a time in a stored status (without an offset: UTC, as canarist writes)."""
-    return parse_time(value, naive_as_utc=True)
 
 
 def number(value: Any) -> float | None:

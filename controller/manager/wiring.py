@@ -28,7 +28,7 @@ class PrometheusSource:
         self, rollouts: Sequence[ModelRollout], windows: Mapping[str, Sequence[Window]], at: float
     ) -> tuple[dict[str, Observation], EdgeFailure | None]:
         observations, error = observe_or_explain(self.client, rollouts, windows, at, labels=self.labels)
-        failure = EdgeFailure("prometheus", f"{error.reason} ({error.kind})", error.retryable) if error else None
+        failure = EdgeFailure("prometheus", error.explained, error.retryable) if error else None
         return observations, failure
 
 

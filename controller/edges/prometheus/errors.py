@@ -18,6 +18,11 @@ class PrometheusError(Exception):
         self.reason = reason
         self.query = query
 
+    @property
+    def explained(self) -> str:
+        """The reason with what kind of failure it is, as a look's no-data reason says it."""
+        return f"{self.reason} ({self.kind})"
+
 
 class PrometheusUnavailable(PrometheusError):  # noqa: N818 - the name says what the caller acts on
     """Temporary: Prometheus could not answer now. Retry after ``retry_after`` seconds."""

@@ -126,5 +126,4 @@ def observe_or_explain(
     try:
         return observe(source, rollouts, windows_by_rollout, at, labels=labels, look_timeout=look_timeout), None
     except PrometheusError as exc:
-        reason = f"{exc.reason} ({exc.kind})"
-        return {r.key: no_data(r, windows_by_rollout.get(r.key, ()), reason) for r in rollouts}, exc
+        return {r.key: no_data(r, windows_by_rollout.get(r.key, ()), exc.explained) for r in rollouts}, exc

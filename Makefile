@@ -49,7 +49,7 @@ layers: $(STAMP)
 	$(BIN)/lint-imports
 
 pytest: $(STAMP) debian-deps
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=25
 
 # Every example's rendered objects at every step, checked against Istio's own CRD schemas.
 istio-validate: $(STAMP)

@@ -166,7 +166,7 @@ def from_object(obj: Mapping[str, Any]) -> tuple[ModelRollout | None, str]:
         return None, f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
     except (RecursionError, MemoryError, OverflowError) as exc:  # a validator's bug must not stop the caller
         return None, f"spec: too complex to validate ({type(exc).__name__})"
-    return (None, f"{problems[0].dotted}: {problems[0].reason}") if problems else (rollout, "")
+    return (None, str(problems[0])) if problems else (rollout, "")
 
 
 def parse_yaml(text: str, source: str, *, max_bytes: int = MAX_BYTES, max_nodes: int = MAX_NODES) -> list[Document]:

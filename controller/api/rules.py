@@ -44,6 +44,10 @@ class Problem:
             out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
         return out
 
+    def __str__(self) -> str:
+        """The one-line form every caller prints: ``field.path: reason``."""
+        return f"{self.dotted}: {self.reason}"
+
 
 def check(rollout: ModelRollout) -> list[Problem]:
     """Every cross-field problem in ``rollout``; an empty list means it is valid."""

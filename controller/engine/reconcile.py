@@ -249,7 +249,7 @@ def parse(obj: Mapping[str, Any], rules: tenancy.TenancyRules | None = None) -> 
     if rollout is None or rules is None:
         return rollout, problem
     refused = tenancy.check(rollout, rules)
-    return (None, f"{refused[0].dotted}: {refused[0].reason}") if refused else (rollout, "")
+    return (None, str(refused[0])) if refused else (rollout, "")
 
 
 def look(

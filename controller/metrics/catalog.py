@@ -148,6 +148,9 @@ class PodSeries:
     reduce: Reduce
     aggregate: str = "sum"
 
+    def __post_init__(self) -> None:
+        check_metric_name(self.metric)
+
     def family(self, labels: Labels, triton_mode: bool) -> Family:
         """The family, per pod, whose identity is Triton's model and version or the pods' version label."""
         identity = (

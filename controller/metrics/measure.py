@@ -3,8 +3,7 @@
 The entry points the Prometheus edge calls. :func:`plan` asks each policy metric's kind
 (:data:`controller.metrics.kinds.READINGS`) for its asks and unions them into one look
 (:mod:`controller.metrics.plan`); :func:`build_observations` has each kind build its series from
-the answers (:mod:`controller.metrics.read`). A rollout's request counts are Istio's, or Triton's
-in routing mode TritonVersion.
+the answers (:mod:`controller.metrics.read`), beside each rollout's request counts.
 """
 
 from __future__ import annotations
@@ -13,7 +12,7 @@ from collections.abc import Mapping, Sequence
 
 from controller.api.model import ModelRollout
 from controller.metrics.catalog import Ask, Labels, MetricPlan, Role, RolloutAsks
-from controller.metrics.kinds import READINGS, istio, triton
+from controller.metrics.kinds import READINGS, count_requests, request_asks
 from controller.metrics.plan import Plan, Target, look_plan
 from controller.metrics.read import Builder, Reader, Results, Valued
 from controller.metrics.samples import MetricData, Observation, Window
@@ -38,7 +37,7 @@ def plan(
     for rollout in rollouts:
         windows = tuple(windows_by_rollout.get(rollout.key, ()))
         asks = RolloutAsks(rollout, labels)
-        requests, requests_why = triton.request_asks(asks) if asks.triton is not None else istio.request_asks(asks)
+        requests, requests_why = request_asks(asks)
         metrics = tuple(READINGS[m.kind].plan(asks, m) for m in rollout.spec.analysis.metrics)
         future = frozenset(i for i, w in enumerate(windows) if to_millis(w.end) > at_ms)
         targets.append(Target(rollout.key, windows, requests, requests_why, metrics, future))
@@ -79,13 +78,7 @@ def _observation(builder: Builder) -> Observation:
 
 
 def _requests(builder: Builder, asks: Mapping[Role, Ask], window: Window, side: str) -> Valued[int]:
-    """One version's requests in one window: Istio's count, or Triton's successes and failures."""
-    got: int | str
-    if Role.REQUESTS in asks:
-        got = istio.count_requests(builder, asks, window, side)
-    else:
-        counts = triton.counts(builder, asks, window, side)
-        got = counts if isinstance(counts, str) else counts[1]
+    got = count_requests(builder, asks, window, side)
     return got if isinstance(got, str) else (got, ())
 
 

@@ -16,9 +16,13 @@ from controller.api.load import load
 from controller.api.metrics_spec import RatioQuery
 from controller.api.model import ModelRollout
 from controller.api.routing import ModelVersion
-from controller.metrics.catalog import ISTIO_BUCKETS, ISTIO_REQUESTS, Family, Labels, Reduce, pod_families
-from controller.metrics.plan import REQUESTS_KEY, Plan, metric_queries, plan
-from controller.metrics.read import MAX_HISTOGRAM_EDGES, build_observations, coarsen, no_data
+from controller.metrics.catalog import Family, Labels, PodSeries, Reduce
+from controller.metrics.kinds import dcgm, triton
+from controller.metrics.kinds.istio import BUCKETS as ISTIO_BUCKETS
+from controller.metrics.kinds.istio import REQUESTS as ISTIO_REQUESTS
+from controller.metrics.measure import REQUESTS_KEY, build_observations, metric_queries, no_data, plan
+from controller.metrics.plan import Plan
+from controller.metrics.read import MAX_HISTOGRAM_EDGES, coarsen
 from controller.metrics.samples import CountSeries, GaugeSeries, HistogramSeries, Window
 from controller.metrics.selectors import (
     CatalogError,
@@ -623,8 +627,8 @@ def pod(version: str, name: str) -> dict[str, str]:
     return {"namespace": "ml", "version": version, "pod": name}
 
 
-def family(name: str) -> Family:
-    return pod_families(Labels(), triton_mode=False)[name]
+def family(series: PodSeries) -> Family:
+    return series.family(Labels(), triton_mode=False)
 
 
 def test_triton_latency_per_pod_in_seconds_dropping_a_reset_pod() -> None:
@@ -632,9 +636,9 @@ def test_triton_latency_per_pod_in_seconds_dropping_a_reset_pod() -> None:
     for w in range(3):
         for version, us in (("r1", 2_000_000.0), ("r2", 3_000_000.0)):
             for p in ("p0", "p1"):
-                a.add(family("duration"), w, us, **pod(version, f"{version}-{p}"))
-                a.add(family("success"), w, 100.0, **pod(version, f"{version}-{p}"))
-    a.add(family("success"), 1, 1.0, resets=True, **pod("r2", "r2-p1"))
+                a.add(family(triton.DURATION), w, us, **pod(version, f"{version}-{p}"))
+                a.add(family(triton.SUCCESS), w, 100.0, **pod(version, f"{version}-{p}"))
+    a.add(family(triton.SUCCESS), 1, 1.0, resets=True, **pod("r2", "r2-p1"))
     data = observed(the_plan, a).metric("latency")
     assert isinstance(data.series, GaugeSeries)
     assert data.series.stable == ((0.02, 0.02),) * 3
@@ -647,14 +651,14 @@ def test_gpu_gauges_memory_and_cost_per_pod() -> None:
     for w in range(3):
         for version in ("r1", "r2"):
             who = pod(version, f"{version}-p0")
-            a.add(family("dcgm_util"), w, 50.0, **who)
-            a.add(family("dcgm_util_sum"), w, 100.0, **who)  # two GPUs at 50 %
-            a.add(family("dcgm_used"), w, 3.0, **who)
-            a.add(family("dcgm_free"), w, 1.0, **who)
-            a.add(family("triton_util"), w, 0.4, **who)
-            a.add(family("triton_used"), w, 2.0, **who)
-            a.add(family("triton_total"), w, 8.0, **who)
-            a.add(family("inferences"), w, 300.0 if version == "r1" else 0.0, **who)
+            a.add(family(dcgm.GPU_UTILIZATION), w, 50.0, **who)
+            a.add(family(dcgm.GPU_UTILIZATION_SUM), w, 100.0, **who)  # two GPUs at 50 %
+            a.add(family(dcgm.FB_USED), w, 3.0, **who)
+            a.add(family(dcgm.FB_FREE), w, 1.0, **who)
+            a.add(family(triton.GPU_UTILIZATION), w, 0.4, **who)
+            a.add(family(triton.GPU_USED), w, 2.0, **who)
+            a.add(family(triton.GPU_TOTAL), w, 8.0, **who)
+            a.add(family(triton.INFERENCES), w, 300.0 if version == "r1" else 0.0, **who)
     obs = observed(the_plan, a)
     assert obs.metric("dcgm-util").series.stable == ((0.5,),) * 3
     assert obs.metric("dcgm-mem").series.canary == ((0.75,),) * 3
@@ -669,10 +673,10 @@ def test_gpu_gauges_memory_and_cost_per_pod() -> None:
 def test_triton_error_counts_sum_pods_and_default_failures_to_zero() -> None:
     the_plan, a = look()
     for w in range(3):
-        a.add(family("success"), w, 90.0, **pod("r1", "a"))
-        a.add(family("success"), w, 10.0, **pod("r1", "b"))
-        a.add(family("failure"), w, 4.0, **pod("r1", "a"))
-        a.add(family("success"), w, 50.0, **pod("r2", "c"))
+        a.add(family(triton.SUCCESS), w, 90.0, **pod("r1", "a"))
+        a.add(family(triton.SUCCESS), w, 10.0, **pod("r1", "b"))
+        a.add(family(triton.FAILURE), w, 4.0, **pod("r1", "a"))
+        a.add(family(triton.SUCCESS), w, 50.0, **pod("r2", "c"))
     series = observed(the_plan, a).metric("failures").series
     assert series == CountSeries((4,) * 3, (104,) * 3, (0,) * 3, (50,) * 3)
 
@@ -699,7 +703,7 @@ def test_custom_ratio_counts() -> None:
 def test_triton_mode_requests_and_unsupported_metrics() -> None:
     the_plan = plan([TRITON_ROLLOUT], {TRITON_ROLLOUT.key: windows(3)}, at=6000)
     a = Answers(the_plan)
-    success = _triton_family("success")
+    success = _triton_family(triton.SUCCESS)
     for w in range(3):
         a.add(success, w, 80.0, namespace="docs", model="ocr", version="3", pod="t0")
         a.add(success, w, 20.0, namespace="docs", model="ocr", version="4", pod="t0")
@@ -708,8 +712,8 @@ def test_triton_mode_requests_and_unsupported_metrics() -> None:
     assert obs.metric("p99").series is None and "TritonVersion" in obs.metric("p99").reason
 
 
-def _triton_family(name: str) -> Family:
-    return pod_families(Labels(), triton_mode=True)[name]
+def _triton_family(series: PodSeries) -> Family:
+    return series.family(Labels(), triton_mode=True)
 
 
 def test_no_data_observation() -> None:

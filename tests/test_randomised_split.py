@@ -28,7 +28,7 @@ from controller.api.schedule import RouteState, schedule, state_for_step
 from controller.edges.kube import KubeCluster, retry_policy
 from controller.edges.prometheus import PrometheusClient, PrometheusSettings, observe
 from controller.judge.analysis import analyse
-from controller.metrics.plan import metric_queries
+from controller.metrics.measure import metric_queries
 from controller.metrics.samples import CountSeries, Window
 from controller.sandbox.localapi import local_api_server
 from controller.traffic.render import render

@@ -1,7 +1,8 @@
 """What each built-in metric kind measures: its unit, which direction is worse, where it comes from.
 
-The analysis, the validation and the query catalog all read these traits from one table, so a
-new kind is one row here plus its queries.
+The validation, the analysis and the report read these traits from one table. A new kind is its
+:class:`~controller.api.metrics_spec.MetricKind` value and one row here, plus its reading (families,
+asks, series) in one module of :mod:`controller.metrics.kinds`.
 """
 
 from __future__ import annotations
@@ -19,29 +20,55 @@ class Unit(StrEnum):
     FRACTION = "fraction"  # written as 0.02 or '2%'
 
 
+class Shape(StrEnum):
+    """The series a kind is read into, and so how its versions are compared."""
+
+    COUNTS = "counts"  # events out of trials per window: a rate (error rates, ratios)
+    HISTOGRAM = "histogram"  # bucket counts per window: a latency quantile
+    GAUGES = "gauges"  # one value per pod per window: a mean
+
+
 @dataclass(frozen=True)
 class KindTraits:
     unit: Unit
     lower_is_better: bool
+    shape: Shape
     source: str  # which exporter provides it, for docs and messages
     statistic: str  # what is compared between versions
-    has_quantile: bool = False
+    istio_split: bool = False  # Istio tags its series with the randomised split, so a comparison can keep to it
+
+    @property
+    def has_quantile(self) -> bool:
+        """Whether the kind tracks a quantile: a histogram's."""
+        return self.shape is Shape.HISTOGRAM
 
 
 TRAITS: dict[MetricKind, KindTraits] = {
     MetricKind.ISTIO_LATENCY: KindTraits(
-        Unit.SECONDS, True, "Istio", "latency quantile from histogram buckets", has_quantile=True
+        Unit.SECONDS, True, Shape.HISTOGRAM, "Istio", "latency quantile from histogram buckets", istio_split=True
     ),
-    MetricKind.ISTIO_ERROR_RATE: KindTraits(Unit.FRACTION, True, "Istio", "share of 5xx responses"),
-    MetricKind.TRITON_LATENCY: KindTraits(Unit.SECONDS, True, "Triton", "mean request latency"),
-    MetricKind.TRITON_QUEUE_LATENCY: KindTraits(Unit.SECONDS, True, "Triton", "mean queueing time"),
-    MetricKind.TRITON_ERROR_RATE: KindTraits(Unit.FRACTION, True, "Triton", "share of failed inferences"),
-    MetricKind.TRITON_GPU_UTILIZATION: KindTraits(Unit.FRACTION, True, "Triton", "mean GPU utilisation per pod"),
-    MetricKind.TRITON_GPU_MEMORY: KindTraits(Unit.FRACTION, True, "Triton", "GPU memory used / total per pod"),
-    MetricKind.DCGM_GPU_UTILIZATION: KindTraits(Unit.FRACTION, True, "DCGM", "mean GPU utilisation per pod"),
-    MetricKind.DCGM_GPU_MEMORY: KindTraits(Unit.FRACTION, True, "DCGM", "framebuffer used / total per pod"),
-    MetricKind.GPU_SECONDS_PER_INFERENCE: KindTraits(Unit.SECONDS, True, "DCGM + Triton", "GPU-seconds per inference"),
-    MetricKind.CUSTOM_RATIO: KindTraits(Unit.FRACTION, False, "custom counters", "success / total"),
+    MetricKind.ISTIO_ERROR_RATE: KindTraits(
+        Unit.FRACTION, True, Shape.COUNTS, "Istio", "share of 5xx responses", istio_split=True
+    ),
+    MetricKind.TRITON_LATENCY: KindTraits(Unit.SECONDS, True, Shape.GAUGES, "Triton", "mean request latency"),
+    MetricKind.TRITON_QUEUE_LATENCY: KindTraits(Unit.SECONDS, True, Shape.GAUGES, "Triton", "mean queueing time"),
+    MetricKind.TRITON_ERROR_RATE: KindTraits(Unit.FRACTION, True, Shape.COUNTS, "Triton", "share of failed inferences"),
+    MetricKind.TRITON_GPU_UTILIZATION: KindTraits(
+        Unit.FRACTION, True, Shape.GAUGES, "Triton", "mean GPU utilisation per pod"
+    ),
+    MetricKind.TRITON_GPU_MEMORY: KindTraits(
+        Unit.FRACTION, True, Shape.GAUGES, "Triton", "GPU memory used / total per pod"
+    ),
+    MetricKind.DCGM_GPU_UTILIZATION: KindTraits(
+        Unit.FRACTION, True, Shape.GAUGES, "DCGM", "mean GPU utilisation per pod"
+    ),
+    MetricKind.DCGM_GPU_MEMORY: KindTraits(
+        Unit.FRACTION, True, Shape.GAUGES, "DCGM", "framebuffer used / total per pod"
+    ),
+    MetricKind.GPU_SECONDS_PER_INFERENCE: KindTraits(
+        Unit.SECONDS, True, Shape.GAUGES, "DCGM + Triton", "GPU-seconds per inference"
+    ),
+    MetricKind.CUSTOM_RATIO: KindTraits(Unit.FRACTION, False, Shape.COUNTS, "custom counters", "success / total"),
 }
 
 DEFAULT_QUANTILE = 0.99

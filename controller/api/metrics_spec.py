@@ -1,7 +1,8 @@
 """The analysis a rollout asks for: which metrics are compared, their SLOs, margins and error budget.
 
 The ``spec.analysis`` part of the ModelRollout model. What each :class:`MetricKind` means (unit,
-direction, query) lives in :mod:`controller.api.kinds`; rules across fields in :mod:`controller.api.rules`.
+direction, shape) lives in :mod:`controller.api.kinds`, how it is read in :mod:`controller.metrics.kinds`;
+rules across fields in :mod:`controller.api.rules`.
 """
 
 from __future__ import annotations

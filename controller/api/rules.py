@@ -60,10 +60,6 @@ def check(rollout: ModelRollout) -> list[Problem]:
     ]
 
 
-#: Kinds whose series tell the randomised split's requests apart once the split is tagged.
-SPLIT_KINDS = frozenset({MetricKind.ISTIO_LATENCY, MetricKind.ISTIO_ERROR_RATE})
-
-
 def _randomised(rollout: ModelRollout) -> Iterator[Problem]:
     """With A/B cohorts or sticky users, a comparison with stable must see only randomised requests.
 
@@ -94,7 +90,7 @@ def _randomised(rollout: ModelRollout) -> Iterator[Problem]:
     for i, metric in enumerate(spec.analysis.metrics):
         if metric.margin is None:
             continue
-        tagged = (metric.kind in SPLIT_KINDS and split_tagged(rollout)) or (
+        tagged = (TRAITS[metric.kind].istio_split and split_tagged(rollout)) or (
             metric.kind is MetricKind.CUSTOM_RATIO and metric.ratio is not None and metric.ratio.split_label
         )
         if not tagged:

@@ -1,10 +1,12 @@
-"""The catalog: which series each metric kind reads, and what one rollout asks of them. Pure.
+"""The catalog's machinery: families, the labels that name a version, and what one rollout asks. Pure.
 
 Every built-in kind is read from *base families*: one metric, reduced over an analysis window
 (``increase`` for counters, ``avg_over_time`` for gauges) and aggregated by the labels that name a
 rollout's version (plus ``pod``, ``le`` or ``response_code`` where the kind needs them). A
 rollout's :class:`Ask` of a family is the identity values that pick its stable and canary series;
-:mod:`controller.metrics.plan` unions them across rollouts into one query per family.
+:mod:`controller.metrics.plan` unions them across rollouts into one query per family. Which
+families each kind reads, and how it plans its asks, is the kind's own module in
+:mod:`controller.metrics.kinds`.
 
 Which labels name a version:
 
@@ -17,20 +19,17 @@ Which labels name a version:
   value is its pod label whose name, sanitised as Prometheus does (``model-version`` ->
   ``model_version``), is that label. With routing mode TritonVersion both versions share the pods
   and Triton's own ``model`` / ``version`` labels (the model version number) tell them apart.
-* CustomRatio: its ``namespaceLabel`` (default ``namespace``), always the rollout's own namespace,
-  its ``matchLabels`` (required) and its ``versionLabel``; the version's value is its pod label of
-  that name if it has one, else its name (Subset), or the Triton model version (TritonVersion). So
-  a pod of another namespace reporting the same version name is never counted as this canary.
+* CustomRatio: its own labels, always scoped to the rollout's namespace
+  (:mod:`controller.metrics.kinds.custom`).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
-from controller.api.kinds import slo_max
 from controller.api.metrics_spec import Metric, MetricKind
 from controller.api.model import ModelRollout
 from controller.api.names import SPLIT_TAG, SPLIT_VALUE
@@ -124,16 +123,6 @@ class Labels:
             check_label_name(name)
 
 
-ISTIO_IDENTITY = ("destination_service_namespace", "destination_service_name", "destination_version")
-_ISTIO_FIXED = (("reporter", "destination"),)
-ISTIO_REQUESTS = Family(
-    "istio_requests_total", Reduce.INCREASE, ISTIO_IDENTITY, split="response_code", fixed=_ISTIO_FIXED
-)
-ISTIO_BUCKETS = Family(
-    "istio_request_duration_milliseconds_bucket", Reduce.INCREASE, ISTIO_IDENTITY, split="le", fixed=_ISTIO_FIXED
-)
-
-
 class Role(StrEnum):
     """What a family contributes to a metric."""
 
@@ -151,56 +140,25 @@ class Role(StrEnum):
     FREE = "free"
 
 
-def pod_families(labels: Labels, triton_mode: bool) -> dict[str, Family]:
-    """Triton and DCGM families, per pod, keyed by a short name."""
-    identity = (
-        (labels.namespace, labels.triton_model, labels.triton_version)
-        if triton_mode
-        else (labels.namespace, labels.version)
-    )
+@dataclass(frozen=True)
+class PodSeries:
+    """A metric scraped from the model's pods (Triton, DCGM), before the scrape's labels make it a family."""
 
-    def counter(metric: str) -> Family:
-        return Family(metric, Reduce.INCREASE, identity, pod=labels.pod)
+    metric: str
+    reduce: Reduce
+    aggregate: str = "sum"
 
-    def gauge(metric: str, aggregate: str = "sum") -> Family:
-        return Family(metric, Reduce.AVG_OVER_TIME, identity, aggregate=aggregate, pod=labels.pod)
+    def __post_init__(self) -> None:
+        check_metric_name(self.metric)
 
-    return {
-        "success": counter("nv_inference_request_success"),
-        "failure": counter("nv_inference_request_failure"),
-        "duration": counter("nv_inference_request_duration_us"),
-        "queue": counter("nv_inference_queue_duration_us"),
-        "inferences": counter("nv_inference_count"),
-        "triton_util": gauge("nv_gpu_utilization", "avg"),
-        "triton_used": gauge("nv_gpu_memory_used_bytes"),
-        "triton_total": gauge("nv_gpu_memory_total_bytes"),
-        "dcgm_util": gauge("DCGM_FI_DEV_GPU_UTIL", "avg"),
-        "dcgm_util_sum": gauge("DCGM_FI_DEV_GPU_UTIL"),
-        "dcgm_used": gauge("DCGM_FI_DEV_FB_USED"),
-        "dcgm_free": gauge("DCGM_FI_DEV_FB_FREE"),
-    }
-
-
-#: The families each pod-scraped kind reads, by role (names from :func:`pod_families`).
-POD_KINDS: dict[MetricKind, dict[Role, str]] = {
-    MetricKind.TRITON_LATENCY: {Role.DURATION: "duration", Role.SUCCESS: "success"},
-    MetricKind.TRITON_QUEUE_LATENCY: {Role.DURATION: "queue", Role.SUCCESS: "success"},
-    MetricKind.TRITON_ERROR_RATE: {Role.SUCCESS: "success", Role.FAILURE: "failure"},
-    MetricKind.TRITON_GPU_UTILIZATION: {Role.UTILIZATION: "triton_util"},
-    MetricKind.TRITON_GPU_MEMORY: {Role.USED: "triton_used", Role.TOTAL: "triton_total"},
-    MetricKind.DCGM_GPU_UTILIZATION: {Role.UTILIZATION: "dcgm_util"},
-    MetricKind.DCGM_GPU_MEMORY: {Role.USED: "dcgm_used", Role.FREE: "dcgm_free"},
-    MetricKind.GPU_SECONDS_PER_INFERENCE: {Role.UTILIZATION: "dcgm_util_sum", Role.INFERENCES: "inferences"},
-}
-PER_POD_GPU = frozenset(
-    {
-        MetricKind.TRITON_GPU_UTILIZATION,
-        MetricKind.TRITON_GPU_MEMORY,
-        MetricKind.DCGM_GPU_UTILIZATION,
-        MetricKind.DCGM_GPU_MEMORY,
-        MetricKind.GPU_SECONDS_PER_INFERENCE,
-    }
-)
+    def family(self, labels: Labels, triton_mode: bool) -> Family:
+        """The family, per pod, whose identity is Triton's model and version or the pods' version label."""
+        identity = (
+            (labels.namespace, labels.triton_model, labels.triton_version)
+            if triton_mode
+            else (labels.namespace, labels.version)
+        )
+        return Family(self.metric, self.reduce, identity, aggregate=self.aggregate, pod=labels.pod)
 
 
 # --- what one rollout asks --------------------------------------------------------------------
@@ -243,7 +201,8 @@ def pod_label_value(version: ModelVersion, prom_label: str) -> str | None:
     return next((v for k, v in sorted(version.labels.items()) if sanitize_label(k) == prom_label), None)
 
 
-def _ask(family: Family, stable: Sequence[str | None], canary: Sequence[str | None], what: str) -> Ask | str:
+def ask_for(family: Family, stable: Sequence[str | None], canary: Sequence[str | None], what: str) -> Ask | str:
+    """The ask of ``family`` for these identity values, or why there is none (``what``: a value is missing)."""
     if any(v is None for v in (*stable, *canary)):
         return what
     s, c = tuple(v for v in stable if v is not None), tuple(v for v in canary if v is not None)
@@ -254,14 +213,13 @@ def _ask(family: Family, stable: Sequence[str | None], canary: Sequence[str | No
 
 
 class RolloutAsks:
-    """The identity values of one rollout, and the asks of each kind."""
+    """The identity values of one rollout, and the generic asks the kinds plan theirs with."""
 
     def __init__(self, rollout: ModelRollout, labels: Labels) -> None:
         self.rollout = rollout
         self.labels = labels
         spec = rollout.spec
         self.triton = spec.routing.triton if spec.routing.mode is RoutingMode.TRITON_VERSION else None
-        self.pods = pod_families(labels, self.triton is not None)
         self.ns = rollout.metadata.namespace
 
     def istio(self, family: Family, *, randomised: bool = True) -> Ask | str:
@@ -270,7 +228,7 @@ class RolloutAsks:
             return "Istio cannot tell the versions apart with routing mode TritonVersion (both run in the same pods)"
         if randomised and split_tagged(self.rollout):  # cohort and sticky requests: compare the split's only
             family = replace(family, fixed=(*family.fixed, (SPLIT_TAG, SPLIT_VALUE)))
-        return _ask(
+        return ask_for(
             family,
             (self.ns, spec.service.name, istio_version(spec.stable)),
             (self.ns, spec.service.name, istio_version(spec.canary)),
@@ -278,82 +236,48 @@ class RolloutAsks:
             f"{', '.join(ISTIO_VERSION_LABELS)}",
         )
 
-    def pod(self, name: str) -> Ask | str:
-        family = self.pods[name]
+    def pod(self, series: PodSeries) -> Ask | str:
+        family = series.family(self.labels, self.triton is not None)
         if self.triton is not None:
             t = self.triton
-            return _ask(
+            return ask_for(
                 family, (self.ns, t.model, str(t.stable_version)), (self.ns, t.model, str(t.canary_version)), ""
             )
         spec = self.rollout.spec
         label = self.labels.version
-        return _ask(
+        return ask_for(
             family,
             (self.ns, pod_label_value(spec.stable, label)),
             (self.ns, pod_label_value(spec.canary, label)),
             f"no pod label of spec.stable/spec.canary maps to the Prometheus label {label!r} that names the version",
         )
 
-    def requests(self) -> tuple[dict[Role, Ask], str]:
-        if self.triton is not None:
-            return self.kind_asks({Role.SUCCESS: "success", Role.FAILURE: "failure"})
-        ask = self.istio(ISTIO_REQUESTS)
-        return ({Role.REQUESTS: ask}, "") if isinstance(ask, Ask) else ({}, ask)
-
-    def kind_asks(self, roles: Mapping[Role, str]) -> tuple[dict[Role, Ask], str]:
+    def kind_asks(self, roles: Mapping[Role, PodSeries]) -> tuple[dict[Role, Ask], str]:
         asks: dict[Role, Ask] = {}
-        for role, name in roles.items():
-            ask = self.pod(name)
+        for role, series in roles.items():
+            ask = self.pod(series)
             if isinstance(ask, str):
                 return {}, ask
             asks[role] = ask
         return asks, ""
 
-    def metric(self, metric: Metric) -> MetricPlan:
-        kind = metric.kind
-        if kind in (MetricKind.ISTIO_LATENCY, MetricKind.ISTIO_ERROR_RATE):
-            role, family = (
-                (Role.BUCKETS, ISTIO_BUCKETS) if kind is MetricKind.ISTIO_LATENCY else (Role.REQUESTS, ISTIO_REQUESTS)
-            )
-            ask = self.istio(family)
-            asks, why = ({role: ask}, "") if isinstance(ask, Ask) else ({}, ask)
-            if asks and metric.slo is not None and split_tagged(self.rollout):  # the guard sees every request
-                everything = self.istio(family, randomised=False)
-                if isinstance(everything, Ask):
-                    asks[Role.BUCKETS_ALL if role is Role.BUCKETS else Role.REQUESTS_ALL] = everything
-            if kind is MetricKind.ISTIO_LATENCY and (bound := slo_max(metric)) is not None:
-                return MetricPlan(metric.name, kind, asks, why, keep=(bound,))
-        elif kind is MetricKind.CUSTOM_RATIO:
-            asks, why = self.custom(metric)
-        elif kind in PER_POD_GPU and self.triton is not None:
-            asks, why = {}, f"{kind.value} is per pod, and with routing mode TritonVersion both versions share the pods"
-        else:
-            asks, why = self.kind_asks(POD_KINDS[kind])
-        return MetricPlan(metric.name, kind, asks, why)
 
-    def custom(self, metric: Metric) -> tuple[dict[Role, Ask], str]:
-        ratio = metric.ratio
-        if ratio is None:
-            return {}, "CustomRatio needs ratio.success and ratio.total"
-        if not ratio.match_labels:  # validation requires them; a policy built around it is not queried
-            return {}, "CustomRatio needs ratio.matchLabels: labels that pick this rollout's own series"
-        if {ratio.namespace_label, ratio.version_label} & set(ratio.match_labels):
-            return {}, "ratio.matchLabels must not name the namespace or the version label"
-        keys = tuple(sorted(ratio.match_labels))
-        identity = (ratio.namespace_label, *keys, ratio.version_label)
-        fixed = (self.ns, *(ratio.match_labels[k] for k in keys))
-        stable, canary = (self.custom_version(ratio.version_label, side) for side in ("stable", "canary"))
-        asks: dict[Role, Ask] = {}
-        split = ((ratio.split_label, SPLIT_VALUE),) if ratio.split_label is not None else ()
-        for role, name in ((Role.SUCCESS, ratio.success), (Role.TOTAL, ratio.total)):
-            ask = _ask(Family(name, Reduce.INCREASE, identity, fixed=split), (*fixed, stable), (*fixed, canary), "")
-            if isinstance(ask, str):
-                return {}, ask
-            asks[role] = ask
-        return asks, ""
+#: How a kind plans one policy metric for one rollout.
+Planner = Callable[[RolloutAsks, Metric], MetricPlan]
 
-    def custom_version(self, label: str, side: str) -> str:
-        if self.triton is not None:
-            return str(self.triton.stable_version if side == "stable" else self.triton.canary_version)
-        version: ModelVersion = getattr(self.rollout.spec, side)
-        return pod_label_value(version, label) or version.name
+
+def pod_kind(roles: Mapping[Role, PodSeries], *, per_pod: bool = False) -> Planner:
+    """The planner of a pod-scraped kind that reads ``roles``.
+
+    ``per_pod`` kinds read series that name a pod but no model (the GPU's), so with routing mode
+    TritonVersion, where both versions share the pods, they cannot tell the versions apart.
+    """
+
+    def planned(asks: RolloutAsks, metric: Metric) -> MetricPlan:
+        if per_pod and asks.triton is not None:
+            why = f"{metric.kind.value} is per pod, and with routing mode TritonVersion both versions share the pods"
+            return MetricPlan(metric.name, metric.kind, {}, why)
+        found, why = asks.kind_asks(roles)
+        return MetricPlan(metric.name, metric.kind, found, why)
+
+    return planned

@@ -4,7 +4,8 @@ The values that pick each rollout's versions are unioned into one selector per f
 asks Prometheus one query per (family, window length), however many rollouts there are; the
 results are split back per rollout by exact label equality (:mod:`controller.metrics.read`), so a
 wide regex can never leak one rollout's series into another's. Every counter family is paired with
-a ``resets()`` query: a window in which a counter restarted is *no data*, never a wrong count.
+a ``resets()`` query: a window in which a counter restarted is *no data*, never a wrong count. Each
+rollout's :class:`Target` comes from its kinds (:func:`controller.metrics.measure.plan`).
 """
 
 from __future__ import annotations
@@ -12,12 +13,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from controller.api.model import ModelRollout
-from controller.metrics.catalog import Ask, Family, Labels, MetricPlan, Role, RolloutAsks
+from controller.metrics.catalog import Ask, Family, MetricPlan, Role
 from controller.metrics.samples import Window
 from controller.metrics.selectors import to_millis
-
-REQUESTS_KEY = "(requests)"
 
 
 @dataclass(frozen=True)
@@ -52,33 +50,19 @@ class Plan:
         return self.texts.get((family, window_ms, resets))
 
 
-def plan(
-    rollouts: Sequence[ModelRollout],
-    windows_by_rollout: Mapping[str, Sequence[Window]],
-    at: float,
-    labels: Labels | None = None,
-) -> Plan:
-    """Every query one look needs for all ``rollouts`` together, deduplicated and grouped.
+def look_plan(targets: Sequence[Target]) -> Plan:
+    """Every query the ``targets`` need together, deduplicated and grouped.
 
     One PromQL text per (family, window length) with the identity values of every rollout unioned,
     evaluated at the union of the window ends; one ``resets()`` text beside each counter's. Windows
-    ending after ``at`` are not asked for (their data is incomplete).
+    ending after the look (a target's ``future``) are not asked for (their data is incomplete).
     """
-    labels = labels or Labels()
-    targets: list[Target] = []
     values: dict[tuple[Family, int], list[set[str]]] = {}
     times: dict[tuple[Family, int], set[int]] = {}
-    at_ms = to_millis(at)
-    for rollout in rollouts:
-        windows = tuple(windows_by_rollout.get(rollout.key, ()))
-        r = RolloutAsks(rollout, labels)
-        requests, requests_why = r.requests()
-        metrics = tuple(r.metric(m) for m in rollout.spec.analysis.metrics)
-        future = frozenset(i for i, w in enumerate(windows) if to_millis(w.end) > at_ms)
-        targets.append(Target(rollout.key, windows, requests, requests_why, metrics, future))
-        asks = [*requests.values(), *(a for m in metrics for a in m.asks.values())]
-        for i, window in enumerate(windows):
-            if i in future:
+    for target in targets:
+        asks = [*target.requests.values(), *(a for m in target.metrics for a in m.asks.values())]
+        for i, window in enumerate(target.windows):
+            if i in target.future:
                 continue
             length = to_millis(window.end) - to_millis(window.start)
             for ask in asks:
@@ -105,20 +89,3 @@ def _merge(queries: Sequence[Query]) -> tuple[Query, ...]:
     for q in queries:
         merged.setdefault(q.promql, set()).update(q.times)
     return tuple(Query(text, tuple(sorted(ts))) for text, ts in merged.items())
-
-
-def metric_queries(rollout: ModelRollout, window: float, labels: Labels | None = None) -> dict[str, tuple[str, ...]]:
-    """The PromQL each metric of ``rollout`` reads over one ``window`` (seconds), for docs and reports.
-
-    Keyed by metric name, with the request counts under :data:`REQUESTS_KEY` (not a valid metric
-    name, so it cannot collide); counters come with their ``resets()`` query.
-    """
-    the_plan = plan([rollout], {rollout.key: [Window(0.0, window, 0.0)]}, window, labels)
-    (target,) = the_plan.targets
-    length = to_millis(window)
-    named = [(REQUESTS_KEY, target.requests), *((m.name, m.asks) for m in target.metrics)]
-    out: dict[str, tuple[str, ...]] = {}
-    for name, asks in named:
-        texts = [the_plan.text(a.family, length, resets) for a in asks.values() for resets in (False, True)]
-        out[name] = tuple(dict.fromkeys(t for t in texts if t is not None))
-    return out

@@ -1,4 +1,8 @@
-"""Turn the answers to a look's queries into one :class:`Observation` per rollout. Pure.
+"""The machinery that turns the answers to a look's queries into series. Pure.
+
+:class:`Reader` finds a rollout's rows; :class:`Builder` collects them per window and version into
+the series of a kind's shape (:class:`Counts`, :class:`Histogram`, :class:`Gauges`), each calling
+the kind's own part (its events and trials, or one pod's value) from :mod:`controller.metrics.kinds`.
 
 Rows are picked per rollout and version by exact label equality. Anything doubtful makes that
 window *no data* for that version, with the reason kept in the metric's ``reason``: a missing
@@ -11,24 +15,21 @@ the doubtful pod and say so.
 from __future__ import annotations
 
 import math
-import re
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
-from typing import TypeVar
+from typing import ClassVar, Protocol, TypeVar
 
-from controller.api.metrics_spec import MetricKind
-from controller.api.model import ModelRollout
-from controller.metrics.catalog import Ask, MetricPlan, Role
+from controller.api.kinds import Shape
+from controller.api.metrics_spec import Metric
+from controller.metrics.catalog import Ask, MetricPlan, Planner, Role, RolloutAsks
 from controller.metrics.plan import Plan, Target
 from controller.metrics.samples import (
     CountSeries,
     Cumulative,
     GaugeSeries,
     HistogramSeries,
-    MetricData,
-    Observation,
     Series,
     Window,
 )
@@ -44,7 +45,6 @@ STABLE, CANARY = "stable", "canary"
 #: Most bucket bounds (+Inf included) a latency histogram is analysed on; finer ones are coarsened.
 #: Istio's default histogram has 20; the latency tests' cost grows with the square of the bounds.
 MAX_HISTOGRAM_EDGES = 64
-_SERVER_ERROR = re.compile(r"^5[0-9][0-9]$")
 Valued = tuple[T, tuple[str, ...]] | str  # a value with notes on what was dropped, or why there is none
 
 
@@ -97,7 +97,7 @@ def _bad(value: float) -> str | None:
     return None
 
 
-def _total(cell: Cell | str, metric: str, *, absent_is_zero: bool = False) -> int | str:
+def total(cell: Cell | str, metric: str, *, absent_is_zero: bool = False) -> int | str:
     """The whole-event count of a counter cell, or why there is none."""
     if isinstance(cell, str):
         return cell
@@ -125,7 +125,7 @@ def _per_pod(cell: Cell | str, pod: str | None, metric: str) -> dict[str, float]
 
 
 class Builder:
-    """Builds one rollout's observation."""
+    """Builds one rollout's series, window by window and version by version."""
 
     def __init__(self, reader: Reader, target: Target) -> None:
         self.reader = reader
@@ -152,44 +152,11 @@ class Builder:
         asks = plan.asks if isinstance(plan, MetricPlan) else plan
         return self.reader.cell(asks[role], side, window)
 
-    def requests(self, window: Window, side: str) -> Valued[int]:
-        asks = self.target.requests
-        got: int | str
-        if Role.REQUESTS in asks:
-            got = _total(self.cell(asks, Role.REQUESTS, window, side), asks[Role.REQUESTS].family.metric)
-        else:
-            counts = self.triton_counts(asks, window, side)
-            got = counts if isinstance(counts, str) else counts[1]
-        return got if isinstance(got, str) else (got, ())
+    # --- shapes ---------------------------------------------------------------------------
 
-    def triton_counts(self, asks: Mapping[Role, Ask], window: Window, side: str) -> tuple[int, int] | str:
-        """(failures, requests) from Triton's success and failure counters, summed over pods."""
-        success = _total(self.cell(asks, Role.SUCCESS, window, side), asks[Role.SUCCESS].family.metric)
-        failure = self.cell(asks, Role.FAILURE, window, side)
-        failures = _total(failure, asks[Role.FAILURE].family.metric, absent_is_zero=not isinstance(success, str))
-        if isinstance(success, str) or isinstance(failures, str):
-            return success if isinstance(success, str) else str(failures)
-        return failures, success + failures
-
-    def observation(self) -> Observation:
-        if self.target.requests:
-            stable, canary, _ = self.collect(self.requests)
-        else:
-            stable = canary = [None] * len(self.target.windows)
-        metrics = tuple(self.metric(m) for m in self.target.metrics)
-        return Observation(self.target.windows, tuple(stable), tuple(canary), metrics)
-
-    def metric(self, plan: MetricPlan) -> MetricData:
-        if plan.unsupported:
-            return MetricData(plan.name, None, plan.unsupported)
-        series, reasons = BUILDERS[plan.kind](self, plan)
-        return MetricData(plan.name, series, "; ".join(reasons))
-
-    # --- kinds ----------------------------------------------------------------------------
-
-    def counts(self, plan: MetricPlan) -> tuple[Series | None, list[str]]:
+    def counts(self, plan: MetricPlan, events_trials: EventsTrials) -> Built:
         def fn(window: Window, side: str) -> Valued[tuple[int, int]]:
-            got = self.events_trials(plan, window, side)
+            got = events_trials(self, plan, window, side, Role.REQUESTS)
             return got if isinstance(got, str) else (got, ())
 
         stable, canary, reasons = self.collect(fn)
@@ -199,7 +166,7 @@ class Builder:
         if Role.REQUESTS_ALL in plan.asks:  # the SLO guard's: cohort and sticky requests too
 
             def all_requests(window: Window, side: str) -> Valued[tuple[int, int]]:
-                got = self.events_trials(plan, window, side, role=Role.REQUESTS_ALL)
+                got = events_trials(self, plan, window, side, Role.REQUESTS_ALL)
                 return got if isinstance(got, str) else (got, ())
 
             _, every, _ = self.collect(all_requests)
@@ -213,33 +180,7 @@ class Builder:
         )
         return series, reasons
 
-    def events_trials(
-        self, plan: MetricPlan, window: Window, side: str, *, role: Role = Role.REQUESTS
-    ) -> tuple[int, int] | str:
-        if plan.kind is MetricKind.ISTIO_ERROR_RATE:
-            cell = self.cell(plan, role, window, side)
-            metric = plan.asks[role].family.metric
-            trials = _total(cell, metric)
-            if isinstance(trials, str) or isinstance(cell, str):
-                return str(trials)
-            code = plan.asks[role].family.split or ""
-            errors = Cell(tuple(r for r in cell.rows if _SERVER_ERROR.match(r[0].get(code, ""))), cell.resets)
-            events = _total(errors, metric, absent_is_zero=True)
-            return events if isinstance(events, str) else (min(events, trials), trials)
-        if plan.kind is MetricKind.TRITON_ERROR_RATE:
-            return self.triton_counts(plan.asks, window, side)
-        total = _total(self.cell(plan, Role.TOTAL, window, side), plan.asks[Role.TOTAL].family.metric)
-        if isinstance(total, str):
-            return total
-        success_metric = plan.asks[Role.SUCCESS].family.metric
-        success = _total(self.cell(plan, Role.SUCCESS, window, side), success_metric, absent_is_zero=True)
-        if isinstance(success, str):
-            return success
-        if success > total:
-            return f"{success_metric} grew more than {plan.asks[Role.TOTAL].family.metric}"
-        return success, total
-
-    def histogram(self, plan: MetricPlan) -> tuple[Series | None, list[str]]:
+    def histogram(self, plan: MetricPlan) -> Built:
         def fn(window: Window, side: str) -> Valued[dict[float, int]]:
             cell = self.cell(plan, Role.BUCKETS, window, side)
             got = _buckets(cell, plan.asks[Role.BUCKETS].family.metric)
@@ -277,9 +218,9 @@ class Builder:
             every = cumulative(self.collect(all_buckets)[1])
         return HistogramSeries(edges, cumulative(stable), cumulative(canary), every), reasons
 
-    def gauges(self, plan: MetricPlan) -> tuple[Series | None, list[str]]:
+    def gauges(self, plan: MetricPlan, pod_value: PodValue) -> Built:
         def fn(window: Window, side: str) -> Valued[tuple[float, ...]]:
-            got = self.pod_values(plan, window, side)
+            got = self.pod_values(plan, pod_value, window, side)
             if isinstance(got, str):
                 return got
             values, dropped = got
@@ -293,7 +234,9 @@ class Builder:
             return None, reasons or ["no windows"]
         return GaugeSeries(tuple(stable), tuple(canary)), reasons
 
-    def pod_values(self, plan: MetricPlan, window: Window, side: str) -> tuple[dict[str, float], int] | str:
+    def pod_values(
+        self, plan: MetricPlan, pod_value: PodValue, window: Window, side: str
+    ) -> tuple[dict[str, float], int] | str:
         """Per-pod values of a pod-scraped kind, and how many pods were dropped."""
         parts: dict[Role, dict[str, float]] = {}
         for role, ask in plan.asks.items():
@@ -302,26 +245,16 @@ class Builder:
                 return got
             parts[role] = got
         pods = set.union(*(set(p) for p in parts.values()))
-        values = {p: v for p in pods if (v := _pod_value(plan.kind, parts, p, window)) is not None}
+        values = {p: v for p in pods if (v := _pod_value(pod_value, parts, p, window)) is not None}
         return values, len(pods) - len(values)
 
 
-def _pod_value(kind: MetricKind, parts: Mapping[Role, Mapping[str, float]], pod: str, window: Window) -> float | None:
-    """One pod's value of a pod-scraped kind in canonical units, or None when it has none."""
+def _pod_value(
+    pod_value: PodValue, parts: Mapping[Role, Mapping[str, float]], pod: str, window: Window
+) -> float | None:
+    """One pod's value in canonical units, or None when it has none (a part missing, zero, NaN or negative)."""
     try:
-        if kind in (MetricKind.TRITON_LATENCY, MetricKind.TRITON_QUEUE_LATENCY):
-            value = parts[Role.DURATION][pod] / parts[Role.SUCCESS][pod] / 1e6
-        elif kind is MetricKind.TRITON_GPU_UTILIZATION:
-            value = parts[Role.UTILIZATION][pod]
-        elif kind is MetricKind.DCGM_GPU_UTILIZATION:
-            value = parts[Role.UTILIZATION][pod] / 100.0
-        elif kind is MetricKind.TRITON_GPU_MEMORY:
-            value = parts[Role.USED][pod] / parts[Role.TOTAL][pod]
-        elif kind is MetricKind.DCGM_GPU_MEMORY:
-            value = parts[Role.USED][pod] / (parts[Role.USED][pod] + parts[Role.FREE][pod])
-        else:  # GPU_SECONDS_PER_INFERENCE: sum over the pod's GPUs of utilisation x seconds, per inference
-            seconds = parts[Role.UTILIZATION][pod] / 100.0 * (window.end - window.start)
-            value = seconds / parts[Role.INFERENCES][pod]
+        value = pod_value(parts, pod, window)
     except (KeyError, ZeroDivisionError):
         return None
     return value if math.isfinite(value) and value >= 0 else None
@@ -354,9 +287,9 @@ def coarsen(edges: Sequence[float], keep: Iterable[float] = (), cap: int = MAX_H
 
 def _buckets(cell: Cell | str, metric: str) -> dict[float, int] | str:
     """Cumulative counts by upper bound in seconds (Istio's ``le`` is in milliseconds)."""
-    total = _total(cell, metric)
-    if isinstance(total, str) or isinstance(cell, str):
-        return str(total)
+    count = total(cell, metric)
+    if isinstance(count, str) or isinstance(cell, str):
+        return str(count)
     out: dict[float, int] = {}
     for labels, value in cell.rows:
         try:
@@ -372,21 +305,6 @@ def _buckets(cell: Cell | str, metric: str) -> dict[float, int] | str:
     return out
 
 
-BUILDERS: dict[MetricKind, Callable[[Builder, MetricPlan], tuple[Series | None, list[str]]]] = {
-    MetricKind.ISTIO_LATENCY: Builder.histogram,
-    MetricKind.ISTIO_ERROR_RATE: Builder.counts,
-    MetricKind.TRITON_ERROR_RATE: Builder.counts,
-    MetricKind.CUSTOM_RATIO: Builder.counts,
-    MetricKind.TRITON_LATENCY: Builder.gauges,
-    MetricKind.TRITON_QUEUE_LATENCY: Builder.gauges,
-    MetricKind.TRITON_GPU_UTILIZATION: Builder.gauges,
-    MetricKind.TRITON_GPU_MEMORY: Builder.gauges,
-    MetricKind.DCGM_GPU_UTILIZATION: Builder.gauges,
-    MetricKind.DCGM_GPU_MEMORY: Builder.gauges,
-    MetricKind.GPU_SECONDS_PER_INFERENCE: Builder.gauges,
-}
-
-
 def _windows(indices: Sequence[int]) -> str:
     """``window 3`` or ``windows 0-4, 7``."""
     runs: list[list[int]] = []
@@ -399,14 +317,67 @@ def _windows(indices: Sequence[int]) -> str:
     return f"window{'s' if len(indices) > 1 else ''} {text}"
 
 
-def build_observations(plan: Plan, results: Results) -> dict[str, Observation]:
-    """One observation per rollout of the plan (keyed ``namespace/name``) from the answers."""
-    reader = Reader(plan, results)
-    return {t.key: Builder(reader, t).observation() for t in plan.targets}
+# --- the shapes a kind is read into -----------------------------------------------------
+
+#: A series and the reasons for what it lacks.
+Built = tuple[Series | None, list[str]]
+#: A counts kind's (events, trials) for one version in one window, or why there are none; the role
+#: is that of the trials: REQUESTS, or REQUESTS_ALL for the SLO guard of a kind that plans one.
+EventsTrials = Callable[[Builder, MetricPlan, Window, str, Role], tuple[int, int] | str]
+#: A gauges kind's value for one pod from its parts by role (KeyError, ZeroDivisionError: none).
+PodValue = Callable[[Mapping[Role, Mapping[str, float]], str, Window], float]
 
 
-def no_data(rollout: ModelRollout, windows: Sequence[Window], reason: str) -> Observation:
-    """An observation with no data at all, every metric saying why (e.g. Prometheus unavailable)."""
-    empty: tuple[int | None, ...] = (None,) * len(windows)
-    metrics = tuple(MetricData(m.name, None, reason) for m in rollout.spec.analysis.metrics)
-    return Observation(tuple(windows), empty, empty, metrics)
+class KindReading(Protocol):
+    """How one kind is measured: its asks for one rollout, and the series built from the answers."""
+
+    @property
+    def shape(self) -> Shape: ...
+
+    def plan(self, asks: RolloutAsks, metric: Metric) -> MetricPlan: ...
+
+    def build(self, builder: Builder, plan: MetricPlan) -> Built: ...
+
+
+@dataclass(frozen=True)
+class Counts:
+    """A kind read as events out of trials per window (a rate): a :class:`CountSeries`."""
+
+    planner: Planner
+    events_trials: EventsTrials
+    shape: ClassVar[Shape] = Shape.COUNTS
+
+    def plan(self, asks: RolloutAsks, metric: Metric) -> MetricPlan:
+        return self.planner(asks, metric)
+
+    def build(self, builder: Builder, plan: MetricPlan) -> Built:
+        return builder.counts(plan, self.events_trials)
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """A kind read as cumulative bucket counts per window: a :class:`HistogramSeries`."""
+
+    planner: Planner
+    shape: ClassVar[Shape] = Shape.HISTOGRAM
+
+    def plan(self, asks: RolloutAsks, metric: Metric) -> MetricPlan:
+        return self.planner(asks, metric)
+
+    def build(self, builder: Builder, plan: MetricPlan) -> Built:
+        return builder.histogram(plan)
+
+
+@dataclass(frozen=True)
+class Gauges:
+    """A kind read as one value per pod per window: a :class:`GaugeSeries`."""
+
+    planner: Planner
+    pod_value: PodValue
+    shape: ClassVar[Shape] = Shape.GAUGES
+
+    def plan(self, asks: RolloutAsks, metric: Metric) -> MetricPlan:
+        return self.planner(asks, metric)
+
+    def build(self, builder: Builder, plan: MetricPlan) -> Built:
+        return builder.gauges(plan, self.pod_value)

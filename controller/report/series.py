@@ -16,6 +16,7 @@ from typing import Any
 
 from controller.api.kinds import (
     TRAITS,
+    Shape,
     Unit,
     absolute_margin,
     lower_is_better,
@@ -23,14 +24,13 @@ from controller.api.kinds import (
     relative_margin,
     slo_max,
 )
-from controller.api.metrics_spec import Metric, MetricKind
+from controller.api.metrics_spec import Metric
 from controller.api.model import ModelRollout
 from controller.api.times import stored_time
 from controller.engine.record import E_VALUE_CAP
 from controller.judge.machine import Phase, Status, routes_for
 
 LATENCY_PANELS = 6
-RATE_KINDS = (MetricKind.ISTIO_ERROR_RATE, MetricKind.TRITON_ERROR_RATE, MetricKind.CUSTOM_RATIO)
 NAN = math.nan
 
 
@@ -247,7 +247,7 @@ def estimate_scale(metric: Metric | None) -> Scale:
     if TRAITS[metric.kind].has_quantile:  # latency quantiles: canary / stable - 1
         shown = 100 * relative if relative is not None else None
         return Scale(100.0, "%", "relative change of the quantile (%)", shown, True)
-    if metric.kind in RATE_KINDS and relative is not None and harm > 0:  # error rate ratio - 1
+    if TRAITS[metric.kind].shape is Shape.COUNTS and relative is not None and harm > 0:  # error rate ratio - 1
         return Scale(100.0, "%", "relative change of the rate (%)", 100 * relative, True)
     seconds = TRAITS[metric.kind].unit is Unit.SECONDS
     factor, unit = (1000.0, "ms") if seconds else (100.0, "pp")

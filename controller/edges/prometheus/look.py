@@ -1,6 +1,6 @@
 """One look: the catalog's plan run through a :class:`PromQL` source under the look's deadline.
 
-:func:`observe` asks Prometheus every query of :func:`controller.metrics.plan.plan` for all rollouts
+:func:`observe` asks Prometheus every query of :func:`controller.metrics.measure.plan` for all rollouts
 together (one range query per query when its times lie on a cheap grid), and
 :func:`observe_or_explain` turns a failed look into *no data* for every rollout, saying why.
 """
@@ -18,8 +18,9 @@ from controller.api.model import ModelRollout
 from controller.edges.prometheus.client import PrometheusClient, PromQL
 from controller.edges.prometheus.errors import PrometheusError, PrometheusTimeout
 from controller.metrics.catalog import Labels
-from controller.metrics.plan import Query, plan
-from controller.metrics.read import Results, build_observations, no_data
+from controller.metrics.measure import build_observations, no_data, plan
+from controller.metrics.plan import Query
+from controller.metrics.read import Results
 from controller.metrics.samples import Observation, Window
 from controller.metrics.selectors import to_millis
 

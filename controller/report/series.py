@@ -25,9 +25,10 @@ from controller.api.kinds import (
 )
 from controller.api.metrics_spec import Metric, MetricKind
 from controller.api.model import ModelRollout
+from controller.api.status import Phase
 from controller.api.times import stored_time
 from controller.engine.record import E_VALUE_CAP
-from controller.judge.machine import Phase, Status, routes_for
+from controller.judge.machine import Status, routes_for
 
 LATENCY_PANELS = 6
 RATE_KINDS = (MetricKind.ISTIO_ERROR_RATE, MetricKind.TRITON_ERROR_RATE, MetricKind.CUSTOM_RATIO)

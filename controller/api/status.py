@@ -11,9 +11,10 @@ values of the status, so they live here; the state machine (:mod:`controller.jud
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from enum import StrEnum
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 from pydantic import (
     BaseModel,
@@ -21,12 +22,11 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
-    SerializerFunctionWrapHandler,
+    TypeAdapter,
     ValidationError,
     ValidationInfo,
     ValidatorFunctionWrapHandler,
     WrapValidator,
-    model_serializer,
 )
 from pydantic.alias_generators import to_camel
 
@@ -65,10 +65,12 @@ class Action(StrEnum):
     RESCHEDULE = "Reschedule"  # the policy's steps changed mid-rollout
 
 
-Entry = TypeVar("Entry", bound=BaseModel)
-
 #: Set while reading a stored status: a time must then be stored text, never a bare number.
 _READING = {"reading": True}
+
+
+#: The times :func:`controller.api.times.timestamp` writes: years 1 to 9999.
+EARLIEST, LATEST = -62_135_596_800.0, 253_402_300_799.0
 
 
 def _moment(value: object, info: ValidationInfo) -> float:
@@ -81,39 +83,46 @@ def _moment(value: object, info: ValidationInfo) -> float:
         seconds = stored_time(value)
     if seconds is None:
         raise ValueError("not a stored time")
-    try:
-        timestamp(seconds)
-    except (OverflowError, ValueError, OSError):
-        raise ValueError("a time out of the writable range") from None
+    if not EARLIEST <= seconds <= LATEST:
+        raise ValueError("a time out of the writable range")
     return seconds
 
 
-def _or_none(value: object, handler: ValidatorFunctionWrapHandler) -> object:
-    """The value as its field's type, or None when it is not one (a lenient field)."""
+def _readable(data: object, error: ValidationError, depth: int) -> dict[str, Any] | None:
+    """``data`` without the fields that ``error`` found unreadable (the key at ``depth`` of each
+    error's location), or None when it has none of them to leave out."""
+    if not isinstance(data, Mapping):
+        return None
+    unreadable = {problem["loc"][depth] for problem in error.errors() if len(problem["loc"]) > depth}
+    readable = {key: value for key, value in data.items() if key not in unreadable}
+    return readable if len(readable) < len(data) else None
+
+
+def _entries(value: object, handler: ValidatorFunctionWrapHandler) -> object:
+    """A stored list read entry by entry: an entry's unreadable fields are left out (None), and an
+    entry that is still not one (not a mapping, or without a field it needs) is dropped, not the list.
+    The whole list is read at once first: what the controller wrote reads in one pass."""
     try:
         return handler(value)
     except ValidationError:
-        return None
+        kept: list[Any] = []
+        for item in value if isinstance(value, list) else []:
+            try:
+                kept += handler([item])
+            except ValidationError as error:
+                readable = _readable(item, error, 1)
+                if readable is not None:
+                    with contextlib.suppress(ValidationError):
+                        kept += handler([readable])
+        return kept
 
 
-def _entries(model: type[Entry], value: object, context: dict[str, Any] | None) -> list[Entry]:
-    """The entries of a stored list that are ``model``s: one that is not is dropped, not the list."""
-    kept = []
-    for item in value if isinstance(value, list) else []:
-        try:
-            kept.append(model.model_validate(item, context=context))
-        except ValidationError:
-            continue
-    return kept
+def _missing(value: object) -> bool:
+    return value is None
 
 
-def _each(model: type[BaseModel]) -> BeforeValidator:
-    """A list field read entry by entry (see :func:`_entries`)."""
-    return BeforeValidator(lambda value, info: _entries(model, value, info.context))
-
-
-#: A field read leniently: None when the stored value is not of its type.
-LENIENT = WrapValidator(_or_none)
+#: A log: its entries read one by one (see :func:`_entries`).
+EACH = WrapValidator(_entries)
 #: A time: Unix seconds in Python, RFC 3339 in UTC with a Z, to the second, on the wire.
 Moment = Annotated[float, BeforeValidator(_moment), PlainSerializer(timestamp, return_type=str)]
 #: A step's index, and a canary weight in percent: integers, never booleans.
@@ -141,8 +150,8 @@ class Part(BaseModel):
 
 
 class Requests(Part):
-    stable: Annotated[int | None, LENIENT] = None
-    canary: Annotated[int | None, LENIENT] = None
+    stable: int | None = None
+    canary: int | None = None
 
 
 class MetricStatus(Part):
@@ -150,23 +159,16 @@ class MetricStatus(Part):
 
     model_config = ConfigDict(allow_inf_nan=True)  # an e-value may be NaN: kept as written
 
-    name: Annotated[str | None, LENIENT] = None
-    verdict: Annotated[Annotated[Verdict, Field(strict=False)] | None, LENIENT] = None
-    reason: Annotated[str | None, LENIENT] = None
-    slo_breached: Annotated[bool | None, LENIENT] = None
-    e_value: Annotated[Real | None, LENIENT] = None
-    e_value_non_inferiority: Annotated[Real | None, LENIENT] = None
-    threshold: Annotated[Real | None, LENIENT] = None
-    estimate: Annotated[Real | None, LENIENT] = None
-    interval: Annotated[Annotated[list[Real | None], Field(min_length=2, max_length=2)] | None, LENIENT] = None
-    requests: Annotated[Requests | None, LENIENT] = None
-
-    @model_serializer(mode="wrap")
-    def _without_missing_reason(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        out: dict[str, Any] = handler(self)
-        if self.reason is None:
-            del out["reason"]
-        return out
+    name: str | None = None
+    verdict: Annotated[Verdict, Field(strict=False)] | None = None
+    reason: str | None = Field(default=None, exclude_if=_missing)
+    slo_breached: bool | None = None
+    e_value: Real | None = None
+    e_value_non_inferiority: Real | None = None
+    threshold: Real | None = None
+    estimate: Real | None = None
+    interval: Annotated[list[Real | None], Field(min_length=2, max_length=2)] | None = None
+    requests: Requests | None = None
 
 
 class StoredTransition(Part):
@@ -174,81 +176,77 @@ class StoredTransition(Part):
     always has: an unreadable time or weight is None (a weight, as in records from before it was
     kept), any reason is text."""
 
-    at: Annotated[Moment | None, LENIENT] = None
+    at: Moment | None = None
     from_phase: Annotated[Phase, Field(strict=False)]
     to_phase: Annotated[Phase, Field(strict=False)]
     from_step: Index
     to_step: Index
     action: Annotated[Action, Field(strict=False)]
     reason: Annotated[str, BeforeValidator(str)] = ""
-    canary_weight: Annotated[Weight | None, LENIENT] = None
-
-    @model_serializer(mode="wrap")
-    def _without_missing_weight(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        out: dict[str, Any] = handler(self)
-        if self.canary_weight is None:
-            del out["canaryWeight"]
-        return out
+    canary_weight: Weight | None = Field(default=None, exclude_if=_missing)
 
 
 class WeightEntry(Part):
     """The canary weight in force from ``at`` on."""
 
-    at: Annotated[Moment | None, LENIENT] = None
-    canary_weight: Annotated[Weight | None, LENIENT] = None
+    at: Moment | None = None
+    canary_weight: Weight | None = None
 
 
 class AnalysisEntry(Part):
     """One look's numbers (the report's e-value and estimate paths)."""
 
-    at: Annotated[Moment | None, LENIENT] = None
-    step: Annotated[Index | None, LENIENT] = None
-    canary_weight: Annotated[Weight | None, LENIENT] = None
-    metrics: Annotated[list[MetricStatus], _each(MetricStatus)] = Field(default_factory=list)
+    at: Moment | None = None
+    step: Index | None = None
+    canary_weight: Weight | None = None
+    metrics: Annotated[list[MetricStatus], EACH] = Field(default_factory=list)
 
 
 class DistributionEntry(Part):
     """Both versions' cumulative latency bucket counts at a decision; ``edges`` without the +Inf bucket."""
 
-    at: Annotated[Moment | None, LENIENT] = None
-    step: Annotated[Index | None, LENIENT] = None
-    action: Annotated[Annotated[Action, Field(strict=False)] | None, LENIENT] = None
-    metric: Annotated[str | None, LENIENT] = None
-    edges: Annotated[list[Real] | None, LENIENT] = None
-    stable: Annotated[list[int] | None, LENIENT] = None
-    canary: Annotated[list[int] | None, LENIENT] = None
+    at: Moment | None = None
+    step: Index | None = None
+    action: Annotated[Action, Field(strict=False)] | None = None
+    metric: str | None = None
+    edges: list[Real] | None = None
+    stable: list[int] | None = None
+    canary: list[int] | None = None
 
 
 class Condition(Part):
     """A Kubernetes-style condition (Progressing, Paused, Succeeded, Failed)."""
 
-    type: Annotated[str | None, LENIENT] = None
-    status: Annotated[str | None, LENIENT] = None
-    reason: Annotated[str | None, LENIENT] = None
-    message: Annotated[str | None, LENIENT] = None
-    last_transition_time: Annotated[Moment | None, LENIENT] = None
+    type: str | None = None
+    status: str | None = None
+    reason: str | None = None
+    message: str | None = None
+    last_transition_time: Moment | None = None
 
 
 class RolloutStatus(Part):
-    """The status subresource as stored: where the rollout is, the latest evidence and its logs."""
+    """The status subresource as stored: where the rollout is, the latest evidence and its logs.
 
-    phase: Annotated[Annotated[Phase, Field(strict=False)] | None, LENIENT] = None
-    current_step: Annotated[Index | None, LENIENT] = None
-    canary_weight: Annotated[Weight | None, LENIENT] = None
-    mirror_percent: Annotated[Real | None, LENIENT] = None
-    step_started_at: Annotated[Moment | None, LENIENT] = None
-    canary_revision: Annotated[str | None, LENIENT] = None
-    exposure_revision: Annotated[str | None, LENIENT] = None
-    message: Annotated[str | None, LENIENT] = None
-    observed_generation: Annotated[int | None, LENIENT] = None
-    last_analysis_at: Annotated[Moment | None, LENIENT] = None
-    last_command_id: Annotated[str | None, LENIENT] = None
-    metrics: Annotated[list[MetricStatus], _each(MetricStatus)] = Field(default_factory=list)
-    history: Annotated[list[StoredTransition], _each(StoredTransition)] = Field(default_factory=list)
-    weights: Annotated[list[WeightEntry], _each(WeightEntry)] = Field(default_factory=list)
-    analyses: Annotated[list[AnalysisEntry], _each(AnalysisEntry)] = Field(default_factory=list)
-    distributions: Annotated[list[DistributionEntry], _each(DistributionEntry)] = Field(default_factory=list)
-    conditions: Annotated[list[Condition], _each(Condition)] = Field(default_factory=list)
+    A top-level None is left out of the stored JSON; in an entry it is written as null.
+    """
+
+    phase: Annotated[Phase, Field(strict=False)] | None = Field(default=None, exclude_if=_missing)
+    current_step: Index | None = Field(default=None, exclude_if=_missing)
+    canary_weight: Weight | None = Field(default=None, exclude_if=_missing)
+    mirror_percent: Real | None = Field(default=None, exclude_if=_missing)
+    step_started_at: Moment | None = Field(default=None, exclude_if=_missing)
+    canary_revision: str | None = Field(default=None, exclude_if=_missing)
+    exposure_revision: str | None = Field(default=None, exclude_if=_missing)
+    message: str | None = Field(default=None, exclude_if=_missing)
+    observed_generation: int | None = Field(default=None, exclude_if=_missing)
+    last_analysis_at: Moment | None = Field(default=None, exclude_if=_missing)
+    last_command_id: str | None = Field(default=None, exclude_if=_missing)
+    metrics: Annotated[list[MetricStatus], EACH] = Field(default_factory=list)
+    history: Annotated[list[StoredTransition], EACH] = Field(default_factory=list)
+    weights: Annotated[list[WeightEntry], EACH] = Field(default_factory=list)
+    analyses: Annotated[list[AnalysisEntry], EACH] = Field(default_factory=list)
+    distributions: Annotated[list[DistributionEntry], EACH] = Field(default_factory=list)
+    conditions: Annotated[list[Condition], EACH] = Field(default_factory=list)
 
     @classmethod
     def read(cls, raw: object) -> RolloutStatus:
@@ -256,17 +254,18 @@ class RolloutStatus(Part):
         if not isinstance(raw, Mapping):
             return cls()
         known = {key: raw[key] for key in _WIRE_NAMES if key in raw}
-        return cls.model_validate(known, context=_READING)
-
-    @model_serializer(mode="wrap")
-    def _without_none(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """A top-level None is left out of the stored JSON (a nested one is written as null)."""
-        return {key: value for key, value in handler(self).items() if value is not None}
+        try:
+            return cls.model_validate(known, context=_READING)
+        except ValidationError as error:  # a field that is not of its type is left out: None
+            return cls.model_validate(_readable(known, error, 0) or {}, context=_READING)
 
 
 _WIRE_NAMES = tuple(field.alias or name for name, field in RolloutStatus.model_fields.items())
 
 
+_METRICS = TypeAdapter(Annotated[list[MetricStatus], EACH])
+
+
 def read_metrics(raw: object) -> list[MetricStatus]:
     """Stored metric entries (a status's, or ``canarist analyze``'s document's), read as the status reads them."""
-    return _entries(MetricStatus, raw, _READING)
+    return _METRICS.validate_python(raw, context=_READING)

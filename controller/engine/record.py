@@ -1,9 +1,10 @@
 """The ModelRollout's status subresource: the state machine's Status and its evidence, as stored.
 
 The status is the source of truth: a controller restarted at any point reads it back and carries
-on from the same step. Everything here is pure conversion between the cluster's camelCase dicts
-and the state machine's values, plus the derived facts the reconciler needs (the canary's
-revision, the traffic share in force at any past time, human commands from annotations).
+on from the same step. Everything here is pure conversion between the stored status (the typed
+:class:`controller.api.status.RolloutStatus`) and the state machine's values, plus the derived
+facts the reconciler needs (the canary's revision, the traffic share in force at any past time,
+human commands from annotations).
 """
 
 from __future__ import annotations

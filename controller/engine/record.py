@@ -89,7 +89,7 @@ def to_status(
     time, every look's numbers, and the latency distributions at each decision that changed something.
     A new canary revision starts them afresh: they describe this canary's rollout.
     """
-    metrics = [metric_status(m) for m in evidence.metrics] if evidence is not None else previous.metrics
+    looked = [metric_status(m) for m in evidence.metrics] if evidence is not None else None
     changed = bool(status.history) and status.history[-1].at == now
     if previous.canary_revision not in (None, "", status.canary_revision):
         previous = previous.model_copy(update={"weights": [], "analyses": [], "distributions": []})
@@ -106,10 +106,10 @@ def to_status(
         observed_generation=generation,
         last_analysis_at=now if evidence is not None else previous.last_analysis_at,
         last_command_id=printable(last_command, COMMAND_ID_LIMIT) if last_command is not None else None,
-        metrics=metrics,
+        metrics=looked if looked is not None else previous.metrics,
         history=[transition_status(t) for t in status.history],
         weights=weights_log(previous.weights, routes.canary_weight, now),
-        analyses=analyses_log(previous.analyses, status, routes, evidence, now),
+        analyses=analyses_log(previous.analyses, status, routes, looked, now),
         distributions=distributions_log(previous.distributions, status, evidence, now, changed=changed),
         conditions=conditions(status, previous.conditions, now),
     )
@@ -152,12 +152,13 @@ def weights_log(previous: list[WeightEntry], weight: int, now: float) -> list[We
 
 
 def analyses_log(
-    previous: list[AnalysisEntry], status: Status, routes: RouteState, evidence: Evidence | None, now: float
+    previous: list[AnalysisEntry], status: Status, routes: RouteState, looked: list[MetricStatus] | None, now: float
 ) -> list[AnalysisEntry]:
-    """Every look's numbers (the e-value paths and estimates the report draws)."""
+    """Every look's numbers (the e-value paths and estimates the report draws); ``looked``: this
+    look's metrics, None when there was no look."""
     log = list(previous)
-    if evidence is not None:
-        metrics = [metric_status(m).model_copy(update={"reason": None}) for m in evidence.metrics]
+    if looked is not None:
+        metrics = [m.model_copy(update={"reason": None}) for m in looked]
         log.append(AnalysisEntry(at=now, step=status.step, canary_weight=routes.canary_weight, metrics=metrics))
     return log[-ANALYSES_LIMIT:]
 

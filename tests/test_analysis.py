@@ -17,8 +17,8 @@ from scipy import stats as sps
 from controller import stats
 from controller.api.metrics_spec import Metric
 from controller.api.model import ModelRollout
+from controller.api.status import Verdict
 from controller.judge.analysis import SAMPLE_RATIO_NAME, SLO_SHARE, analyse, check_shares, evaluate
-from controller.judge.machine import Verdict
 from controller.metrics.samples import CountSeries, GaugeSeries, HistogramSeries, MetricData, Observation, Window
 from controller.stats.shift import MAX_WATCHED
 

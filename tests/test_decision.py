@@ -10,18 +10,8 @@ import pytest
 
 from controller.api.load import load
 from controller.api.schedule import RouteState, schedule
-from controller.judge.machine import (
-    Action,
-    Command,
-    CommandKind,
-    Evidence,
-    MetricEvidence,
-    Phase,
-    Status,
-    Verdict,
-    decide,
-    routes_for,
-)
+from controller.api.status import Action, Phase, Verdict
+from controller.judge.machine import Command, CommandKind, Evidence, MetricEvidence, Status, decide, routes_for
 
 ROOT = Path(__file__).resolve().parent.parent
 # fraud-detector: steps 1, 5, 25, 50; minRequests 500; deadline 20m; onNoData Pause; onInconclusive Abort

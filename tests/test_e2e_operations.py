@@ -26,11 +26,11 @@ import yaml
 
 import tests.prometheus_fixture
 import tests.test_e2e
+from controller.api.status import Action
 from controller.edges.kube import KubeCluster
 from controller.edges.kube.leader import LeaderElector
 from controller.edges.prometheus import PrometheusClient, PrometheusSettings
 from controller.engine.reconcile import reconcile
-from controller.judge.machine import Action
 from controller.manager.loop import Manager
 from controller.manager.wiring import PrometheusSource
 from controller.sandbox.localapi import LocalApiServer, local_api_server

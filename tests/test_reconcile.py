@@ -20,11 +20,11 @@ import yaml
 from controller.api.model import ModelRollout
 from controller.api.names import COMMAND_ANNOTATION, COMMAND_AT_ANNOTATION, COMMAND_BY_ANNOTATION, COMMAND_ID_ANNOTATION
 from controller.api.schedule import RouteState
+from controller.api.status import Action, RolloutStatus
 from controller.api.times import parse_timestamp, rfc3339, timestamp
 from controller.engine.ports import ClusterUnavailableError, EdgeFailure
 from controller.engine.reconcile import Outcome, analysis_windows, reconcile
 from controller.engine.record import ANALYSES_LIMIT, from_status, to_status
-from controller.judge.machine import Action
 from controller.metrics.samples import CountSeries, HistogramSeries, MetricData, Observation, Window
 from controller.traffic.templating import default_environment
 from tests.memory_cluster import MemoryCluster
@@ -273,7 +273,7 @@ def test_windows_carry_the_time_weighted_share_of_each_step(cluster: MemoryClust
     drive(cluster, Synthetic(), minutes=6)
     (obj,), _ = cluster.list_rollouts(None)
     rollout = ModelRollout.model_validate({**obj, "metadata": {"name": "x", "namespace": "ml-serving"}})
-    st = from_status(obj["status"])
+    st = from_status(RolloutStatus.read(obj["status"]))
     windows = analysis_windows(rollout, st, T0 + 6 * 60 + 1)
     assert windows[0].start >= T0 and all(w.end - w.start == 60 for w in windows)
     assert windows[0].canary_share == pytest.approx(0.01 * 59 / 60)  # started 1 s into the first window
@@ -320,10 +320,10 @@ def test_the_report_logs_stay_bounded(cluster: MemoryCluster) -> None:
     previous = {"analyses": [{"at": "x", "metrics": []}] * 500, "weights": "not a list", "distributions": [1, 2]}
     (obj,), _ = cluster.list_rollouts(None)
     body = to_status(
-        from_status(obj["status"]),
+        from_status(RolloutStatus.read(obj["status"])),
         routes=RouteState(5),
         evidence=None,
-        previous=previous,
+        previous=RolloutStatus.read(previous),
         generation=1,
         now=T0,
     )
@@ -335,7 +335,7 @@ def test_the_report_logs_stay_bounded(cluster: MemoryCluster) -> None:
 def test_windows_around_a_step_change_are_marked_unsteady(cluster: MemoryCluster) -> None:
     drive(cluster, Synthetic(), minutes=6)
     (obj,), _ = cluster.list_rollouts(None)
-    status = from_status(obj["status"])
+    status = from_status(RolloutStatus.read(obj["status"]))
     changes = [t.at for t in status.history]
     rollout = ModelRollout.model_validate({**obj, "metadata": {"name": "x", "namespace": "ml-serving"}})
     found = analysis_windows(rollout, status, T0 + 6 * 60)

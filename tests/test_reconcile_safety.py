@@ -25,11 +25,12 @@ from hypothesis import strategies as st
 from controller.api.model import ModelRollout
 from controller.api.names import COMMAND_ANNOTATION, COMMAND_AT_ANNOTATION, COMMAND_BY_ANNOTATION, COMMAND_ID_ANNOTATION
 from controller.api.schedule import RouteState
+from controller.api.status import Action, Phase, RolloutStatus, Verdict
 from controller.api.times import rfc3339
 from controller.engine.ports import ClusterUnavailableError, ConflictError, EdgeFailure
 from controller.engine.reconcile import reconcile
 from controller.engine.record import STATUS_BYTES_LIMIT, to_status
-from controller.judge.machine import Action, Evidence, MetricEvidence, Phase, Status, Verdict
+from controller.judge.machine import Evidence, MetricEvidence, Status
 from controller.manager.loop import Manager
 from controller.metrics.samples import Observation, Window
 from tests.memory_cluster import MemoryCluster
@@ -207,7 +208,7 @@ def test_the_status_stays_within_its_bytes_whatever_the_metrics_looks_and_string
             rollout_status,
             routes=RouteState(5),
             evidence=evidence(metrics, char * (by // 10)),
-            previous=previous,
+            previous=RolloutStatus.read(previous),
             generation=1,
             now=T0 + 60 * look,
             command_id="y" * by,

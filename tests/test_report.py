@@ -23,6 +23,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from controller.api.status import Phase, RolloutStatus
 from controller.api.times import stored_time, timestamp
 from controller.cli import cluster_commands
 from controller.engine.reconcile import parse
@@ -33,7 +34,6 @@ from controller.report.series import (
     EstimatePath,
     Mark,
     WeightSeries,
-    entries,
     estimate_paths,
     estimate_scale,
     evidence_paths,
@@ -41,6 +41,7 @@ from controller.report.series import (
     metric_names,
     number,
     origin,
+    timed,
     weight_after,
     weight_series,
 )
@@ -172,16 +173,22 @@ def test_numbers_are_finite_and_never_booleans_or_strings() -> None:
 
 
 def test_log_entries_are_sorted_by_time_and_unreadable_ones_dropped() -> None:
-    status = {"history": [{"at": at(2), "n": 2}, "junk", {"at": "never", "n": 9}, {"at": at(1), "n": 1}, {"n": 0}]}
-    assert [e["n"] for e in entries(status, "history")] == [1, 2]
-    assert entries({"history": "not a list"}, "history") == []
-    assert entries({}, "weights") == []
+    weights = [
+        {"at": at(2), "canaryWeight": 2},
+        "junk",
+        {"at": "never", "canaryWeight": 9},
+        {"at": at(1), "canaryWeight": 1},
+    ]
+    status = RolloutStatus.read({"weights": [*weights, {"canaryWeight": 0}]})
+    assert [(t, e.canary_weight) for t, e in timed(status.weights)] == [(T0 + 60, 1), (T0 + 120, 2)]
+    assert timed(RolloutStatus.read({"history": "not a list"}).history) == []
+    assert timed(RolloutStatus.read({}).weights) == []
 
 
 def test_time_zero_is_the_first_recorded_event() -> None:
-    assert origin(rolled_back()["status"]) == T0
-    assert origin({"stepStartedAt": at(3), "lastAnalysisAt": at(4)}) == T0 + 180
-    assert origin({"phase": "Progressing"}) is None
+    assert origin(RolloutStatus.read(rolled_back()["status"])) == T0
+    assert origin(RolloutStatus.read({"stepStartedAt": at(3), "lastAnalysisAt": at(4)})) == T0 + 180
+    assert origin(RolloutStatus.read({"phase": "Progressing"})) is None
 
 
 # --- weights ----------------------------------------------------------------------------------
@@ -189,7 +196,7 @@ def test_time_zero_is_the_first_recorded_event() -> None:
 
 def test_weights_come_from_the_weights_log_with_each_decision_marked() -> None:
     obj = rolled_back()
-    series = weight_series(obj["status"], validated(obj), T0)
+    series = weight_series(RolloutStatus.read(obj["status"]), validated(obj), T0)
     assert series is not None and series.source == "weights"
     assert series.minutes == (0.0, 5.0, 9.0) and series.weights == (1.0, 5.0, 0.0)
     assert series.end == 9.5  # drawn up to the last recorded event
@@ -204,7 +211,7 @@ def test_weights_come_from_the_weights_log_with_each_decision_marked() -> None:
 def test_without_a_weights_log_the_weights_are_replayed_from_the_decisions() -> None:
     obj = rolled_back()
     del obj["status"]["weights"]
-    series = weight_series(obj["status"], validated(obj), T0)
+    series = weight_series(RolloutStatus.read(obj["status"]), validated(obj), T0)
     assert series is not None and series.source == "history"
     assert series.weights == (1.0, 5.0, 0.0, 0.0)
     assert [m.weight for m in series.marks] == [1.0, 5.0, 0.0, 0.0]
@@ -213,34 +220,33 @@ def test_without_a_weights_log_the_weights_are_replayed_from_the_decisions() -> 
 def test_without_a_valid_policy_only_phases_that_fix_the_weight_are_replayed() -> None:
     obj = rolled_back()
     del obj["status"]["weights"]
-    series = weight_series(obj["status"], None, T0)
+    series = weight_series(RolloutStatus.read(obj["status"]), None, T0)
     assert series is not None and series.weights == (0.0, 0.0)  # the rollback and its completion
     assert [m.weight for m in series.marks] == [None, None, 0.0, 0.0]
 
 
 def test_no_weights_and_no_decisions_give_no_weight_series() -> None:
-    assert weight_series({"phase": "Progressing", "canaryWeight": 5}, None, T0) is None
+    assert weight_series(RolloutStatus.read({"phase": "Progressing", "canaryWeight": 5}), None, T0) is None
 
 
 def test_the_weight_a_decision_puts_in_force() -> None:
     rollout = validated(copy.deepcopy(POLICY))
-    assert weight_after(rollout, "Progressing", 2) == 25.0
-    assert weight_after(rollout, "Initializing", 0) == 0.0  # a canary gets traffic from its Start on
-    assert weight_after(rollout, "Failed", 3) == 0.0 and weight_after(None, "RollingBack", 1) == 0.0
-    assert weight_after(rollout, "Succeeded", 4) == 100.0 and weight_after(None, "Promoting", 4) == 100.0
-    assert weight_after(rollout, "Progressing", 99) == 100.0  # past the schedule: as the controller routes it
-    assert weight_after(rollout, "Progressing", -1) is None
-    assert weight_after(rollout, "Sideways", 1) is None
-    assert weight_after(rollout, "Progressing", "2") is None and weight_after(rollout, "Progressing", True) is None
+    assert weight_after(rollout, Phase.PROGRESSING, 2) == 25.0
+    assert weight_after(rollout, Phase.INITIALIZING, 0) == 0.0  # a canary gets traffic from its Start on
+    assert weight_after(rollout, Phase.FAILED, 3) == 0.0 and weight_after(None, Phase.ROLLING_BACK, 1) == 0.0
+    assert weight_after(rollout, Phase.SUCCEEDED, 4) == 100.0 and weight_after(None, Phase.PROMOTING, 4) == 100.0
+    assert weight_after(rollout, Phase.PROGRESSING, 99) == 100.0  # past the schedule: as the controller routes it
+    assert weight_after(rollout, Phase.PROGRESSING, -1) is None
+    assert weight_after(None, Phase.PROGRESSING, 1) is None  # no valid policy: no schedule to replay
 
 
 def test_a_real_rollback_ends_at_zero_weight() -> None:
     obj = real_rollout(canary_errors=0.03, minutes=20)
     status = obj["status"]
     assert status["phase"] == "Failed"
-    t0 = origin(status)
+    t0 = origin(RolloutStatus.read(status))
     assert t0 is not None
-    series = weight_series(status, validated(obj), t0)
+    series = weight_series(RolloutStatus.read(status), validated(obj), t0)
     assert series is not None and series.weights[0] == 1.0 and series.weights[-1] == 0.0
     assert "Rollback" in [m.action for m in series.marks]
 
@@ -250,7 +256,7 @@ def test_a_real_rollback_ends_at_zero_weight() -> None:
 
 def test_evidence_paths_follow_every_look_against_the_real_threshold() -> None:
     obj = rolled_back()
-    paths = evidence_paths(obj["status"], validated(obj), T0)
+    paths = evidence_paths(RolloutStatus.read(obj["status"]), validated(obj), T0)
     assert [p.metric for p in paths] == ["latency-p99", "error-rate"]
     errors = paths[1]
     assert errors.minutes == tuple(float(m) for m in range(1, 10))
@@ -267,7 +273,7 @@ def test_the_e_value_cap_is_no_threshold_and_missing_e_values_are_gaps() -> None
             {"at": at(4), "metrics": "garbage"},
         ]
     }
-    (path,) = evidence_paths(status, None, T0)
+    (path,) = evidence_paths(RolloutStatus.read(status), None, T0)
     assert path.threshold == 40.0
     assert path.regression[0] == 1.0 and math.isnan(path.regression[1]) and path.regression[2] == 3.0
     assert all(math.isnan(v) for v in path.noninferiority)
@@ -276,15 +282,19 @@ def test_the_e_value_cap_is_no_threshold_and_missing_e_values_are_gaps() -> None
 def test_an_old_status_without_analyses_shows_its_latest_look() -> None:
     obj = rolled_back()
     status = {k: v for k, v in obj["status"].items() if k not in ("analyses", "weights", "distributions")}
-    paths = evidence_paths(status, validated(obj), T0)
+    paths = evidence_paths(RolloutStatus.read(status), validated(obj), T0)
     assert [(p.metric, p.minutes) for p in paths] == [("latency-p99", (9.0,)), ("error-rate", (9.0,))]
 
 
 def test_metrics_are_in_the_policy_order_then_extra_ones() -> None:
     obj = rolled_back()
     obj["status"]["analyses"][0]["metrics"].insert(0, {"name": "traffic-split", "eValue": 3.0, "threshold": 1000})
-    assert metric_names(obj["status"], validated(obj)) == ["latency-p99", "error-rate", "traffic-split"]
-    assert metric_names(obj["status"], None) == ["traffic-split", "latency-p99", "error-rate"]
+    assert metric_names(RolloutStatus.read(obj["status"]), validated(obj)) == [
+        "latency-p99",
+        "error-rate",
+        "traffic-split",
+    ]
+    assert metric_names(RolloutStatus.read(obj["status"]), None) == ["traffic-split", "latency-p99", "error-rate"]
 
 
 def metric(**fields: Any) -> Any:
@@ -326,7 +336,7 @@ def test_estimates_are_shown_in_the_units_the_analysis_computes_them_in() -> Non
 def test_estimate_paths_scale_values_and_intervals_and_skip_looks_without_one() -> None:
     obj = rolled_back()
     obj["status"]["analyses"][0] = look(1, 0, 1, 2.0, estimate=None)
-    paths = {p.metric: p for p in estimate_paths(obj["status"], validated(obj), T0)}
+    paths = {p.metric: p for p in estimate_paths(RolloutStatus.read(obj["status"]), validated(obj), T0)}
     errors, latency = paths["error-rate"], paths["latency-p99"]
     assert errors.minutes == tuple(float(m) for m in range(2, 10))
     assert errors.values == pytest.approx((0.4,) * 8) and errors.lows == pytest.approx((-0.6,) * 8)
@@ -348,7 +358,7 @@ def test_the_estimate_axis_keeps_values_margin_and_zero_but_cuts_a_huge_early_in
 
 def test_latency_distributions_become_cdfs_with_the_slo_and_quantile() -> None:
     obj = rolled_back()
-    first, last = latency_cdfs(obj["status"], validated(obj), T0)
+    first, last = latency_cdfs(RolloutStatus.read(obj["status"]), validated(obj), T0)
     assert (first.minutes, first.step, first.action, last.action) == (5.0, 1, "Advance", "Rollback")
     assert first.edges_ms == pytest.approx([1000 * e for e in EDGES])
     assert first.stable == pytest.approx([0, 100 / 6000, 900 / 6000, 0.5, 5000 / 6000, 5900 / 6000, 5990 / 6000, 1.0])
@@ -365,14 +375,14 @@ def test_malformed_distributions_are_skipped_and_empty_versions_are_none() -> No
             {**good, "at": at(2), "canary": [0] * (len(EDGES) + 1)},
         ]
     }
-    (cdf,) = latency_cdfs(status, None, T0)
+    (cdf,) = latency_cdfs(RolloutStatus.read(status), None, T0)
     assert cdf.canary is None and cdf.stable is not None and cdf.minutes == 2.0
     assert cdf.slo_ms is None and cdf.quantile is None  # no valid policy: no lines drawn
 
 
 def test_only_the_latest_six_decisions_are_drawn() -> None:
     status = {"distributions": [distribution(m, m, "Advance", 0.0) for m in range(10)]}
-    assert [c.step for c in latency_cdfs(status, None, T0)] == [4, 5, 6, 7, 8, 9]
+    assert [c.step for c in latency_cdfs(RolloutStatus.read(status), None, T0)] == [4, 5, 6, 7, 8, 9]
 
 
 # --- a full log, an empty status ----------------------------------------------------------
@@ -381,10 +391,12 @@ def test_only_the_latest_six_decisions_are_drawn() -> None:
 def test_a_full_analyses_log_gives_a_path_through_every_look(tmp_path: Path) -> None:
     obj = rolled_back()
     obj["status"]["analyses"] = [look(m, 1, 5, 1.01**m) for m in range(1, ANALYSES_LIMIT + 1)]
-    paths = evidence_paths(obj["status"], validated(obj), T0)
+    paths = evidence_paths(RolloutStatus.read(obj["status"]), validated(obj), T0)
     assert [len(p.minutes) for p in paths] == [ANALYSES_LIMIT] * 2
     assert list(paths[0].minutes) == sorted(paths[0].minutes) and paths[0].minutes[-1] == float(ANALYSES_LIMIT)
-    assert [len(p.values) for p in estimate_paths(obj["status"], validated(obj), T0)] == [ANALYSES_LIMIT] * 2
+    assert [len(p.values) for p in estimate_paths(RolloutStatus.read(obj["status"]), validated(obj), T0)] == [
+        ANALYSES_LIMIT
+    ] * 2
     report = build_report(obj, tmp_path / "big")
     assert {p.name for p in report.images} == {"weights.png", "latency.png", "evidence.png", "estimates.png"}
 
@@ -392,9 +404,13 @@ def test_a_full_analyses_log_gives_a_path_through_every_look(tmp_path: Path) -> 
 def test_a_status_missing_every_optional_field_gives_a_page_of_notes(tmp_path: Path) -> None:
     obj = {**copy.deepcopy(POLICY), "status": {"phase": "Progressing"}}
     status = obj["status"]
-    assert weight_series(status, None, 0.0) is None
-    assert evidence_paths(status, None, 0.0) == () == estimate_paths(status, None, 0.0)
-    assert latency_cdfs(status, None, 0.0) == ()
+    assert weight_series(RolloutStatus.read(status), None, 0.0) is None
+    assert (
+        evidence_paths(RolloutStatus.read(status), None, 0.0)
+        == ()
+        == estimate_paths(RolloutStatus.read(status), None, 0.0)
+    )
+    assert latency_cdfs(RolloutStatus.read(status), None, 0.0) == ()
     (tmp_path / "r").mkdir()
     (tmp_path / "r" / "weights.png").write_bytes(PNG)  # an older report's
     report = build_report(obj, tmp_path / "r")
@@ -489,7 +505,7 @@ def test_yaml_with_unquoted_times_is_read(tmp_path: Path) -> None:
     path.write_text(text.replace("'2026-", "2026-").replace("Z'", "Z"))  # YAML timestamps, kept as text
     obj = read_object(path)
     assert obj["status"]["history"][0]["at"] == rolled_back()["status"]["history"][0]["at"]
-    assert origin(obj["status"]) == T0
+    assert origin(RolloutStatus.read(obj["status"])) == T0
 
 
 def _alias_bomb(levels: int = 9) -> str:

@@ -17,20 +17,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from controller.api.model import ModelRollout
+from controller.api.status import Action, Phase, RolloutStatus, Verdict
 from controller.api.times import timestamp
 from controller.engine.record import from_status, status_corrected, to_status
-from controller.judge.machine import (
-    Action,
-    Command,
-    CommandKind,
-    Evidence,
-    MetricEvidence,
-    Phase,
-    Status,
-    Verdict,
-    decide,
-    routes_for,
-)
+from controller.judge.machine import Command, CommandKind, Evidence, MetricEvidence, Status, decide, routes_for
 from tests.test_decision import ROLLOUT, T0
 
 RAISES = {Action.START, Action.ADVANCE, Action.PROMOTE}
@@ -110,7 +100,9 @@ def test_steps_all_above_the_recorded_weight_restart_through_the_gate() -> None:
 
 
 def stored(rollout: ModelRollout, status: Status) -> dict[str, Any]:
-    return to_status(status, routes=routes_for(rollout, status), evidence=None, previous={}, generation=1, now=T0 + 600)
+    return to_status(
+        status, routes=routes_for(rollout, status), evidence=None, previous=RolloutStatus(), generation=1, now=T0 + 600
+    )
 
 
 EDITS = [
@@ -129,7 +121,7 @@ def test_a_status_edited_by_hand_is_read_as_its_history_records_it() -> None:
     status = decide(rollout, status, None, T0, canary_revision="r").status  # Start: step 0, 10 %
     for edit in EDITS:
         raw = {**stored(rollout, status), **edit}
-        trusted = from_status(raw)
+        trusted = from_status(RolloutStatus.read(raw))
         assert routes_for(rollout, trusted).canary_weight <= 10, edit
         assert status_corrected(raw, trusted), edit
         decision = decide(rollout, trusted, None, T0 + 700, canary_revision="r")
@@ -164,12 +156,21 @@ status_keys = st.sampled_from(
 @settings(max_examples=300, deadline=None)
 @given(raw=st.dictionaries(status_keys, json_values, max_size=8) | json_values)
 def test_any_stored_status_is_read_without_raising_and_never_past_its_record(raw: Any) -> None:
-    status = from_status(raw)
+    status = from_status(RolloutStatus.read(raw))
     assert status.phase in (Phase.INITIALIZING, *(t.to_phase for t in status.history))
     previous = raw if isinstance(raw, dict) else {}
-    body = to_status(status, routes=routes_for(ROLLOUT, status), evidence=None, previous=previous, generation=1, now=T0)
-    assert from_status(body) == status or body["history"] == []
+    body = to_status(
+        status,
+        routes=routes_for(ROLLOUT, status),
+        evidence=None,
+        previous=RolloutStatus.read(previous),
+        generation=1,
+        now=T0,
+    )
+    assert from_status(RolloutStatus.read(body)) == status or body["history"] == []
 
 
 def test_timestamps_round_trip() -> None:
-    assert from_status({"phase": "Initializing", "stepStartedAt": timestamp(T0)}).step_started_at == T0
+    assert (
+        from_status(RolloutStatus.read({"phase": "Initializing", "stepStartedAt": timestamp(T0)})).step_started_at == T0
+    )

@@ -21,10 +21,10 @@ from hypothesis import strategies as st
 
 from controller.api.model import ModelRollout
 from controller.api.schedule import RouteState
+from controller.api.status import Action, Phase
 from controller.edges.kube import KubeCluster, retry_policy
 from controller.engine.ports import EdgeFailure, RouteConflictError
 from controller.engine.reconcile import reconcile
-from controller.judge.machine import Action, Phase
 from controller.metrics.samples import Observation, Window
 from controller.sandbox.localapi import LocalApiServer, local_api_server
 from controller.traffic.render import render

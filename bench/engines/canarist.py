@@ -11,8 +11,9 @@ from __future__ import annotations
 from bench.engines.base import BenchPolicy, Verdict
 from bench.simulate import ISTIO_BUCKETS_MS, IntervalData, Truth, VersionInterval
 from controller.api.model import ModelRollout
+from controller.api.status import Action, Phase
 from controller.judge.analysis import analyse
-from controller.judge.machine import Action, Phase, Status, decide
+from controller.judge.machine import Status, decide
 from controller.metrics.samples import CountSeries, HistogramSeries, MetricData, Observation, Window
 
 #: Istio's default latency buckets, in seconds (the last is +Inf).

@@ -10,26 +10,29 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from controller.api.status import MetricStatus, RolloutStatus, read_metrics
 from controller.api.text import printable
+from controller.api.times import timestamp
 
 #: Bounds on what one cell prints (a reason may be long; a name never is).
 CELL_LIMIT, MESSAGE_LIMIT = 64, 512
 METRIC_HEADER = ("METRIC", "VERDICT", "E-VALUE", "THRESHOLD", "PROOF", "CANARY N", "WHY")
 
 
-def metric_rows(metrics: Iterable[object]) -> list[tuple[str, ...]]:
+def metric_rows(metrics: Iterable[MetricStatus]) -> list[tuple[str, ...]]:
     """One row per metric of a status (or of ``analyze``'s document), under :data:`METRIC_HEADER`."""
     rows: list[tuple[str, ...]] = [METRIC_HEADER]
-    for m in (_mapping(item) for item in metrics):
+    for m in metrics:
+        verdict = m.verdict.value if m.verdict is not None else ""
         rows.append(
             (
-                _cell(m.get("name", "")),
-                _cell(m.get("verdict", "")) + (" (SLO)" if m.get("sloBreached") is True else ""),
-                _number(m.get("eValue", 0)),
-                _number(m.get("threshold", 0)),
-                _number(m.get("eValueNonInferiority", 0)),
-                _cell(_mapping(m.get("requests")).get("canary", "")),
-                _cell(m.get("reason", ""), MESSAGE_LIMIT),
+                _cell(m.name or ""),
+                _cell(verdict) + (" (SLO)" if m.slo_breached is True else ""),
+                _number(m.e_value),
+                _number(m.threshold),
+                _number(m.e_value_non_inferiority),
+                _cell(_or(m.requests.canary if m.requests is not None else None, "")),
+                _cell(m.reason or "", MESSAGE_LIMIT),
             )
         )
     return rows
@@ -37,20 +40,20 @@ def metric_rows(metrics: Iterable[object]) -> list[tuple[str, ...]]:
 
 def analysis_table(doc: Mapping[str, Any]) -> str:
     """``canarist analyze``'s document as a terminal table: one row per metric, then the decision and why."""
-    requests = _mapping(doc.get("requests"))
+    requests = doc["requests"]
     rollout, step, weight = (
-        _cell(doc.get("rollout"), MESSAGE_LIMIT),
-        _cell(doc.get("step")),
-        _cell(doc.get("canaryWeight")),
+        _cell(doc["rollout"], MESSAGE_LIMIT),
+        _cell(doc["step"]),
+        _cell(doc["canaryWeight"]),
     )
     head = (
         f"{rollout}  step {step} (canary {weight}%)  "
-        f"{_cell(doc.get('windows'))} windows to {_cell(doc.get('at'))}  requests stable "
-        f"{_cell(requests.get('stable'))}, canary {_cell(requests.get('canary'))}"
+        f"{_cell(doc['windows'])} windows to {_cell(doc['at'])}  requests stable "
+        f"{_cell(requests['stable'])}, canary {_cell(requests['canary'])}"
     )
-    lines = [head, "", *columns(metric_rows(_items(doc.get("metrics"))))]
-    lines += ["", f"decision: {_cell(doc.get('decision')).upper()}: {_cell(doc.get('reason'), MESSAGE_LIMIT)}"]
-    error = _mapping(doc.get("prometheus")).get("error")
+    lines = [head, "", *columns(metric_rows(read_metrics(doc["metrics"])))]
+    lines += ["", f"decision: {_cell(doc['decision']).upper()}: {_cell(doc['reason'], MESSAGE_LIMIT)}"]
+    error = doc["prometheus"]["error"]
     if error:
         lines.append(f"prometheus: {_cell(error, MESSAGE_LIMIT)}")
     return "\n".join(lines)
@@ -61,33 +64,33 @@ def rollouts_table(objects: list[dict[str, Any]], *, detailed: bool) -> str:
 
     Every cell is user data (anyone who can edit a rollout can write its status), so each one is
     made printable: no control character, no terminal escape, no bidi override, bounded length;
-    and a value of the wrong type is shown, not a crash.
+    the status is read as the controller reads it (:meth:`RolloutStatus.read`), so a value of the
+    wrong type is left out, not a crash.
     """
     rows = [("NAMESPACE", "NAME", "PHASE", "STEP", "WEIGHT", "MESSAGE")]
     for obj in objects:
-        metadata, st = _mapping(obj.get("metadata")), _mapping(obj.get("status"))
+        metadata = obj.get("metadata")
+        metadata = metadata if isinstance(metadata, Mapping) else {}
+        st = RolloutStatus.read(obj.get("status"))
         rows.append(
             (
                 _cell(metadata.get("namespace", "")),
                 _cell(metadata.get("name", "")),
-                _cell(st.get("phase", "Pending")),
-                _cell(st.get("currentStep", "-")),
-                _cell(f"{st['canaryWeight']}%" if "canaryWeight" in st else "-"),
-                _cell(st.get("message", ""), MESSAGE_LIMIT),
+                _cell(st.phase.value if st.phase is not None else "Pending"),
+                _cell(_or(st.current_step, "-")),
+                _cell(f"{st.canary_weight}%" if st.canary_weight is not None else "-"),
+                _cell(st.message or "", MESSAGE_LIMIT),
             )
         )
     lines = columns(rows)
     if detailed and objects:
-        st = _mapping(objects[0].get("status"))
-        lines += ["", "evidence at the last analysis (" + _cell(st.get("lastAnalysisAt", "never")) + "):"]
-        lines += columns(metric_rows(_items(st.get("metrics"))))
+        st = RolloutStatus.read(objects[0].get("status"))
+        lines += ["", "evidence at the last analysis (" + _cell(_time(st.last_analysis_at, "never")) + "):"]
+        lines += columns(metric_rows(st.metrics))
         lines += ["", "decisions:"]
-        for t in (_mapping(item) for item in _items(st.get("history"))[-10:]):
-            moved = f"{_cell(t.get('fromPhase'))}/{_cell(t.get('fromStep'))}"
-            moved += f" -> {_cell(t.get('toPhase'))}/{_cell(t.get('toStep'))}"
-            lines.append(
-                f"  {_cell(t.get('at'))}  {moved}  {_cell(t.get('action'))}: {_cell(t.get('reason'), MESSAGE_LIMIT)}"
-            )
+        for t in st.history[-10:]:
+            moved = f"{t.from_phase.value}/{t.from_step} -> {t.to_phase.value}/{t.to_step}"
+            lines.append(f"  {_cell(_time(t.at, '-'))}  {moved}  {t.action.value}: {_cell(t.reason, MESSAGE_LIMIT)}")
     return "\n".join(lines)
 
 
@@ -95,18 +98,16 @@ def _cell(value: object, limit: int = CELL_LIMIT) -> str:
     return printable(value if isinstance(value, str) else str(value), limit)
 
 
-def _number(value: object) -> str:
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return f"{value:.3g}"
-    return _cell(value)
+def _number(value: float | None) -> str:
+    return f"{value:.3g}" if value is not None else "-"
 
 
-def _mapping(value: object) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
+def _or(value: object, missing: str) -> object:
+    return value if value is not None else missing
 
 
-def _items(value: object) -> list[Any]:
-    return value if isinstance(value, list) else []
+def _time(seconds: float | None, missing: str) -> str:
+    return timestamp(seconds) if seconds is not None else missing
 
 
 def columns(rows: Sequence[tuple[str, ...]]) -> list[str]:

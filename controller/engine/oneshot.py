@@ -14,11 +14,12 @@ from typing import Any
 
 from controller.api.model import API_VERSION, ModelRollout
 from controller.api.schedule import RouteState, realized_share, schedule
+from controller.api.status import Action, Phase
 from controller.api.times import timestamp
 from controller.api.units import format_duration
 from controller.engine.record import metric_status
 from controller.judge.analysis import analyse
-from controller.judge.machine import Action, Decision, Evidence, Phase, Status, decide
+from controller.judge.machine import Decision, Evidence, Status, decide
 from controller.metrics.samples import Observation, Window, window_ends
 
 
@@ -117,6 +118,6 @@ def look_document(
         "requests": {"stable": stable, "canary": canary},
         "decision": result.value,
         "reason": decision.reason,
-        "metrics": [metric_status(m) for m in evidence.metrics],
+        "metrics": [metric_status(m).dump() for m in evidence.metrics],
         "prometheus": {"url": prometheus, "error": error},
     }

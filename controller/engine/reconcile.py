@@ -28,7 +28,7 @@ from controller.api.load import from_object
 from controller.api.model import ModelRollout
 from controller.api.names import FINALIZER
 from controller.api.schedule import RouteState
-from controller.api.times import parse_timestamp
+from controller.api.status import Action, Phase, RolloutStatus
 from controller.engine.ports import Cluster, ClusterUnavailableError, ConflictError, EdgeFailure, MetricsSource
 from controller.engine.record import (
     canary_revision,
@@ -41,7 +41,7 @@ from controller.engine.record import (
 )
 from controller.engine.steering import settle_command
 from controller.judge.analysis import analyse
-from controller.judge.machine import Action, Decision, Evidence, Phase, Status, decide, routes_for
+from controller.judge.machine import Decision, Evidence, Status, decide, routes_for
 from controller.metrics.samples import Observation, Window, window_ends
 from controller.traffic import tenancy
 from controller.traffic.render import render
@@ -110,10 +110,9 @@ def _reconcile(
         cluster.emit_event(obj, reason="InvalidSpec", message=problem, warning=True)
         return Outcome(key, Action.NONE, problem, None, None, 0, False, 300.0)
     interval = rollout.spec.strategy.interval_seconds
-    stored = obj.get("status")
-    stored = stored if isinstance(stored, Mapping) else {}
+    raw, stored = _stored_status(obj)
     status = from_status(stored)
-    corrected = status_corrected(stored, status)
+    corrected = status_corrected(raw, status)
     if corrected:
         cluster.emit_event(obj, reason="StatusCorrected", message=corrected, warning=True)
     revision, exposure = canary_revision(rollout), exposure_revision(rollout)
@@ -163,7 +162,7 @@ def _reconcile(
         conflicts = cluster.route_conflicts(obj, objects)
     if conflicts:
         reason = "routes refused: " + "; ".join(str(c) for c in conflicts)
-        if stored.get("message") != reason:
+        if stored.message != reason:
             cluster.emit_event(obj, reason="RoutesRefused", message=reason, warning=True)
         return _record_hold(
             obj, cluster, rollout, status, routes=in_force, evidence=evidence, reason=reason, now=now, failure=failure
@@ -177,7 +176,7 @@ def _reconcile(
         now=now,
         command_id=acted,
     )
-    written = _write_status(cluster, obj, stored, body)
+    written = _write_status(cluster, obj, raw, body)
     writes = len(cluster.apply_routes(obj, objects).writes)
     if decision.action not in (Action.HOLD, Action.NONE):
         warning = decision.action in (Action.ROLLBACK, Action.RESCHEDULE)
@@ -286,11 +285,16 @@ def _mean_share(rollout: ModelRollout, status: Status, start: float, end: float)
     return min(max(total / (end - start), 0.0), 1.0)
 
 
-def _analysis_due(stored: Mapping[str, Any], now: float, interval: float) -> bool:
-    if not stored.get("lastAnalysisAt"):
-        return True
-    last = parse_timestamp(stored.get("lastAnalysisAt"))
-    return math.floor(now / interval) > math.floor(last / interval)
+def _stored_status(obj: Mapping[str, Any]) -> tuple[Mapping[str, Any], RolloutStatus]:
+    """The status as the cluster holds it (to tell whether a write changes it) and as read."""
+    raw = obj.get("status")
+    raw = raw if isinstance(raw, Mapping) else {}
+    return raw, RolloutStatus.read(raw)
+
+
+def _analysis_due(stored: RolloutStatus, now: float, interval: float) -> bool:
+    last = stored.last_analysis_at
+    return last is None or math.floor(now / interval) > math.floor(last / interval)
 
 
 def _write_status(cluster: Cluster, obj: Mapping[str, Any], stored: Mapping[str, Any], body: dict[str, Any]) -> bool:
@@ -320,8 +324,7 @@ def _record_hold(
     pods are ready.
     """
     held = replace(status, message=reason, canary_revision=status.canary_revision or canary_revision(rollout))
-    stored = obj.get("status")
-    stored = stored if isinstance(stored, Mapping) else {}
+    raw, stored = _stored_status(obj)
     body = to_status(
         held,
         routes=routes,
@@ -330,7 +333,7 @@ def _record_hold(
         generation=(obj.get("metadata") or {}).get("generation"),
         now=now,
     )
-    written = _write_status(cluster, obj, stored, body)
+    written = _write_status(cluster, obj, raw, body)
     return Outcome(rollout.key, Action.HOLD, reason, held.phase, routes.canary_weight, 0, written, 10.0, failure)
 
 

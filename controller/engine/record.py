@@ -1,9 +1,10 @@
 """The ModelRollout's status subresource: the state machine's Status and its evidence, as stored.
 
 The status is the source of truth: a controller restarted at any point reads it back and carries
-on from the same step. Everything here is pure conversion between the cluster's camelCase dicts
-and the state machine's values, plus the derived facts the reconciler needs (the canary's
-revision, the traffic share in force at any past time, human commands from annotations).
+on from the same step. Everything here is pure conversion between the stored status (the typed
+:class:`controller.api.status.RolloutStatus`) and the state machine's values, plus the derived
+facts the reconciler needs (the canary's revision, the traffic share in force at any past time,
+human commands from annotations).
 """
 
 from __future__ import annotations
@@ -16,19 +17,20 @@ from typing import Any
 
 from controller.api.model import ModelRollout
 from controller.api.schedule import RouteState, realized_share
-from controller.api.text import printable
-from controller.api.times import parse_timestamp, timestamp
-from controller.engine.steering import check_command
-from controller.judge.machine import (
-    Action,
-    Command,
-    Evidence,
-    MetricEvidence,
+from controller.api.status import (
+    AnalysisEntry,
+    Condition,
+    DistributionEntry,
+    MetricStatus,
     Phase,
-    Status,
-    Transition,
-    routes_for,
+    Requests,
+    RolloutStatus,
+    StoredTransition,
+    WeightEntry,
 )
+from controller.api.text import printable
+from controller.engine.steering import check_command
+from controller.judge.machine import Command, Evidence, MetricEvidence, Status, Transition, routes_for
 
 E_VALUE_CAP = 1e300
 #: Bounds on the report's logs in the status, so an object stays far below etcd's 1.5 MiB
@@ -76,7 +78,7 @@ def to_status(
     *,
     routes: RouteState,
     evidence: Evidence | None,
-    previous: Mapping[str, Any],
+    previous: RolloutStatus,
     generation: int | None,
     now: float,
     command_id: str | None = None,
@@ -87,32 +89,31 @@ def to_status(
     time, every look's numbers, and the latency distributions at each decision that changed something.
     A new canary revision starts them afresh: they describe this canary's rollout.
     """
-    metrics = [metric_status(m) for m in evidence.metrics] if evidence is not None else previous.get("metrics", [])
+    looked = [metric_status(m) for m in evidence.metrics] if evidence is not None else None
     changed = bool(status.history) and status.history[-1].at == now
-    if previous.get("canaryRevision") not in (None, "", status.canary_revision):
-        previous = {k: v for k, v in previous.items() if k not in ("weights", "analyses", "distributions")}
-    last_command = command_id if command_id is not None else previous.get("lastCommandId")
-    last_analysis = timestamp(now) if evidence is not None else previous.get("lastAnalysisAt")
-    out: dict[str, Any] = {
-        "phase": status.phase.value,
-        "currentStep": status.step,
-        "canaryWeight": routes.canary_weight,
-        "mirrorPercent": routes.mirror_percent,
-        "stepStartedAt": timestamp(status.step_started_at),
-        "canaryRevision": status.canary_revision,
-        "exposureRevision": status.exposure_revision or None,
-        "message": printable(status.message),
-        "observedGeneration": generation,
-        "lastAnalysisAt": last_analysis if isinstance(last_analysis, str) else None,
-        "lastCommandId": printable(last_command, COMMAND_ID_LIMIT) if isinstance(last_command, str) else None,
-        "metrics": [m for m in metrics if isinstance(m, Mapping)] if isinstance(metrics, list) else [],
-        "history": [transition_status(t) for t in status.history],
-        "weights": weights_log(previous.get("weights"), routes.canary_weight, now),
-        "analyses": analyses_log(previous.get("analyses"), status, routes, evidence, now),
-        "distributions": distributions_log(previous.get("distributions"), status, evidence, now, changed=changed),
-        "conditions": conditions(status, previous.get("conditions", []), now),
-    }
-    return bounded({k: v for k, v in out.items() if v is not None})
+    if previous.canary_revision not in (None, "", status.canary_revision):
+        previous = previous.model_copy(update={"weights": [], "analyses": [], "distributions": []})
+    last_command = command_id if command_id is not None else previous.last_command_id
+    written = RolloutStatus(
+        phase=status.phase,
+        current_step=status.step,
+        canary_weight=routes.canary_weight,
+        mirror_percent=routes.mirror_percent,
+        step_started_at=status.step_started_at,
+        canary_revision=status.canary_revision,
+        exposure_revision=status.exposure_revision or None,
+        message=printable(status.message),
+        observed_generation=generation,
+        last_analysis_at=now if evidence is not None else previous.last_analysis_at,
+        last_command_id=printable(last_command, COMMAND_ID_LIMIT) if last_command is not None else None,
+        metrics=looked if looked is not None else previous.metrics,
+        history=[transition_status(t) for t in status.history],
+        weights=weights_log(previous.weights, routes.canary_weight, now),
+        analyses=analyses_log(previous.analyses, status, routes, looked, now),
+        distributions=distributions_log(previous.distributions, status, evidence, now, changed=changed),
+        conditions=conditions(status, previous.conditions, now),
+    )
+    return bounded(written.dump())
 
 
 def bounded(body: dict[str, Any], limit: int = STATUS_BYTES_LIMIT) -> dict[str, Any]:
@@ -142,116 +143,94 @@ def _size(value: Any) -> int:
     return len(json.dumps(value, separators=(",", ":"), allow_nan=True, ensure_ascii=False).encode())
 
 
-def _log(previous: Any) -> list[Any]:
-    return [item for item in previous if isinstance(item, Mapping)] if isinstance(previous, list) else []
-
-
-def weights_log(previous: Any, weight: int, now: float) -> list[Any]:
+def weights_log(previous: list[WeightEntry], weight: int, now: float) -> list[WeightEntry]:
     """The canary weight over time: one entry each time the weight in force changes."""
-    log = _log(previous)
-    if not log or log[-1].get("canaryWeight") != weight:
-        log.append({"at": timestamp(now), "canaryWeight": weight})
+    log = list(previous)
+    if not log or log[-1].canary_weight != weight:
+        log.append(WeightEntry(at=now, canary_weight=weight))
     return log[-WEIGHTS_LIMIT:]
 
 
-def analyses_log(previous: Any, status: Status, routes: RouteState, evidence: Evidence | None, now: float) -> list[Any]:
-    """Every look's numbers (the e-value paths and estimates the report draws)."""
-    log = _log(previous)
-    if evidence is not None:
-        metrics = [{k: v for k, v in metric_status(m).items() if k != "reason"} for m in evidence.metrics]
-        log.append(
-            {"at": timestamp(now), "step": status.step, "canaryWeight": routes.canary_weight, "metrics": metrics}
-        )
+def analyses_log(
+    previous: list[AnalysisEntry], status: Status, routes: RouteState, looked: list[MetricStatus] | None, now: float
+) -> list[AnalysisEntry]:
+    """Every look's numbers (the e-value paths and estimates the report draws); ``looked``: this
+    look's metrics, None when there was no look."""
+    log = list(previous)
+    if looked is not None:
+        metrics = [m.model_copy(update={"reason": None}) for m in looked]
+        log.append(AnalysisEntry(at=now, step=status.step, canary_weight=routes.canary_weight, metrics=metrics))
     return log[-ANALYSES_LIMIT:]
 
 
 def distributions_log(
-    previous: Any, status: Status, evidence: Evidence | None, now: float, *, changed: bool
-) -> list[Any]:
+    previous: list[DistributionEntry], status: Status, evidence: Evidence | None, now: float, *, changed: bool
+) -> list[DistributionEntry]:
     """Latency bucket counts of both versions at each look whose decision changed something."""
-    log = _log(previous)
+    log = list(previous)
     if evidence is not None and changed:
-        action = status.history[-1].action.value
+        action = status.history[-1].action
         for metric in evidence.metrics:
             shape = metric.distribution
             if shape is None:
                 continue
             log.append(
-                {
-                    "at": timestamp(now),
-                    "step": status.step,
-                    "action": action,
-                    "metric": metric.name,
-                    "edges": [e for e in shape.edges if math.isfinite(e)],
-                    "stable": [int(v) for v in shape.stable],
-                    "canary": [int(v) for v in shape.canary],
-                }
+                DistributionEntry(
+                    at=now,
+                    step=status.step,
+                    action=action,
+                    metric=metric.name,
+                    edges=[e for e in shape.edges if math.isfinite(e)],
+                    stable=[int(v) for v in shape.stable],
+                    canary=[int(v) for v in shape.canary],
+                )
             )
     return log[-DISTRIBUTIONS_LIMIT:]
 
 
-def metric_status(metric: MetricEvidence) -> dict[str, Any]:
-    return {
-        "name": metric.name,
-        "verdict": metric.verdict.value,
-        "reason": printable(metric.reason),
-        "sloBreached": metric.slo_breached,
-        "eValue": _e(metric.e_regression),
-        "eValueNonInferiority": _e(metric.e_noninferiority),
-        "threshold": _e(metric.threshold),
-        "estimate": _finite(metric.estimate),
-        "interval": [_finite(metric.interval[0]), _finite(metric.interval[1])] if metric.interval else None,
-        "requests": {"stable": metric.n_stable, "canary": metric.n_canary},
-    }
+def metric_status(metric: MetricEvidence) -> MetricStatus:
+    return MetricStatus(
+        name=metric.name,
+        verdict=metric.verdict,
+        reason=printable(metric.reason),
+        slo_breached=metric.slo_breached,
+        e_value=_e(metric.e_regression),
+        e_value_non_inferiority=_e(metric.e_noninferiority),
+        threshold=_e(metric.threshold),
+        estimate=_finite(metric.estimate),
+        interval=[_finite(metric.interval[0]), _finite(metric.interval[1])] if metric.interval else None,
+        requests=Requests(stable=metric.n_stable, canary=metric.n_canary),
+    )
 
 
-def transition_status(transition: Transition) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "at": timestamp(transition.at),
-        "fromPhase": transition.from_phase.value,
-        "toPhase": transition.to_phase.value,
-        "fromStep": transition.from_step,
-        "toStep": transition.to_step,
-        "action": transition.action.value,
-        "reason": printable(transition.reason),
-    }
-    if transition.weight is not None:
-        out["canaryWeight"] = transition.weight
-    return out
+def transition_status(transition: Transition) -> StoredTransition:
+    return StoredTransition(
+        at=transition.at,
+        from_phase=transition.from_phase,
+        to_phase=transition.to_phase,
+        from_step=transition.from_step,
+        to_step=transition.to_step,
+        action=transition.action,
+        reason=printable(transition.reason),
+        canary_weight=transition.weight,
+    )
 
 
-def _transition(item: Any) -> Transition | None:
-    """One stored history entry, or None if it is not one (edited by hand, or from the future)."""
-    if not isinstance(item, Mapping):
-        return None
-    try:
-        weight = item.get("canaryWeight")
-        entry = Transition(
-            at=parse_timestamp(item.get("at")),
-            from_phase=Phase(item["fromPhase"]),
-            to_phase=Phase(item["toPhase"]),
-            from_step=_index(item["fromStep"]),
-            to_step=_index(item["toStep"]),
-            action=Action(item["action"]),
-            reason=str(item.get("reason", "")),
-            weight=weight if _is_weight(weight) else None,
-        )
-    except (KeyError, ValueError, TypeError):
-        return None
-    return entry
+def _transition(stored: StoredTransition) -> Transition:
+    """One stored history entry as the state machine's (an unreadable time is a fresh start's: 0)."""
+    return Transition(
+        at=stored.at if stored.at is not None else 0.0,
+        from_phase=stored.from_phase,
+        to_phase=stored.to_phase,
+        from_step=stored.from_step,
+        to_step=stored.to_step,
+        action=stored.action,
+        reason=stored.reason,
+        weight=stored.canary_weight,
+    )
 
 
-def _index(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"not a step index: {value!r}")
-    return value
-
-
-def _is_weight(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 100
-
-
-def from_status(raw: Any) -> Status:
+def from_status(stored: RolloutStatus) -> Status:
     """Read a stored status back, trusting its phase and step only as far as its history records them.
 
     Anything missing or unreadable falls back to a fresh start. The history is the record of every
@@ -260,31 +239,28 @@ def from_status(raw: Any) -> Status:
     what the history says, and with no history at all the rollout starts afresh. So no edit of the
     status reaches 100 % without a recorded promotion. :func:`status_corrected` says whether it happened.
     """
-    if not isinstance(raw, Mapping) or not raw:
-        return Status()
-    items = raw.get("history")
-    history = tuple(t for t in (_transition(i) for i in (items if isinstance(items, list) else [])) if t is not None)
+    history = tuple(_transition(t) for t in stored.history)
     phase, step = (history[-1].to_phase, history[-1].to_step) if history else (Phase.INITIALIZING, 0)
-    message = raw.get("message")
-    revision = raw.get("canaryRevision")
-    exposure = raw.get("exposureRevision")
-    weight = raw.get("canaryWeight")
-    started = parse_timestamp(raw.get("stepStartedAt"))
+    started = stored.step_started_at if stored.step_started_at is not None else 0.0
     return Status(
         phase=phase,
         step=step,
         # a step starts with the transition into it or later (a resume): never earlier than the record
         step_started_at=max(started, history[-1].at) if history else started,
-        canary_revision=revision if isinstance(revision, str) else "",
-        message=message if isinstance(message, str) else "",
+        canary_revision=stored.canary_revision or "",
+        message=stored.message or "",
         history=history,
-        canary_weight=weight if _is_weight(weight) else None,
-        exposure_revision=exposure if isinstance(exposure, str) else "",
+        canary_weight=stored.canary_weight,
+        exposure_revision=stored.exposure_revision or "",
     )
 
 
 def status_corrected(raw: Any, status: Status) -> str:
-    """Why the stored phase or step was not taken as written ('' when it was)."""
+    """Why the stored phase or step was not taken as written ('' when it was).
+
+    Read from the raw status on purpose: it quotes what was written, which may be no phase or step
+    at all (``phase: Bogus``), so it is what the typed status leaves out.
+    """
     if not isinstance(raw, Mapping) or not raw:
         return ""
     stored = (raw.get("phase", Phase.INITIALIZING.value), raw.get("currentStep", 0))
@@ -310,7 +286,7 @@ CONDITION_OF_PHASE = {
 }
 
 
-def conditions(status: Status, previous: Any, now: float) -> list[dict[str, Any]]:
+def conditions(status: Status, previous: list[Condition], now: float) -> list[Condition]:
     """Kubernetes-style conditions (Progressing, Paused, Succeeded, Failed), transition times kept."""
     wanted = {
         "Progressing": CONDITION_OF_PHASE[status.phase][1],
@@ -318,20 +294,19 @@ def conditions(status: Status, previous: Any, now: float) -> list[dict[str, Any]
         "Succeeded": "True" if status.phase is Phase.SUCCEEDED else "False",
         "Failed": "True" if status.phase is Phase.FAILED else "False",
     }
-    items = previous if isinstance(previous, list) else []
-    before = {c.get("type"): c for c in items if isinstance(c, Mapping)}
+    before = {c.type: c for c in previous}
     out = []
     for kind, value in wanted.items():
         old = before.get(kind)
-        since = old.get("lastTransitionTime") if old and old.get("status") == value else timestamp(now)
+        since = old.last_transition_time if old is not None and old.status == value else None
         out.append(
-            {
-                "type": kind,
-                "status": value,
-                "reason": status.phase.value,
-                "message": printable(status.message),
-                "lastTransitionTime": since if isinstance(since, str) else timestamp(now),
-            }
+            Condition(
+                type=kind,
+                status=value,
+                reason=status.phase.value,
+                message=printable(status.message),
+                last_transition_time=since if since is not None else now,
+            )
         )
     return out
 

@@ -54,7 +54,8 @@ from controller.api.kinds import (
 )
 from controller.api.metrics_spec import Metric
 from controller.api.model import ModelRollout
-from controller.judge.machine import Distribution, Evidence, MetricEvidence, Verdict
+from controller.api.status import Verdict
+from controller.judge.machine import Distribution, Evidence, MetricEvidence
 from controller.metrics.samples import CountSeries, GaugeSeries, HistogramSeries, MetricData, Observation
 
 #: Budget of the sample-ratio guard: a broken split holds the rollout, it never rolls back.

@@ -38,41 +38,10 @@ from enum import StrEnum
 
 from controller.api.model import ModelRollout, OnTimeout
 from controller.api.schedule import RouteState, schedule, state_for_step
+from controller.api.status import Action, Phase, Verdict
 from controller.api.units import format_duration
 
 HISTORY_LIMIT = 50
-
-
-class Phase(StrEnum):
-    INITIALIZING = "Initializing"
-    PROGRESSING = "Progressing"
-    PAUSED = "Paused"
-    PROMOTING = "Promoting"
-    SUCCEEDED = "Succeeded"
-    ROLLING_BACK = "RollingBack"
-    FAILED = "Failed"
-
-
-class Verdict(StrEnum):
-    PASS = "Pass"  # non-inferiority proven
-    FAIL = "Fail"  # SLO breached or regression proven
-    INCONCLUSIVE = "Inconclusive"  # data, but not yet enough to prove either way
-    NODATA = "NoData"  # no usable data: never a pass, never a failure
-
-
-class Action(StrEnum):
-    NONE = "None"
-    START = "Start"
-    HOLD = "Hold"
-    ADVANCE = "Advance"
-    PROMOTE = "Promote"
-    COMPLETE = "Complete"
-    ROLLBACK = "Rollback"
-    PAUSE = "Pause"
-    RESUME = "Resume"
-    RETRY = "Retry"
-    RESTART = "Restart"
-    RESCHEDULE = "Reschedule"  # the policy's steps changed mid-rollout
 
 
 class CommandKind(StrEnum):

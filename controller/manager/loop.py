@@ -17,10 +17,10 @@ from typing import Any, Protocol
 import jinja2
 
 from controller.api.load import PolicyError, load
+from controller.api.status import Action
 from controller.api.text import printable
 from controller.engine.ports import Cluster, ClusterUnavailableError, ConflictError, MetricsSource, NotFoundError
 from controller.engine.reconcile import Outcome, reconcile
-from controller.judge.machine import Action
 from controller.traffic.tenancy import TenancyRules
 
 log = logging.getLogger("canarist")

@@ -23,8 +23,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from controller.api.status import Phase
 from controller.engine.reconcile import Outcome
-from controller.judge.machine import Phase
 
 #: Seconds a client of the operations server may stay silent before its connection is dropped.
 SOCKET_TIMEOUT = 5.0

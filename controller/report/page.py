@@ -24,11 +24,12 @@ from typing import Any
 from controller.api.load import PolicyError, from_object, parse_yaml
 from controller.api.model import KIND, ModelRollout
 from controller.api.schedule import schedule
+from controller.api.status import MetricStatus, Requests, RolloutStatus
 from controller.api.text import escaped, printable
-from controller.api.times import stored_time, timestamp
+from controller.api.times import timestamp
 from controller.engine.record import E_VALUE_CAP
 from controller.report import drawing, series
-from controller.report.series import Scale, entries, estimate_scale, interval_of, metric_of, number
+from controller.report.series import Scale, estimate_scale, interval_of, metric_of, number, timed
 
 MAX_INPUT_BYTES = 16 * 1024 * 1024
 #: YAML costs far more memory per byte than JSON while it is composed; an object is at most
@@ -117,7 +118,7 @@ def build_report(obj: Mapping[str, Any], out: Path) -> Report:
     metadata = _mapping(_mapping(obj).get("metadata"))
     key = f"{metadata.get('namespace', 'default')}/{metadata.get('name', '(unnamed)')}"
     obj = rollout_object(obj, f"modelrollout {key}")
-    status, spec = obj["status"], obj["spec"]
+    status, spec = RolloutStatus.read(obj["status"]), obj["spec"]
     rollout, problem = policy_of(obj)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -191,7 +192,7 @@ CLASSES = {"Succeeded", "Failed", "Paused", "Pass", "Fail", "Inconclusive", "NoD
 
 def render_html(
     key: str,
-    status: Mapping[str, Any],
+    status: RolloutStatus,
     spec: Mapping[str, Any],
     rollout: ModelRollout | None,
     *,
@@ -200,24 +201,23 @@ def render_html(
     t0: float,
 ) -> str:
     """The page: outcome, latest metrics, plots (or why not), the decision log and the policy."""
-    phase = str(status.get("phase", "Pending"))
+    phase = status.phase.value if status.phase is not None else "Pending"
+    last = status.last_analysis_at
     outcome = [
         ("Phase", _span(phase)),
-        ("Message", _esc(status.get("message", ""))),
-        ("Step", _esc(status.get("currentStep", "-"))),
-        ("Canary weight", _esc(f"{status['canaryWeight']}%" if "canaryWeight" in status else "-")),
+        ("Message", _esc(status.message or "")),
+        ("Step", _esc(status.current_step if status.current_step is not None else "-")),
+        ("Canary weight", _esc(f"{status.canary_weight}%" if status.canary_weight is not None else "-")),
         ("Versions", _esc(f"{_get(spec, 'stable', 'name')} (stable) → {_get(spec, 'canary', 'name')} (canary)")),
         ("Started", _esc(timestamp(t0) if t0 else "-")),
-        ("Last analysis", _esc(status.get("lastAnalysisAt", "never"))),
-        ("Canary revision", _esc(status.get("canaryRevision", "-"))),
+        ("Last analysis", _esc(timestamp(last) if last is not None else "never")),
+        ("Canary revision", _esc(status.canary_revision if status.canary_revision is not None else "-")),
     ]
-    metrics = [m for m in status.get("metrics") or [] if isinstance(m, Mapping)]
-    metric_rows = [_metric_row(m, estimate_scale(metric_of(rollout, str(m.get("name"))))) for m in metrics]
+    metric_rows = [_metric_row(m, estimate_scale(metric_of(rollout, m.name))) for m in status.metrics]
     history = [
-        [_esc(e.get("at")), _esc(f"{((stored_time(e.get('at')) or t0) - t0) / 60:.1f}"),
-         _esc(f"{e.get('fromPhase')} / step {e.get('fromStep')}"), _esc(f"{e.get('toPhase')} / step {e.get('toStep')}"),
-         _span(str(e.get("action", ""))), _esc(e.get("reason", ""))]
-        for e in entries(status, "history")
+        [_esc(timestamp(at)), _esc(f"{(at - t0) / 60:.1f}"), _esc(f"{e.from_phase.value} / step {e.from_step}"),
+         _esc(f"{e.to_phase.value} / step {e.to_step}"), _span(e.action.value), _esc(e.reason)]
+        for at, e in timed(status.history)
     ]  # fmt: skip
     body = [f"<h1>ModelRollout {_esc(key)}</h1>", "<h2>Outcome</h2>", _pairs(outcome)]
     body += [f'<p class="note">{_esc(n)}</p>' for n in notes]
@@ -241,22 +241,22 @@ def render_html(
     )
 
 
-def _metric_row(m: Mapping[str, Any], scale: Scale) -> list[str]:
-    estimate, (lo, hi) = number(m.get("estimate")), interval_of(m.get("interval"))
-    requests = _mapping(m.get("requests"))
-    threshold = number(m.get("threshold"))
-    verdict = str(m.get("verdict", "")) + (" (SLO breached)" if m.get("sloBreached") is True else "")
+def _metric_row(m: MetricStatus, scale: Scale) -> list[str]:
+    estimate, (lo, hi) = number(m.estimate), interval_of(m.interval)
+    requests = m.requests if m.requests is not None else Requests()
+    threshold = number(m.threshold)
+    verdict = m.verdict.value if m.verdict is not None else ""
     return [
-        _esc(m.get("name", "")),
-        _span(verdict, str(m.get("verdict", ""))),
+        _esc(m.name or ""),
+        _span(verdict + (" (SLO breached)" if m.slo_breached is True else ""), verdict),
         _esc(f"{estimate * scale.factor:+.3g} {scale.unit}" if estimate is not None else "-"),
         _esc(f"[{lo * scale.factor:+.3g}, {hi * scale.factor:+.3g}] {scale.unit}" if math.isfinite(lo) else "-"),
-        _esc(_g(m.get("eValue"))),
-        _esc(_g(m.get("eValueNonInferiority"))),
+        _esc(_g(m.e_value)),
+        _esc(_g(m.e_value_non_inferiority)),
         _esc(_g(threshold) if threshold is not None and threshold < E_VALUE_CAP else "-"),
-        _esc(requests.get("stable", "-")),
-        _esc(requests.get("canary", "-")),
-        _esc(m.get("reason", "")),
+        _esc(requests.stable if requests.stable is not None else "-"),
+        _esc(requests.canary if requests.canary is not None else "-"),
+        _esc(m.reason or ""),
     ]
 
 
@@ -321,7 +321,7 @@ def _raw(value: Any) -> str:
     return json.dumps(value, default=str) if isinstance(value, list) else str(value)
 
 
-def _g(value: Any) -> str:
+def _g(value: float | None) -> str:
     x = number(value)
     return f"{x:.3g}" if x is not None else "-"
 

@@ -1,18 +1,19 @@
 """The plots' data: plot-ready series read from a rollout's stored status, pure.
 
-The functions here read a status dict (any field may be missing or malformed in an older status)
-and the validated policy, and return plain frozen values with times in minutes since the rollout
-began and numbers in the units shown; tests drive them with plain values.
+The functions here read the typed status (:class:`controller.api.status.RolloutStatus`: any field
+may be missing in an older status, and an unreadable one is None) and the validated policy, and
+return plain frozen values with times in minutes since the rollout began and numbers in the units
+shown; tests drive them with statuses read from plain values.
 :mod:`controller.report.drawing` lays those values out; :mod:`controller.report.page` also reads
-the status through the helpers here (times, numbers, entries, the estimate's scale).
+the status through the helpers here (times, numbers, timed log entries, the estimate's scale).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Protocol, TypeVar
 
 from controller.api.kinds import (
     TRAITS,
@@ -26,9 +27,9 @@ from controller.api.kinds import (
 )
 from controller.api.metrics_spec import Metric
 from controller.api.model import ModelRollout
-from controller.api.times import stored_time
+from controller.api.status import MetricStatus, Phase, RolloutStatus, StoredTransition
 from controller.engine.record import E_VALUE_CAP
-from controller.judge.machine import Phase, Status, routes_for
+from controller.judge.machine import Status, routes_for
 
 LATENCY_PANELS = 6
 NAN = math.nan
@@ -97,57 +98,57 @@ class Cdf:
     quantile: float | None
 
 
-def number(value: Any) -> float | None:
+def number(value: object) -> float | None:
     """A finite number, or None (booleans, strings and NaN are not numbers here)."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         return None
     return float(value)
 
 
-def entries(status: Mapping[str, Any], key: str) -> list[Mapping[str, Any]]:
-    """The mappings of a list field, each with a readable ``at``, in time order (stable for ties)."""
-    raw = status.get(key)
-    items = [e for e in raw if isinstance(e, Mapping)] if isinstance(raw, list) else []
-    timed = [(t, i, e) for i, e in enumerate(items) if (t := stored_time(e.get("at"))) is not None]
-    return [e for _, _, e in sorted(timed, key=lambda x: (x[0], x[1]))]
+class Timed(Protocol):
+    """A log entry of the status: the time it was recorded, None when unreadable."""
+
+    @property
+    def at(self) -> float | None: ...
 
 
-def times(status: Mapping[str, Any]) -> list[float]:
+E = TypeVar("E", bound=Timed)
+
+
+def timed(log: Sequence[E]) -> list[tuple[float, E]]:
+    """The entries of a log with a readable time, with it, in time order (stable for ties)."""
+    found = [(e.at, i, e) for i, e in enumerate(log) if e.at is not None]
+    return [(t, e) for t, _, e in sorted(found, key=lambda x: (x[0], x[1]))]
+
+
+def times(status: RolloutStatus) -> list[float]:
     """Every time the status records, in order."""
-    found = [
-        stored_time(e.get("at"))
-        for k in ("history", "weights", "analyses", "distributions")
-        for e in entries(status, k)
-    ]
-    found += [stored_time(status.get(k)) for k in ("stepStartedAt", "lastAnalysisAt")]
-    return sorted(t for t in found if t is not None)
+    logs: tuple[Sequence[Timed], ...] = (status.history, status.weights, status.analyses, status.distributions)
+    found = [t for log in logs for t, _ in timed(log)]
+    found += [t for t in (status.step_started_at, status.last_analysis_at) if t is not None]
+    return sorted(found)
 
 
-def origin(status: Mapping[str, Any]) -> float | None:
+def origin(status: RolloutStatus) -> float | None:
     """Time zero of the plots: the first thing the status records (normally the Start decision)."""
     found = times(status)
     return found[0] if found else None
 
 
-def _entry_weight(rollout: ModelRollout | None, entry: Mapping[str, Any]) -> float | None:
+def _entry_weight(rollout: ModelRollout | None, entry: StoredTransition) -> float | None:
     """The weight a history entry put in force: as it recorded it, else replayed from its phase and step."""
-    weight = entry.get("canaryWeight")  # recorded since canarist keeps it
-    if isinstance(weight, int) and not isinstance(weight, bool) and 0 <= weight <= 100:
-        return float(weight)
-    return weight_after(rollout, entry.get("toPhase"), entry.get("toStep"))
+    if entry.canary_weight is not None:  # recorded since canarist keeps it
+        return float(entry.canary_weight)
+    return weight_after(rollout, entry.to_phase, entry.to_step)
 
 
-def weight_after(rollout: ModelRollout | None, phase: Any, step: Any) -> float | None:
+def weight_after(rollout: ModelRollout | None, target: Phase, step: int) -> float | None:
     """The canary weight a decision's target phase and step put in force (None if unknown)."""
-    try:
-        target = Phase(phase)
-    except ValueError:
-        return None
     if target in (Phase.ROLLING_BACK, Phase.FAILED):
         return 0.0
     if target in (Phase.PROMOTING, Phase.SUCCEEDED):
         return 100.0
-    if rollout is None or not isinstance(step, int) or isinstance(step, bool):
+    if rollout is None:
         return None
     try:
         return float(routes_for(rollout, Status(phase=target, step=step)).canary_weight)
@@ -155,30 +156,20 @@ def weight_after(rollout: ModelRollout | None, phase: Any, step: Any) -> float |
         return None
 
 
-def weight_series(status: Mapping[str, Any], rollout: ModelRollout | None, t0: float) -> WeightSeries | None:
+def weight_series(status: RolloutStatus, rollout: ModelRollout | None, t0: float) -> WeightSeries | None:
     """The weight over time from ``weights``, else replayed from ``history``; decisions as marks."""
-    points = [
-        (t, w)
-        for e in entries(status, "weights")
-        if (t := stored_time(e.get("at"))) is not None and (w := number(e.get("canaryWeight"))) is not None
-    ]
+    points = [(t, float(e.canary_weight)) for t, e in timed(status.weights) if e.canary_weight is not None]
     source = "weights"
-    history = entries(status, "history")
+    history = timed(status.history)
     if not points:
         source = "history"
-        points = [
-            (t, w)
-            for e in history
-            if (t := stored_time(e.get("at"))) is not None and (w := _entry_weight(rollout, e)) is not None
-        ]
+        points = [(t, w) for t, e in history if (w := _entry_weight(rollout, e)) is not None]
     if not points:
         return None
     marks = []
-    for e in history:
-        t = stored_time(e.get("at"))
-        assert t is not None  # entries() keeps only readable times
+    for t, e in history:
         before = [w for at, w in points if at <= t]
-        marks.append(Mark((t - t0) / 60, str(e.get("action", "?")), before[-1] if before else None))
+        marks.append(Mark((t - t0) / 60, e.action.value, before[-1] if before else None))
     return WeightSeries(
         minutes=tuple((t - t0) / 60 for t, _ in points),
         weights=tuple(w for _, w in points),
@@ -188,40 +179,33 @@ def weight_series(status: Mapping[str, Any], rollout: ModelRollout | None, t0: f
     )
 
 
-def looks(status: Mapping[str, Any]) -> list[tuple[float, list[Mapping[str, Any]]]]:
-    """(time, per-metric dicts) of every look: ``analyses``, else the latest ``metrics`` alone."""
-    found = []
-    for e in entries(status, "analyses"):
-        t = stored_time(e.get("at"))
-        metrics = e.get("metrics")
-        if t is not None and isinstance(metrics, list):
-            found.append((t, [m for m in metrics if isinstance(m, Mapping) and isinstance(m.get("name"), str)]))
-    last = stored_time(status.get("lastAnalysisAt"))
-    if not found and last is not None and isinstance(status.get("metrics"), list):
-        found.append(
-            (last, [m for m in status["metrics"] if isinstance(m, Mapping) and isinstance(m.get("name"), str)])
-        )
+def looks(status: RolloutStatus) -> list[tuple[float, list[MetricStatus]]]:
+    """(time, named metrics) of every look: ``analyses``, else the latest ``metrics`` alone."""
+    found = [(t, [m for m in e.metrics if m.name is not None]) for t, e in timed(status.analyses)]
+    last = status.last_analysis_at
+    if not found and last is not None:
+        found.append((last, [m for m in status.metrics if m.name is not None]))
     return found
 
 
-def metric_names(status: Mapping[str, Any], rollout: ModelRollout | None) -> list[str]:
+def metric_names(status: RolloutStatus, rollout: ModelRollout | None) -> list[str]:
     """The policy's metrics in its order, then any other the status recorded (e.g. traffic-split)."""
     names = [m.name for m in rollout.spec.analysis.metrics] if rollout is not None else []
     for _, metrics in looks(status):
-        names += [m["name"] for m in metrics if m["name"] not in names]
+        names += [m.name for m in metrics if m.name is not None and m.name not in names]
     return names
 
 
-def evidence_paths(status: Mapping[str, Any], rollout: ModelRollout | None, t0: float) -> tuple[EvidencePath, ...]:
+def evidence_paths(status: RolloutStatus, rollout: ModelRollout | None, t0: float) -> tuple[EvidencePath, ...]:
     """Each metric's e-value paths and the threshold it is held to (the latest real one)."""
     out = []
     for name in metric_names(status, rollout):
-        rows = [(t, m) for t, metrics in looks(status) for m in metrics if m["name"] == name]
-        regression = tuple(_positive(m.get("eValue")) for _, m in rows)
-        noninferiority = tuple(_positive(m.get("eValueNonInferiority")) for _, m in rows)
+        rows = [(t, m) for t, metrics in looks(status) for m in metrics if m.name == name]
+        regression = tuple(_positive(m.e_value) for _, m in rows)
+        noninferiority = tuple(_positive(m.e_value_non_inferiority) for _, m in rows)
         if not any(math.isfinite(v) for v in regression + noninferiority):
             continue
-        thresholds = [x for _, m in rows if (x := number(m.get("threshold"))) is not None and 0 < x < E_VALUE_CAP]
+        thresholds = [x for _, m in rows if (x := number(m.threshold)) is not None and 0 < x < E_VALUE_CAP]
         minutes = tuple((t - t0) / 60 for t, _ in rows)
         out.append(EvidencePath(name, minutes, regression, noninferiority, thresholds[-1] if thresholds else None))
     return tuple(out)
@@ -255,7 +239,7 @@ def estimate_scale(metric: Metric | None) -> Scale:
     return Scale(factor, unit, f"canary - stable ({unit})", shown, False)
 
 
-def estimate_paths(status: Mapping[str, Any], rollout: ModelRollout | None, t0: float) -> tuple[EstimatePath, ...]:
+def estimate_paths(status: RolloutStatus, rollout: ModelRollout | None, t0: float) -> tuple[EstimatePath, ...]:
     """Each metric's estimate (with interval) at each look that has one, in display units."""
     out = []
     for name in metric_names(status, rollout):
@@ -263,9 +247,9 @@ def estimate_paths(status: Mapping[str, Any], rollout: ModelRollout | None, t0: 
         rows = []
         for t, metrics in looks(status):
             for m in metrics:
-                value = number(m.get("estimate"))
-                if m["name"] == name and value is not None:
-                    lo, hi = interval_of(m.get("interval"))
+                value = number(m.estimate)
+                if m.name == name and value is not None:
+                    lo, hi = interval_of(m.interval)
                     rows.append(((t - t0) / 60, value * scale.factor, lo * scale.factor, hi * scale.factor))
         if rows:
             minutes, values, lows, highs = (tuple(column) for column in zip(*rows, strict=True))
@@ -276,35 +260,31 @@ def estimate_paths(status: Mapping[str, Any], rollout: ModelRollout | None, t0: 
 
 
 def latency_cdfs(
-    status: Mapping[str, Any], rollout: ModelRollout | None, t0: float, limit: int = LATENCY_PANELS
+    status: RolloutStatus, rollout: ModelRollout | None, t0: float, limit: int = LATENCY_PANELS
 ) -> tuple[Cdf, ...]:
     """The latest ``limit`` well-formed bucket records as CDFs (share of requests at or below each edge)."""
     out = []
-    for e in entries(status, "distributions"):
-        edges, stable, canary = e.get("edges"), e.get("stable"), e.get("canary")
-        if not (isinstance(edges, list) and isinstance(stable, list) and isinstance(canary, list)):
+    for t, e in timed(status.distributions):
+        if e.edges is None or e.stable is None or e.canary is None:
             continue
-        bounds = [number(x) for x in edges]
-        if not bounds or None in bounds or len(stable) != len(bounds) + 1 or len(canary) != len(bounds) + 1:
+        bounds = [b for x in e.edges if (b := number(x)) is not None]
+        if not bounds or len(bounds) < len(e.edges) or not len(e.stable) == len(e.canary) == len(bounds) + 1:
             continue
-        counts = [[number(x) for x in stable], [number(x) for x in canary]]
-        if any(None in c for c in counts):
-            continue
-        metric = metric_of(rollout, str(e.get("metric")))
+        stable, canary = [float(x) for x in e.stable], [float(x) for x in e.canary]
+        metric = metric_of(rollout, e.metric)
         slo = slo_max(metric) if metric is not None else None
         seconds = metric is not None and TRAITS[metric.kind].unit is Unit.SECONDS
-        step = e.get("step")
         out.append(
             Cdf(
-                metric=str(e.get("metric", "latency")),
-                minutes=((stored_time(e.get("at")) or t0) - t0) / 60,
-                step=step if isinstance(step, int) and not isinstance(step, bool) else None,
-                action=str(e.get("action", "?")),
-                edges_ms=tuple(1000 * b for b in bounds if b is not None),
-                stable=_shares(counts[0]),
-                canary=_shares(counts[1]),
-                n_stable=int(counts[0][-1] or 0),
-                n_canary=int(counts[1][-1] or 0),
+                metric=e.metric if e.metric is not None else "latency",
+                minutes=(t - t0) / 60,
+                step=e.step,
+                action=e.action.value if e.action is not None else "?",
+                edges_ms=tuple(1000 * b for b in bounds),
+                stable=_shares(stable),
+                canary=_shares(canary),
+                n_stable=int(stable[-1]),
+                n_canary=int(canary[-1]),
                 slo_ms=1000 * slo if slo is not None and seconds else None,
                 quantile=quantile(metric) if metric is not None else None,
             )
@@ -312,23 +292,25 @@ def latency_cdfs(
     return tuple(out[-limit:]) if limit > 0 else ()
 
 
-def _shares(cumulative: list[float | None]) -> tuple[float, ...] | None:
-    total = cumulative[-1] or 0.0
-    return tuple((c or 0.0) / total for c in cumulative[:-1]) if total > 0 else None
+def _shares(cumulative: list[float]) -> tuple[float, ...] | None:
+    total = cumulative[-1]
+    return tuple(c / total for c in cumulative[:-1]) if total > 0 else None
 
 
-def _positive(value: Any) -> float:
+def _positive(value: float | None) -> float:
     x = number(value)
     return x if x is not None and x > 0 else NAN
 
 
-def interval_of(value: Any) -> tuple[float, float]:
-    if isinstance(value, list) and len(value) == 2:
+def interval_of(value: Sequence[float | None] | None) -> tuple[float, float]:
+    if value is not None and len(value) == 2:
         lo, hi = number(value[0]), number(value[1])
         if lo is not None and hi is not None:
             return lo, hi
     return NAN, NAN
 
 
-def metric_of(rollout: ModelRollout | None, name: str) -> Metric | None:
-    return next((m for m in rollout.spec.analysis.metrics if m.name == name), None) if rollout is not None else None
+def metric_of(rollout: ModelRollout | None, name: str | None) -> Metric | None:
+    if rollout is None or name is None:
+        return None
+    return next((m for m in rollout.spec.analysis.metrics if m.name == name), None)

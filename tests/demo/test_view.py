@@ -30,9 +30,11 @@ def stored(phase: str = "Progressing", step: int = 1, weight: int = 25) -> dict[
         }
 
     history = [
-        {"at": timestamp(T0), "action": "Start", "toStep": 0, "reason": "routes in place: analysing step 0"},
-        {"at": timestamp(T0 + 20), "action": "Advance", "toStep": 1, "reason": "no harm detected: step 1 (25%)"},
-    ]
+        {"at": timestamp(T0), "fromPhase": "Initializing", "toPhase": "Progressing", "fromStep": 0, "toStep": 0,
+         "action": "Start", "reason": "routes in place: analysing step 0"},
+        {"at": timestamp(T0 + 20), "fromPhase": "Progressing", "toPhase": "Progressing", "fromStep": 0, "toStep": 1,
+         "action": "Advance", "reason": "no harm detected: step 1 (25%)"},
+    ]  # fmt: skip
     return {
         **demo_policy(),
         "status": {

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from controller.api.times import parse_timestamp
+from controller.api.status import Action, Phase, RolloutStatus
 from controller.edges.kube import KubeCluster
 from controller.edges.prometheus import PrometheusClient, PrometheusSettings
 from controller.manager.loop import Manager
@@ -52,8 +52,8 @@ from controller.sandbox.demo.scenarios import (
 from controller.sandbox.localapi import LocalApiServer
 from controller.traffic.templating import default_environment
 
-TERMINAL = ("Succeeded", "Failed")
-DECIDING = ("Promote", "Rollback")
+TERMINAL = (Phase.SUCCEEDED, Phase.FAILED)
+DECIDING = (Action.PROMOTE, Action.ROLLBACK)
 
 
 @dataclass(frozen=True)
@@ -119,12 +119,13 @@ def run_demo(options: DemoOptions, *, show: Show | None = None) -> DemoResult:
         summary = _stop_loadgen(loadgen, work / "loadgen.json")
         splits = world.mesh.checks()
         report = build_report(obj, options.out).index if obj.get("status") else None
+        status = RolloutStatus.read(obj.get("status"))
         result = DemoResult(
             scenario=options.scenario.name,
-            phase=(obj.get("status") or {}).get("phase", "Unknown"),
+            phase=status.phase.value if status.phase is not None else "Unknown",
             expected=False,
-            reason=_final_reason(obj),
-            seconds_to_decide=_seconds_to_decide(obj),
+            reason=_final_reason(status),
+            seconds_to_decide=_seconds_to_decide(status),
             canary_requests_to_decide=_canary_requests_to_decide(world),
             splits=splits,
             refused_routes=list(world.mesh.refused),
@@ -218,16 +219,16 @@ def _drive(world: World, options: DemoOptions, show: Show | None) -> float | Non
     while time.time() < deadline:
         world.manager.tick()
         obj = world.rollout()
-        status = obj.get("status") or {}
+        status = RolloutStatus.read(obj.get("status"))
         if show is not None:
             show(world, obj)
-        if status.get("phase") in TERMINAL:
+        if status.phase in TERMINAL:
             break
         if (
             broke_at is None
             and scenario.breaks_at_step is not None
-            and status.get("phase") == "Progressing"
-            and status.get("currentStep", 0) >= scenario.breaks_at_step
+            and status.phase is Phase.PROGRESSING
+            and (status.current_step or 0) >= scenario.breaks_at_step
             and time.time() - _step_started(status) >= settle / 2
             and 0.05 <= (time.time() % settle) / settle <= 0.3  # early in a window: the next look sees it
         ):
@@ -274,26 +275,24 @@ def _stop_loadgen(loadgen: ManagedProcess, summary: Path) -> dict[str, Any]:
         return {}
 
 
-def _step_started(status: dict[str, Any]) -> float:
-    return parse_timestamp(status.get("stepStartedAt"), time.time())
+def _step_started(status: RolloutStatus) -> float:
+    return status.step_started_at if status.step_started_at is not None else time.time()
 
 
-def _final_reason(obj: dict[str, Any]) -> str:
-    history = (obj.get("status") or {}).get("history") or []
-    deciding = [t for t in history if t.get("action") in DECIDING]
+def _final_reason(status: RolloutStatus) -> str:
+    deciding = [t for t in status.history if t.action in DECIDING]
     if deciding:
-        return str(deciding[-1].get("reason", ""))
-    return str((obj.get("status") or {}).get("message", ""))
+        return deciding[-1].reason
+    return status.message or ""
 
 
-def _seconds_to_decide(obj: dict[str, Any]) -> float | None:
+def _seconds_to_decide(status: RolloutStatus) -> float | None:
     """From the first step (Start) to the promotion or rollback."""
-    history = (obj.get("status") or {}).get("history") or []
-    start = next((t for t in history if t.get("action") == "Start"), None)
-    decided = next((t for t in history if t.get("action") in DECIDING), None)
+    start = next((t for t in status.history if t.action is Action.START), None)
+    decided = next((t for t in status.history if t.action in DECIDING), None)
     if start is None or decided is None:
         return None
-    return parse_timestamp(decided.get("at")) - parse_timestamp(start.get("at"))
+    return (decided.at or 0.0) - (start.at or 0.0)
 
 
 def _canary_requests_to_decide(world: World) -> int | None:

@@ -19,7 +19,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from controller.api.times import parse_timestamp
+from controller.api.status import MetricStatus, RolloutStatus, StoredTransition
 from controller.sandbox.demo.run import World
 from controller.sandbox.demo.scenarios import CANARY, STABLE, Scenario
 
@@ -35,19 +35,19 @@ def evidence_bar(e_value: float | None, threshold: float | None) -> Text:
     return Text("█" * filled + "·" * (BAR - filled), style="bold" if progress >= 1 else "")
 
 
-def _number(value: Any, *, percent: bool = False) -> str:
-    if not isinstance(value, int | float) or not math.isfinite(value):
+def _number(value: float | None, *, percent: bool = False) -> str:
+    if value is None or not math.isfinite(value):
         return "-"
     if percent:
         return f"{value:+.2%}"
     return f"{value:.1e}" if value >= 1e4 or 0 < value < 1e-2 else f"{value:.2f}"
 
 
-def _points(value: Any) -> str:
-    return f"{value * 100:+.1f}" if isinstance(value, int | float) and math.isfinite(value) else "-"
+def _points(value: float | None) -> str:
+    return f"{value * 100:+.1f}" if value is not None and math.isfinite(value) else "-"
 
 
-def metrics_table(metrics: Sequence[Mapping[str, Any]]) -> Table:
+def metrics_table(metrics: Sequence[MetricStatus]) -> Table:
     table = Table(expand=True, show_edge=False, pad_edge=False, box=box.SIMPLE_HEAD)
     table.add_column("metric", no_wrap=True, min_width=11)
     table.add_column("verdict", no_wrap=True, min_width=12)
@@ -56,41 +56,47 @@ def metrics_table(metrics: Sequence[Mapping[str, Any]]) -> Table:
     table.add_column("canary - stable", no_wrap=True, min_width=19)
     style = {"Pass": "green", "Fail": "red", "Inconclusive": "yellow", "NoData": "dim"}
     for m in metrics:
-        interval = m.get("interval")
-        if isinstance(interval, list) and len(interval) == 2 and None not in interval:  # a rate, in points
-            estimate = f"{_points(m.get('estimate'))}pp [{_points(interval[0])}, {_points(interval[1])}]"
+        interval = m.interval
+        if interval is not None and None not in interval:  # a rate, in points
+            estimate = f"{_points(m.estimate)}pp [{_points(interval[0])}, {_points(interval[1])}]"
         else:  # a latency quantile's relative change
-            estimate = _number(m.get("estimate"), percent=True)
+            estimate = _number(m.estimate, percent=True)
+        verdict = m.verdict.value if m.verdict is not None else "?"
         table.add_row(
-            str(m.get("name", "?")),
-            Text(str(m.get("verdict", "?")), style=style.get(str(m.get("verdict")), "")),
-            Text.assemble(evidence_bar(m.get("eValue"), m.get("threshold")), f" {_number(m.get('eValue'))}"),
+            m.name if m.name is not None else "?",
+            Text(verdict, style=style.get(verdict, "")),
+            Text.assemble(evidence_bar(m.e_value, m.threshold), f" {_number(m.e_value)}"),
             Text.assemble(
-                evidence_bar(m.get("eValueNonInferiority"), m.get("threshold")),
-                f" {_number(m.get('eValueNonInferiority'))}",
+                evidence_bar(m.e_value_non_inferiority, m.threshold),
+                f" {_number(m.e_value_non_inferiority)}",
             ),
             estimate,
         )
     return table
 
 
-def decisions_table(history: Sequence[Mapping[str, Any]], started: float, limit: int = 6) -> Table:
+def decisions_table(history: Sequence[StoredTransition], started: float, limit: int = 6) -> Table:
     table = Table(expand=True, show_edge=False, pad_edge=False, show_header=False, box=None)
     table.add_column("t", no_wrap=True, width=6)
     table.add_column("action", no_wrap=True, width=9)
     table.add_column("reason", overflow="fold", ratio=1)
     for t in list(history)[-limit:]:
-        at = parse_timestamp(t.get("at"), started) - started
-        table.add_row(f"{max(at, 0.0):5.0f}s", str(t.get("action")), str(t.get("reason", "")))
+        at = _since(t, started)
+        table.add_row(f"{max(at, 0.0):5.0f}s", t.action.value, t.reason)
     return table
+
+
+def _since(transition: StoredTransition, started: float) -> float:
+    """Seconds from the demo's start to a decision (0 when its time is unreadable)."""
+    return (transition.at if transition.at is not None else started) - started
 
 
 def frame(
     rollout: Mapping[str, Any], served: Mapping[str, int], scenario: Scenario, *, started: float, now: float
 ) -> RenderableType:
     """One picture of the rollout as it stands: its stored object, and what haproxy served."""
-    status = rollout.get("status") or {}
-    weight = int(status.get("canaryWeight", 0) or 0)
+    status = RolloutStatus.read(rollout.get("status"))
+    weight = status.canary_weight or 0
     steps = (rollout.get("spec") or {}).get("strategy", {}).get("steps", [])
     head = Table.grid(expand=True)
     head.add_column()
@@ -100,10 +106,10 @@ def frame(
         f"{now - started:5.0f}s",
     )
     split = round(weight / 100 * 30)
+    phase = status.phase.value if status.phase is not None else "Initializing"
     head.add_row(
         Text.assemble(
-            f"{status.get('phase', 'Initializing')} · step {min(status.get('currentStep', 0) + 1, len(steps))}"
-            f"/{len(steps)} ",
+            f"{phase} · step {min((status.current_step or 0) + 1, len(steps))}/{len(steps)} ",
             (f"{STABLE} {100 - weight:3d}% ", "cyan"),
             ("▇" * (30 - split), "cyan"),
             ("▇" * split, "magenta"),
@@ -111,12 +117,12 @@ def frame(
         ),
         f"served {STABLE} {served.get(STABLE, 0)} · {CANARY} {served.get(CANARY, 0)}",
     )
-    message = Text(str(status.get("message", "")), style="italic")
+    message = Text(status.message or "", style="italic")
     body = Group(
         head,
         message,
-        Panel(metrics_table(status.get("metrics") or []), title="evidence (bars: log e-value / log threshold)"),
-        Panel(decisions_table(status.get("history") or [], started), title="decisions"),
+        Panel(metrics_table(status.metrics), title="evidence (bars: log e-value / log threshold)"),
+        Panel(decisions_table(status.history, started), title="decisions"),
     )
     return body
 
@@ -145,8 +151,8 @@ class LiveView:
             picture = frame(rollout, world.haproxy.served(), self.scenario, started=world.started, now=time.time())
             self.live.update(picture)
             return
-        history = (rollout.get("status") or {}).get("history") or []
+        history = RolloutStatus.read(rollout.get("status")).history
         for t in history[self.printed :]:
-            at = parse_timestamp(t.get("at"), world.started) - world.started
-            self.console.print(f"{at:6.1f}s  {t.get('action'):<8} step {t.get('toStep')}: {t.get('reason')}")
+            at = _since(t, world.started)
+            self.console.print(f"{at:6.1f}s  {t.action.value:<8} step {t.to_step}: {t.reason}")
         self.printed = len(history)

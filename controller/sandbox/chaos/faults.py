@@ -38,15 +38,16 @@ class FaultKind(StrEnum):
     WATCH_EXPIRED = "watch-expired"
 
 
-#: How often each kind is drawn among the kinds a request may get (timeouts cost real seconds: rarer).
+#: How often each kind is drawn among the kinds a request may get: the kinds only writes get weigh
+#: more (writes are few among the requests); timeouts cost real seconds, so they are rarer.
 DEFAULT_WEIGHTS: dict[FaultKind, float] = {
-    FaultKind.CONFLICT: 3.0,
+    FaultKind.CONFLICT: 6.0,
     FaultKind.ERROR_500: 2.0,
     FaultKind.UNAVAILABLE_503: 2.0,
     FaultKind.THROTTLED_429: 2.0,
     FaultKind.SLOW: 2.0,
     FaultKind.TIMEOUT: 0.5,
-    FaultKind.LOST_ANSWER: 3.0,
+    FaultKind.LOST_ANSWER: 6.0,
     FaultKind.WATCH_DROPPED: 1.0,
     FaultKind.WATCH_EXPIRED: 1.0,
 }
@@ -71,7 +72,8 @@ def applicable(method: str, query: dict[str, str]) -> tuple[FaultKind, ...]:
 @dataclass
 class FaultSchedule:
     """Faults drawn per request from ``random.Random(seed)``: with probability ``rate`` (``watch_rate``
-    for a watch) a request gets one, of a kind drawn by ``weights`` among the :func:`applicable` ones.
+    for a watch) a request gets one, of a kind drawn by ``weights`` among the :func:`applicable` ones;
+    an applicable kind not injected yet goes first, so even a short run meets every kind.
 
     ``client_timeout`` is the client's read timeout (a ``timeout`` waits a little longer);
     :attr:`injected` counts what was injected, by kind. Thread-safe: the server serves in threads."""
@@ -100,7 +102,8 @@ class FaultSchedule:
             rate = self.watch_rate if kinds[0] in WATCH_KINDS else self.rate
             if self._rng.random() >= rate:
                 return None
-            kind = self._rng.choices(kinds, weights=[self.weights[k] for k in kinds])[0]
+            uncovered = [k for k in kinds if not self.injected[k.value]]
+            kind = uncovered[0] if uncovered else self._rng.choices(kinds, [self.weights[k] for k in kinds])[0]
             retry_after = self._rng.randint(1, 3)
             self.injected[kind.value] += 1
         return self.injection(kind, retry_after=retry_after)

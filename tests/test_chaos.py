@@ -310,6 +310,16 @@ def test_a_lost_answer_is_a_write_done_without_a_word(api: LocalApiServer) -> No
     assert stored["metadata"]["labels"] == {"touched": "yes"}
 
 
+def test_a_late_write_lands_after_the_client_gave_up(api: LocalApiServer) -> None:
+    api.request_filter = only(FaultKind.LATE_WRITE)
+    with pytest.raises((TimeoutError, urllib.error.URLError)):
+        send(api, "PATCH", body=PATCH, timeout=0.3)
+    assert "labels" not in (api.get("canarist.io", "modelrollouts", NAMESPACE, "model-000") or {})["metadata"]
+    time.sleep(0.4)  # the server serves it now
+    stored = api.get("canarist.io", "modelrollouts", NAMESPACE, "model-000") or {}
+    assert stored["metadata"]["labels"] == {"touched": "yes"}
+
+
 def test_a_dropped_watch_ends_without_an_event(api: LocalApiServer) -> None:
     api.request_filter = only(FaultKind.WATCH_DROPPED)
     answer = send(api, "GET", query="?watch=true&timeoutSeconds=5")
@@ -344,7 +354,7 @@ def test_the_same_seed_gives_the_same_faults_each_only_where_it_applies() -> Non
             assert kind in (None, *watch_kinds)
         elif kind == FaultKind.CONFLICT.value:
             assert method in ("PUT", "PATCH")
-        elif kind == FaultKind.LOST_ANSWER.value:
+        elif kind in (FaultKind.LOST_ANSWER.value, FaultKind.LATE_WRITE.value):
             assert method != "GET"
         else:
             assert kind not in watch_kinds

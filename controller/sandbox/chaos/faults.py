@@ -11,6 +11,8 @@ the same faults. What each kind does, as the client sees it:
 - ``slow``: the answer comes :attr:`FaultSchedule.slow_delay` seconds late, otherwise normal;
 - ``timeout``: no answer within the client's timeout; nothing is done;
 - ``lost-answer``: a write is applied, but the connection closes before its answer;
+- ``late-write``: a write is applied only after the client gave up waiting for it (its timeout),
+  when the controller may have moved on;
 - ``watch-dropped``: a watch closes at once with no event;
 - ``watch-expired``: a watch gets a 410 Expired ERROR event ("too old resource version").
 """
@@ -34,6 +36,7 @@ class FaultKind(StrEnum):
     SLOW = "slow"
     TIMEOUT = "timeout"
     LOST_ANSWER = "lost-answer"
+    LATE_WRITE = "late-write"
     WATCH_DROPPED = "watch-dropped"
     WATCH_EXPIRED = "watch-expired"
 
@@ -48,12 +51,13 @@ DEFAULT_WEIGHTS: dict[FaultKind, float] = {
     FaultKind.SLOW: 2.0,
     FaultKind.TIMEOUT: 0.5,
     FaultKind.LOST_ANSWER: 6.0,
+    FaultKind.LATE_WRITE: 1.0,
     FaultKind.WATCH_DROPPED: 1.0,
     FaultKind.WATCH_EXPIRED: 1.0,
 }
 WATCH_KINDS = (FaultKind.WATCH_DROPPED, FaultKind.WATCH_EXPIRED)
 #: Kinds only a write may get: a conflict needs a version to compare, a lost answer something done.
-WRITE_KINDS = (FaultKind.CONFLICT, FaultKind.LOST_ANSWER)
+WRITE_KINDS = (FaultKind.CONFLICT, FaultKind.LOST_ANSWER, FaultKind.LATE_WRITE)
 WRITES = ("POST", "PUT", "PATCH", "DELETE")
 
 
@@ -63,7 +67,7 @@ def applicable(method: str, query: dict[str, str]) -> tuple[FaultKind, ...]:
         return WATCH_KINDS
     kinds = [k for k in FaultKind if k not in WATCH_KINDS and k not in WRITE_KINDS]
     if method in WRITES:
-        kinds.append(FaultKind.LOST_ANSWER)
+        kinds += [FaultKind.LOST_ANSWER, FaultKind.LATE_WRITE]
     if method in ("PUT", "PATCH"):
         kinds.append(FaultKind.CONFLICT)
     return tuple(kinds)
@@ -125,6 +129,8 @@ class FaultSchedule:
                 return Injection(kind.value, delay=self.client_timeout + 0.1, serve=False, answer=False)
             case FaultKind.LOST_ANSWER:
                 return Injection(kind.value, answer=False)
+            case FaultKind.LATE_WRITE:
+                return Injection(kind.value, delay=self.client_timeout + 0.1, answer=False)
             case FaultKind.WATCH_DROPPED:
                 return Injection(kind.value, watch_end="drop")
             case FaultKind.WATCH_EXPIRED:

@@ -25,7 +25,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from controller.api.names import ROLLOUT_LABEL
-from controller.engine.record import STATUS_BYTES_LIMIT, WEIGHTS_LIMIT
+from controller.engine.record import ANALYSES_LIMIT, STATUS_BYTES_LIMIT, WEIGHTS_LIMIT
 from controller.judge.machine import HISTORY_LIMIT
 from controller.sandbox.chaos.faults import FaultKind, FaultSchedule
 from controller.sandbox.chaos.invariants import InvariantChecker, restore_problem, wrong_outcome
@@ -143,15 +143,18 @@ def test_a_route_to_an_unknown_subset_is_caught() -> None:
 
 
 @pytest.mark.parametrize(
-    ("log", "entries"), [("history", HISTORY_LIMIT + 1), ("weights", WEIGHTS_LIMIT + 1), ("analyses", 121)]
+    ("log", "limit"), [("history", HISTORY_LIMIT), ("weights", WEIGHTS_LIMIT), ("analyses", ANALYSES_LIMIT)]
 )
-def test_a_log_over_its_bound_is_caught(log: str, entries: int) -> None:
+def test_a_log_over_its_bound_is_caught(log: str, limit: int) -> None:
     writes = clean_writes()
     status = writes[4][1]["status"]
-    status[log] = [*status.get(log, []), *([{"at": AT[1], "canaryWeight": 25}] * entries)][-entries:]
-    if log == "history":
-        status["history"] = [*status["history"], *[transition("Hold", AT[2], 25)] * (entries - 2)]
-    assert "status-bounds" in broken(writes)
+    if log == "history":  # appended, as it must be, but one entry too many
+        status["history"] = [*status["history"], *[transition("Hold", AT[2], 25)] * (limit - 1)]
+    else:
+        status[log] = [{"at": AT[1], "canaryWeight": 25}] * (limit + 1)
+    assert broken(writes) == {"status-bounds"}
+    status[log] = status[log][1:]  # at the bound: fine
+    assert broken(writes) == set()
 
 
 def test_a_status_over_its_bytes_is_caught() -> None:

@@ -51,6 +51,7 @@ from controller.edges.kube import KubeCluster
 from controller.engine.ports import EdgeFailure
 from controller.engine.reconcile import Outcome, reconcile
 from controller.metrics.samples import CountSeries, HistogramSeries, MetricData, Observation, Window
+from controller.sandbox.chaos.truth import EDGES, HEALTHY
 from controller.traffic.templating import default_environment
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -155,8 +156,6 @@ def connect(api: FakeApi, workdir: Path) -> KubeCluster:
 
 # --- synthetic metrics -------------------------------------------------------------------------
 
-EDGES = (0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, math.inf)
-HEALTHY = (0.0, 0.0, 0.0, 0.02, 0.25, 0.6, 0.93, 0.995, 0.9995, 1.0, 1.0, 1.0, 1.0, 1.0)  # cumulative shares
 CANARY_PER_WINDOW = 2_000
 
 

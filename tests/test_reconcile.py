@@ -26,15 +26,13 @@ from controller.engine.ports import ClusterUnavailableError, EdgeFailure
 from controller.engine.reconcile import Outcome, analysis_windows, reconcile
 from controller.engine.record import ANALYSES_LIMIT, from_status, to_status
 from controller.metrics.samples import CountSeries, HistogramSeries, MetricData, Observation, Window
+from controller.sandbox.chaos.truth import EDGES, HEALTHY, SLOW
 from controller.traffic.templating import default_environment
 from tests.memory_cluster import MemoryCluster
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICY = yaml.safe_load((ROOT / "policies/fraud-detector-istio.yaml").read_text())
 ENV = default_environment()
-EDGES = (0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, math.inf)
-HEALTHY = (0.0, 0.0, 0.0, 0.02, 0.25, 0.6, 0.93, 0.995, 0.9995, 1.0, 1.0, 1.0, 1.0, 1.0)  # cumulative shares
-SLOW = (0.0, 0.0, 0.0, 0.0, 0.02, 0.2, 0.6, 0.9, 0.99, 1.0, 1.0, 1.0, 1.0, 1.0)
 RPS = 200
 T0 = 1_800_000_000.0  # on the minute grid
 

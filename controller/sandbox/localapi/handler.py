@@ -16,7 +16,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
-from controller.sandbox.localapi.calls import Request
+from controller.sandbox.localapi.calls import Injection, Request
 from controller.sandbox.localapi.documents import ApiError
 
 if TYPE_CHECKING:
@@ -46,21 +46,24 @@ class RequestHandler(BaseHTTPRequestHandler):
                 raise ApiError(400, "the body of the request could not be decoded as JSON") from None
             caller = fake.authenticate(self.headers.get("Authorization"), self.headers.get("User-Agent"), query)
             request.user = caller.user
-            fault = fake.take_fault(method, url.path)
-            if fault is not None:
-                time.sleep(fault.delay)
-                if fault.retry_after is not None:
-                    headers["Retry-After"] = str(fault.retry_after)
-                if fault.code is not None:
-                    raise ApiError(fault.code, f"injected fault: {fault.code}")
+            injection = _injected(fake, method, url.path, query, headers)
+            if injection is not None and not injection.serve:  # the client gave up waiting: nothing done or said
+                self._unanswered(fake, request)
+                return
             if method == "GET" and query.get("watch") in ("true", "1"):
                 route = fake.route(url.path)
                 request.code = 200
                 fake.record(request)
-                self._stream(fake.watch(route, query))
+                self._stream(
+                    _ended(injection.watch_end) if injection and injection.watch_end else fake.watch(route, query)
+                )
                 return
             content_type = self.headers.get("Content-Type", "")
             code, payload = fake.handle(method, url.path, query, request.body, content_type, caller=caller)
+            if injection is not None and not injection.answer:  # done, but the answer is lost
+                request.code = code
+                self._unanswered(fake, request)
+                return
         except ApiError as error:
             code, payload = error.code, error.status()
         request.code = code
@@ -76,6 +79,12 @@ class RequestHandler(BaseHTTPRequestHandler):
             self.wfile.write(data)
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle  # noqa: N815  (http.server's names)
+
+    def _unanswered(self, fake: LocalApiServer, request: Request) -> None:
+        """Record ``request`` and close the connection without a word (its ``code`` is what it would
+        have answered, 0 when it was not served)."""
+        fake.record(request)
+        self.close_connection = True
 
     def _stream(self, events: Iterator[dict[str, Any]]) -> None:
         self.close_connection = True
@@ -95,3 +104,31 @@ class RequestHandler(BaseHTTPRequestHandler):
             self.wfile.flush()
         except (BrokenPipeError, ConnectionResetError):
             pass
+
+
+def _injected(
+    fake: LocalApiServer, method: str, path: str, query: dict[str, str], headers: dict[str, str]
+) -> Injection | None:
+    """Play the faults for one request: a :meth:`LocalApiServer.fail` fault, then the request filter's
+    injection (its delay and error answer here; the rest is the caller's). Raises the error answer."""
+    fault = fake.take_fault(method, path)
+    if fault is not None:
+        time.sleep(fault.delay)
+        if fault.retry_after is not None:
+            headers["Retry-After"] = str(fault.retry_after)
+        if fault.code is not None:
+            raise ApiError(fault.code, f"injected fault: {fault.code}")
+    injection = fake.request_filter(method, path, query) if fake.request_filter is not None else None
+    if injection is not None:
+        time.sleep(injection.delay)
+        if injection.retry_after is not None:
+            headers["Retry-After"] = str(injection.retry_after)
+        if injection.code is not None:
+            raise ApiError(injection.code, f"injected fault: {injection.kind}")
+    return injection
+
+
+def _ended(how: str) -> Iterator[dict[str, Any]]:
+    """A watch that ends at once: dropped (no event), or expired (a 410 ERROR event)."""
+    if how == "expire":
+        yield {"type": "ERROR", "object": ApiError(410, "too old resource version (injected)").status()}

@@ -33,7 +33,9 @@ against a mock of the client's methods:
 
 For tests and the demo: :attr:`LocalApiServer.log` records every request in order (method, path, body, answer
 code), :meth:`LocalApiServer.fail` injects faults (the next N matching requests answer a code and/or
-are delayed), :meth:`LocalApiServer.seed` puts objects in directly (status included), and
+are delayed), :attr:`LocalApiServer.request_filter` lets a fault schedule answer any request (see
+:class:`~controller.sandbox.localapi.calls.Injection`), :attr:`LocalApiServer.write_observer` sees
+every accepted write, :meth:`LocalApiServer.seed` puts objects in directly (status included), and
 ``istio_status=True`` plays istiod writing the ``Reconciled`` condition after each Istio write.
 
 Not supported: namespaces as objects, admission and schema validation, defaulting, server-side
@@ -60,7 +62,7 @@ from typing import Any
 
 from kubernetes import client
 
-from controller.sandbox.localapi.calls import ANONYMOUS, Caller, Fault, Request
+from controller.sandbox.localapi.calls import ANONYMOUS, Caller, Fault, Request, RequestFilter, WriteObserver
 from controller.sandbox.localapi.documents import ApiError
 from controller.sandbox.localapi.handler import RequestHandler
 from controller.sandbox.localapi.resources import RESOURCES, Key, Route, now
@@ -78,6 +80,10 @@ class LocalApiServer(ObjectStore):
     objects: dict[Key, dict[str, Any]] = field(default_factory=dict)
     log: list[Request] = field(default_factory=list)
     faults: list[Fault] = field(default_factory=list)
+    #: A fault schedule consulted for every request (controller.sandbox.chaos); None: no such faults.
+    request_filter: RequestFilter | None = None
+    #: Sees every write the store accepts (controller.sandbox.chaos's invariants); None: nobody does.
+    write_observer: WriteObserver | None = None
     resource_version: int = 0
     compacted: int = 0
     history: list[tuple[int, str, Key, dict[str, Any]]] = field(default_factory=list)

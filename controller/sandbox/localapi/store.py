@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+from controller.sandbox.localapi.calls import WriteObserver
 from controller.sandbox.localapi.documents import (
     ApiError,
     field_matcher,
@@ -44,6 +45,7 @@ class ObjectStore:
     history: list[tuple[int, str, Key, dict[str, Any]]]
     cond: threading.Condition
     stopping: bool
+    write_observer: WriteObserver | None
 
     def _out(self, route: Route, obj: dict[str, Any]) -> dict[str, Any]:
         return {**copy.deepcopy(obj), "apiVersion": route.api_version, "kind": route.resource.kind}
@@ -63,6 +65,8 @@ class ObjectStore:
         else:
             self.objects[key] = obj
         self.history.append((self.resource_version, kind, key, copy.deepcopy(obj)))
+        if self.write_observer is not None:
+            self.write_observer(self.resource_version, kind, key, self.history[-1][3])
         self.cond.notify_all()
         return obj
 

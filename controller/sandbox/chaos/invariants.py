@@ -1,0 +1,249 @@
+"""canarist's promises, checked on every write the local API stand-in accepts and at the end of a run.
+
+:class:`InvariantChecker` is a :data:`~controller.sandbox.localapi.calls.WriteObserver`: plugged into
+``LocalApiServer.write_observer``, it sees each accepted write (in resourceVersion order, with the
+store's lock held) and keeps its own view of the objects. On every write:
+
+- ``weights``: every weighted HTTP route of a VirtualService has integer weights summing to 100;
+- ``make-before-break``: no route names a subset that the DestinationRules already stored (for its
+  host, short names resolved in the namespace) do not define, neither when the VirtualService is
+  written nor when a DestinationRule changes under it;
+- ``status-bounds``: the status' logs within engine/record's limits, the status within its bytes;
+- ``history-append-only``: the status history only grows (its oldest entries dropped only at its
+  bound), unless the canary revision changed (a new canary starts afresh);
+- ``promotion-without-evidence``: an Advance or Promote is recorded only with the analysis that
+  allowed it (recorded in the same write, no metric failing) or a human command acted on;
+- ``promotion-before-record``: a VirtualService gives the canary more weight only once the rollout's
+  status records that weight (the decision is recorded before its routes move);
+- ``succeeded-without-promote``: a rollout reaches Succeeded only with a Promote in its history.
+
+Each violation is one line: invariant, object, write number (the resourceVersion), detail. At the end
+of a run, :func:`wrong_outcome` judges a rollout's phase against the truth of its canary and
+:func:`restore_problem` an adopted object against the user's original.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from controller.api.names import ADOPTED_LABEL, ROLLOUT_LABEL
+from controller.engine.record import ANALYSES_LIMIT, DISTRIBUTIONS_LIMIT, STATUS_BYTES_LIMIT, WEIGHTS_LIMIT
+from controller.judge.machine import HISTORY_LIMIT
+from controller.traffic.adopt import fqdn
+
+Key = tuple[str, str, str, str]  # group, plural, namespace, name
+ISTIO = "networking.istio.io"
+ROLLOUTS = ("canarist.io", "modelrollouts")
+LOG_LIMITS = {"history": HISTORY_LIMIT, "weights": WEIGHTS_LIMIT, "analyses": ANALYSES_LIMIT}
+LOG_LIMITS["distributions"] = DISTRIBUTIONS_LIMIT
+PROMOTIONS = ("Advance", "Promote")
+
+
+@dataclass(frozen=True)
+class Violation:
+    invariant: str
+    object: str  # "plural namespace/name"
+    write: int  # the resourceVersion of the write
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.invariant}: {self.object} at write {self.write}: {self.detail}"
+
+
+def _dicts(value: Any) -> list[dict[str, Any]]:
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+
+
+def _size(value: Any) -> int:
+    return len(json.dumps(value, separators=(",", ":"), allow_nan=True, ensure_ascii=False).encode())
+
+
+@dataclass
+class InvariantChecker:
+    """Checks each accepted write against the objects stored before it (see the module docstring)."""
+
+    view: dict[Key, dict[str, Any]] = field(default_factory=dict)
+    writes: int = 0
+    violations: list[Violation] = field(default_factory=list)
+    #: The canary weight each VirtualService gave when last written.
+    canary_weights: dict[Key, int] = field(default_factory=dict)
+
+    def __call__(self, version: int, event: str, key: Key, obj: dict[str, Any]) -> None:
+        self.writes += 1
+        try:
+            if event != "DELETED":
+                self._check(version, key, obj)
+        except Exception as exc:  # a checker that cannot read a write says so, and never breaks the server
+            self._violate("checker-error", key, version, f"{type(exc).__name__}: {exc}")
+        if event == "DELETED":
+            self.view.pop(key, None)
+        else:
+            self.view[key] = obj
+        if key[:2] == (ISTIO, "destinationrules"):
+            for other, stored in list(self.view.items()):
+                if other[:3] == (ISTIO, "virtualservices", key[2]):
+                    self._subsets(version, other, stored)
+
+    def _violate(self, invariant: str, key: Key, version: int, detail: str) -> None:
+        self.violations.append(Violation(invariant, f"{key[1]} {key[2]}/{key[3]}", version, detail))
+
+    def _check(self, version: int, key: Key, obj: dict[str, Any]) -> None:
+        if key[:2] == (ISTIO, "virtualservices"):
+            self._weights(version, key, obj)
+            self._subsets(version, key, obj)
+            self._promotion(version, key, obj)
+        elif key[:2] == ROLLOUTS:
+            self._status(version, key, obj)
+
+    # --- routes ---
+
+    def _weights(self, version: int, key: Key, obj: dict[str, Any]) -> None:
+        for index, route in enumerate(_dicts((obj.get("spec") or {}).get("http"))):
+            destinations = _dicts(route.get("route"))
+            weights = [d.get("weight", 100 if len(destinations) == 1 else None) for d in destinations]
+            integral = all(isinstance(w, int) and not isinstance(w, bool) and 0 <= w <= 100 for w in weights)
+            if destinations and (not integral or sum(w for w in weights if isinstance(w, int)) != 100):
+                self._violate(
+                    "weights", key, version, f"http[{index}] weights {weights} are not integers summing to 100"
+                )
+
+    def _defined(self, namespace: str) -> dict[str, set[str]]:
+        """Subset names per host (as Istio resolves it) over the DestinationRules stored in ``namespace``."""
+        defined: dict[str, set[str]] = {}
+        for key, stored in self.view.items():
+            if key[:3] == (ISTIO, "destinationrules", namespace):
+                spec = stored.get("spec") or {}
+                names = {str(s.get("name")) for s in _dicts(spec.get("subsets"))}
+                defined.setdefault(fqdn(str(spec.get("host", "")), namespace), set()).update(names)
+        return defined
+
+    def _subsets(self, version: int, key: Key, obj: dict[str, Any]) -> None:
+        defined = self._defined(key[2])
+        for index, route in enumerate(_dicts((obj.get("spec") or {}).get("http"))):
+            targets = [d.get("destination") or {} for d in _dicts(route.get("route"))]
+            targets += [route["mirror"]] if isinstance(route.get("mirror"), dict) else []
+            for target in targets:
+                subset, host = target.get("subset"), fqdn(str(target.get("host", "")), key[2])
+                if subset is not None and subset not in defined.get(host, set()):
+                    detail = (
+                        f"http[{index}] routes to subset {subset!r} of {host}, which no stored DestinationRule defines"
+                    )
+                    self._violate("make-before-break", key, version, detail)
+
+    def _promotion(self, version: int, key: Key, obj: dict[str, Any]) -> None:
+        labels = (obj.get("metadata") or {}).get("labels") or {}
+        name = labels.get(ROLLOUT_LABEL) or labels.get(ADOPTED_LABEL)
+        rollout = self.view.get((*ROLLOUTS, key[2], str(name))) if name else None
+        if rollout is None:
+            return
+        weight = canary_weight(rollout, obj)
+        before, self.canary_weights[key] = self.canary_weights.get(key, 0), weight
+        recorded = (rollout.get("status") or {}).get("canaryWeight")
+        if weight > before and (not isinstance(recorded, int) or weight > recorded):
+            detail = f"canary weight {before} -> {weight} while the status records {recorded}"
+            self._violate("promotion-before-record", key, version, detail)
+
+    # --- the rollout's status ---
+
+    def _status(self, version: int, key: Key, obj: dict[str, Any]) -> None:
+        new, old = _status_of(obj), _status_of(self.view.get(key))
+        if new == old:
+            return
+        for log, limit in LOG_LIMITS.items():
+            if len(_dicts(new.get(log))) > limit:
+                self._violate("status-bounds", key, version, f"{log} holds {len(new[log])} entries (limit {limit})")
+        size = _size(new)
+        if size > STATUS_BYTES_LIMIT:
+            self._violate("status-bounds", key, version, f"status is {size} bytes (limit {STATUS_BYTES_LIMIT})")
+        appended = self._history(version, key, old, new, near_bound=size > STATUS_BYTES_LIMIT * 0.8)
+        for transition in appended:
+            if transition.get("action") in PROMOTIONS and not _allowed(transition, old, new):
+                detail = (
+                    f"{transition.get('action')} at {transition.get('at')} without an analysis or command allowing it"
+                )
+                self._violate("promotion-without-evidence", key, version, detail)
+        history = _dicts(new.get("history"))
+        if new.get("phase") == "Succeeded" and not any(t.get("action") == "Promote" for t in history):
+            self._violate("succeeded-without-promote", key, version, "phase Succeeded with no Promote in the history")
+
+    def _history(
+        self, version: int, key: Key, old: Mapping[str, Any], new: Mapping[str, Any], *, near_bound: bool
+    ) -> list[dict[str, Any]]:
+        """The transitions ``new`` appends to ``old``'s history; a violation if it rewrites any."""
+        before, after = _dicts(old.get("history")), _dicts(new.get("history"))
+        if old.get("canaryRevision") not in (None, new.get("canaryRevision")):
+            return after  # a new canary: its history starts afresh
+        if after[: len(before)] == before:
+            return after[len(before) :]
+        at_bound = len(after) >= HISTORY_LIMIT or near_bound
+        for dropped in range(1, len(before) + 1):  # the oldest entries shed at the bound
+            kept = before[dropped:]
+            if at_bound and after[: len(kept)] == kept and len(after) >= len(kept):
+                return after[len(kept) :]
+        detail = f"history of {len(before)} entries rewritten as {len(after)} (not only appended)"
+        self._violate("history-append-only", key, version, detail)
+        return []
+
+
+def _status_of(obj: Mapping[str, Any] | None) -> dict[str, Any]:
+    status = (obj or {}).get("status")
+    return status if isinstance(status, dict) else {}
+
+
+def _allowed(transition: Mapping[str, Any], old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """Whether the write recording ``transition`` records what allowed it: this write's analysis with
+    no metric failing, or a human command acted on in this write."""
+    if new.get("lastCommandId") and new.get("lastCommandId") != old.get("lastCommandId"):
+        return True
+    failing = any(m.get("verdict") == "Fail" for m in _dicts(new.get("metrics")))
+    return new.get("lastAnalysisAt") == transition.get("at") and not failing
+
+
+def canary_weight(rollout: Mapping[str, Any], service: Mapping[str, Any]) -> int:
+    """The most weight any HTTP route of ``service`` gives the rollout's canary subset."""
+    spec = rollout.get("spec") or {}
+    namespace = str((rollout.get("metadata") or {}).get("namespace", ""))
+    host = spec.get("service", {}).get("host") or fqdn(str(spec.get("service", {}).get("name", "")), namespace)
+    canary = (spec.get("canary") or {}).get("name")
+    best = 0
+    for route in _dicts((service.get("spec") or {}).get("http")):
+        destinations = _dicts(route.get("route"))
+        total = 0
+        for d in destinations:
+            target = d.get("destination") or {}
+            if target.get("subset") == canary and fqdn(str(target.get("host", "")), namespace) == host:
+                weight = d.get("weight", 100 if len(destinations) == 1 else 0)
+                total += weight if isinstance(weight, int) else 0
+        best = max(best, total)
+    return best
+
+
+def wrong_outcome(truth: str, rollout: Mapping[str, Any] | None) -> str | None:
+    """Why the rollout's end is wrong for its canary's truth (``good``: Succeeded; any other: rolled
+    back to Failed), or None when it is right."""
+    status = (rollout or {}).get("status") or {}
+    phase = status.get("phase")
+    if truth == "good":
+        return None if phase == "Succeeded" else f"a good canary ended {phase}: {status.get('message')}"
+    rolled_back = any(t.get("action") == "Rollback" for t in _dicts(status.get("history")))
+    if phase == "Failed" and rolled_back:
+        return None
+    return f"a {truth} canary ended {phase} (rolled back: {rolled_back}): {status.get('message')}"
+
+
+def restore_problem(original: Mapping[str, Any], current: Mapping[str, Any] | None) -> str | None:
+    """How an adopted object differs from the user's original after its rollout was deleted (its
+    spec, labels and annotations must be the user's again), or None."""
+    if current is None:
+        return "the user's object is gone"
+    for part in ("labels", "annotations"):
+        want = (original.get("metadata") or {}).get(part) or {}
+        have = (current.get("metadata") or {}).get(part) or {}
+        if want != have:
+            return f"metadata.{part} is {have}, not the user's {want}"
+    if original.get("spec") != current.get("spec"):
+        return f"spec is {json.dumps(current.get('spec'))}, not the user's {json.dumps(original.get('spec'))}"
+    return None

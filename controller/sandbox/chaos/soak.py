@@ -1,0 +1,239 @@
+"""The chaos soak: whole rollouts driven by the real controller through a faulty Kubernetes API.
+
+One run (:func:`run_soak`): a local API stand-in with a seeded :class:`FaultSchedule` and an
+:class:`InvariantChecker` on every write; ``rollouts`` ModelRollouts in one namespace, a mix of
+good, regressing and SLO-breaching canaries (:mod:`controller.sandbox.chaos.truth`), a third of them
+on the user's own routes (adopted); the real :class:`~controller.manager.loop.Manager` and
+:class:`~controller.edges.kube.KubeCluster` (the official client over HTTP) with a
+:class:`TruthMetrics` source, on a virtual clock that moves ``tick`` seconds per pass, so an hour of
+rollouts takes seconds. Every few passes the manager also watches (one real second).
+
+Crashes: before any edge call, with probability ``crash_rate``, the controller "dies"
+(:class:`ControllerCrash`, which no ``except Exception`` catches): the pass is abandoned wherever it
+was, and a fresh Manager with a fresh client takes over, knowing only what the API says (as after
+``kill -9``). When every rollout has ended (or the time is up), their outcomes are judged against
+their truth; then every rollout is deleted and the adopted objects must be the user's again.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from controller.api.model import GROUP, PLURAL, VERSION
+from controller.edges.kube import KubeCluster
+from controller.edges.kube.client import retry_policy
+from controller.manager.loop import Manager
+from controller.sandbox.chaos.faults import FaultSchedule
+from controller.sandbox.chaos.invariants import InvariantChecker, restore_problem, wrong_outcome
+from controller.sandbox.chaos.truth import (
+    NAMESPACE,
+    TRUTHS,
+    TruthMetrics,
+    policy,
+    ready_pods,
+    rollout_name,
+    user_objects,
+)
+from controller.sandbox.localapi import LocalApiServer, local_api_server
+from controller.traffic.templating import default_environment
+
+T = TypeVar("T")
+T0 = 1_800_000_000.0  # on the minute grid
+FINAL_PHASES = ("Succeeded", "Failed")
+
+
+class ControllerCrash(BaseException):
+    """The controller process dies here (a BaseException: the loop's ``except Exception`` lets it through)."""
+
+
+class CrashingCluster(KubeCluster):
+    """The Kubernetes edge of a controller that may die before any call it makes (``crash_rate`` each)."""
+
+    def __init__(self, api_client: Any, *, rng: random.Random, crash_rate: float, request_timeout: float) -> None:
+        super().__init__(api_client, propagation_delay=0.0, request_timeout=request_timeout)
+        self.rng, self.crash_rate = rng, crash_rate
+
+    def _call(self, what: str, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        if self.crash_rate and self.rng.random() < self.crash_rate:
+            raise ControllerCrash(what)
+        return super()._call(what, fn, *args, **kwargs)
+
+
+@dataclass
+class VirtualClock:
+    now: float = T0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass(frozen=True)
+class SoakConfig:
+    rollouts: int = 6
+    seed: int = 0
+    #: Probability that a request gets a fault (a watch: :attr:`FaultSchedule.watch_rate`); 0: none.
+    fault_rate: float = 0.05
+    #: Probability that the controller dies before an edge call.
+    crash_rate: float = 0.01
+    tick: float = 30.0
+    #: Virtual minutes the rollouts get to end.
+    minutes: float = 90.0
+    #: The manager watches (one real second) every this many passes; 0: never.
+    watch_every: int = 8
+    client_timeout: float = 0.5
+
+
+@dataclass
+class SoakResult:
+    config: SoakConfig
+    truths: dict[str, str]
+    adopted: list[str]
+    faults: Counter[str]
+    restarts: int
+    writes_checked: int
+    violations: list[str]
+    #: A rollout that ended against its truth (a good canary rolled back, a bad one promoted).
+    wrong_outcomes: list[str]
+    #: A rollout that had not ended when the time was up (liveness, not safety).
+    unfinished: list[str]
+    #: A deleted rollout not released, or an adopted object not restored to the user's.
+    not_restored: list[str]
+    #: Virtual minutes from the start to each rollout's end (absent: it never ended).
+    minutes_to_end: dict[str, float]
+    seconds: float
+    phases: dict[str, str] = field(default_factory=dict)
+
+
+def truth_of(index: int, seed: int) -> str:
+    """The mix: good, regressing and SLO-breaching canaries in turn, the order shifted by the seed."""
+    return TRUTHS[(index + seed) % len(TRUTHS)]
+
+
+def run_soak(config: SoakConfig) -> SoakResult:
+    """One seeded run (see the module docstring)."""
+    began = time.monotonic()
+    checker = InvariantChecker()
+    schedule = FaultSchedule(config.seed, rate=config.fault_rate, client_timeout=config.client_timeout)
+    crash_rng = random.Random(f"crash-{config.seed}")
+    truths = {f"{NAMESPACE}/{rollout_name(i)}": truth_of(i, config.seed) for i in range(config.rollouts)}
+    adopted = [rollout_name(i) for i in range(config.rollouts) if (i + config.seed) % 3 == 1]
+    with local_api_server() as api:
+        api.write_observer = checker
+        originals = _seed(api, config.rollouts, adopted)
+        if config.fault_rate > 0:
+            api.request_filter = schedule
+        clock = VirtualClock()
+        restarts = 0
+
+        def fresh() -> Manager:
+            client = api.make_client(retries=retry_policy())
+            crash_rate = config.crash_rate
+            cluster = CrashingCluster(
+                client, rng=crash_rng, crash_rate=crash_rate, request_timeout=config.client_timeout
+            )
+            return Manager(cluster, TruthMetrics(truths), default_environment(), clock, namespace=NAMESPACE)
+
+        manager, passes = fresh(), 0
+        ended: dict[str, float] = {}
+        while clock.now < T0 + config.minutes * 60 and len(ended) < len(truths):
+            try:
+                manager.tick()
+                if config.watch_every and passes % config.watch_every == config.watch_every - 1:
+                    manager.watch(1)
+            except ControllerCrash:
+                restarts += 1
+                manager = fresh()
+            passes += 1
+            for key, phase in _phases(api).items():
+                if phase in FINAL_PHASES and key not in ended:
+                    ended[key] = (clock.now - T0) / 60
+            clock.now += config.tick
+        phases = _phases(api)
+        unfinished = [f"{key}: {truths[key]} canary still {phase}" for key, phase in phases.items() if key not in ended]
+        wrong = [
+            f"{key}: {problem}"
+            for key in ended
+            if (problem := wrong_outcome(truths[key], _rollout(api, key))) is not None
+        ]
+        restarts += _delete_all(api, manager, clock, config, fresh)
+        not_restored = _restored(api, originals)
+        api.request_filter = None
+    return SoakResult(
+        config=config,
+        truths=truths,
+        adopted=adopted,
+        faults=schedule.injected,
+        restarts=restarts,
+        writes_checked=checker.writes,
+        violations=[str(v) for v in checker.violations],
+        wrong_outcomes=wrong,
+        unfinished=unfinished,
+        not_restored=not_restored,
+        minutes_to_end=ended,
+        seconds=time.monotonic() - began,
+        phases=phases,
+    )
+
+
+def _seed(api: LocalApiServer, rollouts: int, adopted: list[str]) -> dict[tuple[str, str], dict[str, Any]]:
+    """Pods, the user's own routes (returned as stored, by (plural, name)) and the rollouts."""
+    originals = {}
+    for index in range(rollouts):
+        for pod in ready_pods(index):
+            api.seed(pod)
+        if rollout_name(index) in adopted:
+            for obj in user_objects(index):
+                stored = api.seed(obj)
+                originals[(f"{obj['kind'].lower()}s", stored["metadata"]["name"])] = stored
+        api.seed(policy(index))
+    return originals
+
+
+def _rollout(api: LocalApiServer, key: str) -> dict[str, Any] | None:
+    namespace, _, name = key.partition("/")
+    return api.get(GROUP, PLURAL, namespace, name)
+
+
+def _phases(api: LocalApiServer) -> dict[str, str]:
+    with api.cond:
+        return {
+            f"{k[2]}/{k[3]}": str((o.get("status") or {}).get("phase"))
+            for k, o in api.objects.items()
+            if k[:2] == (GROUP, PLURAL)
+        }
+
+
+def _delete_all(
+    api: LocalApiServer, manager: Manager, clock: VirtualClock, config: SoakConfig, fresh: Callable[[], Manager]
+) -> int:
+    """Delete every rollout (as ``kubectl delete`` would) and let the controller release their routes;
+    returns the restarts on the way. Rollouts still there after 40 passes are left for the caller to find."""
+    for name in sorted(_phases(api)):
+        path = f"/apis/{GROUP}/{VERSION}/namespaces/{NAMESPACE}/{PLURAL}/{name.partition('/')[2]}"
+        api.handle("DELETE", path, {}, None, "")
+    restarts = 0
+    for _ in range(40):
+        if not _phases(api):
+            break
+        try:
+            manager.tick()
+        except ControllerCrash:
+            restarts += 1
+            manager = fresh()
+        clock.now += config.tick
+    return restarts
+
+
+def _restored(api: LocalApiServer, originals: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
+    """The rollouts not released and the adopted objects not restored, one line each."""
+    problems = [f"{key}: still there after deletion" for key in _phases(api)]
+    for (plural, name), original in sorted(originals.items()):
+        current = api.get("networking.istio.io", plural, NAMESPACE, name)
+        if (problem := restore_problem(original, current)) is not None:
+            problems.append(f"{plural} {NAMESPACE}/{name} not restored: {problem}")
+    return problems

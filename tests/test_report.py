@@ -29,7 +29,7 @@ from controller.cli import cluster_commands
 from controller.engine.reconcile import parse
 from controller.engine.record import ANALYSES_LIMIT
 from controller.report.drawing import draw_weights, estimate_limits
-from controller.report.page import ReportError, build_report, policy_of, read_object, rollout_object
+from controller.report.page import ReportError, build_report, read_object, rollout_object
 from controller.report.series import (
     EstimatePath,
     Mark,
@@ -420,14 +420,15 @@ def test_a_status_missing_every_optional_field_gives_a_page_of_notes(tmp_path: P
     assert page.count("Not drawn:") == 4 and "No decision recorded" in page and "Progressing" in page
 
 
-def test_the_spec_is_validated_as_the_controller_validates_it() -> None:
-    good = rolled_back()
-    mine, theirs = policy_of(good)[0], parse(good)[0]
-    assert mine is not None and theirs is not None and mine.spec == theirs.spec
+def test_the_spec_is_validated_as_the_controller_validates_it(tmp_path: Path) -> None:
+    assert not any("does not validate" for n in build_report(rolled_back(), tmp_path / "good").notes)
     for path, value in ((("strategy", "interval"), "soon"), (("analysis", "alpha"), 7), (("service", "port"), 0)):
         bad = rolled_back()
         bad["spec"][path[0]][path[1]] = value
-        assert policy_of(bad) == parse(bad) and policy_of(bad)[0] is None
+        rollout, problem = parse(bad)
+        assert rollout is None and problem
+        notes = build_report(bad, tmp_path / path[1]).notes
+        assert any(f"the spec does not validate ({problem})" in n for n in notes), notes
 
 
 # --- the page ---------------------------------------------------------------------------------

@@ -104,12 +104,6 @@ def rollout_object(doc: Any, source: str = "input") -> dict[str, Any]:
     return dict(doc)
 
 
-def policy_of(obj: Mapping[str, Any]) -> tuple[ModelRollout | None, str]:
-    """The spec validated as the controller does (:func:`controller.api.load.from_object`), or its
-    first problem."""
-    return from_object(obj)
-
-
 # --- the report -------------------------------------------------------------------------------
 
 
@@ -119,7 +113,7 @@ def build_report(obj: Mapping[str, Any], out: Path) -> Report:
     key = f"{metadata.get('namespace', 'default')}/{metadata.get('name', '(unnamed)')}"
     obj = rollout_object(obj, f"modelrollout {key}")
     status, spec = RolloutStatus.read(obj["status"]), obj["spec"]
-    rollout, problem = policy_of(obj)
+    rollout, problem = from_object(obj)  # the spec judged as the controller judges it
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

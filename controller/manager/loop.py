@@ -8,6 +8,7 @@ keeps its lease renewed or waits for it. Time is injected so tests can drive the
 from __future__ import annotations
 
 import logging
+import random
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -78,6 +79,9 @@ class Manager:
     tick_deadline: float = 60.0
     #: Seconds of lease a reconcile needs left to start (each write is fenced on its own as well).
     act_budget: float = 0.5
+    #: Orders rollouts equally due, as those a fresh controller has never reconciled: at random, so a
+    #: controller that keeps dying mid-pass does not spend every life on the same first few by name.
+    rng: random.Random = field(default_factory=random.Random)
 
     def __post_init__(self) -> None:
         if self.elector is not None:  # no write may leave once the lease may have been lost
@@ -98,7 +102,9 @@ class Manager:
             return []
         outcomes: list[Outcome] = []
         present = set()
-        for obj in sorted(objects, key=lambda o: self.due.get(_key(o), 0.0)):  # the longest waiting first
+        waiting = list(objects)
+        self.rng.shuffle(waiting)  # ties in random order: the sort below keeps it
+        for obj in sorted(waiting, key=lambda o: self.due.get(_key(o), 0.0)):  # the longest waiting first
             key = _key(obj)
             present.add(key)
             # the first due rollout always starts (progress), the others only before the deadline

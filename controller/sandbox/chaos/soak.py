@@ -120,6 +120,7 @@ def run_soak(config: SoakConfig) -> SoakResult:
     checker = InvariantChecker()
     schedule = FaultSchedule(config.seed, rate=config.fault_rate, client_timeout=config.client_timeout)
     crash_rng = random.Random(f"crash-{config.seed}")
+    order_rng = random.Random(f"order-{config.seed}")  # each fresh controller's order of equally due rollouts
     truths = {f"{NAMESPACE}/{rollout_name(i)}": truth_of(i, config.seed) for i in range(config.rollouts)}
     adopted = [rollout_name(i) for i in range(config.rollouts) if (i + config.seed) % 3 == 1]
     with local_api_server() as api:
@@ -136,7 +137,9 @@ def run_soak(config: SoakConfig) -> SoakResult:
             cluster = CrashingCluster(
                 client, rng=crash_rng, crash_rate=crash_rate, request_timeout=config.client_timeout
             )
-            return Manager(cluster, TruthMetrics(truths), default_environment(), clock, namespace=NAMESPACE)
+            return Manager(
+                cluster, TruthMetrics(truths), default_environment(), clock, namespace=NAMESPACE, rng=order_rng
+            )
 
         manager, passes = fresh(), 0
         ended: dict[str, float] = {}

@@ -58,7 +58,7 @@ def summary(results: Sequence[SoakResult], extra: Sequence[float], calm_seconds:
         name: [line for r in results for line in getattr(r, name)]
         for name in ("violations", "wrong_outcomes", "unfinished", "not_restored")
     }
-    ordered = sorted(extra)
+    breach = [seconds for r in results for seconds in r.breach_seconds.values()]
     return {
         "runs": len(results),
         "rollouts": sum(len(r.truths) for r in results),
@@ -69,18 +69,27 @@ def summary(results: Sequence[SoakResult], extra: Sequence[float], calm_seconds:
         "restarts": sum(r.restarts for r in results),
         "writes_checked": sum(r.writes_checked for r in results),
         **{name: len(found) for name, found in lines.items()},
-        "extra_minutes": {
-            "mean": round(statistics.fmean(ordered), 2) if ordered else None,
-            "p90": round(ordered[int(0.9 * (len(ordered) - 1))], 2) if ordered else None,
-            "max": round(ordered[-1], 2) if ordered else None,
-        },
+        "extra_minutes": spread(extra),
+        "slo_breach_rollback_seconds": spread(breach),
         "seconds": {"with_faults": round(sum(r.seconds for r in results), 1), "without": round(calm_seconds, 1)},
         "found": {name: found for name, found in lines.items() if found},
     }
 
 
+def spread(values: Sequence[float]) -> dict[str, float | None]:
+    """Mean, 90th percentile and maximum (None for no values)."""
+    ordered = sorted(values)
+    if not ordered:
+        return dict.fromkeys(("mean", "p90", "max"))
+    return {
+        "mean": round(statistics.fmean(ordered), 2),
+        "p90": round(ordered[int(0.9 * (len(ordered) - 1))], 2),
+        "max": round(ordered[-1], 2),
+    }
+
+
 def table(totals: dict[str, Any]) -> str:
-    extra, seconds = totals["extra_minutes"], totals["seconds"]
+    extra, breach, seconds = totals["extra_minutes"], totals["slo_breach_rollback_seconds"], totals["seconds"]
     rows = [
         ("runs", totals["runs"]),
         ("rollouts", f"{totals['rollouts']} ({', '.join(f'{n} {t}' for t, n in sorted(totals['truths'].items()))};"
@@ -94,6 +103,7 @@ def table(totals: dict[str, Any]) -> str:
         ("unfinished rollouts", totals["unfinished"]),
         ("deleted, not restored", totals["not_restored"]),
         ("extra virtual minutes to the end", f"mean {extra['mean']}, p90 {extra['p90']}, max {extra['max']}"),
+        ("SLO breach readable -> rollback (s)", f"mean {breach['mean']}, p90 {breach['p90']}, max {breach['max']}"),
         ("wall seconds (with faults / without)", f"{seconds['with_faults']} / {seconds['without']}"),
     ]  # fmt: skip
     width = max(len(name) for name, _ in rows)
@@ -155,6 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "writes_checked": r.writes_checked,
                 "phases": r.phases,
                 "minutes_to_end": {k: round(v, 2) for k, v in r.minutes_to_end.items()},
+                "slo_breach_rollback_seconds": r.breach_seconds,
                 "seconds": round(r.seconds, 1),
             }
             for r in results

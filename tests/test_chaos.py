@@ -25,12 +25,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from controller.api.names import ROLLOUT_LABEL
+from controller.api.times import parse_time
 from controller.engine.record import ANALYSES_LIMIT, STATUS_BYTES_LIMIT, WEIGHTS_LIMIT
 from controller.judge.machine import HISTORY_LIMIT
 from controller.sandbox.chaos.faults import FaultKind, FaultSchedule
 from controller.sandbox.chaos.invariants import InvariantChecker, restore_problem, wrong_outcome
 from controller.sandbox.chaos.soak import SoakConfig, run_soak
-from controller.sandbox.chaos.truth import NAMESPACE, policy, user_objects
+from controller.sandbox.chaos.truth import NAMESPACE, breach_minute, policy, user_objects
 from controller.sandbox.localapi import LocalApiServer, local_api_server
 
 ROLLOUT_KEY = ("canarist.io", "modelrollouts", NAMESPACE, "model-000")
@@ -87,8 +88,10 @@ def clean_writes() -> list[tuple[tuple[str, str, str, str], dict[str, Any]]]:
     ]
 
 
-def check(writes: list[tuple[tuple[str, str, str, str], dict[str, Any]]]) -> InvariantChecker:
-    checker = InvariantChecker()
+def check(
+    writes: list[tuple[tuple[str, str, str, str], dict[str, Any]]], breaches: dict[str, float] | None = None
+) -> InvariantChecker:
+    checker = InvariantChecker(breaches=breaches or {})
     for version, (key, obj) in enumerate(writes, start=1):
         checker(version, "ADDED" if key not in checker.view else "MODIFIED", key, copy.deepcopy(obj))
     return checker
@@ -213,6 +216,26 @@ def test_succeeded_without_a_promote_is_caught() -> None:
     writes = clean_writes()
     writes[4][1]["status"]["phase"] = "Succeeded"
     assert broken(writes) == {"succeeded-without-promote"}
+
+
+@pytest.mark.parametrize(
+    ("readable", "rolled_back", "caught"),
+    [
+        (AT[1], False, True),  # the look at AT[1] could read the breach and advanced
+        (AT[1], True, False),  # the same look rolled back
+        (AT[2], False, False),  # the breach is readable only after the last look
+    ],
+)
+def test_a_look_that_could_read_an_slo_breach_must_roll_back(readable: str, rolled_back: bool, caught: bool) -> None:
+    writes = clean_writes()
+    if rolled_back:
+        decided = [transition("Start", AT[0], 5), transition("Rollback", AT[1], 0)]
+        writes[4:] = [(ROLLOUT_KEY, rollout(decided, lastAnalysisAt=AT[1], phase="RollingBack"))]
+    at = parse_time(readable)
+    assert at is not None
+    found = check(writes, {f"{NAMESPACE}/model-000": at}).violations
+    assert [v.invariant for v in found] == (["slo-breach-rollback"] if caught else [])
+    assert not caught or "could read the SLO breach and did not roll back" in str(found[0])
 
 
 def test_outcomes_are_judged_against_the_truth() -> None:
@@ -375,4 +398,17 @@ def test_a_short_seeded_soak_keeps_every_invariant_and_every_outcome(caplog: pyt
     assert {k.value for k in FaultKind} <= {k for k, n in result.faults.items() if n > 0}, result.faults
     assert result.restarts > 0 and result.writes_checked > 50
     assert sorted(set(result.truths.values())) == ["good", "regressing", "slo-breach"] and result.adopted
+    assert result.breach_seconds and all(s >= 0 for s in result.breach_seconds.values())
     assert time.monotonic() - began < 60
+
+
+def test_without_faults_an_slo_breach_is_rolled_back_by_the_first_look_that_can_read_it() -> None:
+    """Breaches begin at the first step and after passing analyses at 25 % and 50 %."""
+    result = run_soak(SoakConfig(rollouts=9, seed=0, fault_rate=0.0, crash_rate=0.0, watch_every=0))
+    assert result.violations == [] and result.wrong_outcomes == []
+    assert sorted(breach_minute(i, 0) for i, truth in enumerate(result.truths.values()) if truth == "slo-breach") == [
+        0,
+        1,
+        2,
+    ]
+    assert result.breach_seconds == dict.fromkeys(result.breach_seconds, 0.0) and len(result.breach_seconds) == 3

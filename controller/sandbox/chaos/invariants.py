@@ -15,7 +15,10 @@ store's lock held) and keeps its own view of the objects. On every write:
   allowed it (recorded in the same write, no metric failing) or a human command acted on;
 - ``promotion-before-record``: a VirtualService gives the canary more weight only once the rollout's
   status records that weight (the decision is recorded before its routes move);
-- ``succeeded-without-promote``: a rollout reaches Succeeded only with a Promote in its history.
+- ``succeeded-without-promote``: a rollout reaches Succeeded only with a Promote in its history;
+- ``slo-breach-rollback``: once a whole window of a known SLO breach is readable (``breaches``: the
+  rollout's key and that moment), the first analysis recorded from then on rolls back: no look that
+  could see the breach holds, advances or promotes the canary.
 
 Each violation is one line: invariant, object, write number (the resourceVersion), detail. At the end
 of a run, :func:`wrong_outcome` judges a rollout's phase against the truth of its canary and
@@ -30,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from controller.api.names import ADOPTED_LABEL, ROLLOUT_LABEL
+from controller.api.times import parse_time
 from controller.engine.record import ANALYSES_LIMIT, DISTRIBUTIONS_LIMIT, STATUS_BYTES_LIMIT, WEIGHTS_LIMIT
 from controller.judge.machine import HISTORY_LIMIT
 from controller.traffic.adopt import fqdn
@@ -70,6 +74,8 @@ class InvariantChecker:
     violations: list[Violation] = field(default_factory=list)
     #: The canary weight each VirtualService gave when last written.
     canary_weights: dict[Key, int] = field(default_factory=dict)
+    #: Rollouts (``namespace/name``) whose canary breaches its SLO, and when a whole window of it is readable.
+    breaches: dict[str, float] = field(default_factory=dict)
 
     def __call__(self, version: int, event: str, key: Key, obj: dict[str, Any]) -> None:
         self.writes += 1
@@ -168,6 +174,16 @@ class InvariantChecker:
         history = _dicts(new.get("history"))
         if new.get("phase") == "Succeeded" and not any(t.get("action") == "Promote" for t in history):
             self._violate("succeeded-without-promote", key, version, "phase Succeeded with no Promote in the history")
+        self._breach(version, key, new, history)
+
+    def _breach(self, version: int, key: Key, new: Mapping[str, Any], history: list[dict[str, Any]]) -> None:
+        readable = self.breaches.get(f"{key[2]}/{key[3]}")
+        looked = parse_time(new.get("lastAnalysisAt"), naive_as_utc=True)
+        if readable is None or looked is None or looked < readable:
+            return
+        if not any(t.get("action") == "Rollback" for t in history):
+            detail = f"the analysis at {new.get('lastAnalysisAt')} could read the SLO breach and did not roll back"
+            self._violate("slo-breach-rollback", key, version, detail)
 
     def _history(
         self, version: int, key: Key, old: Mapping[str, Any], new: Mapping[str, Any], *, near_bound: bool

@@ -25,15 +25,18 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from controller.api.model import GROUP, PLURAL, VERSION
+from controller.api.times import parse_time
 from controller.edges.kube import KubeCluster
 from controller.edges.kube.client import retry_policy
 from controller.manager.loop import Manager
 from controller.sandbox.chaos.faults import FaultSchedule
 from controller.sandbox.chaos.invariants import InvariantChecker, restore_problem, wrong_outcome
 from controller.sandbox.chaos.truth import (
+    INTERVAL,
     NAMESPACE,
     TRUTHS,
     TruthMetrics,
+    breach_minute,
     policy,
     ready_pods,
     rollout_name,
@@ -105,6 +108,9 @@ class SoakResult:
     not_restored: list[str]
     #: Virtual minutes from the start to each rollout's end (absent: it never ended).
     minutes_to_end: dict[str, float]
+    #: Per SLO-breaching canary rolled back: seconds from a whole window of the breach being readable
+    #: to the rollback (0: the first look that could read it rolled back).
+    breach_seconds: dict[str, float]
     seconds: float
     phases: dict[str, str] = field(default_factory=dict)
 
@@ -122,6 +128,12 @@ def run_soak(config: SoakConfig) -> SoakResult:
     crash_rng = random.Random(f"crash-{config.seed}")
     order_rng = random.Random(f"order-{config.seed}")  # each fresh controller's order of equally due rollouts
     truths = {f"{NAMESPACE}/{rollout_name(i)}": truth_of(i, config.seed) for i in range(config.rollouts)}
+    onsets = {
+        f"{NAMESPACE}/{rollout_name(i)}": T0 + 60 * breach_minute(i, config.seed)
+        for i in range(config.rollouts)
+        if truth_of(i, config.seed) == "slo-breach"
+    }
+    checker.breaches = {key: onset + INTERVAL for key, onset in onsets.items()}
     adopted = [rollout_name(i) for i in range(config.rollouts) if (i + config.seed) % 3 == 1]
     with local_api_server() as api:
         api.write_observer = checker
@@ -138,7 +150,7 @@ def run_soak(config: SoakConfig) -> SoakResult:
                 client, rng=crash_rng, crash_rate=crash_rate, request_timeout=config.client_timeout
             )
             return Manager(
-                cluster, TruthMetrics(truths), default_environment(), clock, namespace=NAMESPACE, rng=order_rng
+                cluster, TruthMetrics(truths, onsets), default_environment(), clock, namespace=NAMESPACE, rng=order_rng
             )
 
         manager, passes = fresh(), 0
@@ -158,6 +170,7 @@ def run_soak(config: SoakConfig) -> SoakResult:
             clock.now += config.tick
         phases = _phases(api)
         unfinished = [f"{key}: {truths[key]} canary still {phase}" for key, phase in phases.items() if key not in ended]
+        breach_seconds = {key: _rollback_after(api, key, readable) for key, readable in checker.breaches.items()}
         wrong = [
             f"{key}: {problem}"
             for key in ended
@@ -178,6 +191,7 @@ def run_soak(config: SoakConfig) -> SoakResult:
         unfinished=unfinished,
         not_restored=not_restored,
         minutes_to_end=ended,
+        breach_seconds={key: seconds for key, seconds in breach_seconds.items() if seconds is not None},
         seconds=time.monotonic() - began,
         phases=phases,
     )
@@ -200,6 +214,13 @@ def _seed(api: LocalApiServer, rollouts: int, adopted: list[str]) -> dict[tuple[
 def _rollout(api: LocalApiServer, key: str) -> dict[str, Any] | None:
     namespace, _, name = key.partition("/")
     return api.get(GROUP, PLURAL, namespace, name)
+
+
+def _rollback_after(api: LocalApiServer, key: str, readable: float) -> float | None:
+    """Seconds from ``readable`` to the rollout's recorded Rollback (None: not rolled back)."""
+    history = ((_rollout(api, key) or {}).get("status") or {}).get("history") or []
+    times = [parse_time(t.get("at"), naive_as_utc=True) for t in history if t.get("action") == "Rollback"]
+    return next((at - readable for at in times if at is not None), None)
 
 
 def _phases(api: LocalApiServer) -> dict[str, str]:

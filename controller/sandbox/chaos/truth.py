@@ -3,8 +3,10 @@
 Each rollout of a soak has a canary of one of three kinds (:data:`TRUTHS`): ``good`` (as good as
 stable), ``regressing`` (1.5 % errors against stable's 0.5 %: worse beyond the 0.25-point margin, yet
 within the 2 % SLO, so only the comparison can tell) and ``slo-breach`` (a p99 latency over the
-250 ms SLO). :class:`TruthMetrics` serves each window's traffic deterministically from the window's
-canary share (200 requests per second split by it), in-process: no Prometheus, no randomness.
+250 ms SLO from its *onset*: at the start, or minutes into the rollout at a higher weight, see
+:func:`breach_minute`). :class:`TruthMetrics` serves each window's traffic deterministically from
+the window's canary share (200 requests per second split by it), in-process: no Prometheus, no
+randomness.
 """
 
 from __future__ import annotations
@@ -27,6 +29,15 @@ EDGES = (0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 HEALTHY = (0.0, 0.0, 0.0, 0.02, 0.25, 0.6, 0.93, 0.995, 0.9995, 1.0, 1.0, 1.0, 1.0, 1.0)
 SLOW = (0.0, 0.0, 0.0, 0.0, 0.02, 0.2, 0.6, 0.9, 0.99, 1.0, 1.0, 1.0, 1.0, 1.0)
 CANARY = {"good": (STABLE_ERRORS, HEALTHY), "regressing": (0.015, HEALTHY), "slo-breach": (STABLE_ERRORS, SLOW)}
+#: Every rollout's analysis interval (its policy's ``1m``): the windows' length.
+INTERVAL = 60.0
+
+
+def breach_minute(index: int, seed: int) -> int:
+    """Minutes from the start until rollout ``index``'s canary (if it is an ``slo-breach`` one) starts
+    breaching: 0, 1 or 2, so some breach at the first step (5 %) and some at 25 % or 50 % after passing
+    analyses; depends on the seed only modulo 3, as the mix does."""
+    return (index // len(TRUTHS) + seed) % 3
 
 
 def rollout_name(index: int) -> str:
@@ -46,7 +57,7 @@ def policy(index: int) -> dict[str, Any]:
             "canary": {"name": "v2", "labels": {"app": name, "version": "v2"}},
             "strategy": {
                 "steps": [5, 25, 50, 100],
-                "interval": "1m",
+                "interval": f"{INTERVAL:.0f}s",
                 "minRequests": 500,
                 "progressDeadline": "30m",
                 "onNoData": "Hold",
@@ -116,6 +127,8 @@ class TruthMetrics:
     says, split by each window's canary share; never fails."""
 
     truths: dict[str, str] = field(default_factory=dict)  # rollout key -> truth
+    #: When each ``slo-breach`` canary starts breaching (on the window grid); absent: from the start.
+    onsets: dict[str, float] = field(default_factory=dict)
     looks: int = 0
 
     def observe(
@@ -124,14 +137,18 @@ class TruthMetrics:
         self.looks += 1
         out = {}
         for rollout in rollouts:
-            errors, latency = CANARY[self.truths.get(rollout.key, "good")]
+            errors, breached = CANARY[self.truths.get(rollout.key, "good")]
+            onset = self.onsets.get(rollout.key, -math.inf)
             ws = tuple(windows[rollout.key])
             stable = [round(RPS * (w.end - w.start) * (1 - w.canary_share)) for w in ws]
             canary = [round(RPS * (w.end - w.start) * w.canary_share) for w in ws]
             histogram = HistogramSeries(
                 EDGES,
                 tuple(tuple(float(round(n * s)) for s in HEALTHY) for n in stable),
-                tuple(tuple(float(round(n * s)) for s in latency) for n in canary),
+                tuple(
+                    tuple(float(round(n * s)) for s in (breached if w.start >= onset else HEALTHY))
+                    for n, w in zip(canary, ws, strict=True)
+                ),
             )
             counts = CountSeries(
                 tuple(math.floor(n * STABLE_ERRORS) for n in stable),

@@ -129,7 +129,7 @@ def run_soak(config: SoakConfig) -> SoakResult:
     order_rng = random.Random(f"order-{config.seed}")  # each fresh controller's order of equally due rollouts
     truths = {f"{NAMESPACE}/{rollout_name(i)}": truth_of(i, config.seed) for i in range(config.rollouts)}
     onsets = {
-        f"{NAMESPACE}/{rollout_name(i)}": T0 + 60 * breach_minute(i, config.seed)
+        f"{NAMESPACE}/{rollout_name(i)}": T0 + INTERVAL * breach_minute(i, config.seed)
         for i in range(config.rollouts)
         if truth_of(i, config.seed) == "slo-breach"
     }

@@ -1,7 +1,9 @@
 """The Prometheus edge of the chaos soak: the fault proxy as the client sees it, and a soak through it.
 
 Against Debian's real Prometheus (tests/prometheus_fixture.py): ``vector(time())`` needs no stored
-series and its value is the time it was evaluated for, so a stale answer shows itself.
+series and its value is the time it was evaluated for, so a stale answer shows itself. The soak runs
+the real controller with the production Prometheus edge against a real Prometheus scraping the
+truth live, through the proxy, in real time.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from controller.api.times import rfc3339
 from controller.edges.prometheus import (
     PrometheusClient,
     PrometheusError,
@@ -23,6 +26,10 @@ from controller.edges.prometheus import (
     PrometheusUnavailable,
 )
 from controller.sandbox.chaos.promproxy import ProxyFault, ProxySchedule, prometheus_proxy
+from controller.sandbox.chaos.promsoak import PREFIX, Look, PrometheusEdge, PrometheusRun
+from controller.sandbox.chaos.soak import SoakConfig, run_soak
+from controller.sandbox.chaos.truth import policy, rollout_name
+from controller.sandbox.localapi import local_api_server
 from tests.prometheus_fixture import PrometheusServer
 
 NOW = 1_700_000_040.0
@@ -131,3 +138,58 @@ def test_the_same_seed_gives_the_same_schedule(seed: int, rate: float) -> None:
     kinds = {f for f, _ in first if f is not None}
     if len(kinds) < len(ProxyFault) and rate > 0.5:  # uncovered kinds go first
         pytest.fail(f"{rate:.2f} of 60 queries met only {sorted(kinds)}")
+
+
+# --- the soak -----------------------------------------------------------------------------------
+
+#: 6 rollouts (2 of each truth) in real time: 1 s intervals, scrapes every 0.25 s; a third of the
+#: queries broken by the proxy. No API faults or crashes (tests/test_chaos.py has those): a route
+#: write they delay by seconds leaves windows whose recorded share the routes did not have yet, and
+#: the sample-ratio guard then holds a good canary for good (seed 1 with crash_rate 0.01; reported).
+SOAK = SoakConfig(
+    rollouts=6,
+    seed=0,
+    fault_rate=0.0,
+    crash_rate=0.0,
+    tick=0.25,
+    minutes=1.0,
+    watch_every=0,
+    metrics=PrometheusEdge(fault_rate=0.35, interval=1.0, scrape=0.25),
+)
+
+
+def test_a_seeded_soak_through_the_proxy_and_a_real_prometheus() -> None:
+    """Every proxy fault happens inside a look, and each look is checked (PrometheusRun.problems, in
+    ``violations``): one that met a timeout, 5xx or cut body failed and advanced nothing; one that met
+    NaN, Inf, empty or stale answers found fewer cells with data than Prometheus itself."""
+    result = run_soak(SOAK)
+    assert result.violations == []
+    assert result.wrong_outcomes == []
+    assert result.unfinished == []
+    assert result.not_restored == []
+    injected = {kind for kind, n in result.faults.items() if n}
+    assert {f"{PREFIX}{kind}" for kind in ProxyFault} <= injected, sorted(injected)
+    assert sorted(result.phases.values()) == ["Failed"] * 4 + ["Succeeded"] * 2
+    assert result.seconds < 60
+
+
+def test_the_missing_data_checks_catch_each_breach() -> None:
+    """Hand-made looks: a broken answer that did not fail the look, a failed look that advanced, and a
+    corrupted answer read as whole data are each reported; a clean or well-handled look is not."""
+    at, key = NOW, f"chaos/{rollout_name(0)}"
+    with local_api_server() as api:
+        api.seed(policy(0) | {"status": {"history": [{"action": "Advance", "at": rfc3339(at), "step": 1}]}})
+        run = PrometheusRun(PrometheusEdge(), "http://127.0.0.1:1", "http://127.0.0.1:2", forced(None))
+        run.looks += [
+            Look(key, at - 1, frozenset({ProxyFault.ERROR_5XX}), failed=True, cells=0),  # well handled
+            Look(key, at - 2, frozenset({ProxyFault.EMPTY}), failed=False, cells=4, direct=8),  # well handled
+            Look(key, at - 3, frozenset(), failed=False, cells=8),  # clean
+            Look(key, at - 4, frozenset({ProxyFault.CUT_BODY}), failed=False, cells=8),
+            Look(key, at, frozenset({ProxyFault.TIMEOUT}), failed=True, cells=0),
+            Look(key, at - 5, frozenset({ProxyFault.STALE}), failed=False, cells=8, direct=8),
+        ]
+        problems = run.problems(api)
+    assert len(problems) == 3, problems
+    assert "met cut-body and did not fail" in problems[0]
+    assert "advanced on a failed look (timeout)" in problems[1]
+    assert "met stale and found data in 8 cells, Prometheus itself in 8" in problems[2]

@@ -9,6 +9,11 @@ against each canary's truth, and every rollout deleted at the end (its adopted r
 user's again). The extra time the faults cost: each rollout's virtual minutes to its end against the
 same run without faults or crashes. Writes ``bench/results/chaos.json``; exits 1 on any violation,
 wrong outcome, unfinished rollout or unrestored object.
+
+``--prometheus``: each run's metrics through the real Prometheus edge instead, from a real
+Prometheus behind the seeded fault proxy (:mod:`controller.sandbox.chaos.promsoak`), in real time
+with an analysis interval of ``--interval`` seconds (counted as the policy's minute in the extra
+time); the proxy's faults are counted as ``prometheus-<kind>``.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from controller.sandbox.chaos.faults import FaultKind
+from controller.sandbox.chaos.promproxy import ProxyFault
+from controller.sandbox.chaos.promsoak import PREFIX, PrometheusEdge
 from controller.sandbox.chaos.soak import SoakConfig, SoakResult, run_soak
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "chaos.json"
@@ -37,14 +44,18 @@ def baseline(config: SoakConfig, cache: dict[tuple[int, int], SoakResult]) -> So
     """The same rollouts without faults or crashes (they depend on the seed only modulo 3)."""
     key = (config.rollouts, config.seed % 3)
     if key not in cache:
-        cache[key] = run_soak(replace(config, seed=key[1], fault_rate=0.0, crash_rate=0.0, watch_every=0))
+        metrics = replace(config.metrics, fault_rate=0.0) if config.metrics else None
+        calm = replace(config, seed=key[1], fault_rate=0.0, crash_rate=0.0, watch_every=0, metrics=metrics)
+        cache[key] = run_soak(calm)
     return cache[key]
 
 
 def extra_minutes(result: SoakResult, calm: SoakResult) -> list[float]:
-    """Per rollout that ended in both: virtual minutes to its end beyond the calm run's."""
+    """Per rollout that ended in both: virtual minutes to its end beyond the calm run's (through
+    Prometheus: intervals, each counted as the policy's minute)."""
+    scale = 60 / result.config.metrics.interval if result.config.metrics else 1.0
     return [
-        result.minutes_to_end[key] - calm.minutes_to_end[key]
+        (result.minutes_to_end[key] - calm.minutes_to_end[key]) * scale
         for key in result.minutes_to_end
         if key in calm.minutes_to_end
     ]
@@ -54,6 +65,9 @@ def summary(results: Sequence[SoakResult], extra: Sequence[float], calm_seconds:
     faults: Counter[str] = Counter()
     for result in results:
         faults.update(result.faults)
+    kinds = [k.value for k in FaultKind]
+    if any(r.config.metrics for r in results):
+        kinds += [f"{PREFIX}{k}" for k in ProxyFault]
     lines = {
         name: [line for r in results for line in getattr(r, name)]
         for name in ("violations", "wrong_outcomes", "unfinished", "not_restored")
@@ -64,7 +78,7 @@ def summary(results: Sequence[SoakResult], extra: Sequence[float], calm_seconds:
         "rollouts": sum(len(r.truths) for r in results),
         "truths": dict(Counter(t for r in results for t in r.truths.values())),
         "adopted": sum(len(r.adopted) for r in results),
-        "faults": {k.value: faults.get(k.value, 0) for k in FaultKind},
+        "faults": {kind: faults.get(kind, 0) for kind in kinds},
         "faults_total": sum(faults.values()),
         "restarts": sum(r.restarts for r in results),
         "writes_checked": sum(r.writes_checked for r in results),
@@ -118,6 +132,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--fault-rate", type=float, default=0.1, help="faults per request (default: %(default)s)")
     ap.add_argument("--crash-rate", type=float, default=0.02, help="crashes per edge call (default: %(default)s)")
     ap.add_argument("--watch-every", type=int, default=4, help="passes between watches (default: %(default)s)")
+    ap.add_argument(
+        "--prometheus",
+        action="store_true",
+        help="metrics through the real Prometheus edge: a real Prometheus behind a seeded fault proxy, in real time",
+    )
+    ap.add_argument("--prometheus-rate", type=float, default=0.2, help="queries the proxy breaks (default: 0.2)")
+    ap.add_argument("--interval", type=float, default=1.0, help="with --prometheus: seconds per interval (default: 1)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results (default: bench/results/chaos.json)")
     args = ap.parse_args(argv)
     logging.getLogger("canarist").setLevel(logging.CRITICAL)  # every fault is a warning: thousands of lines
@@ -126,6 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     extra: list[float] = []
     calm_seconds, cache = 0.0, dict[tuple[int, int], SoakResult]()
     remaining, seed = args.rollouts, args.seed
+    metrics = PrometheusEdge(fault_rate=args.prometheus_rate, interval=args.interval) if args.prometheus else None
     while remaining > 0:
         config = SoakConfig(
             rollouts=min(args.per_run, remaining),
@@ -134,6 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             crash_rate=args.crash_rate,
             watch_every=args.watch_every,
         )
+        if metrics is not None:  # real time: a pass every quarter second, at most 3 minutes
+            config = replace(config, metrics=metrics, tick=0.25, minutes=3.0)
         result = run_soak(config)
         calm = baseline(config, cache)
         results.append(result)

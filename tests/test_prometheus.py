@@ -164,6 +164,33 @@ def test_counter_reset_window_is_no_data(scenario_look: Look) -> None:
         assert metric.reason.startswith("canary: counter reset of ") and metric.reason.endswith("(window 10)")
 
 
+class ResetsLost:
+    """A PromQL source whose ``resets()`` answers come back empty, as after a lost or stale answer."""
+
+    def __init__(self, inner: PrometheusClient) -> None:
+        self.inner = inner
+
+    def vector(self, query: str, at: float) -> list[tuple[dict[str, str], float]]:
+        return [] if "resets(" in query else self.inner.vector(query, at)
+
+    def matrix(self, query: str, start: float, end: float, step: float) -> list[tuple[dict[str, str], Any]]:
+        return [] if "resets(" in query else self.inner.matrix(query, start, end, step)
+
+
+@pytest.mark.parametrize("name", ["good", "counter-reset"])
+def test_a_lost_resets_answer_is_no_data_not_no_reset(name: str, scenario_prometheus: ScenarioPrometheus) -> None:
+    """Found by the chaos soak through the Prometheus proxy (seed 0, 6 rollouts, proxy rate 0.35): a
+    ``resets()`` answer lost to a stale or empty answer read as "no counter reset", so the reset
+    guard passed on missing data (here the counter-reset window 10 would be read as a count)."""
+    rollout = scenario_prometheus.rollout(name)
+    windows = {rollout.key: scenario_prometheus.windows(name)}
+    source = ResetsLost(client(scenario_prometheus.url))
+    obs = observe(source, [rollout], windows, scenario_prometheus.at)[rollout.key]
+    assert set(obs.stable_requests) == {None} and set(obs.canary_requests) == {None}
+    for metric in obs.metrics:
+        assert metric.series is None and "resets of " in metric.reason and " not answered" in metric.reason
+
+
 def test_missing_scrapes_are_no_data(scenario_look: Look) -> None:
     obs = of(scenario_look, "missing-scrape")
     assert [i for i, n in enumerate(obs.stable_requests) if n is None] == [15, 16, 17]

@@ -103,7 +103,7 @@ def counter(metric: str, by: str, sel: str, split: str = "") -> tuple[str, str]:
     group = f"{by}, {split}" if split else by
     return (
         f"sum by ({group}) (increase({metric}{{{sel}}}[60s]))",
-        f"sum by ({by}) (resets({metric}{{{sel}}}[60s])) > 0",
+        f"sum by ({by}) (resets({metric}{{{sel}}}[60s]))",
     )
 
 
@@ -485,9 +485,17 @@ class Answers:
         }
 
     def add(self, family: Family, window: int, value: float, *, resets: bool = False, **labels: str) -> Answers:
+        """A row of ``family``'s answer; a counter's row comes with its group's ``resets()`` row (0) as
+        Prometheus answers it, unless one was added."""
         text = self.plan.text(family, 60_000, resets)
         assert text is not None
-        self.data[(text, round(ENDS[window] * 1000))].append((labels, value))
+        end = round(ENDS[window] * 1000)
+        self.data[(text, end)].append((labels, value))
+        reset_text = self.plan.text(family, 60_000, True)
+        if not resets and reset_text is not None:
+            group = {k: v for k, v in labels.items() if k in family.reset_group}
+            if all(row != group for row, _ in self.data[(reset_text, end)]):
+                self.data[(reset_text, end)].append((group, 0.0))
         return self
 
     def drop(self, family: Family, window: int) -> None:
@@ -747,9 +755,7 @@ def test_results_are_split_per_rollout_by_exact_labels() -> None:
 # --- CustomRatio: each rollout reads only its own namespace's and its own labels' series ----------
 
 _NAME = st.from_regex(r"[a-z][a-z0-9]{0,5}", fullmatch=True)
-_QUERY = re.compile(
-    r"^sum by \(([^)]*)\) \((increase|resets)\(([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})\[[0-9]+m?s\]\)\)( > 0)?$"
-)
+_QUERY = re.compile(r"^sum by \(([^)]*)\) \((increase|resets)\(([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})\[[0-9]+m?s\]\)\)$")
 
 
 def ratio_rollout(namespace: str, versions: tuple[str, str], match: dict[str, str], ns_label: str) -> ModelRollout:
@@ -801,13 +807,11 @@ def evaluate(promql: str, series: Sequence[tuple[str, dict[str, str], float]]) -
     m = _QUERY.match(promql)
     assert m, promql
     by, fn, metric, sel = [g.strip() for g in m.group(1).split(",")], m.group(2), m.group(3), m.group(4)
-    if fn == "resets":
-        return []
     groups: dict[tuple[str, ...], float] = {}
     for name, labels, value in series:
         if name == metric and _selects(sel, labels):
             key = tuple(labels.get(k, "") for k in by)
-            groups[key] = groups.get(key, 0.0) + value
+            groups[key] = groups.get(key, 0.0) + (0.0 if fn == "resets" else value)
     return [({k: v for k, v in zip(by, key, strict=True) if v}, total) for key, total in groups.items()]
 
 

@@ -104,8 +104,10 @@ class Family:
         return f"{self.aggregate} by ({', '.join(self.group)}) ({inner})"
 
     def resets_promql(self, values: Sequence[Iterable[str]], window: float) -> str:
+        """The resets in each window per :attr:`reset_group`, zeros included: a missing row is an
+        unanswered question (no data), never "no reset"."""
         inner = f"resets({self.metric}{selector(self.matchers(values))}[{promql_duration(window)}])"
-        return f"sum by ({', '.join(self.reset_group)}) ({inner}) > 0"
+        return f"sum by ({', '.join(self.reset_group)}) ({inner})"
 
 
 @dataclass(frozen=True)

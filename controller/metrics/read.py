@@ -7,7 +7,8 @@ the kind's own part (its events and trials, or one pod's value) from :mod:`contr
 Rows are picked per rollout and version by exact label equality. Anything doubtful makes that
 window *no data* for that version, with the reason kept in the metric's ``reason``: a missing
 series (no traffic, a missed scrape, a query that was not answered), NaN or Inf, a negative
-increase, a counter reset inside the window. Counts come from ``increase()``, which Prometheus
+increase, a counter reset inside the window, or a ``resets()`` answer without the version's row (a
+lost or stale answer: whether the counter reset is unknown). Counts come from ``increase()``, which Prometheus
 extrapolates to the window's edges; they are rounded to whole events. Per-pod gauges drop only
 the doubtful pod and say so.
 """
@@ -78,8 +79,20 @@ class Reader:
             reset_rows = self.results.get((reset_text, end)) if reset_text is not None else None
             if reset_rows is None:
                 return f"resets of {family.metric} not queried"
-            resets = frozenset(labels.get(family.pod or "", "") for labels, _ in _pick(reset_rows, ask, values))
+            counted = {_key(labels, family.reset_group) for labels, _ in _pick(rows, ask, values)}
+            answered = {_key(labels, family.reset_group): value for labels, value in _pick(reset_rows, ask, values)}
+            if not counted <= answered.keys():  # an answer lost, stale or cut short: unknown, not "no reset"
+                return f"resets of {family.metric} not answered"
+            resets = frozenset(
+                labels.get(family.pod or "", "")
+                for labels, value in _pick(reset_rows, ask, values)
+                if value != 0  # NaN and Inf included: doubtful
+            )
         return Cell(_pick(rows, ask, values), resets)
+
+
+def _key(labels: Mapping[str, str], names: Sequence[str]) -> tuple[str, ...]:
+    return tuple(labels.get(name, "") for name in names)
 
 
 def _pick(rows: Sequence[Sample], ask: Ask, values: tuple[str, ...]) -> tuple[Sample, ...]:

@@ -160,6 +160,9 @@ class PrometheusClient:
             self._deadline = before
 
     def vector(self, query: str, at: float) -> list[Sample]:
+        """The samples stamped ``at``: one stamped with another time (a stale or cached answer) is left
+        out, as :func:`~controller.edges.prometheus.look.fetch` leaves out a range answer's points off
+        the times asked, so another time's value is never read as this time's."""
         params = {"time": _seconds(at), "timeout": promql_duration(self.settings.timeout)}
         # timeout: (connect, read) seconds; typed int in the library, which hands it to requests as is
         data = self._call(
@@ -168,7 +171,12 @@ class PrometheusClient:
         )
         if not all(isinstance(item, dict) and "value" in item for item in data):
             raise QueryError("the query did not return an instant vector", query=query)
-        return [(dict(item.get("metric", {})), _number(item["value"][1], query)) for item in data]
+        asked = to_millis(at)
+        return [
+            (dict(item.get("metric", {})), _number(item["value"][1], query))
+            for item in data
+            if _stamp(item["value"][0], query) == asked
+        ]
 
     def matrix(self, query: str, start: float, end: float, step: float) -> list[tuple[dict[str, str], Points]]:
         # The library rounds start and end to whole seconds; these params override them, exact to the millisecond.
@@ -324,6 +332,14 @@ def _number(text: Any, query: str) -> float:
         return float(text)  # "NaN", "+Inf" and "-Inf" included: judged per window later
     except (TypeError, ValueError):
         raise QueryError(f"Prometheus returned a non-numeric sample value {text!r}", query=query) from None
+
+
+def _stamp(text: Any, query: str) -> int:
+    """A sample's time in milliseconds."""
+    value = _number(text, query)
+    if not math.isfinite(value):
+        raise QueryError(f"Prometheus returned a sample time {text!r}", query=query)
+    return to_millis(value)
 
 
 def _cause(exc: BaseException) -> str:

@@ -6,7 +6,10 @@ good, regressing and SLO-breaching canaries (:mod:`controller.sandbox.chaos.trut
 on the user's own routes (adopted); the real :class:`~controller.manager.loop.Manager` and
 :class:`~controller.edges.kube.KubeCluster` (the official client over HTTP) with a
 :class:`TruthMetrics` source, on a virtual clock that moves ``tick`` seconds per pass, so an hour of
-rollouts takes seconds. Every few passes the manager also watches (one real second).
+rollouts takes seconds. Every few passes the manager also watches (one real second). With
+``metrics`` set (:class:`~controller.sandbox.chaos.promsoak.PrometheusEdge`), the metrics come
+through the real Prometheus edge from a real Prometheus behind a seeded fault proxy instead, in real
+time (``tick`` and ``minutes`` then count real time).
 
 Crashes: before any edge call, with probability ``crash_rate``, the controller "dies"
 (:class:`ControllerCrash`, which no ``except Exception`` catches): the pass is abandoned wherever it
@@ -21,6 +24,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -31,6 +35,7 @@ from controller.edges.kube.client import retry_policy
 from controller.manager.loop import Manager
 from controller.sandbox.chaos.faults import FaultSchedule
 from controller.sandbox.chaos.invariants import InvariantChecker, restore_problem, wrong_outcome
+from controller.sandbox.chaos.promsoak import PrometheusEdge, RealClock
 from controller.sandbox.chaos.truth import (
     INTERVAL,
     NAMESPACE,
@@ -89,6 +94,8 @@ class SoakConfig:
     #: The manager watches (one real second) every this many passes; 0: never.
     watch_every: int = 8
     client_timeout: float = 0.5
+    #: Where the metrics come from: None, the in-process TruthMetrics on the virtual clock.
+    metrics: PrometheusEdge | None = None
 
 
 @dataclass
@@ -128,20 +135,23 @@ def run_soak(config: SoakConfig) -> SoakResult:
     crash_rng = random.Random(f"crash-{config.seed}")
     order_rng = random.Random(f"order-{config.seed}")  # each fresh controller's order of equally due rollouts
     truths = {f"{NAMESPACE}/{rollout_name(i)}": truth_of(i, config.seed) for i in range(config.rollouts)}
-    onsets = {
+    onsets = {  # the live truth behind Prometheus breaches from the start, in real time: no onsets there
         f"{NAMESPACE}/{rollout_name(i)}": T0 + INTERVAL * breach_minute(i, config.seed)
         for i in range(config.rollouts)
-        if truth_of(i, config.seed) == "slo-breach"
+        if truth_of(i, config.seed) == "slo-breach" and config.metrics is None
     }
     checker.breaches = {key: onset + INTERVAL for key, onset in onsets.items()}
     adopted = [rollout_name(i) for i in range(config.rollouts) if (i + config.seed) % 3 == 1]
-    with local_api_server() as api:
+    with (
+        local_api_server() as api,
+        config.metrics.open(api, truths, config.seed) if config.metrics else nullcontext() as prom,
+    ):
         api.write_observer = checker
-        originals = _seed(api, config.rollouts, adopted)
+        originals = _seed(api, config.rollouts, adopted, prom.policy if prom else policy)
         if config.fault_rate > 0:
             api.request_filter = schedule
-        clock = VirtualClock()
-        restarts = 0
+        clock = prom.clock if prom else VirtualClock()
+        start, restarts = clock.now, 0
 
         def fresh() -> Manager:
             client = api.make_client(retries=retry_policy())
@@ -149,13 +159,12 @@ def run_soak(config: SoakConfig) -> SoakResult:
             cluster = CrashingCluster(
                 client, rng=crash_rng, crash_rate=crash_rate, request_timeout=config.client_timeout
             )
-            return Manager(
-                cluster, TruthMetrics(truths, onsets), default_environment(), clock, namespace=NAMESPACE, rng=order_rng
-            )
+            metrics = prom.source() if prom else TruthMetrics(truths, onsets)
+            return Manager(cluster, metrics, default_environment(), clock, namespace=NAMESPACE, rng=order_rng)
 
         manager, passes = fresh(), 0
         ended: dict[str, float] = {}
-        while clock.now < T0 + config.minutes * 60 and len(ended) < len(truths):
+        while clock.now < start + config.minutes * 60 and len(ended) < len(truths):
             try:
                 manager.tick()
                 if config.watch_every and passes % config.watch_every == config.watch_every - 1:
@@ -166,7 +175,7 @@ def run_soak(config: SoakConfig) -> SoakResult:
             passes += 1
             for key, phase in _phases(api).items():
                 if phase in FINAL_PHASES and key not in ended:
-                    ended[key] = (clock.now - T0) / 60
+                    ended[key] = (clock.now - start) / 60
             clock.now += config.tick
         phases = _phases(api)
         unfinished = [f"{key}: {truths[key]} canary still {phase}" for key, phase in phases.items() if key not in ended]
@@ -176,6 +185,7 @@ def run_soak(config: SoakConfig) -> SoakResult:
             for key in ended
             if (problem := wrong_outcome(truths[key], _rollout(api, key))) is not None
         ]
+        missing_data_passed = prom.problems(api) if prom else []
         restarts += _delete_all(api, manager, clock, config, fresh)
         not_restored = _restored(api, originals)
         api.request_filter = None
@@ -183,10 +193,10 @@ def run_soak(config: SoakConfig) -> SoakResult:
         config=config,
         truths=truths,
         adopted=adopted,
-        faults=schedule.injected,
+        faults=schedule.injected + (prom.faults if prom else Counter()),
         restarts=restarts,
         writes_checked=checker.writes,
-        violations=[str(v) for v in checker.violations],
+        violations=[str(v) for v in checker.violations] + missing_data_passed,
         wrong_outcomes=wrong,
         unfinished=unfinished,
         not_restored=not_restored,
@@ -197,8 +207,10 @@ def run_soak(config: SoakConfig) -> SoakResult:
     )
 
 
-def _seed(api: LocalApiServer, rollouts: int, adopted: list[str]) -> dict[tuple[str, str], dict[str, Any]]:
-    """Pods, the user's own routes (returned as stored, by (plural, name)) and the rollouts."""
+def _seed(
+    api: LocalApiServer, rollouts: int, adopted: list[str], policy: Callable[[int], dict[str, Any]]
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """Pods, the user's own routes (returned as stored, by (plural, name)) and the rollouts' ``policy``."""
     originals = {}
     for index in range(rollouts):
         for pod in ready_pods(index):
@@ -233,7 +245,11 @@ def _phases(api: LocalApiServer) -> dict[str, str]:
 
 
 def _delete_all(
-    api: LocalApiServer, manager: Manager, clock: VirtualClock, config: SoakConfig, fresh: Callable[[], Manager]
+    api: LocalApiServer,
+    manager: Manager,
+    clock: VirtualClock | RealClock,
+    config: SoakConfig,
+    fresh: Callable[[], Manager],
 ) -> int:
     """Delete every rollout (as ``kubectl delete`` would) and let the controller release their routes;
     returns the restarts on the way. Rollouts still there after 40 passes are left for the caller to find."""
@@ -245,6 +261,8 @@ def _delete_all(
         if not _phases(api):
             break
         try:
+            if config.metrics is not None:  # real time: an ended rollout's requeue (5 minutes) is past the run,
+                manager.watch(1)  # so the deletion reaches the controller as the watch event it is
             manager.tick()
         except ControllerCrash:
             restarts += 1

@@ -39,6 +39,7 @@ from controller.sandbox.chaos.truth import (
     rollout_name,
     user_objects,
 )
+from controller.sandbox.chaos.workload import Workload
 from controller.sandbox.localapi import LocalApiServer, local_api_server
 from controller.traffic.templating import default_environment
 
@@ -54,8 +55,10 @@ class ControllerCrash(BaseException):
 class CrashingCluster(KubeCluster):
     """The Kubernetes edge of a controller that may die before any call it makes (``crash_rate`` each)."""
 
-    def __init__(self, api_client: Any, *, rng: random.Random, crash_rate: float, request_timeout: float) -> None:
-        super().__init__(api_client, propagation_delay=0.0, request_timeout=request_timeout)
+    def __init__(
+        self, api_client: Any, *, rng: random.Random, crash_rate: float, request_timeout: float, **edge: Any
+    ) -> None:
+        super().__init__(api_client, request_timeout=request_timeout, **{"propagation_delay": 0.0, **edge})
         self.rng, self.crash_rate = rng, crash_rate
 
     def _call(self, what: str, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
@@ -86,6 +89,9 @@ class SoakConfig:
     #: The manager watches (one real second) every this many passes; 0: never.
     watch_every: int = 8
     client_timeout: float = 0.5
+    #: Probability of a workload event per pass, and of istiod reporting an Istio write late
+    #: (:mod:`controller.sandbox.chaos.workload`); 0: none.
+    workload_rate: float = 0.0
 
 
 @dataclass
@@ -130,12 +136,17 @@ def run_soak(config: SoakConfig) -> SoakResult:
             api.request_filter = schedule
         clock = VirtualClock()
         restarts = 0
+        workload = Workload(api, config.seed, rate=config.workload_rate, tick=config.tick)
 
         def fresh() -> Manager:
             client = api.make_client(retries=retry_policy())
             crash_rate = config.crash_rate
             cluster = CrashingCluster(
-                client, rng=crash_rng, crash_rate=crash_rate, request_timeout=config.client_timeout
+                client,
+                rng=crash_rng,
+                crash_rate=crash_rate,
+                request_timeout=config.client_timeout,
+                **workload.edge_settings(),
             )
             return Manager(
                 cluster, TruthMetrics(truths), default_environment(), clock, namespace=NAMESPACE, rng=order_rng
@@ -143,7 +154,7 @@ def run_soak(config: SoakConfig) -> SoakResult:
 
         manager, passes = fresh(), 0
         ended: dict[str, float] = {}
-        while clock.now < T0 + config.minutes * 60 and len(ended) < len(truths):
+        while clock.now < T0 + config.minutes * 60 and len(ended.keys() | workload.deleted) < len(truths):
             try:
                 manager.tick()
                 if config.watch_every and passes % config.watch_every == config.watch_every - 1:
@@ -155,13 +166,18 @@ def run_soak(config: SoakConfig) -> SoakResult:
             for key, phase in _phases(api).items():
                 if phase in FINAL_PHASES and key not in ended:
                     ended[key] = (clock.now - T0) / 60
+            workload.step(clock.now)
             clock.now += config.tick
         phases = _phases(api)
-        unfinished = [f"{key}: {truths[key]} canary still {phase}" for key, phase in phases.items() if key not in ended]
+        unfinished = [
+            f"{key}: {truths[key]} canary still {phase}"
+            for key, phase in phases.items()
+            if key not in ended and key not in workload.deleted
+        ]
         wrong = [
             f"{key}: {problem}"
             for key in ended
-            if (problem := wrong_outcome(truths[key], _rollout(api, key))) is not None
+            if key not in workload.deleted and (problem := wrong_outcome(truths[key], _rollout(api, key))) is not None
         ]
         restarts += _delete_all(api, manager, clock, config, fresh)
         not_restored = _restored(api, originals)
@@ -170,7 +186,7 @@ def run_soak(config: SoakConfig) -> SoakResult:
         config=config,
         truths=truths,
         adopted=adopted,
-        faults=schedule.injected,
+        faults=schedule.injected + workload.injected,
         restarts=restarts,
         writes_checked=checker.writes,
         violations=[str(v) for v in checker.violations],

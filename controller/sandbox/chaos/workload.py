@@ -112,17 +112,11 @@ class Workload:
         return {"propagation_delay": ISTIO_WAIT, "sleep": self._istio_sleep, "clock": self._istio_clock}
 
     def step(self, now: float) -> None:
-        """Between two passes, at ``now`` (the controller's virtual clock): istiod catches up, flapped
-        pods come back, long-paused rollouts are resumed, and maybe one new event happens."""
+        """Between two passes, at ``now`` (the controller's virtual clock): :meth:`catch_up`, then
+        maybe one new event."""
         if self.rate <= 0:
             return
-        self._istio_sleep(self.tick)
-        for (namespace, pod), back in sorted(self._unready.items()):
-            if back <= now:
-                del self._unready[(namespace, pod)]
-                self._set_ready(namespace, pod, ready=True)
-        rollouts = self._rollouts()
-        self._resume(rollouts, now)
+        rollouts = self.catch_up(now)
         active = sorted(
             key
             for key, obj in rollouts.items()
@@ -133,6 +127,18 @@ class Workload:
         uncovered = [k for k in WEIGHTS if not self.injected[k.value]]
         kind = uncovered[0] if uncovered else self._rng.choices(list(WEIGHTS), list(WEIGHTS.values()))[0]
         self.apply(kind, self._rng.choice(active), now)
+
+    def catch_up(self, now: float) -> dict[str, dict[str, Any]]:
+        """A pass of time without a new event: istiod catches up ``tick`` seconds, flapped pods due
+        back are ready, long-paused rollouts are resumed. Returns the rollouts as stored then."""
+        self._istio_sleep(self.tick)
+        for (namespace, pod), back in sorted(self._unready.items()):
+            if back <= now:
+                del self._unready[(namespace, pod)]
+                self._set_ready(namespace, pod, ready=True)
+        rollouts = self._rollouts()
+        self._resume(rollouts, now)
+        return rollouts
 
     def apply(self, kind: WorkloadKind, key: str, now: float) -> None:
         """One event of ``kind`` on rollout ``key`` ("namespace/name") at ``now``."""

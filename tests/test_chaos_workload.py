@@ -170,6 +170,17 @@ def test_a_promote_is_acted_on_once_and_names_who_asked(good: Stage) -> None:
     assert sum("skipped by" in t["reason"] for t in good.status()["history"]) == 1
 
 
+def test_a_command_arriving_mid_pass_is_acted_on_once(good: Stage) -> None:
+    good.until("Progressing")
+    command_id = good.workload.command(KEY, CommandKind.PAUSE, good.clock.now, arrival="mid-pass")
+    assert COMMAND_ANNOTATION not in (good.rollout()["metadata"].get("annotations") or {})
+    for _ in range(3):  # it lands before one of the controller's requests, which acts on it then or next
+        good.manager.tick()
+        good.clock.now += good.workload.tick
+    assert good.status()["lastCommandId"] == command_id and good.status()["phase"] == "Paused"
+    assert [t["action"] for t in good.status()["history"]].count("Pause") == 1
+
+
 def test_an_abort_of_a_good_canary_is_a_right_failure(good: Stage) -> None:
     good.until("Progressing")
     good.workload.apply(WorkloadKind.ABORT, KEY, good.clock.now)

@@ -13,7 +13,10 @@ writing to the local API directly as the actor would (a kubelet's pod status, a 
 - ``workload-promote``, ``workload-abort``, ``workload-pause``: a steering command as the CLI writes
   it (:func:`controller.engine.steering.command_annotations`, field manager ``canarist-cli``, a
   person's name, a unique id, dated by the controller's clock); a promote goes to 100 % one time in
-  three. A rollout Paused for two passes with no command pending is resumed (``workload-resume``);
+  three. Half the commands arrive in the middle of the next pass, before one of the controller's
+  requests (the workload wraps the API's ``request_filter``), so they land between its read of a
+  rollout and its write. A rollout Paused for two passes with no command pending is resumed
+  (``workload-resume``);
 - ``workload-delete``: the rollout deleted mid-step; its finalizer must restore the adopted routes,
   and it leaves the outcome judging (:attr:`Workload.deleted`);
 - ``istio-slow-reconciled``: with probability ``rate`` per Istio write, istiod's ``Reconciled``
@@ -32,14 +35,14 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from controller.api.model import GROUP, PLURAL, VERSION
 from controller.api.names import COMMAND_ANNOTATION
 from controller.engine.steering import CLI_FIELD_MANAGER, command_annotations
 from controller.judge.machine import CommandKind
 from controller.sandbox.localapi import LocalApiServer
-from controller.sandbox.localapi.calls import Caller
+from controller.sandbox.localapi.calls import Caller, Injection, RequestFilter
 from controller.sandbox.localapi.resources import Key
 
 
@@ -97,13 +100,18 @@ class Workload:
     _unready: dict[tuple[str, str], float] = field(default_factory=dict, repr=False)  # pod -> back at
     _paused_since: dict[str, float] = field(default_factory=dict, repr=False)
     _commands: int = field(default=0, repr=False)
+    #: Commands to land mid-pass: rollout key, command, who, id, issue time.
+    _arriving: list[tuple[str, CommandKind, str, str, float]] = field(default_factory=list, repr=False)
+    _arrival_rng: random.Random = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._rng = random.Random(f"workload-{self.seed}")
         self._istio_rng = random.Random(f"istio-{self.seed}")  # per write: it must not shift the events
+        self._arrival_rng = random.Random(f"arrival-{self.seed}")  # per request, likewise
         if self.rate > 0:
             self.api.istio_status = True
             self.api.istio_report_due = self._report_due
+            self.api.request_filter = self._arrivals(self.api.request_filter)
 
     def edge_settings(self) -> dict[str, Any]:
         """The controller's KubeCluster settings: wait for istiod's report on istiod's virtual clock."""
@@ -132,6 +140,7 @@ class Workload:
         """A pass of time without a new event: istiod catches up ``tick`` seconds, flapped pods due
         back are ready, long-paused rollouts are resumed. Returns the rollouts as stored then."""
         self._istio_sleep(self.tick)
+        self._land(len(self._arriving))  # those the pass did not take
         for (namespace, pod), back in sorted(self._unready.items()):
             if back <= now:
                 del self._unready[(namespace, pod)]
@@ -153,25 +162,50 @@ class Workload:
                 self._edit_policy(namespace, name)
             case WorkloadKind.PROMOTE:
                 full = self._rng.random() < 1 / 3
-                self.command(key, CommandKind.PROMOTE_FULL if full else CommandKind.PROMOTE, now)
+                self.command(key, CommandKind.PROMOTE_FULL if full else CommandKind.PROMOTE, now, arrival="either")
             case WorkloadKind.ABORT:
-                self.command(key, CommandKind.ABORT, now)
+                self.command(key, CommandKind.ABORT, now, arrival="either")
             case WorkloadKind.PAUSE:
-                self.command(key, CommandKind.PAUSE, now)
+                self.command(key, CommandKind.PAUSE, now, arrival="either")
             case WorkloadKind.DELETE:
                 self.deleted.add(key)
                 self.api.handle("DELETE", _path(namespace, name), {}, None, "", caller=Caller("carol", "kubectl"))
             case WorkloadKind.ISTIO_SLOW:
                 raise ValueError("istiod's lateness is drawn per Istio write, not applied to a rollout")
 
-    def command(self, key: str, kind: CommandKind, now: float) -> str:
-        """A steering command on rollout ``key`` as ``canarist <kind>`` writes it; returns its id."""
-        namespace, _, name = key.partition("/")
+    def command(
+        self, key: str, kind: CommandKind, now: float, *, arrival: Literal["now", "mid-pass", "either"] = "now"
+    ) -> str:
+        """A steering command on rollout ``key`` as ``canarist <kind>`` writes it: now, or before one of
+        the controller's requests in the next pass, or either (one time in two); returns its id."""
         self._commands += 1
         by, command_id = self._rng.choice(PEOPLE), f"chaos-{self.seed}-{self._commands}"
-        body = {"metadata": {"annotations": command_annotations(kind, by=by, command_id=command_id, at=now)}}
-        self._patch(namespace, name, body, Caller(by, CLI_FIELD_MANAGER))
+        self._arriving.append((key, kind, by, command_id, now))
+        if arrival == "now" or (arrival == "either" and self._rng.random() < 0.5):
+            self._land(1)
         return command_id
+
+    def _land(self, count: int) -> None:
+        """Write the ``count`` oldest arriving commands (one to a rollout since deleted is lost)."""
+        with self.api.cond:
+            landing, self._arriving[:count] = self._arriving[:count], []
+            for key, kind, by, command_id, at in landing:
+                namespace, _, name = key.partition("/")
+                if self.api.get(GROUP, PLURAL, namespace, name) is not None:
+                    body = {"metadata": {"annotations": command_annotations(kind, by=by, command_id=command_id, at=at)}}
+                    self._patch(namespace, name, body, Caller(by, CLI_FIELD_MANAGER))
+
+    def _arrivals(self, inner: RequestFilter | None) -> RequestFilter:
+        """``inner`` (the API's fault schedule, if any), with arriving commands landing before a request
+        (a quarter of the requests while one waits)."""
+
+        def arrivals(method: str, path: str, query: dict[str, str]) -> Injection | None:
+            with self.api.cond:
+                if self._arriving and self._arrival_rng.random() < 0.25:
+                    self._land(1)
+            return inner(method, path, query) if inner is not None else None
+
+        return arrivals
 
     # --- the kinds ---
 

@@ -374,7 +374,7 @@ def test_a_steered_outcome_is_right_only_when_the_command_decided_it(
 def test_a_short_seeded_soak_with_workload_events_keeps_every_invariant(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.CRITICAL, logger="canarist")
     began = time.monotonic()
-    result = run_soak(SoakConfig(rollouts=6, seed=0, fault_rate=0.1, crash_rate=0.02, watch_every=2, workload_rate=0.4))
+    result = run_soak(SoakConfig(rollouts=6, seed=0, fault_rate=0.1, crash_rate=0.02, watch_every=2, workload_rate=0.5))
     assert result.violations == []
     assert result.wrong_outcomes == [] and result.unfinished == [] and result.not_restored == []
     assert {k.value for k in WorkloadKind} <= {k for k, n in result.faults.items() if n > 0}, result.faults

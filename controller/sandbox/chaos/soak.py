@@ -89,8 +89,8 @@ class SoakConfig:
     #: The manager watches (one real second) every this many passes; 0: never.
     watch_every: int = 8
     client_timeout: float = 0.5
-    #: Probability of a workload event per pass, and of istiod reporting an Istio write late
-    #: (:mod:`controller.sandbox.chaos.workload`); 0: none.
+    #: Probability of a workload event per pass (times the share of rollouts under way), and of
+    #: istiod reporting an Istio write late (:mod:`controller.sandbox.chaos.workload`); 0: none.
     workload_rate: float = 0.0
 
 

@@ -1,7 +1,8 @@
 """The workload's faults: what people, kubelets and istiod do to the rollouts while canarist runs them.
 
 :class:`Workload` acts between the soak's passes (:meth:`Workload.step`): with probability ``rate``
-per pass it applies one event, drawn from its own ``random.Random``, to a rollout still under way,
+per pass (times the share of the rollouts still under way, so the last ones are not hammered by
+every event) it applies one event, drawn from its own ``random.Random``, to a rollout under way,
 writing to the local API directly as the actor would (a kubelet's pod status, a person's edit,
 ``canarist promote``, ``kubectl delete``). The kinds (counted in :attr:`Workload.injected`):
 
@@ -100,6 +101,7 @@ class Workload:
     _unready: dict[tuple[str, str], float] = field(default_factory=dict, repr=False)  # pod -> back at
     _paused_since: dict[str, float] = field(default_factory=dict, repr=False)
     _commands: int = field(default=0, repr=False)
+    _population: int = field(default=0, repr=False)  # the most rollouts seen at once
     #: Commands to land mid-pass: rollout key, command, who, id, issue time.
     _arriving: list[tuple[str, CommandKind, str, str, float]] = field(default_factory=list, repr=False)
     _arrival_rng: random.Random = field(init=False, repr=False)
@@ -130,7 +132,8 @@ class Workload:
             for key, obj in rollouts.items()
             if _phase(obj) not in FINAL_PHASES and not obj["metadata"].get("deletionTimestamp")
         )
-        if not active or self._rng.random() >= self.rate:
+        self._population = max(self._population, len(rollouts))
+        if not active or self._rng.random() >= self.rate * len(active) / self._population:
             return
         uncovered = [k for k in WEIGHTS if not self.injected[k.value]]
         kind = uncovered[0] if uncovered else self._rng.choices(list(WEIGHTS), list(WEIGHTS.values()))[0]

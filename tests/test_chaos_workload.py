@@ -323,6 +323,14 @@ def test_a_command_not_recorded_as_asked_is_caught(obj: dict[str, Any], detail: 
     assert any(detail in str(v) for v in violations), violations
 
 
+def test_an_advance_in_the_write_of_a_command_that_did_not_decide_it_is_caught() -> None:
+    advance = [transition("Start", AT[0], 5), transition("Advance", AT[1], 25)]  # the analysis' words
+    consumed = annotated(rollout(advance, lastCommandId="c1"), "pause", "c1")  # a pause heard, not acted
+    writes = clean_writes()
+    writes[4] = (ROLLOUT_KEY, consumed)
+    assert {v.invariant for v in check(writes).violations} == {"promotion-without-evidence"}
+
+
 def test_a_recorded_command_id_lost_is_caught() -> None:
     lost = paused("c1")
     del lost["status"]["lastCommandId"]

@@ -264,8 +264,9 @@ def _status_of(obj: Mapping[str, Any] | None) -> dict[str, Any]:
 
 def _allowed(transition: Mapping[str, Any], old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
     """Whether the write recording ``transition`` records what allowed it: this write's analysis with
-    no metric failing, or a human command acted on in this write."""
-    if new.get("lastCommandId") and new.get("lastCommandId") != old.get("lastCommandId"):
+    no metric failing, or a human command acted on in this write whose decision it is."""
+    commanded = COMMANDED.match(str(transition.get("reason", ""))) is not None
+    if commanded and new.get("lastCommandId") and new.get("lastCommandId") != old.get("lastCommandId"):
         return True
     failing = any(m.get("verdict") == "Fail" for m in _dicts(new.get("metrics")))
     return new.get("lastAnalysisAt") == transition.get("at") and not failing

@@ -183,9 +183,10 @@ class Workload:
         the controller's requests in the next pass, or either (one time in two); returns its id."""
         self._commands += 1
         by, command_id = self._rng.choice(PEOPLE), f"chaos-{self.seed}-{self._commands}"
-        self._arriving.append((key, kind, by, command_id, now))
+        with self.api.cond:  # a request of a late write may be landing one meanwhile
+            self._arriving.append((key, kind, by, command_id, now))
         if arrival == "now" or (arrival == "either" and self._rng.random() < 0.5):
-            self._land(1)
+            self._land(len(self._arriving))
         return command_id
 
     def _land(self, count: int) -> None:

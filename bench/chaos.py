@@ -3,12 +3,15 @@
 N rollouts (good, regressing and SLO-breaching canaries in turn; a third on the user's own routes)
 in runs of ``--per-run`` on one local API stand-in each, every run with its own seed (``--seed``,
 then +1 per run): the seeded fault schedule of :mod:`controller.sandbox.chaos.faults` on every
-request, a controller crash before an edge call with probability ``--crash-rate``, the invariants
+request, a controller crash before an edge call with probability ``--crash-rate``, workload events
+(:mod:`controller.sandbox.chaos.workload`: pods flapping, a new canary, policy edits, steering
+commands, deletion, istiod slow to report) with probability ``--workload-rate``, the invariants
 of :mod:`controller.sandbox.chaos.invariants` checked on every write the API stores, outcomes judged
-against each canary's truth, and every rollout deleted at the end (its adopted routes must be the
-user's again). The extra time the faults cost: each rollout's virtual minutes to its end against the
-same run without faults or crashes. Writes ``bench/results/chaos.json``; exits 1 on any violation,
-wrong outcome, unfinished rollout or unrestored object.
+against each canary's truth (a deleted rollout only by its release), and every rollout deleted at
+the end (its adopted routes must be the user's again). The extra time the faults cost: each
+rollout's virtual minutes to its end against the same run without faults, crashes or workload
+events. Writes ``bench/results/chaos.json``; exits 1 on any violation, wrong outcome, unfinished
+rollout or unrestored object.
 
 ``--prometheus``: each run's metrics through the real Prometheus edge instead, from a real
 Prometheus behind the seeded fault proxy (:mod:`controller.sandbox.chaos.promsoak`), in real time
@@ -36,16 +39,21 @@ from controller.sandbox.chaos.faults import FaultKind
 from controller.sandbox.chaos.promproxy import ProxyFault
 from controller.sandbox.chaos.promsoak import PREFIX, PrometheusEdge
 from controller.sandbox.chaos.soak import SoakConfig, SoakResult, run_soak
+from controller.sandbox.chaos.workload import RESUME, WorkloadKind
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "chaos.json"
+#: Every kind counted, the API's faults first, then the workload's (a resume follows a pause).
+FAULT_KINDS = (*(k.value for k in FaultKind), *(k.value for k in WorkloadKind), RESUME)
 
 
 def baseline(config: SoakConfig, cache: dict[tuple[int, int], SoakResult]) -> SoakResult:
-    """The same rollouts without faults or crashes (they depend on the seed only modulo 3)."""
+    """The same rollouts without faults, crashes or workload events (they depend on the seed only modulo 3)."""
     key = (config.rollouts, config.seed % 3)
     if key not in cache:
         metrics = replace(config.metrics, fault_rate=0.0) if config.metrics else None
-        calm = replace(config, seed=key[1], fault_rate=0.0, crash_rate=0.0, watch_every=0, metrics=metrics)
+        calm = replace(
+            config, seed=key[1], fault_rate=0.0, crash_rate=0.0, watch_every=0, workload_rate=0.0, metrics=metrics
+        )
         cache[key] = run_soak(calm)
     return cache[key]
 
@@ -65,7 +73,7 @@ def summary(results: Sequence[SoakResult], extra: Sequence[float], calm_seconds:
     faults: Counter[str] = Counter()
     for result in results:
         faults.update(result.faults)
-    kinds = [k.value for k in FaultKind]
+    kinds = list(FAULT_KINDS)
     if any(r.config.metrics for r in results):
         kinds += [f"{PREFIX}{k}" for k in ProxyFault]
     lines = {
@@ -131,6 +139,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="the first run's seed; each next run +1 (default: 0)")
     ap.add_argument("--fault-rate", type=float, default=0.1, help="faults per request (default: %(default)s)")
     ap.add_argument("--crash-rate", type=float, default=0.02, help="crashes per edge call (default: %(default)s)")
+    ap.add_argument(
+        "--workload-rate",
+        type=float,
+        default=0.0,
+        help="workload events per pass, and istiod's late reports per Istio write (default: %(default)s)",
+    )
     ap.add_argument("--watch-every", type=int, default=4, help="passes between watches (default: %(default)s)")
     ap.add_argument(
         "--prometheus",
@@ -155,6 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             fault_rate=args.fault_rate,
             crash_rate=args.crash_rate,
             watch_every=args.watch_every,
+            workload_rate=args.workload_rate,
         )
         if metrics is not None:  # real time: a pass every quarter second, at most 3 minutes
             config = replace(config, metrics=metrics, tick=0.25, minutes=3.0)

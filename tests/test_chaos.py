@@ -199,8 +199,15 @@ def test_an_advance_without_the_evidence_that_allows_it_is_caught(status: dict[s
 
 def test_an_advance_a_human_commanded_is_allowed() -> None:
     writes = clean_writes()
-    advance = [transition("Start", AT[0], 5), transition("Advance", AT[1], 25)]
-    writes[4] = (ROLLOUT_KEY, rollout(advance, lastCommandId="c1"))
+    skipped = {**transition("Advance", AT[1], 25), "reason": "step 0 skipped by alice: step 1 (25%)"}
+    commanded = rollout([transition("Start", AT[0], 5), skipped], lastCommandId="c1")
+    commanded["metadata"]["annotations"] = {
+        "canarist.io/command": "promote",
+        "canarist.io/command-by": "alice",
+        "canarist.io/command-id": "c1",
+        "canarist.io/command-at": AT[1],
+    }
+    writes[4] = (ROLLOUT_KEY, commanded)
     assert broken(writes) == set()
 
 

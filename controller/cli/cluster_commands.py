@@ -23,13 +23,10 @@ import click
 import yaml
 
 from controller.api.fields import DNS_LABEL
-from controller.api.names import COMMAND_ANNOTATION, COMMAND_AT_ANNOTATION, COMMAND_BY_ANNOTATION, COMMAND_ID_ANNOTATION
-from controller.api.text import printable
-from controller.api.times import rfc3339
 from controller.cli.common import UserError
 from controller.cli.tables import rollouts_table
 from controller.engine.ports import Cluster, ClusterUnavailableError, NotFoundError
-from controller.engine.steering import BY_LIMIT, COMMAND_TTL
+from controller.engine.steering import CLI_FIELD_MANAGER, COMMAND_TTL, command_annotations
 from controller.judge.machine import CommandKind
 from controller.traffic.tenancy import TenancyRules
 
@@ -100,25 +97,17 @@ def _default_namespace(cluster: Cluster) -> str:
 # --- steering ---------------------------------------------------------------------------------
 
 
-#: The field manager the CLI writes commands as (the API server records it in managedFields).
-FIELD_MANAGER = "canarist-cli"
-
-
 def _steer(kind: CommandKind, name: str, namespace: str | None, kubeconfig: str | None, context: str | None) -> None:
     """Write the command annotations: what, who (as the API server knows us), when (its clock), an id."""
     cluster = connect(kubeconfig, context)
     ns = namespace or _default_namespace(cluster)
     who_am_i = getattr(cluster, "who_am_i", None)
     user, server_time = who_am_i() if callable(who_am_i) else (None, None)
-    by = printable(user, BY_LIMIT) if user else printable(f"local user {getpass.getuser()}", BY_LIMIT)
-    annotations = {
-        COMMAND_ANNOTATION: kind.value,
-        COMMAND_BY_ANNOTATION: by,
-        COMMAND_ID_ANNOTATION: str(time.time_ns()),
-        COMMAND_AT_ANNOTATION: rfc3339(server_time if server_time is not None else time.time()),
-    }
+    by = user or f"local user {getpass.getuser()}"
+    at = server_time if server_time is not None else time.time()
+    annotations = command_annotations(kind, by=by, command_id=str(time.time_ns()), at=at)
     try:
-        cluster.annotate_rollout(ns, name, annotations, field_manager=FIELD_MANAGER)
+        cluster.annotate_rollout(ns, name, annotations, field_manager=CLI_FIELD_MANAGER)
     except NotFoundError:
         raise UserError(f"modelrollout {ns}/{name} not found") from None
     except ClusterUnavailableError as exc:

@@ -41,6 +41,8 @@ COMMAND_TTL = 600.0
 CLOCK_SKEW = 120.0
 #: The longest "who asked" canarist stores (a DNS subdomain's limit).
 BY_LIMIT = 253
+#: The field manager ``canarist promote`` and the others write commands as (managedFields records it).
+CLI_FIELD_MANAGER = "canarist-cli"
 COMMAND_ANNOTATIONS = (COMMAND_ANNOTATION, COMMAND_BY_ANNOTATION, COMMAND_ID_ANNOTATION, COMMAND_AT_ANNOTATION)
 
 
@@ -61,6 +63,16 @@ class CommandCheck:
         if self.problem is not None or self.done:
             return None
         return Command(CommandKind(self.text), by=self.by)
+
+
+def command_annotations(kind: CommandKind, *, by: str, command_id: str, at: float) -> dict[str, str]:
+    """The four annotations of a command, as ``canarist promote`` and the others write them."""
+    return {
+        COMMAND_ANNOTATION: kind.value,
+        COMMAND_BY_ANNOTATION: printable(by, BY_LIMIT),
+        COMMAND_ID_ANNOTATION: command_id,
+        COMMAND_AT_ANNOTATION: rfc3339(at),
+    }
 
 
 def writers(metadata: Mapping[str, Any], annotation: str) -> list[str]:

@@ -19,20 +19,33 @@ store's lock held) and keeps its own view of the objects. On every write:
 - ``slo-breach-rollback``: once a whole window of a known SLO breach is readable (``breaches``: the
   rollout's key and that moment), the first analysis recorded from then on rolls back: no look that
   could see the breach holds, advances or promotes the canary.
+- ``command-once``: a steering command is acted on exactly once and recorded with who asked: its id
+  becomes ``status.lastCommandId`` in the write that records its decision (the id the annotations
+  carry), never again later (across restarts and lost answers too), with at most one decision that
+  names the annotation's ``-by`` and fits the command; a human's decision (a reason such as ``paused
+  by ...``) is never recorded without a new command id, and a recorded id is never lost.
 
 Each violation is one line: invariant, object, write number (the resourceVersion), detail. At the end
-of a run, :func:`wrong_outcome` judges a rollout's phase against the truth of its canary and
-:func:`restore_problem` an adopted object against the user's original.
+of a run, :func:`wrong_outcome` judges a rollout's phase against the truth of its canary (a human's
+abort or promotion, traceable in the history, is a right end too) and :func:`restore_problem` an
+adopted object against the user's original.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from controller.api.names import ADOPTED_LABEL, ROLLOUT_LABEL
+from controller.api.names import (
+    ADOPTED_LABEL,
+    COMMAND_ANNOTATION,
+    COMMAND_BY_ANNOTATION,
+    COMMAND_ID_ANNOTATION,
+    ROLLOUT_LABEL,
+)
 from controller.api.times import parse_time
 from controller.engine.record import ANALYSES_LIMIT, DISTRIBUTIONS_LIMIT, STATUS_BYTES_LIMIT, WEIGHTS_LIMIT
 from controller.judge.machine import HISTORY_LIMIT
@@ -44,6 +57,21 @@ ROLLOUTS = ("canarist.io", "modelrollouts")
 LOG_LIMITS = {"history": HISTORY_LIMIT, "weights": WEIGHTS_LIMIT, "analyses": ANALYSES_LIMIT}
 LOG_LIMITS["distributions"] = DISTRIBUTIONS_LIMIT
 PROMOTIONS = ("Advance", "Promote")
+#: A decision a human command caused, as the state machine words its reason (``... by WHO``).
+COMMANDED = re.compile(
+    r"^(?P<what>aborted|paused|resumed|promoted to 100%|step \d+ skipped|retried) by (?P<by>.+?)"
+    r"(?:: step \d+ \(\d+%\))?$",
+    re.DOTALL,
+)
+#: The actions each command may record (promote: one step, which may be the last).
+COMMAND_ACTIONS = {
+    "abort": ("Rollback",),
+    "pause": ("Pause",),
+    "resume": ("Resume",),
+    "promote": ("Advance", "Promote"),
+    "promote-full": ("Promote",),
+    "retry": ("Retry",),
+}
 
 
 @dataclass(frozen=True)
@@ -76,6 +104,8 @@ class InvariantChecker:
     canary_weights: dict[Key, int] = field(default_factory=dict)
     #: Rollouts (``namespace/name``) whose canary breaches its SLO, and when a whole window of it is readable.
     breaches: dict[str, float] = field(default_factory=dict)
+    #: The command ids each rollout has recorded as acted on.
+    commands_acted: dict[Key, set[str]] = field(default_factory=dict)
 
     def __call__(self, version: int, event: str, key: Key, obj: dict[str, Any]) -> None:
         self.writes += 1
@@ -86,6 +116,7 @@ class InvariantChecker:
             self._violate("checker-error", key, version, f"{type(exc).__name__}: {exc}")
         if event == "DELETED":
             self.view.pop(key, None)
+            self.commands_acted.pop(key, None)
         else:
             self.view[key] = obj
         if key[:2] == (ISTIO, "destinationrules"):
@@ -171,6 +202,7 @@ class InvariantChecker:
                     f"{transition.get('action')} at {transition.get('at')} without an analysis or command allowing it"
                 )
                 self._violate("promotion-without-evidence", key, version, detail)
+        self._command_once(version, key, obj, old=old, new=new, appended=appended)
         history = _dicts(new.get("history"))
         if new.get("phase") == "Succeeded" and not any(t.get("action") == "Promote" for t in history):
             self._violate("succeeded-without-promote", key, version, "phase Succeeded with no Promote in the history")
@@ -185,13 +217,48 @@ class InvariantChecker:
             detail = f"the analysis at {new.get('lastAnalysisAt')} could read the SLO breach and did not roll back"
             self._violate("slo-breach-rollback", key, version, detail)
 
+    def _command_once(
+        self,
+        version: int,
+        key: Key,
+        obj: Mapping[str, Any],
+        *,
+        old: Mapping[str, Any],
+        new: Mapping[str, Any],
+        appended: list[dict[str, Any]],
+    ) -> None:
+        """``command-once`` for one status write (see the module docstring)."""
+        before, after = old.get("lastCommandId"), new.get("lastCommandId")
+        commanded = [t for t in appended if COMMANDED.match(str(t.get("reason", "")))]
+        if after is None or after == before:
+            if before is not None and after is None:
+                self._violate("command-once", key, version, f"lastCommandId {before!r} lost")
+            for transition in commanded:
+                detail = f"{transition.get('action')} {transition.get('reason')!r} recorded without a new command id"
+                self._violate("command-once", key, version, detail)
+            return
+        acted = self.commands_acted.setdefault(key, set())
+        if after in acted:
+            self._violate("command-once", key, version, f"command {after!r} acted on again")
+        acted.add(str(after))
+        annotations = (obj.get("metadata") or {}).get("annotations") or {}
+        if (carried := annotations.get(COMMAND_ID_ANNOTATION)) != after:
+            detail = f"lastCommandId {after!r} while the object carries command {carried!r}"
+            self._violate("command-once", key, version, detail)
+        if len(commanded) > 1:
+            self._violate("command-once", key, version, f"command {after!r} decided {len(commanded)} times")
+        by, kind = str(annotations.get(COMMAND_BY_ANNOTATION)), str(annotations.get(COMMAND_ANNOTATION))
+        for transition in commanded:
+            action, reason = transition.get("action"), str(transition.get("reason"))
+            if action not in COMMAND_ACTIONS.get(kind, ()) or by not in reason:
+                detail = f"command {kind} by {by} ({after!r}) recorded as {action} {reason!r}"
+                self._violate("command-once", key, version, detail)
+
     def _history(
         self, version: int, key: Key, old: Mapping[str, Any], new: Mapping[str, Any], *, near_bound: bool
     ) -> list[dict[str, Any]]:
         """The transitions ``new`` appends to ``old``'s history; a violation if it rewrites any."""
         before, after = _dicts(old.get("history")), _dicts(new.get("history"))
-        if old.get("canaryRevision") not in (None, new.get("canaryRevision")):
-            return after  # a new canary: its history starts afresh
         if after[: len(before)] == before:
             return after[len(before) :]
         at_bound = len(after) >= HISTORY_LIMIT or near_bound
@@ -199,6 +266,8 @@ class InvariantChecker:
             kept = before[dropped:]
             if at_bound and after[: len(kept)] == kept and len(after) >= len(kept):
                 return after[len(kept) :]
+        if old.get("canaryRevision") not in (None, new.get("canaryRevision")):
+            return after  # a new canary: its history may start afresh
         detail = f"history of {len(before)} entries rewritten as {len(after)} (not only appended)"
         self._violate("history-append-only", key, version, detail)
         return []
@@ -211,8 +280,9 @@ def _status_of(obj: Mapping[str, Any] | None) -> dict[str, Any]:
 
 def _allowed(transition: Mapping[str, Any], old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
     """Whether the write recording ``transition`` records what allowed it: this write's analysis with
-    no metric failing, or a human command acted on in this write."""
-    if new.get("lastCommandId") and new.get("lastCommandId") != old.get("lastCommandId"):
+    no metric failing, or a human command acted on in this write whose decision it is."""
+    commanded = COMMANDED.match(str(transition.get("reason", ""))) is not None
+    if commanded and new.get("lastCommandId") and new.get("lastCommandId") != old.get("lastCommandId"):
         return True
     failing = any(m.get("verdict") == "Fail" for m in _dicts(new.get("metrics")))
     return new.get("lastAnalysisAt") == transition.get("at") and not failing
@@ -238,16 +308,25 @@ def canary_weight(rollout: Mapping[str, Any], service: Mapping[str, Any]) -> int
 
 
 def wrong_outcome(truth: str, rollout: Mapping[str, Any] | None) -> str | None:
-    """Why the rollout's end is wrong for its canary's truth (``good``: Succeeded; any other: rolled
-    back to Failed), or None when it is right."""
+    """Why the rollout's end is wrong for its canary's truth, or None when it is right: a good canary
+    Succeeded (or Failed by a human's abort), any other rolled back to Failed (or Succeeded by a
+    human's promotion); the human's decision must be the one that ended it, named in the history."""
     status = (rollout or {}).get("status") or {}
-    phase = status.get("phase")
+    phase, history = status.get("phase"), _dicts(status.get("history"))
     if truth == "good":
-        return None if phase == "Succeeded" else f"a good canary ended {phase}: {status.get('message')}"
-    rolled_back = any(t.get("action") == "Rollback" for t in _dicts(status.get("history")))
-    if phase == "Failed" and rolled_back:
+        if phase == "Succeeded" or (phase == "Failed" and _commanded_last(history, "Rollback")):
+            return None
+        return f"a good canary ended {phase}: {status.get('message')}"
+    rolled_back = any(t.get("action") == "Rollback" for t in history)
+    if (phase == "Failed" and rolled_back) or (phase == "Succeeded" and _commanded_last(history, "Promote")):
         return None
     return f"a {truth} canary ended {phase} (rolled back: {rolled_back}): {status.get('message')}"
+
+
+def _commanded_last(history: list[dict[str, Any]], action: str) -> bool:
+    """Whether the last ``action`` in ``history`` is a human command's."""
+    last = next((t for t in reversed(history) if t.get("action") == action), None)
+    return last is not None and COMMANDED.match(str(last.get("reason", ""))) is not None
 
 
 def restore_problem(original: Mapping[str, Any], current: Mapping[str, Any] | None) -> str | None:

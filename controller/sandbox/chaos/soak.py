@@ -47,6 +47,7 @@ from controller.sandbox.chaos.truth import (
     rollout_name,
     user_objects,
 )
+from controller.sandbox.chaos.workload import Workload
 from controller.sandbox.localapi import LocalApiServer, local_api_server
 from controller.traffic.templating import default_environment
 
@@ -62,8 +63,10 @@ class ControllerCrash(BaseException):
 class CrashingCluster(KubeCluster):
     """The Kubernetes edge of a controller that may die before any call it makes (``crash_rate`` each)."""
 
-    def __init__(self, api_client: Any, *, rng: random.Random, crash_rate: float, request_timeout: float) -> None:
-        super().__init__(api_client, propagation_delay=0.0, request_timeout=request_timeout)
+    def __init__(
+        self, api_client: Any, *, rng: random.Random, crash_rate: float, request_timeout: float, **edge: Any
+    ) -> None:
+        super().__init__(api_client, request_timeout=request_timeout, **{"propagation_delay": 0.0, **edge})
         self.rng, self.crash_rate = rng, crash_rate
 
     def _call(self, what: str, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
@@ -96,6 +99,9 @@ class SoakConfig:
     client_timeout: float = 0.5
     #: Where the metrics come from: None, the in-process TruthMetrics on the virtual clock.
     metrics: PrometheusEdge | None = None
+    #: Probability of a workload event per pass (times the share of rollouts under way), and of
+    #: istiod reporting an Istio write late (:mod:`controller.sandbox.chaos.workload`); 0: none.
+    workload_rate: float = 0.0
 
 
 @dataclass
@@ -152,19 +158,24 @@ def run_soak(config: SoakConfig) -> SoakResult:
             api.request_filter = schedule
         clock = prom.clock if prom else VirtualClock()
         start, restarts = clock.now, 0
+        workload = Workload(api, config.seed, rate=config.workload_rate, tick=config.tick)
 
         def fresh() -> Manager:
             client = api.make_client(retries=retry_policy())
             crash_rate = config.crash_rate
             cluster = CrashingCluster(
-                client, rng=crash_rng, crash_rate=crash_rate, request_timeout=config.client_timeout
+                client,
+                rng=crash_rng,
+                crash_rate=crash_rate,
+                request_timeout=config.client_timeout,
+                **workload.edge_settings(),
             )
             metrics = prom.source() if prom else TruthMetrics(truths, onsets)
             return Manager(cluster, metrics, default_environment(), clock, namespace=NAMESPACE, rng=order_rng)
 
         manager, passes = fresh(), 0
         ended: dict[str, float] = {}
-        while clock.now < start + config.minutes * 60 and len(ended) < len(truths):
+        while clock.now < start + config.minutes * 60 and len(ended.keys() | workload.deleted) < len(truths):
             try:
                 manager.tick()
                 if config.watch_every and passes % config.watch_every == config.watch_every - 1:
@@ -176,14 +187,19 @@ def run_soak(config: SoakConfig) -> SoakResult:
             for key, phase in _phases(api).items():
                 if phase in FINAL_PHASES and key not in ended:
                     ended[key] = (clock.now - start) / 60
+            workload.step(clock.now)
             clock.now += config.tick
         phases = _phases(api)
-        unfinished = [f"{key}: {truths[key]} canary still {phase}" for key, phase in phases.items() if key not in ended]
+        unfinished = [
+            f"{key}: {truths[key]} canary still {phase}"
+            for key, phase in phases.items()
+            if key not in ended and key not in workload.deleted
+        ]
         breach_seconds = {key: _rollback_after(api, key, readable) for key, readable in checker.breaches.items()}
         wrong = [
             f"{key}: {problem}"
             for key in ended
-            if (problem := wrong_outcome(truths[key], _rollout(api, key))) is not None
+            if key not in workload.deleted and (problem := wrong_outcome(truths[key], _rollout(api, key))) is not None
         ]
         missing_data_passed = prom.problems(api) if prom else []
         restarts += _delete_all(api, manager, clock, config, fresh)
@@ -193,7 +209,7 @@ def run_soak(config: SoakConfig) -> SoakResult:
         config=config,
         truths=truths,
         adopted=adopted,
-        faults=schedule.injected + (prom.faults if prom else Counter()),
+        faults=schedule.injected + workload.injected + (prom.faults if prom else Counter()),
         restarts=restarts,
         writes_checked=checker.writes,
         violations=[str(v) for v in checker.violations] + missing_data_passed,

@@ -36,7 +36,8 @@ code), :meth:`LocalApiServer.fail` injects faults (the next N matching requests 
 are delayed), :attr:`LocalApiServer.request_filter` lets a fault schedule answer any request (see
 :class:`~controller.sandbox.localapi.calls.Injection`), :attr:`LocalApiServer.write_observer` sees
 every accepted write, :meth:`LocalApiServer.seed` puts objects in directly (status included), and
-``istio_status=True`` plays istiod writing the ``Reconciled`` condition after each Istio write.
+``istio_status=True`` plays istiod writing the ``Reconciled`` condition after each Istio write (late,
+when :attr:`LocalApiServer.istio_report_due` defers it).
 
 Not supported: namespaces as objects, admission and schema validation, defaulting, server-side
 apply, pagination (``limit``/``continue``), bookmarks, dry run, collection deletes, foreground
@@ -54,7 +55,7 @@ from __future__ import annotations
 import copy
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import ThreadingHTTPServer
@@ -74,6 +75,10 @@ class LocalApiServer(ObjectStore):
     """The API server's state and semantics; :meth:`start` serves it on a free loopback port."""
 
     istio_status: bool = False
+    #: istiod slow to report (the chaos soak): for an Istio write, the moment its Reconciled report is
+    #: due (on the caller's clock; see :meth:`report_istio`), or None for at once. None: always at once.
+    istio_report_due: Callable[[Key], float | None] | None = None
+    istio_pending: list[tuple[float, Key, int]] = field(default_factory=list)
     #: Bearer tokens and the user each one authenticates (the API server's static token file).
     #: Empty: no token authenticator (credentials are ignored; every request is anonymous).
     tokens: dict[str, str] = field(default_factory=dict)

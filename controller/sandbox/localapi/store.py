@@ -14,7 +14,7 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from controller.sandbox.localapi.calls import WriteObserver
@@ -39,6 +39,8 @@ class ObjectStore:
     """The objects and what a write does to them; the state itself is :class:`LocalApiServer`'s."""
 
     istio_status: bool
+    istio_report_due: Callable[[Key], float | None] | None
+    istio_pending: list[tuple[float, Key, int]]
     objects: dict[Key, dict[str, Any]]
     resource_version: int
     compacted: int
@@ -229,16 +231,39 @@ class ObjectStore:
         return gone
 
     def _istiod(self, route: Route, obj: dict[str, Any]) -> None:
-        """Play istiod's status reporting: mark the new generation Reconciled."""
+        """Play istiod's status reporting: mark the new generation Reconciled, at once or, when
+        :attr:`istio_report_due` gives a moment, once :meth:`report_istio` reaches it."""
         if not self.istio_status or route.resource.group != "networking.istio.io":
             return
         generation = obj["metadata"].get("generation", 1)
         if (obj.get("status") or {}).get("observedGeneration") == generation:
             return
+        key = route.key(obj["metadata"]["name"])
+        due = self.istio_report_due(key) if self.istio_report_due is not None else None
+        if due is None:
+            self._reconciled(key, obj, generation)
+        else:
+            self.istio_pending.append((due, key, generation))
+
+    def report_istio(self, moment: float) -> int:
+        """Write the deferred Reconciled reports due by ``moment`` (istiod catching up); a report of a
+        generation since replaced or deleted is dropped (its successor has its own). Returns how many."""
+        with self.cond:
+            due = [p for p in self.istio_pending if p[0] <= moment]
+            self.istio_pending[:] = [p for p in self.istio_pending if p[0] > moment]
+            reported = 0
+            for _, key, generation in due:
+                current = self.objects.get(key)
+                if current is not None and current["metadata"].get("generation", 1) == generation:
+                    reported += 1
+                    self._reconciled(key, current, generation)
+            return reported
+
+    def _reconciled(self, key: Key, obj: dict[str, Any], generation: int) -> None:
         reported = copy.deepcopy(obj)
         condition = {"type": "Reconciled", "status": "True", "lastProbeTime": now(), "lastTransitionTime": now()}
         reported["status"] = {"observedGeneration": generation, "conditions": [condition]}
-        self._commit(route.key(obj["metadata"]["name"]), reported, "MODIFIED")
+        self._commit(key, reported, "MODIFIED")
 
     def watch(self, route: Route, query: dict[str, str]) -> Iterator[dict[str, Any]]:
         """The watch stream: events since ``resourceVersion`` until ``timeoutSeconds`` or shutdown."""

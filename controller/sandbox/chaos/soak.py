@@ -22,14 +22,16 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from controller.api.model import GROUP, PLURAL, VERSION
-from controller.edges.kube import KubeCluster
 from controller.edges.kube.client import retry_policy
-from controller.manager.loop import Manager
+from controller.engine.ports import Cluster
+from controller.manager.loop import Elector, Manager
+from controller.sandbox.chaos.crashes import ControllerCrash, CrashingCluster
 from controller.sandbox.chaos.faults import FaultSchedule
 from controller.sandbox.chaos.invariants import InvariantChecker, restore_problem, wrong_outcome
+from controller.sandbox.chaos.replicas import ReplicaSet, both
 from controller.sandbox.chaos.truth import (
     NAMESPACE,
     TRUTHS,
@@ -42,26 +44,8 @@ from controller.sandbox.chaos.truth import (
 from controller.sandbox.localapi import LocalApiServer, local_api_server
 from controller.traffic.templating import default_environment
 
-T = TypeVar("T")
 T0 = 1_800_000_000.0  # on the minute grid
 FINAL_PHASES = ("Succeeded", "Failed")
-
-
-class ControllerCrash(BaseException):
-    """The controller process dies here (a BaseException: the loop's ``except Exception`` lets it through)."""
-
-
-class CrashingCluster(KubeCluster):
-    """The Kubernetes edge of a controller that may die before any call it makes (``crash_rate`` each)."""
-
-    def __init__(self, api_client: Any, *, rng: random.Random, crash_rate: float, request_timeout: float) -> None:
-        super().__init__(api_client, propagation_delay=0.0, request_timeout=request_timeout)
-        self.rng, self.crash_rate = rng, crash_rate
-
-    def _call(self, what: str, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-        if self.crash_rate and self.rng.random() < self.crash_rate:
-            raise ControllerCrash(what)
-        return super()._call(what, fn, *args, **kwargs)
 
 
 @dataclass
@@ -86,6 +70,8 @@ class SoakConfig:
     #: The manager watches (one real second) every this many passes; 0: never.
     watch_every: int = 8
     client_timeout: float = 0.5
+    #: Controllers on one Lease (controller.sandbox.chaos.replicas: stalls and take-overs); 1: no election.
+    replicas: int = 1
 
 
 @dataclass
@@ -107,6 +93,9 @@ class SoakResult:
     minutes_to_end: dict[str, float]
     seconds: float
     phases: dict[str, str] = field(default_factory=dict)
+    #: With replicas: Lease take-overs, and replicas stalled past their lease.
+    lease_transitions: int = 0
+    stalls: int = 0
 
 
 def truth_of(index: int, seed: int) -> str:
@@ -131,17 +120,24 @@ def run_soak(config: SoakConfig) -> SoakResult:
         clock = VirtualClock()
         restarts = 0
 
-        def fresh() -> Manager:
-            client = api.make_client(retries=retry_policy())
-            crash_rate = config.crash_rate
-            cluster = CrashingCluster(
-                client, rng=crash_rng, crash_rate=crash_rate, request_timeout=config.client_timeout
-            )
+        def fresh(cluster: Cluster | None = None, elector: Elector | None = None) -> Manager:
+            if cluster is None:
+                client = api.make_client(retries=retry_policy())
+                crash_rate = config.crash_rate
+                cluster = CrashingCluster(
+                    client, rng=crash_rng, crash_rate=crash_rate, request_timeout=config.client_timeout
+                )
             return Manager(
-                cluster, TruthMetrics(truths), default_environment(), clock, namespace=NAMESPACE, rng=order_rng
-            )
+                cluster, TruthMetrics(truths), default_environment(), clock, namespace=NAMESPACE, elector=elector,
+                rng=order_rng,
+            )  # fmt: skip
 
-        manager, passes = fresh(), 0
+        manager: Manager | ReplicaSet = fresh()
+        if config.replicas > 1:  # they judge who wrote, too
+            manager = ReplicaSet(api, clock, fresh, NAMESPACE, config.replicas, config.seed, config.tick,
+                                 config.crash_rate, config.client_timeout)  # fmt: skip
+            api.write_observer = both(checker, manager.checker)
+        passes = 0
         ended: dict[str, float] = {}
         while clock.now < T0 + config.minutes * 60 and len(ended) < len(truths):
             try:
@@ -166,20 +162,23 @@ def run_soak(config: SoakConfig) -> SoakResult:
         restarts += _delete_all(api, manager, clock, config, fresh)
         not_restored = _restored(api, originals)
         api.request_filter = None
+    replicas = manager if isinstance(manager, ReplicaSet) else None
     return SoakResult(
         config=config,
         truths=truths,
         adopted=adopted,
         faults=schedule.injected,
-        restarts=restarts,
+        restarts=restarts + (replicas.restarts if replicas else 0),
         writes_checked=checker.writes,
-        violations=[str(v) for v in checker.violations],
+        violations=[str(v) for v in checker.violations + (replicas.checker.violations if replicas else [])],
         wrong_outcomes=wrong,
         unfinished=unfinished,
         not_restored=not_restored,
         minutes_to_end=ended,
         seconds=time.monotonic() - began,
         phases=phases,
+        lease_transitions=replicas.checker.transitions if replicas else 0,
+        stalls=replicas.stalls if replicas else 0,
     )
 
 
@@ -212,7 +211,11 @@ def _phases(api: LocalApiServer) -> dict[str, str]:
 
 
 def _delete_all(
-    api: LocalApiServer, manager: Manager, clock: VirtualClock, config: SoakConfig, fresh: Callable[[], Manager]
+    api: LocalApiServer,
+    manager: Manager | ReplicaSet,
+    clock: VirtualClock,
+    config: SoakConfig,
+    fresh: Callable[[], Manager],
 ) -> int:
     """Delete every rollout (as ``kubectl delete`` would) and let the controller release their routes;
     returns the restarts on the way. Rollouts still there after 40 passes are left for the caller to find."""

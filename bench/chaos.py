@@ -6,9 +6,11 @@ then +1 per run): the seeded fault schedule of :mod:`controller.sandbox.chaos.fa
 request, a controller crash before an edge call with probability ``--crash-rate``, the invariants
 of :mod:`controller.sandbox.chaos.invariants` checked on every write the API stores, outcomes judged
 against each canary's truth, and every rollout deleted at the end (its adopted routes must be the
-user's again). The extra time the faults cost: each rollout's virtual minutes to its end against the
-same run without faults or crashes. Writes ``bench/results/chaos.json``; exits 1 on any violation,
-wrong outcome, unfinished rollout or unrestored object.
+user's again). With ``--replicas`` 2 or more, that many controllers share one Lease, stall past it
+and take over (:mod:`controller.sandbox.chaos.replicas`), and no write may come from one the Lease
+does not name. The extra time the faults cost: each rollout's virtual minutes to its end against
+the same run without faults or crashes, one controller. Writes ``bench/results/chaos.json``; exits
+1 on any violation, wrong outcome, unfinished rollout or unrestored object.
 """
 
 from __future__ import annotations
@@ -34,10 +36,12 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "chaos.json"
 
 
 def baseline(config: SoakConfig, cache: dict[tuple[int, int], SoakResult]) -> SoakResult:
-    """The same rollouts without faults or crashes (they depend on the seed only modulo 3)."""
+    """The same rollouts without faults, crashes or stalls, one controller (they depend on the seed
+    only modulo 3)."""
     key = (config.rollouts, config.seed % 3)
     if key not in cache:
-        cache[key] = run_soak(replace(config, seed=key[1], fault_rate=0.0, crash_rate=0.0, watch_every=0))
+        calm = replace(config, seed=key[1], fault_rate=0.0, crash_rate=0.0, watch_every=0, replicas=1)
+        cache[key] = run_soak(calm)
     return cache[key]
 
 
@@ -67,6 +71,8 @@ def summary(results: Sequence[SoakResult], extra: Sequence[float], calm_seconds:
         "faults": {k.value: faults.get(k.value, 0) for k in FaultKind},
         "faults_total": sum(faults.values()),
         "restarts": sum(r.restarts for r in results),
+        "lease_transitions": sum(r.lease_transitions for r in results),
+        "stalls": sum(r.stalls for r in results),
         "writes_checked": sum(r.writes_checked for r in results),
         **{name: len(found) for name, found in lines.items()},
         "extra_minutes": {
@@ -88,6 +94,7 @@ def table(totals: dict[str, Any]) -> str:
         ("faults injected", totals["faults_total"]),
         *((f"  {kind}", n) for kind, n in totals["faults"].items()),
         ("controller restarts", totals["restarts"]),
+        ("lease take-overs / replica stalls", f"{totals['lease_transitions']} / {totals['stalls']}"),
         ("writes checked", totals["writes_checked"]),
         ("invariant violations (must be 0)", totals["violations"]),
         ("wrong outcomes (must be 0)", totals["wrong_outcomes"]),
@@ -108,6 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--fault-rate", type=float, default=0.1, help="faults per request (default: %(default)s)")
     ap.add_argument("--crash-rate", type=float, default=0.02, help="crashes per edge call (default: %(default)s)")
     ap.add_argument("--watch-every", type=int, default=4, help="passes between watches (default: %(default)s)")
+    ap.add_argument("--replicas", type=int, default=1, help="controllers on one Lease (default: %(default)s)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results (default: bench/results/chaos.json)")
     args = ap.parse_args(argv)
     logging.getLogger("canarist").setLevel(logging.CRITICAL)  # every fault is a warning: thousands of lines
@@ -123,6 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             fault_rate=args.fault_rate,
             crash_rate=args.crash_rate,
             watch_every=args.watch_every,
+            replicas=args.replicas,
         )
         result = run_soak(config)
         calm = baseline(config, cache)
@@ -152,6 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "rollouts": len(r.truths),
                 "faults": dict(r.faults),
                 "restarts": r.restarts,
+                "lease_transitions": r.lease_transitions,
+                "stalls": r.stalls,
                 "writes_checked": r.writes_checked,
                 "phases": r.phases,
                 "minutes_to_end": {k: round(v, 2) for k, v in r.minutes_to_end.items()},

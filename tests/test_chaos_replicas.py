@@ -4,7 +4,8 @@
     replica the stored Lease does not name (or whose term is over), are caught; others are not.
 (b) The local API tells the observer who wrote: the user its token authenticates.
 (c) A short seeded soak with two replicas that stall, die (also mid-renewal) and take over: every
-    invariant kept; and with the fence taken away, the same soak catches the stale leader's writes.
+    invariant kept; with the fence taken away, the same soak catches the stale leader's writes, and
+    with an elector that takes over without waiting out the lease, two leaders.
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import controller.edges.kube.leader
 import controller.sandbox.chaos.soak
 from controller.edges.kube import KubeCluster
 from controller.edges.kube.leader import LeaderElector
@@ -163,3 +165,12 @@ def test_a_leader_stalled_between_its_status_and_its_routes_never_writes_them_on
         assert result.violations == [] and result.wrong_outcomes == [] and result.unfinished == []
     else:
         assert stale, result.violations
+
+
+def test_an_elector_that_does_not_wait_out_the_lease_is_caught_as_two_leaders(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    caplog.set_level(logging.CRITICAL, logger="canarist")
+    monkeypatch.setattr(controller.edges.kube.leader, "expired", lambda observed_at, duration, now: True)
+    result = run_soak(replace(REPLICAS, rollouts=3))
+    assert any(v.startswith("two-leaders: leases chaos/canarist-controller") for v in result.violations)

@@ -10,7 +10,7 @@ sends SIGKILL to a replica:
 1. right after its status write recorded a new weight, before it could write the routes (it
    restarts at once, as the same identity: it must write those routes, from the status);
 2. right after its Lease renewal was stored, before it heard the answer (it restarts as a new
-   pod: a new identity, so the other replica has to wait out the lease and take over);
+   pod: a new identity, so the replicas have to wait out the lease before one takes it over);
 3. while it watches rollouts, after a random delay;
 4. the follower, at a random moment.
 
@@ -188,10 +188,11 @@ def fleet_of(
         try:
             yield make
         finally:
-            for replica in (r for made in fleets for r in made.replicas):
-                if replica.process is not None and replica.process.poll() is None:
-                    replica.process.send_signal(signal.SIGTERM)  # it hands the Lease back
-                    replica.process.wait(timeout=15)
+            running = [r.process for made in fleets for r in made.replicas if r.process and r.process.poll() is None]
+            for process in running:
+                process.send_signal(signal.SIGTERM)  # it hands the Lease back
+            for process in running:
+                process.wait(timeout=15)
             for log in sorted(tmp_path.glob("replica-*.log")):
                 print(f"--- {log.name}\n{log.read_text()[-3000:]}")
 
@@ -218,9 +219,10 @@ def test_two_real_replicas_killed_at_random_and_chosen_moments_keep_every_invari
     fleet.arm(a_renewal)
     victim = fleet.fired(20)
     time.sleep(rng.uniform(0, 2))
+    dead = victim.identity
     victim.generation += 1
     fleet.start(victim)
-    wait_for("the take-over", lambda: fleet.holder() not in (None, victim), 30)
+    wait_for("the take-over", lambda: fleet.lease.term is not None and fleet.lease.term.holder not in ("", dead), 30)
 
     # 3. the leader, mid-watch after a random delay; 4. the follower at a random moment
     leader = fleet.holder()
@@ -243,7 +245,7 @@ def test_two_real_replicas_killed_at_random_and_chosen_moments_keep_every_invari
     assert [str(v) for v in fleet.invariants.violations + fleet.lease.violations] == []
     assert fleet.lease.transitions >= 1 and fleet.lease.writes > 0
     assert sum(len(r.kills) for r in fleet.replicas) == 4
-    print(f"killed {[r.kills for r in fleet.replicas]} in {time.monotonic() - began:.0f}s")
+    assert time.monotonic() - began < 90
 
 
 def a_rollback(key: Key, obj: dict[str, Any], identity: str) -> bool:

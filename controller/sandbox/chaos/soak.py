@@ -13,6 +13,10 @@ Crashes: before any edge call, with probability ``crash_rate``, the controller "
 was, and a fresh Manager with a fresh client takes over, knowing only what the API says (as after
 ``kill -9``). When every rollout has ended (or the time is up), their outcomes are judged against
 their truth; then every rollout is deleted and the adopted objects must be the user's again.
+
+Replicas: with ``replicas`` > 1, that many controllers share one Lease instead
+(:mod:`controller.sandbox.chaos.replicas`): they stall past their lease and take over from each
+other, and :mod:`controller.sandbox.chaos.leases` judges every write by the stored Lease as well.
 """
 
 from __future__ import annotations

@@ -136,11 +136,13 @@ def run_soak(config: SoakConfig) -> SoakResult:
                 rng=order_rng,
             )  # fmt: skip
 
-        manager: Manager | ReplicaSet = fresh()
+        manager: Manager | ReplicaSet
         if config.replicas > 1:  # they judge who wrote, too
             manager = ReplicaSet(api, clock, fresh, NAMESPACE, config.replicas, config.seed, config.tick,
                                  config.crash_rate, config.client_timeout)  # fmt: skip
             api.write_observer = both(checker, manager.checker)
+        else:
+            manager = fresh()
         passes = 0
         ended: dict[str, float] = {}
         while clock.now < T0 + config.minutes * 60 and len(ended) < len(truths):

@@ -10,8 +10,11 @@ of :mod:`controller.sandbox.chaos.invariants` checked on every write the API sto
 against each canary's truth (a deleted rollout only by its release), and every rollout deleted at
 the end (its adopted routes must be the user's again). The extra time the faults cost: each
 rollout's virtual minutes to its end against the same run without faults, crashes or workload
-events. Writes ``bench/results/chaos.json``; exits 1 on any violation, wrong outcome, unfinished
-rollout or unrestored object.
+events, one controller. Writes ``bench/results/chaos.json``; exits 1 on any violation, wrong
+outcome, unfinished rollout or unrestored object.
+
+``--replicas`` 2 or more: that many controllers share one Lease, stall past it and take over
+(:mod:`controller.sandbox.chaos.replicas`), and no write may come from one the Lease does not name.
 
 ``--prometheus``: each run's metrics through the real Prometheus edge instead, from a real
 Prometheus behind the seeded fault proxy (:mod:`controller.sandbox.chaos.promsoak`), in real time
@@ -47,12 +50,20 @@ FAULT_KINDS = (*(k.value for k in FaultKind), *(k.value for k in WorkloadKind), 
 
 
 def baseline(config: SoakConfig, cache: dict[tuple[int, int], SoakResult]) -> SoakResult:
-    """The same rollouts without faults, crashes or workload events (they depend on the seed only modulo 3)."""
+    """The same rollouts without faults, crashes, workload events or stalls, one controller (they
+    depend on the seed only modulo 3)."""
     key = (config.rollouts, config.seed % 3)
     if key not in cache:
         metrics = replace(config.metrics, fault_rate=0.0) if config.metrics else None
         calm = replace(
-            config, seed=key[1], fault_rate=0.0, crash_rate=0.0, watch_every=0, workload_rate=0.0, metrics=metrics
+            config,
+            seed=key[1],
+            fault_rate=0.0,
+            crash_rate=0.0,
+            watch_every=0,
+            workload_rate=0.0,
+            replicas=1,
+            metrics=metrics,
         )
         cache[key] = run_soak(calm)
     return cache[key]
@@ -89,6 +100,8 @@ def summary(results: Sequence[SoakResult], extra: Sequence[float], calm_seconds:
         "faults": {kind: faults.get(kind, 0) for kind in kinds},
         "faults_total": sum(faults.values()),
         "restarts": sum(r.restarts for r in results),
+        "lease_transitions": sum(r.lease_transitions for r in results),
+        "stalls": sum(r.stalls for r in results),
         "writes_checked": sum(r.writes_checked for r in results),
         **{name: len(found) for name, found in lines.items()},
         "extra_minutes": spread(extra),
@@ -119,6 +132,7 @@ def table(totals: dict[str, Any]) -> str:
         ("faults injected", totals["faults_total"]),
         *((f"  {kind}", n) for kind, n in totals["faults"].items()),
         ("controller restarts", totals["restarts"]),
+        ("lease take-overs / replica stalls", f"{totals['lease_transitions']} / {totals['stalls']}"),
         ("writes checked", totals["writes_checked"]),
         ("invariant violations (must be 0)", totals["violations"]),
         ("wrong outcomes (must be 0)", totals["wrong_outcomes"]),
@@ -153,6 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     ap.add_argument("--prometheus-rate", type=float, default=0.2, help="queries the proxy breaks (default: 0.2)")
     ap.add_argument("--interval", type=float, default=1.0, help="with --prometheus: seconds per interval (default: 1)")
+    ap.add_argument("--replicas", type=int, default=1, help="controllers on one Lease (default: %(default)s)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results (default: bench/results/chaos.json)")
     args = ap.parse_args(argv)
     logging.getLogger("canarist").setLevel(logging.CRITICAL)  # every fault is a warning: thousands of lines
@@ -170,6 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             crash_rate=args.crash_rate,
             watch_every=args.watch_every,
             workload_rate=args.workload_rate,
+            replicas=args.replicas,
         )
         if metrics is not None:  # real time: a pass every quarter second, at most 3 minutes
             config = replace(config, metrics=metrics, tick=0.25, minutes=3.0)
@@ -201,6 +217,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "rollouts": len(r.truths),
                 "faults": dict(r.faults),
                 "restarts": r.restarts,
+                "lease_transitions": r.lease_transitions,
+                "stalls": r.stalls,
                 "writes_checked": r.writes_checked,
                 "phases": r.phases,
                 "minutes_to_end": {k: round(v, 2) for k, v in r.minutes_to_end.items()},

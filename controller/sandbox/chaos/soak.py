@@ -16,6 +16,10 @@ Crashes: before any edge call, with probability ``crash_rate``, the controller "
 was, and a fresh Manager with a fresh client takes over, knowing only what the API says (as after
 ``kill -9``). When every rollout has ended (or the time is up), their outcomes are judged against
 their truth; then every rollout is deleted and the adopted objects must be the user's again.
+
+Replicas: with ``replicas`` > 1, that many controllers share one Lease instead
+(:mod:`controller.sandbox.chaos.replicas`): they stall past their lease and take over from each
+other, and :mod:`controller.sandbox.chaos.leases` judges every write by the stored Lease as well.
 """
 
 from __future__ import annotations
@@ -26,16 +30,18 @@ from collections import Counter
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from controller.api.model import GROUP, PLURAL, VERSION
 from controller.api.times import parse_time
-from controller.edges.kube import KubeCluster
 from controller.edges.kube.client import retry_policy
-from controller.manager.loop import Manager
+from controller.engine.ports import Cluster
+from controller.manager.loop import Elector, Manager
+from controller.sandbox.chaos.crashes import ControllerCrash, CrashingCluster
 from controller.sandbox.chaos.faults import FaultSchedule
 from controller.sandbox.chaos.invariants import InvariantChecker, restore_problem, wrong_outcome
 from controller.sandbox.chaos.promsoak import PrometheusEdge, RealClock
+from controller.sandbox.chaos.replicas import ReplicaSet, both
 from controller.sandbox.chaos.truth import (
     INTERVAL,
     NAMESPACE,
@@ -51,28 +57,8 @@ from controller.sandbox.chaos.workload import Workload
 from controller.sandbox.localapi import LocalApiServer, local_api_server
 from controller.traffic.templating import default_environment
 
-T = TypeVar("T")
 T0 = 1_800_000_000.0  # on the minute grid
 FINAL_PHASES = ("Succeeded", "Failed")
-
-
-class ControllerCrash(BaseException):
-    """The controller process dies here (a BaseException: the loop's ``except Exception`` lets it through)."""
-
-
-class CrashingCluster(KubeCluster):
-    """The Kubernetes edge of a controller that may die before any call it makes (``crash_rate`` each)."""
-
-    def __init__(
-        self, api_client: Any, *, rng: random.Random, crash_rate: float, request_timeout: float, **edge: Any
-    ) -> None:
-        super().__init__(api_client, request_timeout=request_timeout, **{"propagation_delay": 0.0, **edge})
-        self.rng, self.crash_rate = rng, crash_rate
-
-    def _call(self, what: str, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-        if self.crash_rate and self.rng.random() < self.crash_rate:
-            raise ControllerCrash(what)
-        return super()._call(what, fn, *args, **kwargs)
 
 
 @dataclass
@@ -102,6 +88,8 @@ class SoakConfig:
     #: Probability of a workload event per pass (times the share of rollouts under way), and of
     #: istiod reporting an Istio write late (:mod:`controller.sandbox.chaos.workload`); 0: none.
     workload_rate: float = 0.0
+    #: Controllers on one Lease (controller.sandbox.chaos.replicas: stalls and take-overs); 1: no election.
+    replicas: int = 1
 
 
 @dataclass
@@ -126,6 +114,9 @@ class SoakResult:
     breach_seconds: dict[str, float]
     seconds: float
     phases: dict[str, str] = field(default_factory=dict)
+    #: With replicas: Lease take-overs, and replicas stalled past their lease.
+    lease_transitions: int = 0
+    stalls: int = 0
 
 
 def truth_of(index: int, seed: int) -> str:
@@ -157,38 +148,34 @@ def run_soak(config: SoakConfig) -> SoakResult:
         if config.fault_rate > 0:
             api.request_filter = schedule
         clock = prom.clock if prom else VirtualClock()
-        start, restarts = clock.now, 0
         workload = Workload(api, config.seed, rate=config.workload_rate, tick=config.tick)
 
-        def fresh() -> Manager:
-            client = api.make_client(retries=retry_policy())
-            crash_rate = config.crash_rate
-            cluster = CrashingCluster(
-                client,
-                rng=crash_rng,
-                crash_rate=crash_rate,
-                request_timeout=config.client_timeout,
-                **workload.edge_settings(),
-            )
+        def fresh(cluster: Cluster | None = None, elector: Elector | None = None) -> Manager:
+            if cluster is None:
+                client = api.make_client(retries=retry_policy())
+                cluster = CrashingCluster(
+                    client,
+                    rng=crash_rng,
+                    crash_rate=config.crash_rate,
+                    request_timeout=config.client_timeout,
+                    **workload.edge_settings(),
+                )
             metrics = prom.source() if prom else TruthMetrics(truths, onsets)
-            return Manager(cluster, metrics, default_environment(), clock, namespace=NAMESPACE, rng=order_rng)
+            return Manager(
+                cluster, metrics, default_environment(), clock, namespace=NAMESPACE, elector=elector, rng=order_rng
+            )
 
-        manager, passes = fresh(), 0
-        ended: dict[str, float] = {}
-        while clock.now < start + config.minutes * 60 and len(ended.keys() | workload.deleted) < len(truths):
-            try:
-                manager.tick()
-                if config.watch_every and passes % config.watch_every == config.watch_every - 1:
-                    manager.watch(1)
-            except ControllerCrash:
-                restarts += 1
-                manager = fresh()
-            passes += 1
-            for key, phase in _phases(api).items():
-                if phase in FINAL_PHASES and key not in ended:
-                    ended[key] = (clock.now - start) / 60
-            workload.step(clock.now)
-            clock.now += config.tick
+        manager: Manager | ReplicaSet
+        if config.replicas > 1:  # they judge who wrote, too
+            manager = ReplicaSet(api, clock, fresh, NAMESPACE, config.replicas, config.seed, config.tick,
+                                 config.crash_rate, config.client_timeout,
+                                 edge_settings=workload.edge_settings())  # fmt: skip
+            api.write_observer = both(checker, manager.checker)
+        else:
+            manager = fresh()
+        manager, ended, restarts = _drive(
+            api, manager, fresh, clock=clock, config=config, workload=workload, rollouts=len(truths)
+        )
         phases = _phases(api)
         unfinished = [
             f"{key}: {truths[key]} canary still {phase}"
@@ -205,14 +192,16 @@ def run_soak(config: SoakConfig) -> SoakResult:
         restarts += _delete_all(api, manager, clock, config, fresh)
         not_restored = _restored(api, originals)
         api.request_filter = None
+    replicas = manager if isinstance(manager, ReplicaSet) else None
     return SoakResult(
         config=config,
         truths=truths,
         adopted=adopted,
         faults=schedule.injected + workload.injected + (prom.faults if prom else Counter()),
-        restarts=restarts,
+        restarts=restarts + (replicas.restarts if replicas else 0),
         writes_checked=checker.writes,
-        violations=[str(v) for v in checker.violations] + missing_data_passed,
+        violations=[str(v) for v in checker.violations + (replicas.checker.violations if replicas else [])]
+        + missing_data_passed,
         wrong_outcomes=wrong,
         unfinished=unfinished,
         not_restored=not_restored,
@@ -220,7 +209,40 @@ def run_soak(config: SoakConfig) -> SoakResult:
         breach_seconds={key: seconds for key, seconds in breach_seconds.items() if seconds is not None},
         seconds=time.monotonic() - began,
         phases=phases,
+        lease_transitions=replicas.checker.transitions if replicas else 0,
+        stalls=replicas.stalls if replicas else 0,
     )
+
+
+def _drive(
+    api: LocalApiServer,
+    manager: Manager | ReplicaSet,
+    fresh: Callable[[], Manager],
+    *,
+    clock: VirtualClock | RealClock,
+    config: SoakConfig,
+    workload: Workload,
+    rollouts: int,
+) -> tuple[Manager | ReplicaSet, dict[str, float], int]:
+    """Pass after pass (a crashed controller replaced by a fresh one) until every rollout ended or was
+    deleted, or the run's minutes are up: the manager then, the minutes to each end, and the restarts."""
+    start, passes, restarts = clock.now, 0, 0
+    ended: dict[str, float] = {}
+    while clock.now < start + config.minutes * 60 and len(ended.keys() | workload.deleted) < rollouts:
+        try:
+            manager.tick()
+            if config.watch_every and passes % config.watch_every == config.watch_every - 1:
+                manager.watch(1)
+        except ControllerCrash:
+            restarts += 1
+            manager = fresh()
+        passes += 1
+        for key, phase in _phases(api).items():
+            if phase in FINAL_PHASES and key not in ended:
+                ended[key] = (clock.now - start) / 60
+        workload.step(clock.now)
+        clock.now += config.tick
+    return manager, ended, restarts
 
 
 def _seed(
@@ -262,7 +284,7 @@ def _phases(api: LocalApiServer) -> dict[str, str]:
 
 def _delete_all(
     api: LocalApiServer,
-    manager: Manager,
+    manager: Manager | ReplicaSet,
     clock: VirtualClock | RealClock,
     config: SoakConfig,
     fresh: Callable[[], Manager],

@@ -89,6 +89,9 @@ class LocalApiServer(ObjectStore):
     request_filter: RequestFilter | None = None
     #: Sees every write the store accepts (controller.sandbox.chaos's invariants); None: nobody does.
     write_observer: WriteObserver | None = None
+    #: Who made the request being served, set while ``cond`` is held, so that a write observer can
+    #: tell which client wrote (garbage collection included); None outside a request (:meth:`seed`).
+    writer: Caller | None = None
     resource_version: int = 0
     compacted: int = 0
     history: list[tuple[int, str, Key, dict[str, Any]]] = field(default_factory=list)
@@ -250,24 +253,28 @@ class LocalApiServer(ObjectStore):
             return 201, self._self_subject_review(body, caller)
         route = self.route(path)
         with self.cond:
-            if method == "GET":
-                return 200, self._out(route, self._existing(route)) if route.name else self._list(route, query)
-            if method == "POST" and not route.name and route.namespace:
-                created = self._create(route, body, caller.manager)
-                self._istiod(route, created)
-                return 201, self._out(route, created)
-            if method in ("PUT", "PATCH") and route.name:
-                if method == "PATCH":
-                    body = self._patched(route, body, content_type)
-                unconditional = method == "PATCH" or not route.resource.custom
-                updated = self._update(route, body, unconditional=unconditional, manager=caller.manager)
-                self._istiod(route, updated)
-                return 200, self._out(route, updated)
-            if method == "DELETE" and route.name:
-                options = dict(body or {})
-                if "propagationPolicy" in query:
-                    options.setdefault("propagationPolicy", query["propagationPolicy"])
-                return 200, self._delete(route, route.key(), options)
+            self.writer = caller
+            try:
+                if method == "GET":
+                    return 200, self._out(route, self._existing(route)) if route.name else self._list(route, query)
+                if method == "POST" and not route.name and route.namespace:
+                    created = self._create(route, body, caller.manager)
+                    self._istiod(route, created)
+                    return 201, self._out(route, created)
+                if method in ("PUT", "PATCH") and route.name:
+                    if method == "PATCH":
+                        body = self._patched(route, body, content_type)
+                    unconditional = method == "PATCH" or not route.resource.custom
+                    updated = self._update(route, body, unconditional=unconditional, manager=caller.manager)
+                    self._istiod(route, updated)
+                    return 200, self._out(route, updated)
+                if method == "DELETE" and route.name:
+                    options = dict(body or {})
+                    if "propagationPolicy" in query:
+                        options.setdefault("propagationPolicy", query["propagationPolicy"])
+                    return 200, self._delete(route, route.key(), options)
+            finally:
+                self.writer = None
         raise ApiError(405, f"{method} is not supported on {path}")
 
     @staticmethod

@@ -226,23 +226,39 @@ def test_succeeded_without_a_promote_is_caught() -> None:
 
 
 @pytest.mark.parametrize(
-    ("readable", "rolled_back", "caught"),
+    ("onset", "rolled_back", "caught"),
     [
-        (AT[1], False, True),  # the look at AT[1] could read the breach and advanced
-        (AT[1], True, False),  # the same look rolled back
-        (AT[2], False, False),  # the breach is readable only after the last look
+        (AT[0], False, True),  # a whole window of it (08:00-08:01) is readable at AT[1]: that look advanced
+        (AT[0], True, False),  # the same look rolled back
+        (AT[1], False, False),  # the breach is readable only after the last look
     ],
 )
-def test_a_look_that_could_read_an_slo_breach_must_roll_back(readable: str, rolled_back: bool, caught: bool) -> None:
+def test_a_look_that_could_read_an_slo_breach_must_roll_back(onset: str, rolled_back: bool, caught: bool) -> None:
     writes = clean_writes()
     if rolled_back:
         decided = [transition("Start", AT[0], 5), transition("Rollback", AT[1], 0)]
         writes[4:] = [(ROLLOUT_KEY, rollout(decided, lastAnalysisAt=AT[1], phase="RollingBack"))]
-    at = parse_time(readable)
+    at = parse_time(onset)
     assert at is not None
     found = check(writes, {f"{NAMESPACE}/model-000": at}).violations
     assert [v.invariant for v in found] == (["slo-breach-rollback"] if caught else [])
     assert not caught or "could read the SLO breach and did not roll back" in str(found[0])
+
+
+@pytest.mark.parametrize("restart", ["Start", "Restart"])
+def test_a_breach_is_readable_only_from_the_analysis_windows_of_its_canary(restart: str) -> None:
+    """The analysis reads the windows since its canary's routes were in place (the Start, or the
+    Restart on a new revision): a breach from 08:00 is not readable by a look at 08:06:30 that
+    began at 08:06 (found by the replica soak, seed 3, whose controllers first took the Lease at
+    08:06), only by the first look after 08:07."""
+    history = [transition("Start", AT[0], 5)] if restart == "Restart" else []
+    history.append(transition(restart, AT[6], 5))
+    onset = parse_time(AT[0])
+    assert onset is not None
+    early = [(ROLLOUT_KEY, policy(0)), (ROLLOUT_KEY, rollout(history, lastAnalysisAt="2027-01-15T08:06:30Z"))]
+    assert check(early, {f"{NAMESPACE}/model-000": onset}).violations == []
+    late = [*early, (ROLLOUT_KEY, rollout(history, lastAnalysisAt=AT[7]))]
+    assert [v.invariant for v in check(late, {f"{NAMESPACE}/model-000": onset}).violations] == ["slo-breach-rollback"]
 
 
 def test_outcomes_are_judged_against_the_truth() -> None:

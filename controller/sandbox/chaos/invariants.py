@@ -17,7 +17,9 @@ store's lock held) and keeps its own view of the objects. On every write:
   status records that weight (the decision is recorded before its routes move);
 - ``succeeded-without-promote``: a rollout reaches Succeeded only with a Promote in its history;
 - ``slo-breach-rollback``: once a whole window of a known SLO breach is readable (``breaches``: the
-  rollout's key and that moment), the first analysis recorded from then on rolls back: no look that
+  rollout's key and when its canary starts breaching; readable at the end of the first window on the
+  ``interval`` grid that begins at the onset or later and inside the analysis, which begins with the
+  last Start or Restart recorded), the first analysis recorded from then on rolls back: no look that
   could see the breach holds, advances or promotes the canary.
 - ``command-once``: a steering command is acted on exactly once and recorded with who asked: its id
   becomes ``status.lastCommandId`` in the write that records its decision (the id the annotations
@@ -34,6 +36,7 @@ adopted object against the user's original.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -47,6 +50,7 @@ from controller.api.names import (
     ROLLOUT_LABEL,
 )
 from controller.api.times import parse_time
+from controller.engine.reconcile import ANALYSIS_STARTS as _STARTS
 from controller.engine.record import ANALYSES_LIMIT, DISTRIBUTIONS_LIMIT, STATUS_BYTES_LIMIT, WEIGHTS_LIMIT
 from controller.judge.machine import HISTORY_LIMIT
 from controller.traffic.adopt import fqdn
@@ -57,6 +61,8 @@ ROLLOUTS = ("canarist.io", "modelrollouts")
 LOG_LIMITS = {"history": HISTORY_LIMIT, "weights": WEIGHTS_LIMIT, "analyses": ANALYSES_LIMIT}
 LOG_LIMITS["distributions"] = DISTRIBUTIONS_LIMIT
 PROMOTIONS = ("Advance", "Promote")
+#: The decisions from which the controller analyses a canary afresh (its windows begin there).
+ANALYSIS_STARTS = tuple(action.value for action in _STARTS)
 #: A decision a human command caused, as the state machine words its reason (``... by WHO``).
 COMMANDED = re.compile(
     r"^(?P<what>aborted|paused|resumed|promoted to 100%|step \d+ skipped|retried) by (?P<by>.+?)"
@@ -85,6 +91,15 @@ class Violation:
         return f"{self.invariant}: {self.object} at write {self.write}: {self.detail}"
 
 
+def _analysis_start(history: list[dict[str, Any]]) -> tuple[int, float] | None:
+    """Where in ``history`` the analysis of the canary began, and when (the last Start or Restart)."""
+    for index in range(len(history) - 1, -1, -1):
+        if history[index].get("action") in ANALYSIS_STARTS:
+            at = parse_time(history[index].get("at"), naive_as_utc=True)
+            return None if at is None else (index, at)
+    return None
+
+
 def _dicts(value: Any) -> list[dict[str, Any]]:
     return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
 
@@ -102,8 +117,10 @@ class InvariantChecker:
     violations: list[Violation] = field(default_factory=list)
     #: The canary weight each VirtualService gave when last written.
     canary_weights: dict[Key, int] = field(default_factory=dict)
-    #: Rollouts (``namespace/name``) whose canary breaches its SLO, and when a whole window of it is readable.
+    #: Rollouts (``namespace/name``) whose canary breaches its SLO, and from when (on the window grid).
     breaches: dict[str, float] = field(default_factory=dict)
+    #: The analysis interval of those rollouts (seconds): the window grid.
+    interval: float = 60.0
     #: The command ids each rollout has recorded as acted on.
     commands_acted: dict[Key, set[str]] = field(default_factory=dict)
 
@@ -208,12 +225,21 @@ class InvariantChecker:
             self._violate("succeeded-without-promote", key, version, "phase Succeeded with no Promote in the history")
         self._breach(version, key, new, history)
 
+    def readable(self, rollout: str, history: list[dict[str, Any]]) -> float | None:
+        """When a whole window of ``rollout``'s breach is first in its analysis' windows (None: no
+        breach, or no analysis begun)."""
+        onset, started = self.breaches.get(rollout), _analysis_start(history)
+        if onset is None or started is None:
+            return None
+        return max(onset, math.floor(started[1] / self.interval) * self.interval) + self.interval
+
     def _breach(self, version: int, key: Key, new: Mapping[str, Any], history: list[dict[str, Any]]) -> None:
-        readable = self.breaches.get(f"{key[2]}/{key[3]}")
+        readable = self.readable(f"{key[2]}/{key[3]}", history)
         looked = parse_time(new.get("lastAnalysisAt"), naive_as_utc=True)
         if readable is None or looked is None or looked < readable:
             return
-        if not any(t.get("action") == "Rollback" for t in history):
+        began = (_analysis_start(history) or (0, 0.0))[0]
+        if not any(t.get("action") == "Rollback" for t in history[began:]):
             detail = f"the analysis at {new.get('lastAnalysisAt')} could read the SLO breach and did not roll back"
             self._violate("slo-breach-rollback", key, version, detail)
 

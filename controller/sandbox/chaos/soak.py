@@ -137,7 +137,7 @@ def run_soak(config: SoakConfig) -> SoakResult:
         for i in range(config.rollouts)
         if truth_of(i, config.seed) == "slo-breach" and config.metrics is None
     }
-    checker.breaches = {key: onset + INTERVAL for key, onset in onsets.items()}
+    checker.breaches, checker.interval = onsets, INTERVAL
     adopted = [rollout_name(i) for i in range(config.rollouts) if (i + config.seed) % 3 == 1]
     with (
         local_api_server() as api,
@@ -182,7 +182,7 @@ def run_soak(config: SoakConfig) -> SoakResult:
             for key, phase in phases.items()
             if key not in ended and key not in workload.deleted
         ]
-        breach_seconds = {key: _rollback_after(api, key, readable) for key, readable in checker.breaches.items()}
+        breach_seconds = {key: _rollback_after(api, key, checker) for key in checker.breaches}
         wrong = [
             f"{key}: {problem}"
             for key in ended
@@ -266,11 +266,16 @@ def _rollout(api: LocalApiServer, key: str) -> dict[str, Any] | None:
     return api.get(GROUP, PLURAL, namespace, name)
 
 
-def _rollback_after(api: LocalApiServer, key: str, readable: float) -> float | None:
-    """Seconds from ``readable`` to the rollout's recorded Rollback (None: not rolled back)."""
+def _rollback_after(api: LocalApiServer, key: str, checker: InvariantChecker) -> float | None:
+    """Seconds from the breach being readable (:meth:`InvariantChecker.readable`) to the rollout's
+    recorded Rollback (None: not rolled back)."""
     history = ((_rollout(api, key) or {}).get("status") or {}).get("history") or []
-    times = [parse_time(t.get("at"), naive_as_utc=True) for t in history if t.get("action") == "Rollback"]
-    return next((at - readable for at in times if at is not None), None)
+    rollbacks = [i for i, t in enumerate(history) if t.get("action") == "Rollback"]
+    if not rollbacks:
+        return None
+    readable = checker.readable(key, history[: rollbacks[0]])
+    at = parse_time(history[rollbacks[0]].get("at"), naive_as_utc=True)
+    return None if readable is None or at is None else at - readable
 
 
 def _phases(api: LocalApiServer) -> dict[str, str]:

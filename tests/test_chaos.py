@@ -20,19 +20,32 @@ import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
+import kubernetes
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from controller.api.names import ROLLOUT_LABEL
 from controller.api.times import parse_time
+from controller.edges.kube import KubeCluster
 from controller.engine.record import ANALYSES_LIMIT, STATUS_BYTES_LIMIT, WEIGHTS_LIMIT
 from controller.judge.machine import HISTORY_LIMIT
+from controller.manager.loop import Manager
 from controller.sandbox.chaos.faults import FaultKind, FaultSchedule
 from controller.sandbox.chaos.invariants import InvariantChecker, restore_problem, wrong_outcome
-from controller.sandbox.chaos.soak import SoakConfig, run_soak
-from controller.sandbox.chaos.truth import NAMESPACE, breach_minute, policy, user_objects
+from controller.sandbox.chaos.soak import T0, SoakConfig, VirtualClock, run_soak
+from controller.sandbox.chaos.truth import (
+    NAMESPACE,
+    RouteTimeline,
+    TruthMetrics,
+    breach_minute,
+    policy,
+    ready_pods,
+    user_objects,
+)
 from controller.sandbox.localapi import LocalApiServer, local_api_server
+from controller.sandbox.localapi.calls import Injection
+from controller.traffic.templating import default_environment
 
 ROLLOUT_KEY = ("canarist.io", "modelrollouts", NAMESPACE, "model-000")
 VS_KEY = ("networking.istio.io", "virtualservices", NAMESPACE, "model-000")
@@ -261,6 +274,67 @@ def test_a_breach_is_readable_only_from_the_analysis_windows_of_its_canary(resta
     assert [v.invariant for v in check(late, {f"{NAMESPACE}/model-000": onset}).violations] == ["slo-breach-rollback"]
 
 
+@pytest.mark.parametrize(("serving_after", "readable_after"), [(0, 60), (30, 120), (270, 360), (None, None)])
+def test_a_breach_is_readable_once_a_whole_window_of_canary_traffic_is(
+    serving_after: float | None, readable_after: float | None
+) -> None:
+    """With the stored routes known (the soak's RouteTimeline), a breach counts from the first whole
+    window in which the canary had traffic: a route write that landed late moves it (found by the
+    soak whose truth follows the stored routes: seed 4, a Start at 08:02:30 whose routes landed at
+    08:04:30)."""
+    onset = parse_time(AT[0])
+    assert onset is not None
+    checker = InvariantChecker(
+        breaches={"chaos/model-000": onset},
+        serving_since=lambda key, since: None if serving_after is None else since + serving_after,
+    )
+    history = [transition("Start", AT[0], 5)]
+    expected = None if readable_after is None else onset + readable_after
+    assert checker.readable("chaos/model-000", history) == expected
+
+
+def test_a_decision_may_be_marked_in_force_once_and_never_rewritten() -> None:
+    writes = clean_writes()
+    routed = copy.deepcopy(writes[1][1])
+    routed["status"]["history"][0]["routedAt"] = AT[0]
+    writes.insert(2, (ROLLOUT_KEY, routed))
+    for later in writes[3:]:
+        if later[0] == ROLLOUT_KEY:
+            later[1]["status"]["history"][0]["routedAt"] = AT[0]
+    assert check(writes).violations == []
+    moved = copy.deepcopy(writes[-2][1])
+    moved["status"]["history"][0]["routedAt"] = AT[1]
+    found = check([*writes, (ROLLOUT_KEY, moved)]).violations
+    assert [v.invariant for v in found] == ["history-append-only"]
+    assert "routedAt 2027-01-15T08:00:00Z rewritten as 2027-01-15T08:01:00Z" in str(found[0])
+
+
+def test_the_route_timeline_follows_the_stored_virtual_services() -> None:
+    """What the truth serves: the canary weight of the routes as stored, time-weighted per window,
+    whatever the status records."""
+    with local_api_server() as api:
+        clock = VirtualClock()
+        timeline = RouteTimeline(api, clock)
+        api.write_observer = timeline
+        api.seed(policy(0))
+        key = f"{NAMESPACE}/model-000"
+        assert timeline.share(key, T0, T0 + 60) == 0.0 and timeline.serving_since(key, T0) is None
+        istio = kubernetes.client.CustomObjectsApi(api.make_client())
+        where = ("networking.istio.io", "v1", NAMESPACE, "virtualservices")
+        clock.now = T0 + 30
+        stored = istio.create_namespaced_custom_object(
+            *where, {**virtual_service(95, 5), "apiVersion": "networking.istio.io/v1"}
+        )
+        clock.now = T0 + 90
+        stored["spec"]["http"][0]["route"][0]["weight"], stored["spec"]["http"][0]["route"][1]["weight"] = 75, 25
+        istio.replace_namespaced_custom_object(*where, "model-000", stored)
+    assert timeline.changes[key] == [(T0 + 30, 5), (T0 + 90, 25)]
+    assert timeline.share(key, T0, T0 + 60) == pytest.approx(0.025)  # half the window at 5 %
+    assert timeline.share(key, T0 + 60, T0 + 120) == pytest.approx(0.15)
+    assert timeline.serving_since(key, T0) == T0 + 30
+    assert timeline.serving_since(key, T0 + 60) == T0 + 60
+
+
 def test_outcomes_are_judged_against_the_truth() -> None:
     succeeded = rollout([transition("Promote", AT[1], 100)], phase="Succeeded")
     rolled_back = rollout([transition("Rollback", AT[1], 0)], phase="Failed")
@@ -435,3 +509,45 @@ def test_without_faults_an_slo_breach_is_rolled_back_by_the_first_look_that_can_
         2,
     ]
     assert result.breach_seconds == dict.fromkeys(result.breach_seconds, 0.0) and len(result.breach_seconds) == 3
+
+
+# --- (d) regressions the soak found -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("late_minutes", [1.5, 3.5])
+def test_a_decision_whose_routes_land_minutes_late_does_not_hold_a_good_canary(
+    late_minutes: float, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The status records a step before its routes are written; when the route write fails for
+    minutes (the API down for Istio writes, a controller that died between the two), the windows
+    until the routes are in force carry the old split. Found by the soak through Prometheus (seed 1)
+    and with replicas (seeds 3, 4): those windows were taken as steady at the recorded share, the
+    sample-ratio guard then saw a mismatch in every later look, and a good canary was held until its
+    progress deadline. The truth here follows the VirtualServices as stored."""
+    caplog.set_level(logging.CRITICAL, logger="canarist")
+    with local_api_server() as api:
+        clock = VirtualClock()
+        timeline = RouteTimeline(api, clock)
+        api.write_observer = timeline
+        for pod in ready_pods(0):
+            api.seed(pod)
+        api.seed(policy(0))
+        down_until = T0 + late_minutes * 60
+
+        def istio_writes_down(method: str, path: str, query: dict[str, str]) -> Injection | None:
+            down = "/virtualservices" in path and method != "GET" and clock.now < down_until
+            return Injection("istio-down", code=503) if down else None
+
+        api.request_filter = istio_writes_down
+        cluster = KubeCluster(api.make_client(), propagation_delay=0.0, request_timeout=0.5)
+        truth = TruthMetrics({f"{NAMESPACE}/model-000": "good"}, routes=timeline)
+        manager = Manager(cluster, truth, default_environment(), clock, namespace=NAMESPACE)
+        status: dict[str, Any] = {}
+        while clock.now < T0 + 30 * 60 and status.get("phase") not in ("Succeeded", "Failed"):
+            manager.tick()
+            clock.now += 30
+            status = (api.get("canarist.io", "modelrollouts", NAMESPACE, "model-000") or {}).get("status") or {}
+        landed = timeline.changes[f"{NAMESPACE}/model-000"][0][0]
+    assert landed >= down_until  # the routes really came late
+    assert status.get("phase") == "Succeeded", status.get("message")
+    assert not any("sample ratio" in str(m.get("reason")) for m in status.get("metrics") or [])

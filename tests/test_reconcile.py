@@ -20,11 +20,12 @@ import yaml
 from controller.api.model import ModelRollout
 from controller.api.names import COMMAND_ANNOTATION, COMMAND_AT_ANNOTATION, COMMAND_BY_ANNOTATION, COMMAND_ID_ANNOTATION
 from controller.api.schedule import RouteState
-from controller.api.status import Action, RolloutStatus
+from controller.api.status import Action, Phase, RolloutStatus
 from controller.api.times import parse_timestamp, rfc3339, timestamp
 from controller.engine.ports import ClusterUnavailableError, EdgeFailure
 from controller.engine.reconcile import Outcome, analysis_windows, reconcile
 from controller.engine.record import ANALYSES_LIMIT, from_status, to_status
+from controller.judge.machine import Status, Transition
 from controller.metrics.samples import CountSeries, HistogramSeries, MetricData, Observation, Window
 from controller.sandbox.chaos.truth import EDGES, HEALTHY, SLOW
 from controller.traffic.templating import default_environment
@@ -341,3 +342,84 @@ def test_windows_around_a_step_change_are_marked_unsteady(cluster: MemoryCluster
         near = any(window.end - 120 < at < window.end for at in changes)
         assert window.steady is not near, (window, changes)
     assert any(w.steady for w in found) and not all(w.steady for w in found)
+
+
+def test_a_decision_is_marked_in_force_in_a_second_write_once_its_routes_are_written(cluster: MemoryCluster) -> None:
+    calls: list[str] = []
+    patch, apply = cluster.patch_rollout_status, cluster.apply_routes
+
+    def patched(*args: Any, **kwargs: Any) -> Any:
+        calls.append("status" + (" routedAt" if args[2]["history"][-1].get("routedAt") else ""))
+        return patch(*args, **kwargs)
+
+    def applied(*args: Any, **kwargs: Any) -> Any:
+        calls.append("routes")
+        return apply(*args, **kwargs)
+
+    cluster.patch_rollout_status, cluster.apply_routes = patched, applied  # type: ignore[method-assign]
+    drive(cluster, Synthetic(), minutes=1)
+    assert calls[:3] == ["status", "routes", "status routedAt"]
+    (start,) = status(cluster)["history"]
+    assert start["action"] == "Start" and start["routedAt"] == start["at"]
+
+
+def test_a_decision_whose_routes_failed_is_marked_in_force_by_the_pass_that_writes_them(cluster: MemoryCluster) -> None:
+    """The routes first in that pass: the status never says they are in force before they are."""
+    calls: list[str] = []
+    patch, apply = cluster.patch_rollout_status, cluster.apply_routes
+    down = True
+
+    def patched(*args: Any, **kwargs: Any) -> Any:
+        calls.append("status" + (" routedAt" if args[2]["history"][-1].get("routedAt") else ""))
+        return patch(*args, **kwargs)
+
+    def applied(*args: Any, **kwargs: Any) -> Any:
+        calls.append("routes")
+        if down:
+            raise ClusterUnavailableError("istio writes refused", retry_after=1.0)
+        return apply(*args, **kwargs)
+
+    cluster.patch_rollout_status, cluster.apply_routes = patched, applied  # type: ignore[method-assign]
+    drive(cluster, Synthetic(), minutes=2)  # four passes: the decision recorded, its routes refused
+    (start,) = status(cluster)["history"]
+    assert "routedAt" not in start and not cluster.routes
+    down, calls[:] = False, []
+    drive(cluster, Synthetic(), minutes=1, start=T0 + 150)
+    assert calls[:2] == ["routes", "status routedAt"]
+    (start,) = status(cluster)["history"]
+    assert parse_timestamp(start["routedAt"]) == T0 + 151 and cluster.routes
+
+
+def _history(*spans: tuple[float, float | None]) -> tuple[Transition, ...]:
+    """A Start, then Advances, at the first of each pair; their routes confirmed in force at the second."""
+    out = []
+    for step, (at, routed) in enumerate(spans):
+        action = Action.START if step == 0 else Action.ADVANCE
+        confirmed = None if routed is None else T0 + routed
+        out.append(Transition(T0 + at, Phase.PROGRESSING, Phase.PROGRESSING, step, step + 1, action, "", 5, confirmed))
+    return tuple(out)
+
+
+@pytest.mark.parametrize(
+    ("spans", "unsteady_ends"),
+    [
+        # routes in force with the decision: the window it falls in and the next one
+        ([(0, 0), (290, 290)], {60, 300, 360}),
+        # the second decision's routes landed 3.5 minutes late: every window until a whole one after
+        ([(0, 0), (290, 500)], {60, 300, 360, 420, 480, 540, 600}),
+        # the last decision's routes are not yet known to be in force: no window after it is steady
+        ([(0, 0), (290, None)], {60, 300, 360, 420, 480, 540, 600, 660, 720}),
+        # an earlier decision never marked (recorded before routedAt was kept): until the next one
+        ([(0, None), (290, 290)], {60, 120, 180, 240, 300, 360}),
+    ],
+)
+def test_windows_are_steady_only_once_the_routes_of_every_decision_were_in_force(
+    cluster: MemoryCluster, spans: list[tuple[float, float | None]], unsteady_ends: set[float]
+) -> None:
+    (obj,), _ = cluster.list_rollouts(None)
+    rollout = ModelRollout.model_validate({**obj, "metadata": {"name": "x", "namespace": "ml-serving"}})
+    history = _history(*spans)
+    status = Status(phase=Phase.PROGRESSING, step=len(history), step_started_at=history[-1].at, history=history)
+    found = analysis_windows(rollout, status, T0 + 720)
+    assert {w.end - T0 for w in found if not w.steady} == unsteady_ends
+    assert {w.end - T0 for w in found} == {60.0 * k for k in range(1, 13)}

@@ -184,6 +184,8 @@ class StoredTransition(Part):
     action: Annotated[Action, Field(strict=False)]
     reason: Annotated[str, BeforeValidator(str)] = ""
     canary_weight: Weight | None = Field(default=None, exclude_if=_missing)
+    #: When the decision's routes were confirmed in force (absent: not yet, or recorded before it was kept).
+    routed_at: Moment | None = Field(default=None, exclude_if=_missing)
 
 
 class WeightEntry(Part):

@@ -16,9 +16,10 @@ the first step, after a restart, before an advance, and for a human's promote to
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -29,6 +30,7 @@ from controller.api.model import ModelRollout
 from controller.api.names import FINALIZER
 from controller.api.schedule import RouteState
 from controller.api.status import Action, Phase, RolloutStatus
+from controller.api.times import timestamp
 from controller.engine.ports import Cluster, ClusterUnavailableError, ConflictError, EdgeFailure, MetricsSource
 from controller.engine.record import (
     canary_revision,
@@ -41,7 +43,7 @@ from controller.engine.record import (
 )
 from controller.engine.steering import settle_command
 from controller.judge.analysis import analyse
-from controller.judge.machine import Decision, Evidence, Status, decide, routes_for
+from controller.judge.machine import Decision, Evidence, Status, Transition, decide, routes_for
 from controller.metrics.samples import Observation, Window, window_ends
 from controller.traffic import tenancy
 from controller.traffic.render import render
@@ -167,17 +169,7 @@ def _reconcile(
         return _record_hold(
             obj, cluster, rollout, status, routes=in_force, evidence=evidence, reason=reason, now=now, failure=failure
         )
-    body = to_status(
-        decision.status,
-        routes=decision.routes,
-        evidence=evidence,
-        previous=stored,
-        generation=(obj.get("metadata") or {}).get("generation"),
-        now=now,
-        command_id=acted,
-    )
-    written = _write_status(cluster, obj, raw, body)
-    writes = len(cluster.apply_routes(obj, objects).writes)
+    written, writes = _record_and_route(obj, cluster, decision, objects, evidence=evidence, now=now, acted=acted)
     if decision.action not in (Action.HOLD, Action.NONE):
         warning = decision.action in (Action.ROLLBACK, Action.RESCHEDULE)
         cluster.emit_event(obj, reason=decision.action.value, message=decision.reason, warning=warning)
@@ -193,6 +185,58 @@ def _reconcile(
         _requeue(decision, interval),
         failure,
     )
+
+
+def _record_and_route(
+    obj: Mapping[str, Any],
+    cluster: Cluster,
+    decision: Decision,
+    objects: list[dict[str, Any]],
+    *,
+    evidence: Evidence | None,
+    now: float,
+    acted: str | None,
+) -> tuple[bool, int]:
+    """Record ``decision`` in the status and write its routes: whether the status was written, and
+    how many route objects were.
+
+    The decision first, so no route moves before it is recorded; once the routes are written, the
+    decision is marked as in force (its ``routedAt``), in a second write. A decision from an earlier
+    pass that is not yet so marked (the controller died between the two, or the route write failed)
+    is marked by the next pass, after its routes are written again.
+    """
+    raw, stored = _stored_status(obj)
+    body = to_status(
+        decision.status,
+        routes=decision.routes,
+        evidence=evidence,
+        previous=stored,
+        generation=(obj.get("metadata") or {}).get("generation"),
+        now=now,
+        command_id=acted,
+    )
+    unconfirmed = _unconfirmed(decision.status)
+    if unconfirmed and decision.status.history[-1].at < now:  # an earlier decision's: the routes first
+        writes = len(cluster.apply_routes(obj, objects).writes)
+        return _write_status(cluster, obj, raw, _routed(body, now)) is not None, writes
+    written = _write_status(cluster, obj, raw, body)
+    writes = len(cluster.apply_routes(obj, objects).writes)
+    if unconfirmed and written is not None:
+        with contextlib.suppress(ConflictError, ClusterUnavailableError):  # if not, the next pass marks it
+            _write_status(cluster, written, body, _routed(body, now))
+    return written is not None, writes
+
+
+def _unconfirmed(status: Status) -> bool:
+    """Whether the last recorded decision, in a phase that is analysed, is not yet known to be in force."""
+    last = status.history[-1] if status.history else None
+    return last is not None and last.routed_at is None and status.phase in GUARDED_PHASES
+
+
+def _routed(body: dict[str, Any], now: float) -> dict[str, Any]:
+    """The status ``body`` with its last decision's routes confirmed in force at ``now``."""
+    *earlier, last = body["history"]
+    return {**body, "history": [*earlier, {**last, "routedAt": timestamp(now)}]}
 
 
 def _in_force(rollout: ModelRollout, status: Status) -> RouteState:
@@ -265,16 +309,33 @@ def analysis_windows(rollout: ModelRollout, status: Status, now: float) -> tuple
     """Interval-long windows on the clock grid from the analysis start to ``now``.
 
     Each window carries the canary share in force during it, time-weighted from the decision
-    history when a step changed inside the window.
+    history when a step changed inside the window. A window is steady (its split may be checked
+    against that share) unless a decision was recorded in it or the window before, or its routes
+    were not yet confirmed in force then (:attr:`Transition.routed_at`): until they are, the traffic
+    may still be split the old way.
     """
     interval = rollout.spec.strategy.interval_seconds
     started = next((t.at for t in reversed(status.history) if t.action in ANALYSIS_STARTS), None)
     start = started if started is not None else status.step_started_at
+    unsettled = _unsettled(status.history)
     windows = []
     for end in window_ends(interval, now, most=MAX_WINDOWS, since=start):
-        changes = [t.at for t in status.history if end - 2 * interval < t.at < end]
-        windows.append(Window(end - interval, end, _mean_share(rollout, status, end - interval, end), not changes))
+        steady = not any(end > decided and end - 2 * interval < routed for decided, routed in unsettled)
+        windows.append(Window(end - interval, end, _mean_share(rollout, status, end - interval, end), steady))
     return tuple(windows)
+
+
+def _unsettled(history: Sequence[Transition]) -> list[tuple[float, float]]:
+    """Per decision, from when to when the split may differ from the one recorded: from the decision
+    until its routes were confirmed in force. Not confirmed: until now for the last decision, until
+    the next decision for an earlier one (recorded before canarist kept the time)."""
+    spans = []
+    for index, transition in enumerate(history):
+        routed = transition.routed_at
+        if routed is None:
+            routed = history[index + 1].at if index + 1 < len(history) else math.inf
+        spans.append((transition.at, max(routed, transition.at)))
+    return spans
 
 
 def _mean_share(rollout: ModelRollout, status: Status, start: float, end: float) -> float:
@@ -297,13 +358,17 @@ def _analysis_due(stored: RolloutStatus, now: float, interval: float) -> bool:
     return last is None or math.floor(now / interval) > math.floor(last / interval)
 
 
-def _write_status(cluster: Cluster, obj: Mapping[str, Any], stored: Mapping[str, Any], body: dict[str, Any]) -> bool:
-    """Patch the status subresource only when it changed (no write storms on quiet ticks)."""
+def _write_status(
+    cluster: Cluster, obj: Mapping[str, Any], stored: Mapping[str, Any], body: dict[str, Any]
+) -> dict[str, Any] | None:
+    """Patch the status subresource only when it changed (no write storms on quiet ticks): the
+    object as written, or None when nothing was."""
     if dict(stored) == body:
-        return False
+        return None
     metadata = obj.get("metadata") or {}
-    cluster.patch_rollout_status(metadata["namespace"], metadata["name"], body, metadata.get("resourceVersion", ""))
-    return True
+    return cluster.patch_rollout_status(
+        metadata["namespace"], metadata["name"], body, metadata.get("resourceVersion", "")
+    )
 
 
 def _record_hold(
@@ -333,7 +398,7 @@ def _record_hold(
         generation=(obj.get("metadata") or {}).get("generation"),
         now=now,
     )
-    written = _write_status(cluster, obj, raw, body)
+    written = _write_status(cluster, obj, raw, body) is not None
     return Outcome(rollout.key, Action.HOLD, reason, held.phase, routes.canary_weight, 0, written, 10.0, failure)
 
 

@@ -213,6 +213,7 @@ def transition_status(transition: Transition) -> StoredTransition:
         action=transition.action,
         reason=printable(transition.reason),
         canary_weight=transition.weight,
+        routed_at=transition.routed_at,
     )
 
 
@@ -227,6 +228,7 @@ def _transition(stored: StoredTransition) -> Transition:
         action=stored.action,
         reason=stored.reason,
         weight=stored.canary_weight,
+        routed_at=stored.routed_at,
     )
 
 

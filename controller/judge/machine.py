@@ -107,7 +107,11 @@ class Evidence:
 class Transition:
     """One recorded decision that changed the phase or the step, with the canary weight it set.
 
-    ``weight`` is None in transitions recorded before canarist kept it.
+    ``weight`` is None in transitions recorded before canarist kept it. ``routed_at``: when the
+    routes the decision set were confirmed in force (written, or found already so); None until then.
+    A decision is recorded before its routes are written, and a route write may land minutes later
+    (a controller that died between the two, an API down for Istio writes): until ``routed_at`` the
+    traffic may still be split the old way.
     """
 
     at: float
@@ -118,6 +122,7 @@ class Transition:
     action: Action
     reason: str
     weight: int | None = None
+    routed_at: float | None = None
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,10 @@ store's lock held) and keeps its own view of the objects. On every write:
 - ``succeeded-without-promote``: a rollout reaches Succeeded only with a Promote in its history;
 - ``slo-breach-rollback``: once a whole window of a known SLO breach is readable (``breaches``: the
   rollout's key and when its canary starts breaching; readable at the end of the first window on the
-  ``interval`` grid that begins at the onset or later and inside the analysis, which begins with the
-  last Start or Restart recorded), the first analysis recorded from then on rolls back: no look that
-  could see the breach holds, advances or promotes the canary.
+  ``interval`` grid that begins at the onset or later, inside the analysis (which begins with the
+  last Start or Restart recorded), and once the stored routes send the canary traffic
+  (``serving_since``, when known)), the first analysis recorded from then on rolls back: no look
+  that could see the breach holds, advances or promotes the canary.
 - ``command-once``: a steering command is acted on exactly once and recorded with who asked: its id
   becomes ``status.lastCommandId`` in the write that records its decision (the id the annotations
   carry), never again later (across restarts and lost answers too), with at most one decision that
@@ -38,7 +39,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,6 +92,11 @@ class Violation:
         return f"{self.invariant}: {self.object} at write {self.write}: {self.detail}"
 
 
+def _decisions(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The decisions of ``history`` without when their routes were confirmed (filled in later)."""
+    return [{k: v for k, v in entry.items() if k != "routedAt"} for entry in history]
+
+
 def _analysis_start(history: list[dict[str, Any]]) -> tuple[int, float] | None:
     """Where in ``history`` the analysis of the canary began, and when (the last Start or Restart)."""
     for index in range(len(history) - 1, -1, -1):
@@ -121,6 +127,9 @@ class InvariantChecker:
     breaches: dict[str, float] = field(default_factory=dict)
     #: The analysis interval of those rollouts (seconds): the window grid.
     interval: float = 60.0
+    #: For a rollout key and a moment: from when on the stored routes send its canary traffic (None:
+    #: not yet); None: taken to be from the moment on.
+    serving_since: Callable[[str, float], float | None] | None = None
     #: The command ids each rollout has recorded as acted on.
     commands_acted: dict[Key, set[str]] = field(default_factory=dict)
 
@@ -231,7 +240,13 @@ class InvariantChecker:
         onset, started = self.breaches.get(rollout), _analysis_start(history)
         if onset is None or started is None:
             return None
-        return max(onset, math.floor(started[1] / self.interval) * self.interval) + self.interval
+        first = math.floor(started[1] / self.interval) * self.interval
+        if self.serving_since is not None:
+            serving = self.serving_since(rollout, started[1])
+            if serving is None:
+                return None
+            first = max(first, math.ceil(serving / self.interval) * self.interval)
+        return max(onset, first) + self.interval
 
     def _breach(self, version: int, key: Key, new: Mapping[str, Any], history: list[dict[str, Any]]) -> None:
         readable = self.readable(f"{key[2]}/{key[3]}", history)
@@ -283,17 +298,23 @@ class InvariantChecker:
     def _history(
         self, version: int, key: Key, old: Mapping[str, Any], new: Mapping[str, Any], *, near_bound: bool
     ) -> list[dict[str, Any]]:
-        """The transitions ``new`` appends to ``old``'s history; a violation if it rewrites any."""
-        before, after = _dicts(old.get("history")), _dicts(new.get("history"))
+        """The transitions ``new`` appends to ``old``'s history; a violation if it rewrites any (a
+        decision's ``routedAt`` may be filled in once: when its routes were confirmed in force)."""
+        raw_before, raw_after = _dicts(old.get("history")), _dicts(new.get("history"))
+        before, after = _decisions(raw_before), _decisions(raw_after)
         if after[: len(before)] == before:
-            return after[len(before) :]
+            for index, (was, now) in enumerate(zip(raw_before, raw_after, strict=False)):
+                if was.get("routedAt") not in (None, now.get("routedAt")):
+                    detail = f"decision {index}'s routedAt {was.get('routedAt')} rewritten as {now.get('routedAt')}"
+                    self._violate("history-append-only", key, version, detail)
+            return raw_after[len(before) :]
         at_bound = len(after) >= HISTORY_LIMIT or near_bound
         for dropped in range(1, len(before) + 1):  # the oldest entries shed at the bound
             kept = before[dropped:]
             if at_bound and after[: len(kept)] == kept and len(after) >= len(kept):
-                return after[len(kept) :]
+                return raw_after[len(kept) :]
         if old.get("canaryRevision") not in (None, new.get("canaryRevision")):
-            return after  # a new canary: its history may start afresh
+            return raw_after  # a new canary: its history may start afresh
         detail = f"history of {len(before)} entries rewritten as {len(after)} (not only appended)"
         self._violate("history-append-only", key, version, detail)
         return []

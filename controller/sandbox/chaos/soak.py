@@ -5,7 +5,8 @@ One run (:func:`run_soak`): a local API stand-in with a seeded :class:`FaultSche
 good, regressing and SLO-breaching canaries (:mod:`controller.sandbox.chaos.truth`), a third of them
 on the user's own routes (adopted); the real :class:`~controller.manager.loop.Manager` and
 :class:`~controller.edges.kube.KubeCluster` (the official client over HTTP) with a
-:class:`TruthMetrics` source, on a virtual clock that moves ``tick`` seconds per pass, so an hour of
+:class:`TruthMetrics` source that splits each window's traffic by the routes as stored
+(:class:`RouteTimeline`), on a virtual clock that moves ``tick`` seconds per pass, so an hour of
 rollouts takes seconds. Every few passes the manager also watches (one real second). With
 ``metrics`` set (:class:`~controller.sandbox.chaos.promsoak.PrometheusEdge`), the metrics come
 through the real Prometheus edge from a real Prometheus behind a seeded fault proxy instead, in real
@@ -46,6 +47,7 @@ from controller.sandbox.chaos.truth import (
     INTERVAL,
     NAMESPACE,
     TRUTHS,
+    RouteTimeline,
     TruthMetrics,
     breach_minute,
     policy,
@@ -143,11 +145,13 @@ def run_soak(config: SoakConfig) -> SoakResult:
         local_api_server() as api,
         config.metrics.open(api, truths, config.seed) if config.metrics else nullcontext() as prom,
     ):
-        api.write_observer = checker
+        clock = prom.clock if prom else VirtualClock()
+        timeline = RouteTimeline(api, lambda: clock.now)  # the truth follows the routes as stored
+        api.write_observer = both(checker, timeline)
+        checker.serving_since = timeline.serving_since
         originals = _seed(api, config.rollouts, adopted, prom.policy if prom else policy)
         if config.fault_rate > 0:
             api.request_filter = schedule
-        clock = prom.clock if prom else VirtualClock()
         workload = Workload(api, config.seed, rate=config.workload_rate, tick=config.tick)
 
         def fresh(cluster: Cluster | None = None, elector: Elector | None = None) -> Manager:
@@ -160,7 +164,7 @@ def run_soak(config: SoakConfig) -> SoakResult:
                     request_timeout=config.client_timeout,
                     **workload.edge_settings(),
                 )
-            metrics = prom.source() if prom else TruthMetrics(truths, onsets)
+            metrics = prom.source() if prom else TruthMetrics(truths, onsets, routes=timeline)
             return Manager(
                 cluster, metrics, default_environment(), clock, namespace=NAMESPACE, elector=elector, rng=order_rng
             )
@@ -170,7 +174,7 @@ def run_soak(config: SoakConfig) -> SoakResult:
             manager = ReplicaSet(api, clock, fresh, NAMESPACE, config.replicas, config.seed, config.tick,
                                  config.crash_rate, config.client_timeout,
                                  edge_settings=workload.edge_settings())  # fmt: skip
-            api.write_observer = both(checker, manager.checker)
+            api.write_observer = both(checker, timeline, manager.checker)
         else:
             manager = fresh()
         manager, ended, restarts = _drive(
@@ -268,14 +272,16 @@ def _rollout(api: LocalApiServer, key: str) -> dict[str, Any] | None:
 
 def _rollback_after(api: LocalApiServer, key: str, checker: InvariantChecker) -> float | None:
     """Seconds from the breach being readable (:meth:`InvariantChecker.readable`) to the rollout's
-    recorded Rollback (None: not rolled back)."""
+    recorded Rollback (0: at or before it; None: not rolled back)."""
     history = ((_rollout(api, key) or {}).get("status") or {}).get("history") or []
     rollbacks = [i for i, t in enumerate(history) if t.get("action") == "Rollback"]
     if not rollbacks:
         return None
     readable = checker.readable(key, history[: rollbacks[0]])
     at = parse_time(history[rollbacks[0]].get("at"), naive_as_utc=True)
-    return None if readable is None or at is None else at - readable
+    if readable is None or at is None:
+        return None
+    return max(at - readable, 0.0)  # earlier: a part of a window was enough
 
 
 def _phases(api: LocalApiServer) -> dict[str, str]:

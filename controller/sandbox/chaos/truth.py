@@ -4,21 +4,26 @@ Each rollout of a soak has a canary of one of three kinds (:data:`TRUTHS`): ``go
 stable), ``regressing`` (1.5 % errors against stable's 0.5 %: worse beyond the 0.25-point margin, yet
 within the 2 % SLO, so only the comparison can tell) and ``slo-breach`` (a p99 latency over the
 250 ms SLO from its *onset*: at the start, or minutes into the rollout at a higher weight, see
-:func:`breach_minute`). :class:`TruthMetrics` serves each window's traffic deterministically from
-the window's canary share (200 requests per second split by it), in-process: no Prometheus, no
-randomness.
+:func:`breach_minute`). :class:`TruthMetrics` serves each window's traffic deterministically, split
+by the canary share the stored VirtualServices really gave it in that window (:class:`RouteTimeline`,
+what the mesh does with the routes as written, whatever the status records), 200 requests per
+second, in-process: no Prometheus, no randomness.
 """
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from controller.api.model import API_VERSION, KIND, ModelRollout
+from controller.api.model import API_VERSION, GROUP, KIND, PLURAL, ModelRollout
 from controller.engine.ports import EdgeFailure
 from controller.metrics.samples import CountSeries, HistogramSeries, MetricData, Observation, Window
+from controller.sandbox.chaos.invariants import ISTIO, canary_weight
+from controller.sandbox.localapi import LocalApiServer
 
 NAMESPACE = "chaos"
 TRUTHS = ("good", "regressing", "slo-breach")
@@ -122,13 +127,61 @@ def user_objects(index: int) -> list[dict[str, Any]]:
 
 
 @dataclass
+class RouteTimeline:
+    """The canary weight the VirtualServices stored in ``api`` give each rollout over time (``now``,
+    the soak's clock): a write observer, so it sees every route write, late or lost answers included."""
+
+    api: LocalApiServer
+    now: Callable[[], float]
+    #: Per rollout key (namespace/name): when its canary weight changed, and to what.
+    changes: dict[str, list[tuple[float, int]]] = field(default_factory=dict)
+
+    def __call__(self, version: int, event: str, key: tuple[str, str, str, str], obj: dict[str, Any]) -> None:
+        if key[:2] != (ISTIO, "virtualservices"):
+            return
+        namespace, at = key[2], self.now()
+        services = [o for k, o in self.api.objects.items() if k[:3] == (ISTIO, "virtualservices", namespace)]
+        for k, rollout in self.api.objects.items():  # the store's lock is held: the objects as stored
+            if k[:3] != (GROUP, PLURAL, namespace):
+                continue
+            weight = max((canary_weight(rollout, s) for s in services), default=0)
+            changes = self.changes.setdefault(f"{namespace}/{k[3]}", [])
+            if (changes[-1][1] if changes else 0) != weight:
+                changes.append((at, weight))
+
+    def serving_since(self, key: str, since: float) -> float | None:
+        """From when on (``since`` or later) the stored routes give the canary traffic; None: not yet."""
+        weight = 0  # before ``at``
+        for at, changed in self.changes.get(key, []):
+            if at > since and weight > 0:
+                return since
+            if at > since and changed > 0:
+                return at
+            weight = changed
+        return since if weight > 0 else None
+
+    def share(self, key: str, start: float, end: float) -> float:
+        """The canary's time-weighted share of the traffic in ``(start, end]``."""
+        changes = self.changes.get(key, [])
+        times = [at for at, _ in changes]
+        cuts = sorted({start, end, *(at for at in times if start < at < end)})
+        total = 0.0
+        for a, b in itertools.pairwise(cuts):
+            index = bisect.bisect_right(times, a) - 1
+            total += (b - a) * (changes[index][1] if index >= 0 else 0) / 100
+        return total / (end - start) if end > start else 0.0
+
+
+@dataclass
 class TruthMetrics:
     """The :class:`controller.engine.ports.MetricsSource` of a soak: each rollout's traffic as its truth
-    says, split by each window's canary share; never fails."""
+    says, split by the canary share the stored routes gave it in each window (``routes``; None: the
+    share the controller recorded, as a mesh that always follows the status would); never fails."""
 
     truths: dict[str, str] = field(default_factory=dict)  # rollout key -> truth
     #: When each ``slo-breach`` canary starts breaching (on the window grid); absent: from the start.
     onsets: dict[str, float] = field(default_factory=dict)
+    routes: RouteTimeline | None = None
     looks: int = 0
 
     def observe(
@@ -140,8 +193,10 @@ class TruthMetrics:
             errors, breached = CANARY[self.truths.get(rollout.key, "good")]
             onset = self.onsets.get(rollout.key, -math.inf)
             ws = tuple(windows[rollout.key])
-            stable = [round(RPS * (w.end - w.start) * (1 - w.canary_share)) for w in ws]
-            canary = [round(RPS * (w.end - w.start) * w.canary_share) for w in ws]
+            routes = self.routes
+            shares = [routes.share(rollout.key, w.start, w.end) if routes else w.canary_share for w in ws]
+            stable = [round(RPS * (w.end - w.start) * (1 - share)) for w, share in zip(ws, shares, strict=True)]
+            canary = [round(RPS * (w.end - w.start) * share) for w, share in zip(ws, shares, strict=True)]
             histogram = HistogramSeries(
                 EDGES,
                 tuple(tuple(float(round(n * s)) for s in HEALTHY) for n in stable),

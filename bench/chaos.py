@@ -38,6 +38,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from bench.harness import quantile
 from controller.sandbox.chaos.faults import FaultKind
 from controller.sandbox.chaos.promproxy import ProxyFault
 from controller.sandbox.chaos.promsoak import PREFIX, PrometheusEdge
@@ -112,14 +113,13 @@ def summary(results: Sequence[SoakResult], extra: Sequence[float], calm_seconds:
 
 
 def spread(values: Sequence[float]) -> dict[str, float | None]:
-    """Mean, 90th percentile and maximum (None for no values)."""
-    ordered = sorted(values)
-    if not ordered:
+    """Mean, 90th percentile (:func:`bench.harness.quantile`) and maximum (None for no values)."""
+    if not values:
         return dict.fromkeys(("mean", "p90", "max"))
     return {
-        "mean": round(statistics.fmean(ordered), 2),
-        "p90": round(ordered[int(0.9 * (len(ordered) - 1))], 2),
-        "max": round(ordered[-1], 2),
+        "mean": round(statistics.fmean(values), 2),
+        "p90": quantile(values, 90, digits=2),
+        "max": round(max(values), 2),
     }
 
 

@@ -163,9 +163,11 @@ RECORD_KEYS = (
 )
 
 
-def _quantile(values: Iterable[float], q: float) -> float | None:
+def quantile(values: Iterable[float], q: float, *, digits: int = 1) -> float | None:
+    """The ``q``-th percentile (linear interpolation, as numpy's default), rounded; None for no values.
+    The one percentile of every benchmark."""
     data = list(values)
-    return round(float(np.percentile(data, q)), 1) if data else None
+    return round(float(np.percentile(data, q)), digits) if data else None
 
 
 def summarise(
@@ -182,7 +184,7 @@ def summarise(
         promoted = sum(o.decision == PROMOTE for o in runs)
         decided = [o for o in runs if o.decision != UNDECIDED]
         lo, hi = clopper_pearson(len(rolled), n)
-        harm = None if scenario == "aa" else _quantile((o.harm for o in runs), 50)
+        harm = None if scenario == "aa" else quantile((o.harm for o in runs), 50)
         mean_harm = None if scenario == "aa" else round(float(np.mean([o.harm for o in runs])), 1)
         records.append(
             {
@@ -192,11 +194,11 @@ def summarise(
                 "rollback_rate": round(len(rolled) / n, 4),
                 "rollback_rate_ci95": [round(lo, 4), round(hi, 4)],
                 "promote_rate": round(promoted / n, 4),
-                "median_canary_requests_to_rollback": _quantile((o.canary_requests for o in rolled), 50),
-                "p90_canary_requests_to_rollback": _quantile((o.canary_requests for o in rolled), 90),
+                "median_canary_requests_to_rollback": quantile((o.canary_requests for o in rolled), 50),
+                "p90_canary_requests_to_rollback": quantile((o.canary_requests for o in rolled), 90),
                 "median_harm_requests": harm,
                 "mean_harm_requests": mean_harm,
-                "median_minutes_to_decision": _quantile((o.intervals * interval_s / 60 for o in decided), 50),
+                "median_minutes_to_decision": quantile((o.intervals * interval_s / 60 for o in decided), 50),
                 "ratio_to_oracle": None,
                 "ratio_to_margin_oracle": None,
             }

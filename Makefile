@@ -48,8 +48,10 @@ typecheck: $(STAMP)
 layers: $(STAMP)
 	$(BIN)/lint-imports
 
+# Two workers (this machine's two cores), a test file to each: the tests that wait on real
+# processes overlap with those that compute, and a module's servers start once.
 pytest: $(STAMP) debian-deps
-	$(BIN)/pytest -q --durations=25
+	$(BIN)/pytest -q -n 2 --dist loadfile --durations=25
 
 # Every example's rendered objects at every step, checked against Istio's own CRD schemas.
 istio-validate: $(STAMP)

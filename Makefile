@@ -11,12 +11,18 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SHARED ?= ../shared
 APT_GET := DEBIAN_FRONTEND=noninteractive apt-get
-# The Debian packages the tests and the demo run for real.
-DEBIAN_PACKAGES ?= prometheus haproxy
+# The Debian packages the tests and the demo run for real (libpython: Triton's Python backend loads it).
+SYSTEM_PYTHON ?= /usr/bin/python3
+LIBPYTHON := $(shell $(SYSTEM_PYTHON) -c 'import sys; print("libpython%d.%d" % sys.version_info[:2])' 2>/dev/null)
+DEBIAN_PACKAGES ?= prometheus haproxy $(LIBPYTHON)
+# Triton's own venv: the tritonserver nvidia-pytriton bundles (CPU), with the numpy < 2 it needs.
+TRITON_VENV ?= .triton-venv
+TRITON_STAMP := $(TRITON_VENV)/.installed
+TRITON_PACKAGES ?= nvidia-pytriton==0.7.0 numpy<2
 SCENARIO ?= good
 DEMO_OUT ?= canarist-demo
 
-.PHONY: all demo test lint typecheck layers pytest istio-validate debian-deps venv clean
+.PHONY: all demo test lint typecheck layers pytest istio-validate debian-deps venv triton clean
 
 all: test
 
@@ -37,6 +43,13 @@ $(STAMP): pyproject.toml | debian-deps
 
 venv: $(STAMP)
 
+$(TRITON_STAMP): | debian-deps
+	$(SYSTEM_PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/python -m pip install --quiet $(foreach p,$(TRITON_PACKAGES),'$(p)')
+	touch $(TRITON_STAMP)
+
+triton: $(TRITON_STAMP)
+
 lint: $(STAMP)
 	$(BIN)/ruff check controller tests bench
 	$(BIN)/ruff format --check controller tests bench
@@ -50,7 +63,7 @@ layers: $(STAMP)
 
 # Two workers (this machine's two cores), a test file to each: the tests that wait on real
 # processes overlap with those that compute, and a module's servers start once.
-pytest: $(STAMP) debian-deps
+pytest: $(STAMP) $(TRITON_STAMP) debian-deps
 	$(BIN)/pytest -q -n 2 --dist loadfile --durations=25
 
 # Every example's rendered objects at every step, checked against Istio's own CRD schemas.
@@ -71,4 +84,4 @@ demo: $(STAMP) debian-deps
 	$(BIN)/canarist demo --scenario $(SCENARIO) --out $(DEMO_OUT)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis $(DEMO_OUT)
+	rm -rf $(VENV) $(TRITON_VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis $(DEMO_OUT)

@@ -174,6 +174,21 @@ SUBSET: dict[str, Any] = {
             "onNoData": "Pause",
             "onInconclusive": "Abort",
         },
+        "gate": {
+            "triton": {
+                "url": "http://fraud-detector-v42.ml-serving:8000",
+                "stableUrl": "fraud-detector-v41.ml-serving:8000",
+                "model": "fraud",
+                "timeout": "10s",
+                "goldenRequests": [
+                    {
+                        "name": "two-rows",
+                        "inputs": {"features": {"datatype": "FP32", "shape": [1, 2], "data": [0.5, 1]}},
+                        "outputs": {"score": {"shape": [1], "data": [0.8], "tolerance": 0.01}},
+                    }
+                ],
+            }
+        },
         "analysis": {"alpha": 0.05, "metrics": _METRICS},
     },
     "status": {"phase": "Progressing"},
@@ -183,6 +198,8 @@ TRITON: dict[str, Any] = copy.deepcopy(SUBSET)
 TRITON["spec"]["routing"]["mode"] = "TritonVersion"
 TRITON["spec"]["routing"]["triton"] = {"model": "ranker", "stableVersion": 3, "canaryVersion": 4}
 del TRITON["spec"]["strategy"]["mirror"]
+del TRITON["spec"]["gate"]["triton"]["stableUrl"]  # one Triton serves both versions
+TRITON["spec"]["gate"]["triton"]["model"] = "ranker"
 for _metric in TRITON["spec"]["analysis"]["metrics"]:  # with cohorts in Triton mode, only SLO guards are valid
     _metric.pop("margin", None)
     (_metric.get("ratio") or {}).pop("splitLabel", None)  # nothing sets the split header in Triton mode

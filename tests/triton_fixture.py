@@ -20,8 +20,11 @@ FEATURES = Tensor("features", "FP32", (-1, 4))
 SCORE = Tensor("score", "FP32", (-1,))
 
 
-def scorer(*, delay_ms: float = 0.0, fail_rate: float = 0.0, scale: float = 1.0) -> str:
-    """A version's ``model.py``: a logistic score of the features' sum, seeded, slowed or failing as asked."""
+def scorer(
+    *, delay_ms: float = 0.0, fail_rate: float = 0.0, scale: float = 1.0, load_s: float = 0.0, broken: bool = False
+) -> str:
+    """A version's ``model.py``: a logistic score of the features' sum, seeded, slowed or failing as asked,
+    taking ``load_s`` seconds to load (or never loading: ``broken``)."""
     return f"""\
 import random
 import time
@@ -32,6 +35,9 @@ import triton_python_backend_utils as pb_utils
 
 class TritonPythonModel:
     def initialize(self, args):
+        time.sleep({load_s})
+        if {broken}:
+            raise RuntimeError("this version cannot load")
         self.rng = random.Random(int(args["model_version"]))
 
     def execute(self, requests):
@@ -48,19 +54,26 @@ class TritonPythonModel:
 """
 
 
-def fraud_model(versions: Mapping[int, str], *, name: str = "fraud", policy: str = "all: {}") -> PythonModel:
-    """The fraud model's signature with the given versions' sources."""
-    return PythonModel(name, (FEATURES,), (SCORE,), versions, version_policy=policy)
+def fraud_model(
+    versions: Mapping[int, str],
+    *,
+    name: str = "fraud",
+    policy: str = "all: {}",
+    inputs: tuple[Tensor, ...] = (FEATURES,),
+    outputs: tuple[Tensor, ...] = (SCORE,),
+) -> PythonModel:
+    """The fraud model's signature (or another) with the given versions' sources."""
+    return PythonModel(name, inputs, outputs, versions, version_policy=policy)
 
 
 @pytest.fixture
-def triton_factory(tmp_path: Path) -> Iterator[Callable[[Sequence[PythonModel]], TritonServer]]:
+def triton_factory(tmp_path: Path) -> Iterator[Callable[..., TritonServer]]:
     """Start Tritons on the models given; a missing install or a server that never gets ready FAILS the test."""
     servers: list[TritonServer] = []
 
-    def start(models: Sequence[PythonModel]) -> TritonServer:
+    def start(models: Sequence[PythonModel], *, options: Sequence[str] = ()) -> TritonServer:
         try:
-            server = TritonServer(TritonInstall.find(), tmp_path / f"triton-{len(servers)}", models)
+            server = TritonServer(TritonInstall.find(), tmp_path / f"triton-{len(servers)}", models, options=options)
             servers.append(server)
             return server.start()
         except (PartMissingError, StartError) as exc:

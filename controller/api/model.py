@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field
 
 from controller.api.fields import DnsLabel, Duration, LabelKey, LabelValue, Model, Percent
+from controller.api.gate import Gate
 from controller.api.metrics_spec import Analysis
 from controller.api.routing import ModelVersion, Routing, ServiceRef, TrafficPolicy
 from controller.api.units import parse_duration
@@ -112,6 +113,7 @@ class RolloutSpec(Model):
     routing: Routing = Field(default_factory=Routing)
     traffic_policy: TrafficPolicy | None = None
     strategy: Strategy = Field(default_factory=Strategy)
+    gate: Gate | None = Field(default=None, description="What must hold before the canary gets its first request.")
     analysis: Analysis
 
 

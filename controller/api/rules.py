@@ -8,6 +8,7 @@ of them at once.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -55,6 +56,7 @@ def check(rollout: ModelRollout) -> list[Problem]:
         *_versions(rollout),
         *_routing(rollout),
         *_strategy(rollout),
+        *_gate(rollout),
         *_metrics(rollout),
         *_randomised(rollout),
     ]
@@ -156,6 +158,40 @@ def _routing(rollout: ModelRollout) -> Iterator[Problem]:
         for condition in routing.retries.retry_on.split(","):
             if condition not in RETRY_CONDITIONS and not (condition.isdigit() and len(condition) == 3):
                 yield Problem((*base, "retries", "retryOn"), f"unknown retry condition {condition!r}")
+
+
+def _gate(rollout: ModelRollout) -> Iterator[Problem]:
+    gate = rollout.spec.gate
+    if gate is None:
+        return
+    base: Path = ("spec", "gate", "triton")
+    triton, routing = gate.triton, rollout.spec.routing
+    if routing.mode is RoutingMode.TRITON_VERSION:
+        if triton.stable_url is not None:
+            yield Problem(
+                (*base, "stableUrl"), "only with routing mode Subset (with TritonVersion one Triton serves both)"
+            )
+        if routing.triton is not None and triton.model not in (None, routing.triton.model):
+            yield Problem((*base, "model"), f"must be routing.triton.model ({routing.triton.model!r}) or left out")
+    else:
+        if triton.model is None:
+            yield Problem((*base, "model"), "required with routing mode Subset: the model's name in Triton")
+        if triton.stable_url is None:
+            yield Problem((*base, "stableUrl"), "required with routing mode Subset: the stable's signature is compared")
+    for i, request in enumerate(triton.golden_requests):
+        where: Path = (*base, "goldenRequests", i)
+        for name, tensor in request.inputs.items():
+            if math.prod(tensor.shape) != len(tensor.data):
+                yield Problem(
+                    (*where, "inputs", name, "data"),
+                    f"holds {len(tensor.data)} values, shape {tensor.shape} needs {math.prod(tensor.shape)}",
+                )
+        for name, output in request.outputs.items():
+            if output.shape is not None and output.data is not None and math.prod(output.shape) != len(output.data):
+                yield Problem(
+                    (*where, "outputs", name, "data"),
+                    f"holds {len(output.data)} values, shape {output.shape} needs {math.prod(output.shape)}",
+                )
 
 
 def _string_match(where: Path, match: StringMatch) -> Iterator[Problem]:

@@ -23,6 +23,7 @@ from controller.api.times import parse_time
 from controller.api.units import parse_duration
 from controller.cli import cluster_commands as commands
 from controller.cli import demo as demo_command
+from controller.cli import gate_command
 from controller.cli.common import EXIT_INVALID, UserError, load_file, load_or_fail
 from controller.cli.tables import analysis_table
 from controller.traffic.render import RenderError, render
@@ -299,6 +300,7 @@ for _command in (
     commands.resume,
     commands.retry,
     commands.report,
+    gate_command.gate,
     demo_command.demo,
 ):
     cli.add_command(_command)

@@ -11,7 +11,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from controller.api.gate import GoldenRequest
 from controller.api.model import ModelRollout
+from controller.judge.gate import TritonObservation, TritonTarget
 from controller.metrics.samples import Observation, Window
 
 
@@ -181,4 +183,12 @@ class MetricsSource(Protocol):
         self, rollouts: Sequence[ModelRollout], windows: Mapping[str, Sequence[Window]], at: float
     ) -> tuple[dict[str, Observation], EdgeFailure | None]:
         """Observations per rollout key, and the failure if the look failed (then: no data, saying why)."""
+        ...
+
+
+class GateProbe(Protocol):
+    """Observes what a pre-traffic gate needs (:mod:`controller.edges.triton`); the rules judge it."""
+
+    def observe(self, target: TritonTarget, golden: Sequence[GoldenRequest]) -> TritonObservation:
+        """What the Tritons say; a Triton that does not answer is ``unreachable``, never an exception."""
         ...

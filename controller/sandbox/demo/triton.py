@@ -164,6 +164,8 @@ class TritonServer:
     http_port: int = field(default_factory=free_port)
     grpc_port: int = field(default_factory=free_port)
     metrics_port: int = field(default_factory=free_port)
+    #: More tritonserver options, e.g. ``--model-control-mode=poll`` to take new versions while it runs.
+    options: Sequence[str] = ()
     process: ManagedProcess | None = None
 
     @property
@@ -176,7 +178,7 @@ class TritonServer:
         return f"127.0.0.1:{self.metrics_port}"
 
     def argv(self) -> list[str]:
-        repository = self.workdir / "models"
+        repository = self.repository
         for model in self.models:
             model.write(repository)
         backends = self.install.backend_directory(self.workdir / "backends")
@@ -190,14 +192,20 @@ class TritonServer:
             "--allow-gpu-metrics=false",
             "--exit-timeout-secs=2",
             "--log-verbose=0",
+            *self.options,
         ]
 
-    def start(self, timeout: float = 90.0) -> TritonServer:
-        """Start and wait until the server says it is ready (every model loaded, in this mode)."""
+    @property
+    def repository(self) -> Path:
+        return self.workdir / "models"
+
+    def start(self, timeout: float = 90.0, *, ready: bool = True) -> TritonServer:
+        """Start and wait until the server says it is ready (every model loaded), or only live."""
+        health = "ready" if ready else "live"
         process = ManagedProcess(
             "tritonserver", self.argv(), self.workdir / "tritonserver.log", env=self.install.environment()
         )
-        self.process = process.start(lambda: http_ok(f"http://{self.url}/v2/health/ready"), timeout)
+        self.process = process.start(lambda: http_ok(f"http://{self.url}/v2/health/{health}"), timeout)
         return self
 
     def stop(self) -> None:

@@ -11,6 +11,7 @@ import pytest
 from controller.api.load import load
 from controller.api.schedule import RouteState, schedule
 from controller.api.status import Action, Phase, Verdict
+from controller.judge.gate import GateStatus, GateVerdict
 from controller.judge.machine import Command, CommandKind, Evidence, MetricEvidence, Status, decide, routes_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -492,3 +493,59 @@ def test_weights_never_go_backwards_without_a_rollback() -> None:
                 assert new == 0 or decision.status.phase is Phase.INITIALIZING
             weight, status, now = new, decision.status, now + rng.choice([30, 60, 900])
             assert len(status.history) <= 50
+
+
+# --- the pre-traffic gate -----------------------------------------------------------------------
+
+GATE_VERDICTS = {
+    "passed": GateVerdict(GateStatus.PASSED, "ready"),
+    "waiting": GateVerdict(GateStatus.WAITING, "loading"),
+    "failed": GateVerdict(GateStatus.FAILED, "signature differs"),
+}
+
+
+@pytest.mark.parametrize("phase", [p for p in Phase if p is not Phase.INITIALIZING])
+@pytest.mark.parametrize("verdict", list(GATE_VERDICTS))
+def test_a_gate_verdict_changes_nothing_once_the_canary_was_started(phase: Phase, verdict: str) -> None:
+    status = Status(phase=phase, step=1, step_started_at=T0 - 30, canary_revision="r1")
+    seen = evidence(Verdict.PASS)
+    assert decide(ROLLOUT, status, seen, T0, gate=GATE_VERDICTS[verdict]) == decide(ROLLOUT, status, seen, T0)
+
+
+@pytest.mark.parametrize(
+    ("verdict", "waited", "action", "phase", "reason"),
+    [
+        ("passed", 0, Action.START, Phase.PROGRESSING, "routes in place: analysing step 0; gate passed"),
+        ("waiting", 60, Action.HOLD, Phase.INITIALIZING, "waiting for the gate: loading"),
+        (
+            "waiting",
+            10_000,
+            Action.ROLLBACK,
+            Phase.ROLLING_BACK,
+            "gate not passed within the progress deadline: loading",
+        ),
+        ("failed", 0, Action.ROLLBACK, Phase.ROLLING_BACK, "gate failed: signature differs"),
+    ],
+)
+def test_before_the_start_the_gate_decides(
+    verdict: str, waited: float, action: Action, phase: Phase, reason: str
+) -> None:
+    status = Status(phase=Phase.INITIALIZING, step_started_at=T0 - waited, canary_revision="r1")
+    decision = decide(ROLLOUT, status, None, T0, gate=GATE_VERDICTS[verdict])
+    assert (decision.action, decision.status.phase) == (action, phase)
+    assert decision.reason.startswith(reason) and decision.routes.canary_weight == (1 if action is Action.START else 0)
+
+
+def test_a_new_rollout_waiting_for_its_gate_starts_its_deadline_clock_now() -> None:
+    decision = decide(ROLLOUT, Status(), None, T0, gate=GATE_VERDICTS["waiting"])
+    assert decision.action is Action.HOLD and decision.status.step_started_at == T0
+
+
+@pytest.mark.parametrize(
+    ("kind", "acted"),
+    [(CommandKind.ABORT, Action.ROLLBACK), (CommandKind.PROMOTE_FULL, Action.HOLD), (CommandKind.PROMOTE, Action.HOLD)],
+)
+def test_while_the_gate_waits_an_abort_acts_and_a_promote_waits(kind: CommandKind, acted: Action) -> None:
+    status = Status(phase=Phase.INITIALIZING, step_started_at=T0 - 5, canary_revision="r1")
+    decision = decide(ROLLOUT, status, None, T0, commands=(Command(kind, "alice"),), gate=GATE_VERDICTS["waiting"])
+    assert decision.action is acted and decision.commands_heard is (acted is Action.ROLLBACK)

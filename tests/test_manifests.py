@@ -453,10 +453,10 @@ def test_ingress_is_only_prometheus_on_the_metrics_port() -> None:
         assert peer["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "prometheus"}, peer
 
 
-def test_egress_allows_dns_the_api_server_and_prometheus_and_nothing_else() -> None:
+def test_egress_allows_dns_the_api_server_prometheus_and_tritons_http_and_nothing_else() -> None:
     rules = network_policy()["spec"]["egress"]
     ports = sorted(p["port"] for rule in rules for p in rule["ports"])
-    assert ports == [53, 53, 443, 6443, 9090]
+    assert ports == [53, 53, 443, 6443, 8000, 9090]  # 8000: Triton's HTTP port, for pre-traffic gates
     assert all(rule.get("ports") for rule in rules), "a rule without ports would open every port"
     url = next(e["value"] for e in controller_container()["env"] if e["name"] == "PROMETHEUS_URL")
     namespace, port = re.fullmatch(r"https?://[^.]+\.([^.]+)\.svc(?:\.cluster\.local)?:(\d+)/?", url).groups()  # type: ignore[union-attr]

@@ -307,7 +307,7 @@ def run(  # click passes options by keyword
     from controller.edges.prometheus import PrometheusError, PrometheusSettings
     from controller.manager.loop import Manager
     from controller.manager.ops import ControllerMetrics, serve
-    from controller.manager.wiring import metrics_source
+    from controller.manager.wiring import gate_probe, metrics_source
     from controller.traffic.templating import default_environment
 
     logging.basicConfig(level=logging.INFO, format='{"time":"%(asctime)s","level":"%(levelname)s","msg":"%(message)s"}')
@@ -344,6 +344,7 @@ def run(  # click passes options by keyword
         policies=policies,
         tick_deadline=tick_deadline,
         act_budget=lease_seconds / 3,  # a reconcile's share of the lease; each write is fenced as well
+        gates=gate_probe(),
     )
     manager.tenancy = tenancy
     logging.getLogger("canarist").info("tenancy: %s", tenancy.describe())

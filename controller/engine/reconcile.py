@@ -30,9 +30,19 @@ from controller.api.model import ModelRollout
 from controller.api.names import FINALIZER
 from controller.api.schedule import RouteState
 from controller.api.status import Action, Phase, RolloutStatus
+from controller.api.text import printable
 from controller.api.times import timestamp
-from controller.engine.ports import Cluster, ClusterUnavailableError, ConflictError, EdgeFailure, MetricsSource
+from controller.engine.gate import run_gate
+from controller.engine.ports import (
+    Cluster,
+    ClusterUnavailableError,
+    ConflictError,
+    EdgeFailure,
+    GateProbe,
+    MetricsSource,
+)
 from controller.engine.record import (
+    GATE_PASSED,
     canary_revision,
     exposure_revision,
     from_status,
@@ -43,6 +53,7 @@ from controller.engine.record import (
 )
 from controller.engine.steering import settle_command
 from controller.judge.analysis import analyse
+from controller.judge.gate import GateStatus, GateVerdict
 from controller.judge.machine import Decision, Evidence, Status, Transition, decide, routes_for
 from controller.metrics.samples import Observation, Window, window_ends
 from controller.traffic import tenancy
@@ -81,14 +92,18 @@ def reconcile(
     *,
     now: float,
     rules: tenancy.TenancyRules = tenancy.DEFAULT_RULES,
+    gates: GateProbe | None = None,
 ) -> Outcome:
-    """Bring one rollout one decision further; never raises for a user's mistake or a flaky edge."""
+    """Bring one rollout one decision further; never raises for a user's mistake or a flaky edge.
+
+    ``gates`` observes a rollout's pre-traffic gate (``spec.gate``) while it is initializing; without
+    it a rollout with a gate never starts (it waits for the gate until its progress deadline)."""
     metadata = obj.get("metadata") or {}
     key = f"{metadata.get('namespace')}/{metadata.get('name')}"
     try:
         if metadata.get("deletionTimestamp"):
             return _release(obj, cluster, key)
-        return _reconcile(_finalized(obj, cluster), cluster, metrics, env, key, now=now, rules=rules)
+        return _reconcile(_finalized(obj, cluster), cluster, metrics, env, key, now=now, rules=rules, gates=gates)
     except ConflictError:
         return Outcome(key, Action.NONE, "the rollout changed meanwhile: re-reading", None, None, 0, False, 0.0)
     except ClusterUnavailableError as exc:
@@ -106,6 +121,7 @@ def _reconcile(
     *,
     now: float,
     rules: tenancy.TenancyRules = tenancy.DEFAULT_RULES,
+    gates: GateProbe | None = None,
 ) -> Outcome:
     rollout, problem = parse(obj, rules)
     if rollout is None:
@@ -124,8 +140,16 @@ def _reconcile(
     evidence, failure = None, None
     if status.phase in GUARDED_PHASES and _analysis_due(stored, now, interval):
         evidence, failure = look(rollout, status, metrics, now)
+    gate = _gate(obj, cluster, rollout=rollout, status=status, stored=stored, gates=gates)
     decision = decide(
-        rollout, status, evidence, now, commands=commands, canary_revision=revision, exposure_revision=exposure
+        rollout,
+        status,
+        evidence,
+        now,
+        commands=commands,
+        canary_revision=revision,
+        exposure_revision=exposure,
+        gate=gate,
     )
 
     in_force = _in_force(rollout, status)
@@ -136,14 +160,14 @@ def _reconcile(
             reason = f"waiting for canary pods to be ready ({ready}/{total}) before {why}: {decision.reason}"
             # The command waits for the pods; the evidence does not: a rollback or a hold goes ahead.
             without = (
-                decide(rollout, status, evidence, now, canary_revision=revision, exposure_revision=exposure)
+                decide(rollout, status, evidence, now, canary_revision=revision, exposure_revision=exposure, gate=gate)
                 if commands
                 else decision
             )
             if not commands or _exposes_more(without.routes, in_force):
                 return _record_hold(
                     obj, cluster, rollout, status, routes=in_force, evidence=evidence, reason=reason, now=now,
-                    failure=failure,
+                    failure=failure, gate=gate,
                 )  # fmt: skip
             if without.action in (Action.HOLD, Action.NONE):  # say why the command is not acted on yet
                 said = f"{reason}; meanwhile {without.reason}"
@@ -167,9 +191,12 @@ def _reconcile(
         if stored.message != reason:
             cluster.emit_event(obj, reason="RoutesRefused", message=reason, warning=True)
         return _record_hold(
-            obj, cluster, rollout, status, routes=in_force, evidence=evidence, reason=reason, now=now, failure=failure
-        )
-    written, writes = _record_and_route(obj, cluster, decision, objects, evidence=evidence, now=now, acted=acted)
+            obj, cluster, rollout, status, routes=in_force, evidence=evidence, reason=reason, now=now, failure=failure,
+            gate=gate,
+        )  # fmt: skip
+    written, writes = _record_and_route(
+        obj, cluster, decision, objects, evidence=evidence, now=now, acted=acted, gate=gate
+    )
     if decision.action not in (Action.HOLD, Action.NONE):
         warning = decision.action in (Action.ROLLBACK, Action.RESCHEDULE)
         cluster.emit_event(obj, reason=decision.action.value, message=decision.reason, warning=warning)
@@ -196,6 +223,7 @@ def _record_and_route(
     evidence: Evidence | None,
     now: float,
     acted: str | None,
+    gate: GateVerdict | None = None,
 ) -> tuple[bool, int]:
     """Record ``decision`` in the status and write its routes: whether the status was written, and
     how many route objects were.
@@ -214,6 +242,7 @@ def _record_and_route(
         generation=(obj.get("metadata") or {}).get("generation"),
         now=now,
         command_id=acted,
+        gate=gate,
     )
     unconfirmed = _unconfirmed(decision.status)
     if unconfirmed and decision.status.history[-1].at < now:  # an earlier decision's: the routes first
@@ -382,6 +411,7 @@ def _record_hold(
     reason: str,
     now: float,
     failure: EdgeFailure | None = None,
+    gate: GateVerdict | None = None,
 ) -> Outcome:
     """Hold where the rollout is (the canary is not ready for more): say why, keep the routes in force.
 
@@ -397,9 +427,36 @@ def _record_hold(
         previous=stored,
         generation=(obj.get("metadata") or {}).get("generation"),
         now=now,
+        gate=gate,
     )
     written = _write_status(cluster, obj, raw, body) is not None
     return Outcome(rollout.key, Action.HOLD, reason, held.phase, routes.canary_weight, 0, written, 10.0, failure)
+
+
+def _gate(
+    obj: Mapping[str, Any],
+    cluster: Cluster,
+    *,
+    rollout: ModelRollout,
+    status: Status,
+    stored: RolloutStatus,
+    gates: GateProbe | None,
+) -> GateVerdict | None:
+    """The pre-traffic gate's verdict while the canary has no traffic yet (initializing), or None.
+
+    An Event says when the verdict changes (not on every pass a version is still loading)."""
+    if rollout.spec.gate is None or status.phase is not Phase.INITIALIZING:
+        return None
+    if gates is None:
+        verdict = GateVerdict(GateStatus.WAITING, "this controller has no gate probe (it cannot reach Triton)")
+    else:
+        verdict = run_gate(rollout, gates) or GateVerdict(GateStatus.WAITING, "no gate")
+    before = next((c for c in stored.conditions if c.type == GATE_PASSED), None)
+    if before is None or (before.reason, before.message) != (verdict.status.value, printable(verdict.reason)):
+        reason = {GateStatus.PASSED: "GatePassed", GateStatus.FAILED: "GateFailed", GateStatus.WAITING: "GateWaiting"}
+        warning = verdict.status is GateStatus.FAILED
+        cluster.emit_event(obj, reason=reason[verdict.status], message=verdict.reason, warning=warning)
+    return verdict
 
 
 def _requeue(decision: Decision, interval: float) -> float:

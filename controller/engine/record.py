@@ -30,6 +30,7 @@ from controller.api.status import (
 )
 from controller.api.text import printable
 from controller.engine.steering import check_command
+from controller.judge.gate import GateStatus, GateVerdict
 from controller.judge.machine import Command, Evidence, MetricEvidence, Status, Transition, routes_for
 
 E_VALUE_CAP = 1e300
@@ -82,6 +83,7 @@ def to_status(
     generation: int | None,
     now: float,
     command_id: str | None = None,
+    gate: GateVerdict | None = None,
 ) -> dict[str, Any]:
     """The status subresource to write: the machine's state, the routes in force and the evidence.
 
@@ -111,7 +113,7 @@ def to_status(
         weights=weights_log(previous.weights, routes.canary_weight, now),
         analyses=analyses_log(previous.analyses, status, routes, looked, now),
         distributions=distributions_log(previous.distributions, status, evidence, now, changed=changed),
-        conditions=conditions(status, previous.conditions, now),
+        conditions=conditions(status, previous.conditions, now, gate),
     )
     return bounded(written.dump())
 
@@ -288,8 +290,15 @@ CONDITION_OF_PHASE = {
 }
 
 
-def conditions(status: Status, previous: list[Condition], now: float) -> list[Condition]:
-    """Kubernetes-style conditions (Progressing, Paused, Succeeded, Failed), transition times kept."""
+#: The condition a pre-traffic gate's verdict is recorded in.
+GATE_PASSED = "GatePassed"
+
+
+def conditions(
+    status: Status, previous: list[Condition], now: float, gate: GateVerdict | None = None
+) -> list[Condition]:
+    """Kubernetes-style conditions (Progressing, Paused, Succeeded, Failed, and GatePassed once a
+    pre-traffic gate ran: what it checked, or why not), transition times kept."""
     wanted = {
         "Progressing": CONDITION_OF_PHASE[status.phase][1],
         "Paused": "True" if status.phase is Phase.PAUSED else "False",
@@ -310,6 +319,22 @@ def conditions(status: Status, previous: list[Condition], now: float) -> list[Co
                 last_transition_time=since if since is not None else now,
             )
         )
+    old = before.get(GATE_PASSED)
+    if gate is not None:
+        value = "True" if gate.status is GateStatus.PASSED else "False"
+        since = old.last_transition_time if old is not None and old.status == value else None
+        message = printable(gate.reason)
+        out.append(
+            Condition(
+                type=GATE_PASSED,
+                status=value,
+                reason=gate.status.value,
+                message=message,
+                last_transition_time=since or now,
+            )
+        )
+    elif old is not None:
+        out.append(old)
     return out
 
 

@@ -40,6 +40,7 @@ from controller.api.model import ModelRollout, OnTimeout
 from controller.api.schedule import RouteState, schedule, state_for_step
 from controller.api.status import Action, Phase, Verdict
 from controller.api.units import format_duration
+from controller.judge.gate import GateStatus, GateVerdict
 
 HISTORY_LIMIT = 50
 
@@ -174,10 +175,12 @@ def decide(
     commands: tuple[Command, ...] = (),
     canary_revision: str = "",
     exposure_revision: str = "",
+    gate: GateVerdict | None = None,
 ) -> Decision:
-    """The next decision for ``rollout``; ``evidence`` is None when no analysis ran this tick."""
+    """The next decision for ``rollout``; ``evidence`` is None when no analysis ran this tick, ``gate``
+    None when no pre-traffic gate ran (the rollout has none, or it is past its start)."""
     machine = _Machine(rollout, status, now)
-    return machine.run(evidence, commands, canary_revision, exposure_revision)
+    return machine.run(evidence, commands, canary_revision, exposure_revision, gate)
 
 
 class _Machine:
@@ -205,7 +208,14 @@ class _Machine:
     def stay(self, reason: str, action: Action = Action.HOLD) -> Decision:
         return self.go(action, self.status.phase, self.status.step, reason)
 
-    def run(self, evidence: Evidence | None, commands: tuple[Command, ...], revision: str, exposure: str) -> Decision:
+    def run(
+        self,
+        evidence: Evidence | None,
+        commands: tuple[Command, ...],
+        revision: str,
+        exposure: str,
+        gate: GateVerdict | None = None,
+    ) -> Decision:
         status = self.status
         if revision and status.canary_revision and revision != status.canary_revision:
             self.status = replace(status, canary_revision=revision, exposure_revision=exposure)
@@ -228,11 +238,17 @@ class _Machine:
         rescheduled = self.rescheduled()
         if rescheduled is not None:
             return rescheduled
+        if self.status.phase is Phase.INITIALIZING and gate is not None and gate.status is not GateStatus.PASSED:
+            # Before its first request the canary must pass the gate: a human's abort goes ahead,
+            # a promote waits for it (kept pending).
+            aborts = [c for c in commands if c.kind is CommandKind.ABORT]
+            decided = self.command(aborts[0]) if aborts else None
+            return replace(decided, commands_heard=True) if decided is not None else self.gated(gate)
         for command in commands:
             decision = self.command(command)
             if decision is not None:
                 return replace(decision, commands_heard=True)
-        return replace(self.tick(evidence), commands_heard=True)
+        return replace(self.tick(evidence, gate), commands_heard=True)
 
     def command(self, command: Command) -> Decision | None:
         phase = self.status.phase
@@ -252,6 +268,19 @@ class _Machine:
         if command.kind is CommandKind.RETRY and phase is Phase.FAILED:
             return self.go(Action.RETRY, Phase.INITIALIZING, 0, f"retried{by}")
         return None
+
+    def gated(self, gate: GateVerdict) -> Decision:
+        """The canary has not passed its gate: fail now, or wait for it until the progress deadline."""
+        if gate.status is GateStatus.FAILED:
+            return self.go(Action.ROLLBACK, Phase.ROLLING_BACK, 0, f"gate failed: {gate.reason}")
+        started = self.status.step_started_at or self.now  # a new rollout: its clock starts now
+        waited = self.now - started
+        if waited >= self.deadline:
+            why = f"gate not passed within the progress deadline: {gate.reason}"
+            return self.go(Action.ROLLBACK, Phase.ROLLING_BACK, 0, why)
+        left = self.deadline - waited
+        decision = self.stay(f"waiting for the gate: {gate.reason} ({left:.0f}s left before the progress deadline)")
+        return replace(decision, status=replace(decision.status, step_started_at=started))
 
     def rescheduled(self) -> Decision | None:
         """Follow a schedule edited mid-rollout without routing more than the evidence reached.
@@ -291,10 +320,11 @@ class _Machine:
         weight = schedule(self.rollout)[following].canary_weight
         return self.go(Action.ADVANCE, Phase.PROGRESSING, following, f"{reason}: step {following} ({weight}%)")
 
-    def tick(self, evidence: Evidence | None) -> Decision:
+    def tick(self, evidence: Evidence | None, gate: GateVerdict | None = None) -> Decision:
         phase = self.status.phase
         if phase is Phase.INITIALIZING:
-            return self.go(Action.START, Phase.PROGRESSING, 0, "routes in place: analysing step 0")
+            passed = "; gate passed" if gate is not None else ""
+            return self.go(Action.START, Phase.PROGRESSING, 0, f"routes in place: analysing step 0{passed}")
         if phase is Phase.PROMOTING:
             return self.go(Action.COMPLETE, Phase.SUCCEEDED, self.steps, "canary serves 100%: promoted")
         if phase is Phase.ROLLING_BACK:

@@ -20,7 +20,14 @@ import jinja2
 from controller.api.load import PolicyError, load
 from controller.api.status import Action
 from controller.api.text import printable
-from controller.engine.ports import Cluster, ClusterUnavailableError, ConflictError, MetricsSource, NotFoundError
+from controller.engine.ports import (
+    Cluster,
+    ClusterUnavailableError,
+    ConflictError,
+    GateProbe,
+    MetricsSource,
+    NotFoundError,
+)
 from controller.engine.reconcile import Outcome, reconcile
 from controller.traffic.tenancy import TenancyRules
 
@@ -70,6 +77,8 @@ class Manager:
     policies: Path | None = None
     #: What each rollout may route beyond its own Service (controller.traffic.tenancy; the CLI's --allow-*).
     tenancy: TenancyRules = field(default_factory=TenancyRules)
+    #: Observes pre-traffic gates (spec.gate); None: a rollout with a gate waits for it, then fails.
+    gates: GateProbe | None = None
     due: dict[str, float] = field(default_factory=dict)
     #: Unexpected failures in a row per rollout, for its backoff.
     failures: dict[str, int] = field(default_factory=dict)
@@ -119,7 +128,9 @@ class Manager:
         """Reconcile one rollout, isolated: an unexpected error is an Event and a backoff for it alone."""
         started = self.clock()
         try:
-            outcome = reconcile(obj, self.cluster, self.metrics, self.env, now=started, rules=self.tenancy)
+            outcome = reconcile(
+                obj, self.cluster, self.metrics, self.env, now=started, rules=self.tenancy, gates=self.gates
+            )
         except Exception as exc:  # one rollout's bug must not stop the others
             outcome = self._failed(obj, exc)
         else:

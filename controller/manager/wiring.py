@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 from controller.api.model import ModelRollout
 from controller.edges.prometheus import PrometheusClient, PrometheusSettings, observe_or_explain
-from controller.engine.ports import EdgeFailure, MetricsSource
+from controller.edges.triton import TritonProbe
+from controller.engine.ports import EdgeFailure, GateProbe, MetricsSource
 from controller.metrics.catalog import Labels
 from controller.metrics.samples import Observation, Window
 
@@ -37,3 +38,8 @@ def metrics_source(backend: str, settings: PrometheusSettings, labels: Labels | 
     if backend == "prometheus":
         return PrometheusSource(PrometheusClient(settings), labels)
     raise ValueError(f"unknown metrics backend {backend!r}; known: {', '.join(METRICS_BACKENDS)}")
+
+
+def gate_probe() -> GateProbe:
+    """The pre-traffic gates' edge: Triton over HTTP (the one kind of gate there is)."""
+    return TritonProbe()

@@ -20,6 +20,9 @@ TRITON_VENV ?= .triton-venv
 TRITON_STAMP := $(TRITON_VENV)/.installed
 TRITON_PACKAGES ?= nvidia-pytriton==0.7.0 numpy<2
 SCENARIO ?= good
+# builtin: the model servers score in-process; triton: each version is served by a real Triton (its
+# venv is installed for it, and for the bad-signature scenario, which always runs on Triton).
+SERVING ?= builtin
 DEMO_OUT ?= canarist-demo
 
 .PHONY: all demo test lint typecheck layers pytest istio-validate debian-deps venv triton clean
@@ -80,8 +83,12 @@ istio-validate: $(STAMP)
 test: lint typecheck layers istio-validate pytest
 
 # Real model servers, haproxy, Prometheus and the controller; a report in $(DEMO_OUT)/index.html.
-demo: $(STAMP) debian-deps
-	$(BIN)/canarist demo --scenario $(SCENARIO) --out $(DEMO_OUT)
+DEMO_NEEDS := $(STAMP)
+ifneq ($(filter triton,$(SERVING))$(filter bad-signature,$(SCENARIO)),)
+DEMO_NEEDS += $(TRITON_STAMP)
+endif
+demo: $(DEMO_NEEDS) debian-deps
+	$(BIN)/canarist demo --scenario $(SCENARIO) --serving $(SERVING) --out $(DEMO_OUT)
 
 clean:
 	rm -rf $(VENV) $(TRITON_VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis $(DEMO_OUT)

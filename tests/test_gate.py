@@ -264,6 +264,19 @@ REFUSED = [
         "datatype",
     ),
     ("an unknown field", policy(retries=3), "spec.gate.triton.retries"),
+    ("no time at all", policy(timeout="0s"), "spec.gate.triton.timeout: must be from 1s to 30s"),
+    ("longer than the loop waits", policy(timeout="1m"), "spec.gate.triton.timeout: must be from 1s to 30s"),
+    ("a port out of range", policy(url="fraud-v2.ml:99999"), "spec.gate.triton.url: port 99999 is not a TCP port"),
+    (
+        "a value its datatype cannot hold",
+        policy(goldenRequests=[{"inputs": {"pixels": {"datatype": "UINT8", "shape": [2], "data": [255, 256]}}}]),
+        "spec.gate.triton.goldenRequests[0].inputs.pixels.data: 256 is not a UINT8 (integers 0 to 255)",
+    ),
+    (
+        "a fraction for an integer",
+        policy(goldenRequests=[{"inputs": {"ids": {"datatype": "INT64", "shape": [1], "data": [1.5]}}}]),
+        "1.5 is not a INT64",
+    ),
     (
         "a negative tolerance",
         policy(goldenRequests=[{**golden([1], [0])[0], "outputs": {"y": {"tolerance": -1}}}]),

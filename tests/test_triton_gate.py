@@ -26,9 +26,10 @@ import yaml
 from controller.api.load import load
 from controller.edges.triton import TritonProbe
 from controller.engine.gate import run_gate
-from controller.judge.gate import GateStatus
+from controller.judge.gate import GateStatus, TritonTarget, judge_triton
 from controller.sandbox.demo.processes import free_port
-from controller.sandbox.demo.triton import Tensor, TritonServer
+from controller.sandbox.demo.triton import Tensor, TritonServer, inference_count
+from tests.hostile_http import HostileServer, silent
 from tests.triton_fixture import FEATURES, SCORE, fraud_model, scorer
 
 CANARIST = Path(sys.executable).parent / "canarist"
@@ -165,9 +166,11 @@ def test_a_canary_whose_signature_changed_fails_naming_the_tensor(
     inputs, outputs, why = CHANGED[change]
     stable = triton_factory([fraud_model({1: scorer()})])
     canary = triton_factory([fraud_model({1: scorer()}, inputs=inputs, outputs=outputs)])
-    code, answer, _ = gate(policy(tmp_path, {"url": canary.url, "stableUrl": stable.url, "model": "fraud"}))
+    spec = {"url": canary.url, "stableUrl": stable.url, "model": "fraud", "goldenRequests": golden()}
+    code, answer, _ = gate(policy(tmp_path, spec))
     assert code == 1 and answer["gate"] == "Failed"
     assert answer["reason"].startswith(f"signature differs from the stable's: {why}"), answer["reason"]
+    assert inference_count(canary) == 0  # its golden requests are not sent to a canary refused for its signature
 
 
 def test_the_edge_and_the_command_see_the_same_gate(triton_factory: Start, tmp_path: Path) -> None:
@@ -180,3 +183,44 @@ def test_the_edge_and_the_command_see_the_same_gate(triton_factory: Start, tmp_p
     code, answer, _ = gate(path, "--triton", server.url)
     assert code == 0 and [c["check"] for c in answer["checks"]] == [c.name for c in verdict.checks]
     assert answer["triton"] == server.url
+
+
+def not_triton(conn: Any, stop: Any) -> None:
+    """An HTTP server that answers 200 with something that is not Triton's JSON."""
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 9\r\n\r\nnot json!")
+    stop.wait()
+
+
+def unavailable(conn: Any, stop: Any) -> None:
+    """A mesh without a healthy upstream: 503 to everything."""
+    conn.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 19\r\n\r\nno healthy upstream")
+    stop.wait()
+
+
+@pytest.mark.parametrize("behaviour", [not_triton, unavailable, silent], ids=["not Triton", "503", "silent"])
+@pytest.mark.parametrize("side", ["canary", "stable"])
+def test_a_triton_that_misbehaves_is_not_yet_never_a_pass_and_never_an_exception(
+    behaviour: Any, side: str, triton_factory: Start
+) -> None:
+    real = triton_factory([fraud_model({1: scorer()})])
+    with HostileServer(behaviour) as hostile:
+        broken = hostile.url.removeprefix("http://")
+        urls = (broken, real.url) if side == "canary" else (real.url, broken)
+        target = TritonTarget(urls[0], "fraud", "", "", stable_url=urls[1], timeout=1.0)
+        began = time.monotonic()
+        observation = TritonProbe().observe(target, [])
+        assert time.monotonic() - began < 5
+    verdict = judge_triton(observation, [])
+    assert verdict.status is GateStatus.WAITING, verdict
+    assert verdict.reason.startswith(f"Triton unreachable: {broken}"), verdict.reason
+
+
+def test_a_text_output_is_compared_by_its_shape_not_by_its_values(triton_factory: Start, tmp_path: Path) -> None:
+    source = scorer().replace(
+        'pb_utils.Tensor("score", score)',
+        'pb_utils.Tensor("score", score), pb_utils.Tensor("label", np.array([b"ok"] * len(score), dtype=object))',
+    )
+    outputs = (SCORE, Tensor("label", "BYTES", (-1,)))
+    server = triton_factory([fraud_model({1: source, 2: source}, outputs=outputs)])
+    code, answer, _ = gate(policy(tmp_path, {"url": server.url, "goldenRequests": golden()}, versions(2)))
+    assert code == 0, answer

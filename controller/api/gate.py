@@ -21,6 +21,20 @@ from controller.api.units import parse_duration
 #: host[:port], with http:// or https:// in front or not; no path (tritonclient takes host:port).
 TRITON_URL = r"^(https?://)?[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?(:[0-9]{1,5})?$"
 TENSOR_NAME = r"^[A-Za-z_][A-Za-z0-9_.:-]*$"
+#: The gate's checks run in the controller's loop: bounded, so a slow Triton cannot hold it up.
+MIN_TIMEOUT_S, MAX_TIMEOUT_S = 1.0, 30.0
+#: The values each integer datatype holds (a golden input outside them cannot be sent).
+INTEGER_RANGES = {
+    "BOOL": (0, 1),
+    "INT8": (-(2**7), 2**7 - 1),
+    "INT16": (-(2**15), 2**15 - 1),
+    "INT32": (-(2**31), 2**31 - 1),
+    "INT64": (-(2**63), 2**63 - 1),
+    "UINT8": (0, 2**8 - 1),
+    "UINT16": (0, 2**16 - 1),
+    "UINT32": (0, 2**32 - 1),
+    "UINT64": (0, 2**64 - 1),
+}
 #: Bounds on what a policy carries inline: a gate is a smoke test, not a dataset.
 MAX_GOLDEN_REQUESTS = 16
 MAX_TENSOR_VALUES = 4096
@@ -80,7 +94,9 @@ class TritonGate(Model):
     model: Annotated[str, StringConstraints(pattern=TRITON_MODEL, max_length=128)] | None = Field(
         default=None, description="The model's name in Triton (routing mode TritonVersion: routing.triton.model)."
     )
-    timeout: Duration = "10s"
+    timeout: Duration = Field(
+        default="5s", description="Bounds the gate's checks as a whole (1s to 30s): the controller waits for them."
+    )
     golden_requests: list[GoldenRequest] = Field(default_factory=list, max_length=MAX_GOLDEN_REQUESTS)
 
     @property

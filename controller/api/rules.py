@@ -12,6 +12,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from controller.api.gate import INTEGER_RANGES, MAX_TIMEOUT_S, MIN_TIMEOUT_S
 from controller.api.kinds import TRAITS, Unit, lower_is_better, parse_value
 from controller.api.metrics_spec import Metric, MetricKind
 from controller.api.model import ModelRollout
@@ -160,6 +161,9 @@ def _routing(rollout: ModelRollout) -> Iterator[Problem]:
                 yield Problem((*base, "retries", "retryOn"), f"unknown retry condition {condition!r}")
 
 
+MAX_PORT = 65535
+
+
 def _gate(rollout: ModelRollout) -> Iterator[Problem]:
     gate = rollout.spec.gate
     if gate is None:
@@ -178,9 +182,27 @@ def _gate(rollout: ModelRollout) -> Iterator[Problem]:
             yield Problem((*base, "model"), "required with routing mode Subset: the model's name in Triton")
         if triton.stable_url is None:
             yield Problem((*base, "stableUrl"), "required with routing mode Subset: the stable's signature is compared")
+    if not MIN_TIMEOUT_S <= triton.timeout_seconds <= MAX_TIMEOUT_S:
+        yield Problem(
+            (*base, "timeout"), f"must be from {MIN_TIMEOUT_S:g}s to {MAX_TIMEOUT_S:g}s: the controller waits for it"
+        )
+    for field in ("url", "stableUrl"):
+        url = triton.url if field == "url" else triton.stable_url
+        port = (url or "").rpartition(":")[2]
+        if port.isdigit() and not 0 < int(port) <= MAX_PORT:
+            yield Problem((*base, field), f"port {port} is not a TCP port (1 to {MAX_PORT})")
     for i, request in enumerate(triton.golden_requests):
         where: Path = (*base, "goldenRequests", i)
         for name, tensor in request.inputs.items():
+            bounds = INTEGER_RANGES.get(tensor.datatype.value)
+            bad = next(
+                (v for v in tensor.data if bounds and not (v.is_integer() and bounds[0] <= v <= bounds[1])), None
+            )
+            if bad is not None and bounds is not None:
+                yield Problem(
+                    (*where, "inputs", name, "data"),
+                    f"{bad:g} is not a {tensor.datatype.value} (integers {bounds[0]} to {bounds[1]})",
+                )
             if math.prod(tensor.shape) != len(tensor.data):
                 yield Problem(
                     (*where, "inputs", name, "data"),

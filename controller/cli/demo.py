@@ -9,7 +9,7 @@ import click
 from rich.console import Console
 
 from controller.cli.common import UserError
-from controller.sandbox.demo.scenarios import CANARY, SCENARIOS
+from controller.sandbox.demo.scenarios import CANARY, SCENARIOS, SERVING
 
 if TYPE_CHECKING:
     from controller.sandbox.demo.run import DemoResult
@@ -36,7 +36,15 @@ EXIT_UNDECIDED = 1
     help="Where the report goes.",
 )
 @click.option("--budget", type=click.FloatRange(10, 3600), default=170.0, show_default=True, help="Seconds allowed.")
-def demo(*, scenario: str, speed: float, rate: float, seed: int, out: Path, budget: float) -> None:
+@click.option(
+    "--serving",
+    type=click.Choice(SERVING),
+    default="builtin",
+    show_default=True,
+    help="How the versions are served: in-process, or each by a real Triton with a pre-traffic gate "
+    "(bad-signature always uses Triton).",
+)
+def demo(*, scenario: str, speed: float, rate: float, seed: int, out: Path, budget: float, serving: str) -> None:
     """A whole model rollout on this machine: real model servers, haproxy, Prometheus, the controller.
 
     Ends promoted (good) or rolled back (the others), prints a summary, writes a report to --out,
@@ -52,7 +60,7 @@ def demo(*, scenario: str, speed: float, rate: float, seed: int, out: Path, budg
 
     console = Console()
     chosen = SCENARIOS[scenario]
-    options = DemoOptions(chosen, speed=speed, rate=rate, seed=seed, out=out, budget=budget)
+    options = DemoOptions(chosen, speed=speed, rate=rate, seed=seed, out=out, budget=budget, serving=serving)
     try:
         with LiveView(chosen, console) as view:
             result = run_demo(options, show=view)
@@ -77,6 +85,9 @@ def print_summary(console: Console, result: DemoResult) -> None:
         f"load: {result.loadgen.get('sent', '?')} requests, {result.routing_failures} failed because of routing; "
         f"refused routes: {len(result.refused_routes)}"
     )
+    if result.triton_inferences is not None:
+        counts = ", ".join(f"{v} {n}" for v, n in result.triton_inferences.items())
+        console.print(f"Triton's own inference counts: {counts}", highlight=False)
     for check in result.splits:
         if check.total >= 100:
             wanted = check.weights.get(CANARY, 0)

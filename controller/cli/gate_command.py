@@ -37,7 +37,7 @@ def gate(*, policy: Path, url: str | None, output: str) -> None:
     from controller.edges.triton import TritonProbe
     from controller.engine.gate import run_gate
 
-    if url is not None and not re.match(TRITON_URL, url):
+    if url is not None and not re.fullmatch(TRITON_URL.rstrip("$"), url):
         raise UserError(f"--triton: {url!r} is not host:port (http:// or https:// in front, no path)")
     rollouts = load_or_fail(policy)
     if not any(r.spec.gate is not None for r in rollouts):

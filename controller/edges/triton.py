@@ -7,6 +7,7 @@ that does not answer is ``unreachable`` with the reason, never an exception to t
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -24,10 +25,8 @@ from controller.judge.gate import (
     TritonObservation,
     TritonTarget,
     VersionState,
+    signature_problems,
 )
-
-#: Errors of a Triton that is not there, or not answering in time (tritonclient's HTTP stack is gevent's).
-_UNREACHABLE: tuple[type[BaseException], ...] = (OSError, TimeoutError)
 
 
 def _client(url: str, timeout: float) -> triton_http.InferenceServerClient:
@@ -58,9 +57,11 @@ def _version_state(client: triton_http.InferenceServerClient, model: str, versio
 
 
 def _golden(client: triton_http.InferenceServerClient, target: TritonTarget, request: GoldenRequest) -> GoldenAnswer:
+    """The canary's answer to one golden request; its outputs as numbers (a text output keeps its shape
+    only: its values cannot be compared)."""
     inputs = []
     for name, tensor in request.inputs.items():
-        value = np.asarray(tensor.data, dtype=triton_to_np_dtype(tensor.datatype.value)).reshape(tensor.shape)
+        value = np.asarray(tensor.data).astype(triton_to_np_dtype(tensor.datatype.value)).reshape(tensor.shape)
         item = triton_http.InferInput(name, list(tensor.shape), tensor.datatype.value)
         item.set_data_from_numpy(value)
         inputs.append(item)
@@ -75,42 +76,80 @@ def _golden(client: triton_http.InferenceServerClient, target: TritonTarget, req
         array = result.as_numpy(output["name"])
         if array is None:
             continue
-        values = tuple(float(v) for v in np.asarray(array, dtype=np.float64).ravel())
+        numeric = array.dtype.kind in "biuf"
+        values = tuple(float(v) for v in np.asarray(array, dtype=np.float64).ravel()) if numeric else ()
         outputs[output["name"]] = OutputValue(tuple(int(d) for d in array.shape), values)
     return GoldenAnswer(outputs=outputs, seconds=seconds)
 
 
+def _may_ask(canary: VersionState, stable: VersionState) -> bool:
+    """Whether the golden requests may go to the canary: both versions ready, and the same signature
+    (a canary the gate refuses for its signature gets no request at all)."""
+    if not (canary.ready and stable.ready):
+        return False
+    return (
+        canary.signature is None
+        or stable.signature is None
+        or not signature_problems(stable.signature, canary.signature)
+    )
+
+
 class TritonProbe:
-    """Observes a :class:`TritonTarget` for the gate (the :class:`~controller.engine.ports.GateProbe`)."""
+    """Observes a :class:`TritonTarget` for the gate (the :class:`~controller.engine.ports.GateProbe`).
+
+    Never raises: whatever goes wrong talking to a Triton (refused, timed out, an answer that is not
+    Triton's) is ``unreachable``, which the judge reads as "not yet", never as a pass. The checks of
+    one observation stop at the target's timeout (each call is bounded by it too), so a Triton that
+    answers slowly cannot hold the controller's loop for long.
+    """
 
     def observe(self, target: TritonTarget, golden: Sequence[GoldenRequest]) -> TritonObservation:
-        canary_client = _client(target.url, target.timeout)
-        stable_client = canary_client if target.stable_url is None else _client(target.stable_url, target.timeout)
         shared = target.stable_url is None
+        deadline = time.monotonic() + target.timeout
+        clients: list[triton_http.InferenceServerClient] = []
         where = target.url
         try:
+            canary_client = _client(target.url, target.timeout)
+            clients.append(canary_client)
             if not canary_client.is_server_live():
-                return self._unreachable(target, shared, f"{target.url}: the server is not live")
+                return self._unreachable(target, f"{target.url}: the server is not live")
             canary = _version_state(canary_client, target.model, target.canary_version)
-            where = target.stable_url or target.url
+            stable_client = canary_client
+            if target.stable_url is not None:
+                where = target.stable_url
+                stable_client = _client(target.stable_url, target.timeout)
+                clients.append(stable_client)
+                if not stable_client.is_server_live():
+                    return self._unreachable(target, f"{target.stable_url}: the server is not live")
             stable = _version_state(stable_client, target.model, target.stable_version)
             where = target.url
-            answers = tuple(_golden(canary_client, target, r) for r in golden) if canary.ready and stable.ready else ()
+            answers: list[GoldenAnswer] = []
+            for request in golden if _may_ask(canary, stable) else ():
+                if time.monotonic() > deadline:
+                    return self._unreachable(target, f"{where}: the checks took longer than {target.timeout:g}s")
+                answers.append(_golden(canary_client, target, request))
+            if any(a.error for a in answers) and not canary_client.is_model_ready(target.model, target.canary_version):
+                canary, answers = VersionState(ready=False), []  # it went away meanwhile: not yet
         except InferenceServerException as exc:
-            return self._unreachable(target, shared, f"{where}: {exc.message() or exc}")
-        except _UNREACHABLE as exc:
-            return self._unreachable(target, shared, f"{where}: {type(exc).__name__}: {exc}")
+            return self._unreachable(target, f"{where}: {exc.message() or exc}")
+        except Exception as exc:  # the edge's boundary: one rollout's Triton never stops the loop
+            return self._unreachable(target, f"{where}: {type(exc).__name__}: {exc}")
         finally:
-            canary_client.close()
-            if stable_client is not canary_client:
-                stable_client.close()
+            for client in clients:
+                with contextlib.suppress(Exception):
+                    client.close()
         return TritonObservation(
-            target.model, target.canary_version, canary, stable, golden=answers, shared_server=shared
+            target.model, target.canary_version, canary, stable, golden=tuple(answers), shared_server=shared
         )
 
     @staticmethod
-    def _unreachable(target: TritonTarget, shared: bool, reason: str) -> TritonObservation:
+    def _unreachable(target: TritonTarget, reason: str) -> TritonObservation:
         nothing = VersionState(ready=False)
         return TritonObservation(
-            target.model, target.canary_version, nothing, nothing, unreachable=reason, shared_server=shared
+            target.model,
+            target.canary_version,
+            nothing,
+            nothing,
+            unreachable=reason,
+            shared_server=target.stable_url is None,
         )

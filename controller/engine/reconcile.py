@@ -66,6 +66,8 @@ GUARDED_PHASES = (Phase.PROGRESSING, Phase.PAUSED)
 #: Decisions after which the analysis begins afresh: the windows before them had another canary,
 #: or another schedule whose shares the history can no longer replay.
 ANALYSIS_STARTS = (Action.START, Action.RESTART, Action.RESCHEDULE)
+#: Seconds before a gate that is not passed yet is asked again (its checks run in the loop).
+GATE_RETRY_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -209,7 +211,7 @@ def _reconcile(
         decision.routes.canary_weight,
         writes,
         written,
-        _requeue(decision, interval),
+        GATE_RETRY_S if gate is not None and gate.status is GateStatus.WAITING else _requeue(decision, interval),
         failure,
     )
 

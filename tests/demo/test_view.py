@@ -99,3 +99,18 @@ def test_off_a_terminal_each_decision_is_printed_once() -> None:
     lines = out.getvalue().splitlines()
     assert len(lines) == 2
     assert "Start" in lines[0] and "Advance" in lines[1] and "step 1: no harm detected" in lines[1]
+
+
+@pytest.mark.parametrize(
+    ("status", "reason", "message"),
+    [("True", "Passed", "the canary's model 'fraud' is loaded and ready"), ("False", "Failed", "signature differs")],
+)
+def test_a_frame_shows_the_gate_once_it_ran(status: str, reason: str, message: str) -> None:
+    rollout = stored("Initializing", 0, 0)
+    rollout["status"]["conditions"] = [{"type": "GatePassed", "status": status, "reason": reason, "message": message}]
+    shown = text(frame(rollout, {}, SCENARIOS["bad-signature"], started=T0, now=T0 + 5))
+    assert f"gate {reason}: {message}" in shown
+
+
+def test_without_a_gate_no_gate_line_is_shown() -> None:
+    assert "gate " not in text(frame(stored(), {}, SCENARIOS["good"], started=T0, now=T0 + 5))

@@ -1,7 +1,9 @@
 """``canarist demo``: a whole model rollout on one machine, with real parts, decided by the real controller.
 
 It starts, on loopback ports it picks: two versions of a fraud classifier trained at start (each an
-HTTP model server exporting what an Istio sidecar reports), haproxy as the data plane, a load
+HTTP model server exporting what an Istio sidecar reports; with ``serving="triton"`` each passes its
+requests to its own real Triton, which serves the model, and the rollout has a pre-traffic gate on
+them), haproxy as the data plane, a load
 generator that reports late ground-truth labels, Debian's Prometheus scraping all of it, and the
 local stand-in for the Kubernetes API (:mod:`controller.sandbox.localapi`). The controller is the same
 :class:`~controller.manager.loop.Manager` and reconcile code as in a cluster, speaking to that stand-in
@@ -33,7 +35,7 @@ from controller.api.status import Action, Phase, RolloutStatus
 from controller.edges.kube import KubeCluster
 from controller.edges.prometheus import PrometheusClient, PrometheusSettings
 from controller.manager.loop import Manager
-from controller.manager.wiring import PrometheusSource
+from controller.manager.wiring import PrometheusSource, gate_probe
 from controller.report.page import build_report
 from controller.sandbox.demo import model
 from controller.sandbox.demo.haproxy import Haproxy
@@ -49,6 +51,7 @@ from controller.sandbox.demo.scenarios import (
     demo_policy,
     interval_seconds,
 )
+from controller.sandbox.demo.triton import TritonInstall, TritonServer, fraud_model, inference_count
 from controller.sandbox.localapi import LocalApiServer
 from controller.traffic.templating import default_environment
 
@@ -65,6 +68,12 @@ class DemoOptions:
     seed: int = 0
     out: Path = Path("canarist-demo")
     budget: float = 170.0  # seconds the rollout may take before the demo gives up
+    serving: str = "builtin"  # or "triton": each version served by its own Triton (scenarios.SERVING)
+
+    @property
+    def on_triton(self) -> bool:
+        """Whether the versions are served by Triton (the bad-signature scenario always is)."""
+        return self.serving == "triton" or self.scenario.signature_change
 
 
 @dataclass
@@ -84,6 +93,8 @@ class DemoResult:
     pids: list[int]
     rollout: dict[str, Any] = field(default_factory=dict)
     broke_at: float | None = None
+    #: Served by Triton: each version's inferences by Triton's own count (nv_inference_count).
+    triton_inferences: dict[str, int] | None = None
 
     @property
     def routing_failures(self) -> int:
@@ -100,6 +111,7 @@ class World:
     manager: Manager
     canary_admin: str  # the canary server's base URL, for the scenario's fault
     started: float
+    tritons: dict[str, TritonServer] = field(default_factory=dict)
 
     def rollout(self) -> dict[str, Any]:
         return self.api.get("canarist.io", "modelrollouts", NAMESPACE, NAME) or {}
@@ -117,6 +129,7 @@ def run_demo(options: DemoOptions, *, show: Show | None = None) -> DemoResult:
         broke_at = _drive(world, options, show)
         obj = world.rollout()
         summary = _stop_loadgen(loadgen, work / "loadgen.json")
+        inferences = {v: inference_count(t) for v, t in world.tritons.items()} if world.tritons else None
         splits = world.mesh.checks()
         report = build_report(obj, options.out).index if obj.get("status") else None
         status = RolloutStatus.read(obj.get("status"))
@@ -134,6 +147,7 @@ def run_demo(options: DemoOptions, *, show: Show | None = None) -> DemoResult:
             pids=[*supervisor.pids(), *([world.haproxy.pid] if world.haproxy.pid else [])],
             rollout=obj,
             broke_at=broke_at,
+            triton_inferences=inferences,
         )
         result.expected = result.phase == options.scenario.expected_phase
     return result
@@ -152,6 +166,7 @@ def _start(options: DemoOptions, work: Path, supervisor: Supervisor) -> tuple[Wo
     stable_model.save(work / "v1.json")
     canary_model.save(work / "v2.json")
 
+    tritons = _start_tritons(work, supervisor, stable_model, canary_model, scenario) if options.on_triton else {}
     ports = {STABLE: free_port(), CANARY: free_port()}
     for version, path, slowdown, errors in (
         (STABLE, work / "v1.json", 1.0, 0.0),
@@ -161,6 +176,7 @@ def _start(options: DemoOptions, work: Path, supervisor: Supervisor) -> tuple[Wo
             sys.executable, "-m", "controller.sandbox.demo.server", "--version", version, "--port", str(ports[version]),
             "--model", str(path), "--service", SERVICE, "--namespace", NAMESPACE, "--slowdown", str(slowdown),
             "--error-rate", str(errors), "--seed", str(options.seed + len(version)),
+            *(["--triton", tritons[version].url] if tritons else []),
         ]  # fmt: skip
         supervisor.start(ManagedProcess(f"model {version}", argv, work / f"{version}.log"), _healthy(ports[version]))
 
@@ -189,9 +205,15 @@ def _start(options: DemoOptions, work: Path, supervisor: Supervisor) -> tuple[Wo
         {"job_name": job, "static_configs": [{"targets": targets, "labels": {"namespace": NAMESPACE}}]}
         for job, targets in jobs.items()
     ]
+    if tritons:  # Triton's own metrics, per pod as the scrape configuration labels them
+        pods = [
+            {"targets": [t.metrics_target], "labels": {"namespace": NAMESPACE, "pod": f"{SERVICE}-{v}-0", "version": v}}
+            for v, t in tritons.items()
+        ]
+        scrape.append({"job_name": "triton", "static_configs": pods})
     prometheus = Prometheus(work / "prometheus", scrape_configs=scrape, scrape_interval="1s").start(supervisor)
 
-    _wait_scraped(prometheus.url, targets=sum(len(t) for t in jobs.values()))
+    _wait_scraped(prometheus.url, targets=sum(len(t) for t in jobs.values()) + len(tritons))
 
     api = LocalApiServer().start()
     supervisor.on_stop(api.stop)
@@ -203,11 +225,42 @@ def _start(options: DemoOptions, work: Path, supervisor: Supervisor) -> tuple[Wo
 
     cluster = KubeCluster(api.api_client, propagation_delay=0.0)
     source = PrometheusSource(PrometheusClient(PrometheusSettings(url=prometheus.url, timeout=5.0)))
-    manager = Manager(cluster, source, default_environment(), time.time, namespace=NAMESPACE)
-    (work / "rollout.yaml").write_text(yaml.safe_dump(demo_policy(options.speed), sort_keys=False))
-    cluster.create_or_update_rollout(demo_policy(options.speed))
+    manager = Manager(cluster, source, default_environment(), time.time, namespace=NAMESPACE, gates=gate_probe())
+    policy = demo_policy(options.speed, _gate(tritons, features[:1]) if tritons else None)
+    (work / "rollout.yaml").write_text(yaml.safe_dump(policy, sort_keys=False))
+    cluster.create_or_update_rollout(policy)
     canary_admin = f"http://127.0.0.1:{ports[CANARY]}"
-    return World(api, haproxy, mesh, manager, canary_admin, time.time()), loadgen
+    return World(api, haproxy, mesh, manager, canary_admin, time.time(), tritons), loadgen
+
+
+def _start_tritons(
+    work: Path, supervisor: Supervisor, stable: model.Model, canary: model.Model, scenario: Scenario
+) -> dict[str, TritonServer]:
+    """A Triton per version, each serving the fraud model as its pod would; the bad-signature canary's
+    config names its output otherwise."""
+    install = TritonInstall.find()
+    tritons = {}
+    for version, trained, output in (
+        (STABLE, stable, "score"),
+        (CANARY, canary, "probability" if scenario.signature_change else "score"),
+    ):
+        server = TritonServer(install, work / f"triton-{version}", [fraud_model(trained.to_json(), output=output)])
+        supervisor.on_stop(server.stop)
+        tritons[version] = server.start()
+    return tritons
+
+
+def _gate(tritons: dict[str, TritonServer], golden: np.ndarray) -> dict[str, Any]:
+    """The demo policy's spec.gate: the canary's Triton against the stable's, on one golden transaction
+    (no error, a score of the right shape, finite)."""
+    row = [float(v) for v in golden[0]]
+    request = {
+        "name": "one-transaction",
+        "inputs": {"features": {"datatype": "FP32", "shape": [1, len(row)], "data": row}},
+        "outputs": {"score": {"shape": [1]}},
+    }
+    triton = {"url": tritons[CANARY].url, "stableUrl": tritons[STABLE].url, "model": "fraud", "timeout": "5s"}
+    return {"triton": {**triton, "goldenRequests": [request]}}
 
 
 def _drive(world: World, options: DemoOptions, show: Show | None) -> float | None:

@@ -40,6 +40,9 @@ class Scenario:
     breaks_at_step: int | None = None  # the canary turns bad once the rollout reaches this step
     break_error_rate: float = 0.0
     slo_breach: bool = False  # the rollback must be an SLO breach (at once), not a proven regression
+    #: The canary's Triton model config names its output otherwise: the pre-traffic gate must refuse it
+    #: (served by Triton only).
+    signature_change: bool = False
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -76,18 +79,27 @@ SCENARIOS: dict[str, Scenario] = {
             break_error_rate=0.4,
             slo_breach=True,
         ),
+        Scenario(
+            "bad-signature",
+            "the canary's Triton model renames its output: the gate refuses it before it gets one request",
+            "Failed",
+            signature_change=True,
+        ),
     )
 }
+#: How the model versions are served: in-process, or each by its own real Triton behind its sidecar.
+SERVING = ("builtin", "triton")
 
 
 def interval_seconds(speed: float) -> float:
     return max(BASE_INTERVAL / speed, 1.0)
 
 
-def demo_policy(speed: float = 1.0) -> dict[str, Any]:
-    """The ModelRollout the demo applies: latency, errors and accuracy on labelled outcomes."""
+def demo_policy(speed: float = 1.0, gate: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ModelRollout the demo applies: latency, errors and accuracy on labelled outcomes, and
+    ``gate`` (``spec.gate``) when the versions are served by Triton."""
     interval = interval_seconds(speed)
-    return {
+    policy: dict[str, Any] = {
         "apiVersion": "canarist.io/v1alpha1",
         "kind": "ModelRollout",
         "metadata": {"name": NAME, "namespace": NAMESPACE, "labels": {"app.kubernetes.io/part-of": "canarist-demo"}},
@@ -137,3 +149,6 @@ def demo_policy(speed: float = 1.0) -> dict[str, Any]:
             },
         },
     }
+    if gate is not None:
+        policy["spec"]["gate"] = gate
+    return policy

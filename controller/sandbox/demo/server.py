@@ -45,6 +45,41 @@ ISTIO_LABELS = (
 MAX_BODY = 64 * 1024
 
 
+class ServingError(RuntimeError):
+    """The model behind the sidecar (Triton) did not answer: the request fails with 503."""
+
+
+class TritonScorer:
+    """Scores through a Triton that serves this version's model (``fraud``, features -> score), as a
+    pod's sidecar passes requests to its Triton: one client per server thread."""
+
+    def __init__(self, url: str) -> None:
+        # Imported when the server starts, not on its first request: the import (gevent's) would hold
+        # every request thread of a canary that just got its first traffic.
+        import tritonclient.http as triton_http
+        from tritonclient.utils import InferenceServerException
+
+        self.url = url
+        self._http, self._errors = triton_http, InferenceServerException
+        self._local = threading.local()
+
+    def score(self, features: np.ndarray) -> float:
+        triton_http, InferenceServerException = self._http, self._errors  # noqa: N806
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = self._local.client = triton_http.InferenceServerClient(self.url, network_timeout=10.0)
+        request = triton_http.InferInput("features", [1, N_FEATURES], "FP32")
+        request.set_data_from_numpy(features.reshape(1, N_FEATURES).astype(np.float32))
+        try:
+            answer = client.infer("fraud", [request]).as_numpy("score")
+        except (InferenceServerException, OSError) as exc:
+            self._local.client = None
+            raise ServingError(f"Triton {self.url}: {exc}") from None
+        if answer is None:
+            raise ServingError(f"Triton {self.url}: the answer has no output 'score'")
+        return float(answer[0])
+
+
 class Backend:
     """What the handler needs: the model, the simulated service time and failures, the metrics."""
 
@@ -60,6 +95,7 @@ class Backend:
         slowdown: float = 1.0,
         error_rate: float = 0.0,
         seed: int | None = None,
+        triton: str | None = None,
     ) -> None:
         if latency_median < 0 or latency_sigma < 0 or slowdown <= 0:
             raise ValueError("latency median and sigma must be >= 0 and slowdown > 0")
@@ -67,6 +103,7 @@ class Backend:
             raise ValueError(f"error rate must be in [0, 1], got {error_rate!r}")
         self.model = model
         self.version = version
+        self.triton = TritonScorer(triton) if triton else None
         self.latency_median = latency_median
         self.slowdown = slowdown
         self.sigma = latency_sigma
@@ -123,7 +160,7 @@ class Backend:
             raise ValueError(f'body must be {{"features": [{N_FEATURES} numbers]}}: {exc}') from None
         if features.shape != (N_FEATURES,) or not np.all(np.isfinite(features)):
             raise ValueError(f"expected {N_FEATURES} finite features, got shape {features.shape}")
-        score = float(self.model.predict_proba(features)[0])
+        score = self.triton.score(features) if self.triton is not None else float(self.model.predict_proba(features)[0])
         return {"fraud": score >= self.model.threshold, "score": round(score, 6), "version": self.version}
 
 
@@ -158,6 +195,9 @@ class Handler(BaseHTTPRequestHandler):
             answer = backend.predict(body)
         except ValueError as exc:
             self._answer(400, {"error": str(exc)}, start)
+            return
+        except ServingError as exc:
+            self._answer(503, {"error": str(exc), "version": backend.version}, start)
             return
         time.sleep(delay)
         if fail:
@@ -235,6 +275,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--slowdown", type=float, default=1.0, help="multiplies the median service time")
     parser.add_argument("--error-rate", type=float, default=0.0, help="share of requests failed on purpose (500)")
     parser.add_argument("--seed", type=int, default=None, help="seed of the service times and failures")
+    parser.add_argument("--triton", help="score through this Triton (host:port) instead of in-process")
     parser.add_argument("--host", default="127.0.0.1", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -252,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
             slowdown=args.slowdown,
             error_rate=args.error_rate,
             seed=args.seed,
+            triton=args.triton,
         )
         server = ModelServer(args.port, backend, args.host)
     except (OSError, ValueError, KeyError) as exc:

@@ -11,8 +11,10 @@ the pieces in it. The server is stopped by its process group, or its backend stu
 from __future__ import annotations
 
 import os
+import re
 import sys
 import textwrap
+import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,7 +119,8 @@ class Tensor:
 
     def pbtxt(self) -> str:
         dims = ", ".join(str(d) for d in self.dims)
-        return f'{{ name: "{self.name}" data_type: TYPE_{self.datatype} dims: [ {dims} ] }}'
+        config_type = "STRING" if self.datatype == "BYTES" else self.datatype  # the config's name for BYTES
+        return f'{{ name: "{self.name}" data_type: TYPE_{config_type} dims: [ {dims} ] }}'
 
 
 @dataclass(frozen=True)
@@ -218,3 +221,50 @@ class TritonServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+#: The repository root: the demo's Triton models import the demo's model code from it.
+REPOSITORY_ROOT = Path(__file__).resolve().parents[3]
+
+
+def fraud_model(model_json: str, *, output: str = "score", name: str = "fraud") -> PythonModel:
+    """The demo's fraud classifier as a one-version Triton model: the same
+    :class:`~controller.sandbox.demo.model.Model` code (imported from this repository) on ``model_json``,
+    its ``features`` (FP32, [-1, 8]) scored into ``output`` (FP32, [-1]); another output name is
+    another signature (the bad-signature scenario's canary)."""
+    source = textwrap.dedent(
+        f"""\
+        import sys
+
+        import numpy as np
+        import triton_python_backend_utils as pb_utils
+
+        sys.path.insert(0, {str(REPOSITORY_ROOT)!r})
+        from controller.sandbox.demo.model import Model  # noqa: E402
+
+        MODEL = Model.from_json({model_json!r})
+
+
+        class TritonPythonModel:
+            def execute(self, requests):
+                answers = []
+                for request in requests:
+                    x = pb_utils.get_input_tensor_by_name(request, "features").as_numpy()
+                    score = MODEL.predict_proba(x.astype(np.float64)).astype(np.float32)
+                    answers.append(pb_utils.InferenceResponse([pb_utils.Tensor({output!r}, score)]))
+                return answers
+        """
+    )
+    features = Tensor("features", "FP32", (-1, 8))
+    return PythonModel(name, (features,), (Tensor(output, "FP32", (-1,)),), {1: source}, "latest: { num_versions: 1 }")
+
+
+def inference_count(server: TritonServer, model: str = "fraud") -> int:
+    """Inferences ``server`` ran for ``model``, all versions, by its own ``nv_inference_count``; 0 unreadable."""
+    try:
+        with urllib.request.urlopen(f"http://{server.metrics_target}/metrics", timeout=5) as answer:
+            text = answer.read().decode()
+    except OSError:
+        return 0
+    pattern = rf'^nv_inference_count{{model="{re.escape(model)}",version="[^"]*"}} (\d+)'
+    return sum(int(n) for n in re.findall(pattern, text, re.MULTILINE))

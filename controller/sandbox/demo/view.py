@@ -118,9 +118,13 @@ def frame(
         f"served {STABLE} {served.get(STABLE, 0)} · {CANARY} {served.get(CANARY, 0)}",
     )
     message = Text(status.message or "", style="italic")
+    gate = next((c for c in status.conditions if c.type == "GatePassed"), None)
+    shown: list[RenderableType] = [head, message]
+    if gate is not None:
+        style = {"True": "green", "False": "red" if gate.reason == "Failed" else "yellow"}.get(gate.status or "", "")
+        shown.append(Text.assemble(("gate ", "bold"), (f"{gate.reason}: ", style), gate.message or ""))
     body = Group(
-        head,
-        message,
+        *shown,
         Panel(metrics_table(status.metrics), title="evidence (bars: log e-value / log threshold)"),
         Panel(decisions_table(status.history, started), title="decisions"),
     )

@@ -99,7 +99,7 @@ def inference_count(server: TritonServer, version: str) -> int:
     return int(found.group(1)) if found else 0
 
 
-def policy(gate: dict[str, Any], routing: dict[str, Any] | None) -> dict[str, Any]:
+def policy(gate: dict[str, Any], routing: dict[str, Any] | None, deadline: str = "60s") -> dict[str, Any]:
     subset = routing is None
     return {
         "apiVersion": "canarist.io/v1alpha1",
@@ -111,7 +111,7 @@ def policy(gate: dict[str, Any], routing: dict[str, Any] | None) -> dict[str, An
             "canary": {"name": "v2", **({"labels": {"version": "v2"}} if subset else {})},
             **({"routing": routing} if routing else {}),
             "gate": {"triton": gate},
-            "strategy": {"steps": [50], "interval": "3s", "minRequests": 50, "progressDeadline": "60s"},
+            "strategy": {"steps": [50], "interval": "3s", "minRequests": 50, "progressDeadline": deadline},
             "analysis": {
                 "metrics": [{"name": "failures", "kind": "TritonErrorRate", "slo": {"max": "5%"}}],
             },
@@ -215,3 +215,18 @@ def test_a_canary_whose_signature_changed_is_failed_without_a_request(
     assert inference_count(canary, "1") == 0 and inference_count(stable, "1") > 0
     reasons = [w.body.get("reason") for w in api.writes if "/events" in w.path and isinstance(w.body, dict)]
     assert "GateFailed" in reasons and "Start" not in reasons
+
+
+def test_a_canary_version_that_never_loads_fails_at_the_progress_deadline_without_a_request(
+    world: Callable[..., Any], triton_factory: Callable[..., TritonServer]
+) -> None:
+    server = triton_factory([fraud_model({1: scorer()})], options=POLLING)
+    fraud_model({2: scorer(broken=True)}).write(server.repository)  # it will never load
+    api, manager, traffic = world({"triton": server})
+    routing = {"mode": "TritonVersion", "triton": {"model": "fraud", "stableVersion": 1, "canaryVersion": 2}}
+    KubeCluster(api.make_client()).create_or_update_rollout(policy({"url": server.url}, routing, deadline="8s"))
+    status = until(api, manager, lambda s: s.get("phase") == "Failed", 40)
+    reason = status["history"][0]["reason"]
+    waiting = "the canary's model 'fraud' version 2 is not loaded and ready yet"
+    assert reason == f"gate not passed within the progress deadline: {waiting}"
+    assert traffic.sent.get("1", 0) > 0 and traffic.sent.get("2", 0) == 0 and inference_count(server, "2") == 0

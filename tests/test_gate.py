@@ -129,7 +129,7 @@ VERDICTS = [
     ("unreachable", seen(unreachable="127.0.0.1:1: refused"), GateStatus.WAITING, "Triton unreachable: 127.0.0.1:1"),
     ("canary loading", seen(canary=NOT_READY), GateStatus.WAITING, "version 2 is not loaded and ready yet"),
     ("stable unloaded", seen(stable=NOT_READY), GateStatus.FAILED, "the stable version is no longer loaded"),
-    ("stable's Triton", seen(stable=NOT_READY, shared=False), GateStatus.FAILED, "the stable's Triton does not serve"),
+    ("stable's Triton", seen(stable=NOT_READY, shared=False), GateStatus.WAITING, "the stable's Triton does not serve"),
     (
         "signature",
         seen(canary=VersionState(True, Signature((FEATURES,), ()))),

@@ -4,7 +4,8 @@ The edge (:mod:`controller.edges.triton`) asks Triton and reports what it saw as
 :class:`TritonObservation`; these rules decide. Three answers, each with its reason and the checks
 behind it: PASSED; FAILED (the canary cannot serve as the stable does: another signature, a
 golden request that errs or answers wrong, a version policy that unloads the stable); WAITING (not
-yet: Triton unreachable or not live, the canary's version not loaded, or still loading). Waiting is
+yet: Triton unreachable or not live, the canary's version not loaded or still loading, the stable's
+own Triton not serving the model). Waiting is
 never a pass. Triton's own "server ready" is not asked: it means every model of the server is
 ready, and another team's model still loading says nothing about this canary.
 """
@@ -138,14 +139,15 @@ def judge_triton(observation: TritonObservation, golden: Sequence[GoldenRequest]
     if not observation.canary.ready:
         return GateVerdict(GateStatus.WAITING, f"the canary's {_version(observation)} is not loaded and ready yet")
     checks = [Check("ready", True, f"the canary's {_version(observation)} is loaded and ready")]
-    if not observation.stable.ready:
+    if not observation.stable.ready and observation.shared_server:
         why = (
             "the stable version is no longer loaded: Triton's version policy unloaded it when the canary came "
             "(keep both, e.g. version_policy: { specific: { versions: [stable, canary] } })"
-            if observation.shared_server
-            else "the stable's Triton does not serve the model"
         )
         return GateVerdict(GateStatus.FAILED, why, (*checks, Check("stable", False, why)))
+    if not observation.stable.ready:  # its own Triton, restarting or loading: its signature is not known yet
+        why = f"the stable's Triton does not serve model {observation.model!r} (yet): its signature is unknown"
+        return GateVerdict(GateStatus.WAITING, why, (*checks, Check("stable", False, why)))
     checks.append(Check("stable", True, "the stable version is loaded too"))
     canary, stable = observation.canary.signature, observation.stable.signature
     if canary is not None and stable is not None:

@@ -23,7 +23,7 @@ from controller.api.times import parse_time
 from controller.api.units import parse_duration
 from controller.cli import cluster_commands as commands
 from controller.cli import demo as demo_command
-from controller.cli import gate_command
+from controller.cli import gate_command, gpu_command
 from controller.cli.common import EXIT_INVALID, UserError, load_file, load_or_fail
 from controller.cli.tables import analysis_table
 from controller.traffic.render import RenderError, render
@@ -301,6 +301,7 @@ for _command in (
     commands.retry,
     commands.report,
     gate_command.gate,
+    gpu_command.gpu_agent,
     demo_command.demo,
 ):
     cli.add_command(_command)

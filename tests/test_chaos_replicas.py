@@ -158,7 +158,7 @@ def test_a_leader_stalled_between_its_status_and_its_routes_never_writes_them_on
     monkeypatch.setattr(controller.sandbox.chaos.soak, "ReplicaSet", Stalling)
     if not fenced:
         monkeypatch.setattr(LeaderElector, "fence", lambda self, cluster: cluster)
-    result = run_soak(replace(REPLICAS, rollouts=3))
+    result = run_soak(REPLICAS)
     stale = [v for v in result.violations if v.startswith("write-without-lease: virtualservices")]
     assert result.stalls > 3 and result.lease_transitions > 3
     if fenced:

@@ -1,7 +1,7 @@
 """``canarist gate``: the pre-traffic gate once, from a shell, as the controller runs it.
 
 Exit status: 0 passed, 1 failed (the canary must not get traffic), 3 not yet (Triton unreachable or
-not ready, the canary's version still loading), 2 bad input.
+not live, the canary's version not loaded or still loading), 2 bad input.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ SEVERITY = (GateStatus.PASSED, GateStatus.WAITING, GateStatus.FAILED)
 def gate(*, policy: Path, url: str | None, output: str) -> None:
     """Run each rollout's pre-traffic gate once and say whether its canary may get traffic.
 
-    Triton: the server live and ready, the canary's version loaded (and, with one Triton for both
+    Triton: the server live, the canary's version loaded and ready (and, with one Triton for both
     versions, the stable's still loaded), the canary's signature the stable's, the golden requests
     answered as expected. Exit status: 0 passed, 1 failed, 3 not yet, 2 bad input.
     """

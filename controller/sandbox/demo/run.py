@@ -144,7 +144,11 @@ def run_demo(options: DemoOptions, *, show: Show | None = None) -> DemoResult:
             refused_routes=list(world.mesh.refused),
             loadgen=summary,
             report=report,
-            pids=[*supervisor.pids(), *([world.haproxy.pid] if world.haproxy.pid else [])],
+            pids=[
+                *supervisor.pids(),
+                *([world.haproxy.pid] if world.haproxy.pid else []),
+                *(t.process.pid for t in world.tritons.values() if t.process is not None and t.process.pid),
+            ],
             rollout=obj,
             broke_at=broke_at,
             triton_inferences=inferences,

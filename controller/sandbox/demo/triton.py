@@ -19,8 +19,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from controller.sandbox.demo.processes import ManagedProcess, PartMissingError, free_port, http_ok
+from controller.sandbox.demo.processes import ManagedProcess, PartMissingError, StartError, free_port, http_ok
 
+#: What tritonserver's log says when a port it was given is in use.
+PORT_TAKEN = (
+    "Address already in use",
+    "cannot listen to HTTP requests and GRPC requests at the same",
+    "Failed to start",
+)
 #: Where ``make triton`` puts Triton's venv: beside the repository's own ``.venv``.
 DEFAULT_VENV = Path(__file__).resolve().parents[3] / ".triton-venv"
 #: The venv's interpreter version: its backend stub must match the Python the models run under.
@@ -202,14 +208,32 @@ class TritonServer:
     def repository(self) -> Path:
         return self.workdir / "models"
 
-    def start(self, timeout: float = 90.0, *, ready: bool = True) -> TritonServer:
-        """Start and wait until the server says it is ready (every model loaded), or only live."""
+    def __post_init__(self) -> None:
+        self._distinct_ports()
+
+    def _distinct_ports(self) -> None:
+        """Three different free ports (two calls of free_port may name the same one)."""
+        while len({self.http_port, self.grpc_port, self.metrics_port}) < 3:
+            self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
+
+    def start(self, timeout: float = 90.0, *, ready: bool = True, attempts: int = 3) -> TritonServer:
+        """Start and wait until the server says it is ready (every model loaded), or only live; on
+        fresh ports again when a port it picked was taken meanwhile (another process got it first)."""
         health = "ready" if ready else "live"
-        process = ManagedProcess(
-            "tritonserver", self.argv(), self.workdir / "tritonserver.log", env=self.install.environment()
-        )
-        self.process = process.start(lambda: http_ok(f"http://{self.url}/v2/health/{health}"), timeout)
-        return self
+        for attempt in range(attempts):
+            process = ManagedProcess(
+                "tritonserver", self.argv(), self.workdir / "tritonserver.log", env=self.install.environment()
+            )
+            try:
+                self.process = process.start(lambda: http_ok(f"http://{self.url}/v2/health/{health}"), timeout)
+                return self
+            except StartError as exc:
+                taken = any(words in str(exc) for words in PORT_TAKEN)
+                if not taken or attempt == attempts - 1:
+                    raise
+                self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
+                self._distinct_ports()
+        raise AssertionError("unreachable")
 
     def stop(self) -> None:
         if self.process is not None:

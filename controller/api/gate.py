@@ -95,7 +95,8 @@ class TritonGate(Model):
         default=None, description="The model's name in Triton (routing mode TritonVersion: routing.triton.model)."
     )
     timeout: Duration = Field(
-        default="5s", description="Bounds the gate's checks as a whole (1s to 30s): the controller waits for them."
+        default="5s",
+        description="Bounds each of the gate's calls, and when its golden requests stop (1s to 30s).",
     )
     golden_requests: list[GoldenRequest] = Field(default_factory=list, max_length=MAX_GOLDEN_REQUESTS)
 

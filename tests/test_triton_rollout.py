@@ -32,7 +32,7 @@ from controller.edges.prometheus import PrometheusClient, PrometheusSettings
 from controller.edges.triton import TritonProbe
 from controller.manager.loop import Manager
 from controller.manager.wiring import PrometheusSource
-from controller.sandbox.demo.triton import Tensor, TritonServer
+from controller.sandbox.demo.triton import Tensor, TritonServer, inference_count
 from controller.sandbox.localapi import LocalApiServer, local_api_server
 from controller.traffic.templating import default_environment
 from tests.prometheus_fixture import PrometheusServer
@@ -87,16 +87,6 @@ class Traffic:
                 self.sent[key] = self.sent.get(key, 0) + 1
                 clients[host if host in clients else "triton"].infer("fraud", [request], model_version=version)
             self.stop.wait(0.05)
-
-
-def inference_count(server: TritonServer, version: str) -> int:
-    """Triton's own count of inferences of the fraud model's ``version``, from its metrics port."""
-    import urllib.request
-
-    with urllib.request.urlopen(f"http://{server.metrics_target}/metrics", timeout=5) as answer:
-        text = answer.read().decode()
-    found = re.search(rf'^nv_inference_count{{model="fraud",version="{version}"}} (\d+)', text, re.M)
-    return int(found.group(1)) if found else 0
 
 
 def policy(gate: dict[str, Any], routing: dict[str, Any] | None, deadline: str = "60s") -> dict[str, Any]:

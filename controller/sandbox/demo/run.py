@@ -129,7 +129,7 @@ def run_demo(options: DemoOptions, *, show: Show | None = None) -> DemoResult:
         broke_at = _drive(world, options, show)
         obj = world.rollout()
         summary = _stop_loadgen(loadgen, work / "loadgen.json")
-        inferences = {v: inference_count(t) for v, t in world.tritons.items()} if world.tritons else None
+        inferences = _inferences(world)
         splits = world.mesh.checks()
         report = build_report(obj, options.out).index if obj.get("status") else None
         status = RolloutStatus.read(obj.get("status"))
@@ -235,6 +235,14 @@ def _start(options: DemoOptions, work: Path, supervisor: Supervisor) -> tuple[Wo
     cluster.create_or_update_rollout(policy)
     canary_admin = f"http://127.0.0.1:{ports[CANARY]}"
     return World(api, haproxy, mesh, manager, canary_admin, time.time(), tritons), loadgen
+
+
+def _inferences(world: World) -> dict[str, int] | None:
+    """Each version's inferences by its Triton's own count; None when not on Triton or a count is unreadable."""
+    try:
+        return {v: inference_count(t) for v, t in world.tritons.items()} if world.tritons else None
+    except OSError:
+        return None
 
 
 def _start_tritons(

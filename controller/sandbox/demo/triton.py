@@ -283,12 +283,11 @@ def fraud_model(model_json: str, *, output: str = "score", name: str = "fraud") 
     return PythonModel(name, (features,), (Tensor(output, "FP32", (-1,)),), {1: source}, "latest: { num_versions: 1 }")
 
 
-def inference_count(server: TritonServer, model: str = "fraud") -> int:
-    """Inferences ``server`` ran for ``model``, all versions, by its own ``nv_inference_count``; 0 unreadable."""
-    try:
-        with urllib.request.urlopen(f"http://{server.metrics_target}/metrics", timeout=5) as answer:
-            text = answer.read().decode()
-    except OSError:
-        return 0
-    pattern = rf'^nv_inference_count{{model="{re.escape(model)}",version="[^"]*"}} (\d+)'
+def inference_count(server: TritonServer, version: str | None = None, model: str = "fraud") -> int:
+    """Inferences ``server`` ran for ``model`` (its ``version``, or all of them), by its own
+    ``nv_inference_count``; OSError when its metrics port does not answer (never a silent 0)."""
+    with urllib.request.urlopen(f"http://{server.metrics_target}/metrics", timeout=5) as answer:
+        text = answer.read().decode()
+    versions = re.escape(version) if version is not None else '[^"]*'
+    pattern = rf'^nv_inference_count{{model="{re.escape(model)}",version="{versions}"}} (\d+)'
     return sum(int(n) for n in re.findall(pattern, text, re.MULTILINE))

@@ -10,9 +10,16 @@ import pytest
 
 from controller.api.kinds import TRAITS, Shape
 from controller.api.metrics_spec import MetricKind
-from controller.metrics.kinds import READINGS, custom, dcgm, istio, triton
+from controller.metrics.kinds import READINGS, agent, custom, dcgm, hami, istio, triton
 
-SOURCES: dict[str, ModuleType] = {"istio": istio, "triton": triton, "dcgm": dcgm, "custom": custom}
+SOURCES: dict[str, ModuleType] = {
+    "istio": istio,
+    "triton": triton,
+    "dcgm": dcgm,
+    "agent": agent,
+    "hami": hami,
+    "custom": custom,
+}
 #: Where each kind lives: kinds/<source>.py.
 HOME = {
     MetricKind.ISTIO_LATENCY: "istio",
@@ -25,6 +32,11 @@ HOME = {
     MetricKind.DCGM_GPU_UTILIZATION: "dcgm",
     MetricKind.DCGM_GPU_MEMORY: "dcgm",
     MetricKind.GPU_SECONDS_PER_INFERENCE: "dcgm",
+    MetricKind.AGENT_GPU_MEMORY: "agent",
+    MetricKind.AGENT_GPU_UTILIZATION: "agent",
+    MetricKind.AGENT_GPU_SECONDS_PER_INFERENCE: "agent",
+    MetricKind.HAMI_GPU_MEMORY: "hami",
+    MetricKind.HAMI_GPU_UTILIZATION: "hami",
     MetricKind.CUSTOM_RATIO: "custom",
 }
 #: The series each kind is read into: the report shows a counts kind's relative margin as a rate's.
@@ -43,6 +55,11 @@ SHAPES = {
             MetricKind.DCGM_GPU_UTILIZATION,
             MetricKind.DCGM_GPU_MEMORY,
             MetricKind.GPU_SECONDS_PER_INFERENCE,
+            MetricKind.AGENT_GPU_MEMORY,
+            MetricKind.AGENT_GPU_UTILIZATION,
+            MetricKind.AGENT_GPU_SECONDS_PER_INFERENCE,
+            MetricKind.HAMI_GPU_MEMORY,
+            MetricKind.HAMI_GPU_UTILIZATION,
         )
     },
 }

@@ -16,8 +16,8 @@ from controller.api.load import load
 from controller.api.metrics_spec import RatioQuery
 from controller.api.model import ModelRollout
 from controller.api.routing import ModelVersion
-from controller.metrics.catalog import Family, Labels, PodSeries, Reduce
-from controller.metrics.kinds import dcgm, triton
+from controller.metrics.catalog import Family, Labels, PodSeries, Reduce, Role
+from controller.metrics.kinds import agent, dcgm, hami, triton
 from controller.metrics.kinds.istio import BUCKETS as ISTIO_BUCKETS
 from controller.metrics.kinds.istio import REQUESTS as ISTIO_REQUESTS
 from controller.metrics.measure import REQUESTS_KEY, build_observations, metric_queries, no_data, plan
@@ -56,6 +56,11 @@ spec:
       - {name: dcgm-util, kind: DcgmGpuUtilization, slo: {max: 95%}}
       - {name: dcgm-mem, kind: DcgmGpuMemory, slo: {max: 90%}}
       - {name: cost, kind: GpuSecondsPerInference, margin: {relative: 15%}}
+      - {name: agent-mem, kind: AgentGpuMemory, slo: {max: 90%}}
+      - {name: agent-util, kind: AgentGpuUtilization, margin: {absolute: 5%}}
+      - {name: agent-cost, kind: AgentGpuSecondsPerInference, margin: {relative: 10%}}
+      - {name: hami-mem, kind: HamiGpuMemory, slo: {max: 90%}}
+      - {name: hami-util, kind: HamiGpuUtilization, margin: {absolute: 5%}}
       - name: accuracy
         kind: CustomRatio
         ratio:
@@ -111,6 +116,33 @@ def gauge(metric: str, aggregate: str = "sum") -> str:
     return f"{aggregate} by ({POD_BY}) (avg_over_time({metric}{{{POD_SEL}}}[60s]))"
 
 
+def devices(metric: str, uuid: str) -> str:
+    """The attribution check's query: which GPU each pod's device-wide series come from."""
+    return f"count by ({POD_BY}, {uuid}) (avg_over_time({metric}{{{POD_SEL}}}[60s]))"
+
+
+def agent_gauge(metric: str, aggregate: str = "sum", once_per_gpu: bool = False) -> str:
+    inner = f"avg_over_time({metric}{{{POD_SEL}}}[60s])"
+    if once_per_gpu:
+        inner = f"max by ({POD_BY}, gpu) ({inner})"
+    return f"{aggregate} by ({POD_BY}) ({inner})"
+
+
+def hami_query(metric: str, legacy: str) -> str:
+    new = f'avg_over_time({metric}{{namespace="ml"}}[60s])'
+    old = f'avg_over_time({legacy}{{podnamespace="ml"}}[60s])'
+    old = f'label_replace({old}, "namespace", "$1", "podnamespace", "(.*)")'
+    old = f'label_replace({old}, "pod", "$1", "podname", "(.*)")'
+    pods = (
+        'max by (namespace, pod, version) (label_replace(kube_pod_labels{namespace="ml", label_version=~"r1|r2"}, '
+        '"version", "$1", "label_version", "(.+)"))'
+    )
+    return (
+        f"sum by ({POD_BY}) ((({new}) or (({old}) unless on (namespace, pod) ({new}))) "
+        f"* on (namespace, pod) group_left (version) {pods})"
+    )
+
+
 GOLDEN: dict[str, tuple[str, ...]] = {
     REQUESTS_KEY: counter("istio_requests_total", ISTIO_BY, ISTIO_SEL, "response_code"),
     "p99": counter("istio_request_duration_milliseconds_bucket", ISTIO_BY, ISTIO_SEL, "le"),
@@ -127,11 +159,40 @@ GOLDEN: dict[str, tuple[str, ...]] = {
         *counter("nv_inference_request_success", POD_BY, POD_SEL),
         *counter("nv_inference_request_failure", POD_BY, POD_SEL),
     ),
-    "triton-util": (gauge("nv_gpu_utilization", "avg"),),
-    "triton-mem": (gauge("nv_gpu_memory_used_bytes"), gauge("nv_gpu_memory_total_bytes")),
-    "dcgm-util": (gauge("DCGM_FI_DEV_GPU_UTIL", "avg"),),
-    "dcgm-mem": (gauge("DCGM_FI_DEV_FB_USED"), gauge("DCGM_FI_DEV_FB_FREE")),
-    "cost": (gauge("DCGM_FI_DEV_GPU_UTIL"), *counter("nv_inference_count", POD_BY, POD_SEL)),
+    "triton-util": (gauge("nv_gpu_utilization", "avg"), devices("nv_gpu_utilization", "gpu_uuid")),
+    "triton-mem": (
+        gauge("nv_gpu_memory_used_bytes"),
+        gauge("nv_gpu_memory_total_bytes"),
+        devices("nv_gpu_utilization", "gpu_uuid"),
+    ),
+    "dcgm-util": (gauge("DCGM_FI_DEV_GPU_UTIL", "avg"), devices("DCGM_FI_DEV_GPU_UTIL", "UUID")),
+    "dcgm-mem": (
+        gauge("DCGM_FI_DEV_FB_USED"),
+        gauge("DCGM_FI_DEV_FB_FREE"),
+        devices("DCGM_FI_DEV_GPU_UTIL", "UUID"),
+    ),
+    "cost": (
+        gauge("DCGM_FI_DEV_GPU_UTIL"),
+        *counter("nv_inference_count", POD_BY, POD_SEL),
+        devices("DCGM_FI_DEV_GPU_UTIL", "UUID"),
+    ),
+    "agent-mem": (
+        agent_gauge("canarist_gpu_memory_used_bytes"),
+        agent_gauge("canarist_gpu_memory_total_bytes", once_per_gpu=True),
+    ),
+    "agent-util": (
+        agent_gauge("canarist_gpu_sm_utilization_ratio"),
+        agent_gauge("canarist_gpu_memory_total_bytes", "count", once_per_gpu=True),
+    ),
+    "agent-cost": (
+        *counter("canarist_gpu_seconds_total", "namespace, version", POD_SEL),
+        *counter("istio_requests_total", ISTIO_BY, ISTIO_SEL, "response_code"),
+    ),
+    "hami-mem": (
+        hami_query("hami_vgpu_memory_used_bytes", "vGPU_device_memory_usage_in_bytes"),
+        hami_query("hami_vgpu_memory_limit_bytes", "vGPU_device_memory_limit_in_bytes"),
+    ),
+    "hami-util": (hami_query("hami_container_device_utilization_ratio", "Device_utilization_desc_of_container"),),
     "accuracy": (
         *counter("correct_total", CUSTOM_BY, CUSTOM_SEL),
         *counter("labelled_total", CUSTOM_BY, CUSTOM_SEL),
@@ -188,6 +249,8 @@ def test_configurable_pod_labels() -> None:
     texts = metric_queries(ROLLOUT, 60.0, labels)["dcgm-util"]
     assert texts == (
         "avg by (kubernetes_namespace, version, kubernetes_pod_name) "
+        '(avg_over_time(DCGM_FI_DEV_GPU_UTIL{kubernetes_namespace="ml", version=~"r1|r2"}[60s]))',
+        "count by (kubernetes_namespace, version, kubernetes_pod_name, UUID) "
         '(avg_over_time(DCGM_FI_DEV_GPU_UTIL{kubernetes_namespace="ml", version=~"r1|r2"}[60s]))',
     )
     same = metric_queries(ROLLOUT, 60.0, Labels(version="app"))  # app=ranker on both versions
@@ -448,7 +511,7 @@ def windows(n: int, length: float = 60.0, end: float = 6000.0) -> list[Window]:
 def test_query_count_does_not_grow_with_rollouts(n: int) -> None:
     rollouts = fleet(n)
     the_plan = plan(rollouts, {r.key: windows(10) for r in rollouts}, at=6000)
-    assert len(the_plan.queries) == len(plan(fleet(1), {"ns0/svc0": windows(10)}, at=6000).queries) == 25
+    assert len(the_plan.queries) == len(plan(fleet(1), {"ns0/svc0": windows(10)}, at=6000).queries) == 36
     istio = next(q.promql for q in the_plan.queries if q.promql.startswith("sum by") and "istio_requests" in q.promql)
     for i in range(n):
         assert f"ns{i}" in istio and f"svc{i}" in istio
@@ -459,7 +522,7 @@ def test_one_query_per_window_length_not_per_window() -> None:
     rollouts = fleet(3)
     by = {rollouts[0].key: windows(5, 60.0), rollouts[1].key: windows(5, 120.0), rollouts[2].key: windows(7, 60.0)}
     the_plan = plan(rollouts, by, at=6000)
-    assert len(the_plan.queries) == 50  # two window lengths
+    assert len(the_plan.queries) == 72  # two window lengths
     sixty = [q for q in the_plan.queries if "[60s]" in q.promql]
     assert {len(q.times) for q in sixty} == {7}
 
@@ -676,6 +739,100 @@ def test_gpu_gauges_memory_and_cost_per_pod() -> None:
     assert cost.series.stable == ((pytest.approx(1.0 * 60 / 300),),) * 3  # 1 GPU-second per second, 300 inferences
     assert cost.series.canary == (None, None, None)  # no inferences: no cost per inference
     assert "no pod with usable GpuSecondsPerInference data" in cost.reason
+
+
+def test_pods_sharing_a_gpu_are_not_attributable_on_device_wide_series() -> None:
+    """DCGM gives every pod on a GPU the whole GPU's value: those pods are dropped, said in the reason."""
+    the_plan, a = look()
+    on_gpu = {"r1-a": "GPU-1", "r1-b": "GPU-2", "r2-a": "GPU-1"}  # r1-a and the canary share GPU-1
+    for w in range(3):
+        for name, gpu in on_gpu.items():
+            who = pod(name[:2], name)
+            value = 90.0 if gpu == "GPU-1" else 40.0  # the device's, whoever runs on it
+            a.add(family(dcgm.GPU_UTILIZATION), w, value, **who)
+            a.add(family(dcgm.DEVICES), w, 1.0, UUID=gpu, **who)
+            a.add(family(triton.GPU_UTILIZATION), w, value / 100, **who)
+            a.add(family(triton.DEVICES), w, 1.0, gpu_uuid=gpu, **who)
+    obs = observed(the_plan, a)
+    for name in ("dcgm-util", "triton-util"):
+        data = obs.metric(name)
+        assert data.series.stable == ((0.4,),) * 3, name  # r1-b alone on GPU-2 is attributable
+        assert data.series.canary == (None,) * 3, name
+        assert "not attributable" in data.reason and "whole GPU's" in data.reason, name
+
+
+def test_a_gpu_shared_within_one_version_is_not_attributable_either() -> None:
+    the_plan, a = look()
+    for w in range(3):
+        for name, gpu in (("r1-a", "GPU-1"), ("r1-b", "GPU-1"), ("r2-a", "GPU-2")):
+            who = pod(name[:2], name)
+            a.add(family(dcgm.GPU_UTILIZATION), w, 70.0, **who)
+            a.add(family(dcgm.DEVICES), w, 1.0, UUID=gpu, **who)
+    data = observed(the_plan, a).metric("dcgm-util")
+    assert data.series.stable == (None,) * 3 and data.series.canary == ((0.7,),) * 3
+    assert data.reason.startswith("stable: not attributable")
+
+
+def test_agent_kinds_are_each_pods_own_on_a_shared_gpu() -> None:
+    the_plan, a = look()
+    total = 80e9
+    for w in range(3):
+        # stable and canary share GPU-1; the canary uses twice the memory and SM time
+        a.add(agent.MEMORY_USED, w, 12e9, **pod("r1", "r1-a"))  # answers are per pod (summed by PromQL)
+        a.add(agent.MEMORY_USED, w, 24e9, **pod("r2", "r2-a"))
+        a.add(agent.MEMORY_TOTAL, w, total, **pod("r1", "r1-a"))
+        a.add(agent.MEMORY_TOTAL, w, total, **pod("r2", "r2-a"))
+        a.add(agent.SM_SHARE, w, 0.6, **pod("r1", "r1-a"))  # on two GPUs
+        a.add(agent.SM_SHARE, w, 0.9, **pod("r2", "r2-a"))
+        a.add(agent.GPUS, w, 2.0, **pod("r1", "r1-a"))
+        a.add(agent.GPUS, w, 1.0, **pod("r2", "r2-a"))
+        a.add(agent.GPU_SECONDS, w, 18.0, namespace="ml", version="r1")  # 0.3 x 60 s
+        a.add(agent.GPU_SECONDS, w, 54.0, namespace="ml", version="r2")
+        a.add(ISTIO_REQUESTS, w, 570.0, **istio("r1", response_code="200"))
+        a.add(ISTIO_REQUESTS, w, 30.0, **istio("r1", response_code="503"))
+        a.add(ISTIO_REQUESTS, w, 300.0, **istio("r2", response_code="200"))
+    obs = observed(the_plan, a)
+    assert obs.metric("agent-mem").series.stable == ((pytest.approx(0.15),),) * 3
+    assert obs.metric("agent-mem").series.canary == ((pytest.approx(0.3),),) * 3
+    assert obs.metric("agent-util").series.stable == ((0.3,),) * 3
+    assert obs.metric("agent-util").series.canary == ((0.9,),) * 3
+    cost = obs.metric("agent-cost").series
+    assert cost.stable == ((pytest.approx(18.0 / 600),),) * 3  # every request, failed ones too
+    assert cost.canary == ((pytest.approx(54.0 / 300),),) * 3
+
+
+def test_agent_cost_is_no_data_across_a_counter_reset_or_without_requests() -> None:
+    the_plan, a = look()
+    for w in range(3):
+        a.add(agent.GPU_SECONDS, w, 10.0, resets=w == 1, namespace="ml", version="r1")
+        a.add(agent.GPU_SECONDS, w, 10.0, namespace="ml", version="r2")
+        a.add(ISTIO_REQUESTS, w, 100.0, **istio("r1", response_code="200"))
+    data = observed(the_plan, a).metric("agent-cost")
+    assert data.series.stable == ((0.1,), None, (0.1,))
+    assert data.series.canary == (None,) * 3
+    assert "counter reset of canarist_gpu_seconds_total (window 1)" in data.reason
+    assert "canary: no istio_requests_total series" in data.reason
+
+
+def test_hami_kinds_per_pod() -> None:
+    the_plan, a = look()
+    plan_of = {m.name: m for m in the_plan.targets[0].metrics}
+    used, limit = (plan_of["hami-mem"].asks[r].family for r in (Role.USED, Role.TOTAL))
+    util = plan_of["hami-util"].asks[Role.UTILIZATION].family
+    for w in range(3):
+        for version, name, share in (("r1", "r1-a", 0.25), ("r2", "r2-a", 0.5)):
+            a.add(used, w, share * 10e9, namespace="ml", version=version, pod=name)
+            a.add(limit, w, 10e9, namespace="ml", version=version, pod=name)
+            a.add(util, w, 100 * share, namespace="ml", version=version, pod=name)
+    obs = observed(the_plan, a)
+    assert obs.metric("hami-mem").series.stable == ((0.25,),) * 3
+    assert obs.metric("hami-mem").series.canary == ((0.5,),) * 3
+    assert obs.metric("hami-util").series.canary == ((0.5,),) * 3
+    assert {used.metric, limit.metric, util.metric} == {
+        hami.MEMORY_USED[0],
+        hami.MEMORY_LIMIT[0],
+        hami.UTILIZATION[0],
+    }
 
 
 def test_triton_error_counts_sum_pods_and_default_failures_to_zero() -> None:

@@ -68,6 +68,21 @@ TRAITS: dict[MetricKind, KindTraits] = {
     MetricKind.GPU_SECONDS_PER_INFERENCE: KindTraits(
         Unit.SECONDS, True, Shape.GAUGES, "DCGM + Triton", "GPU-seconds per inference"
     ),
+    MetricKind.AGENT_GPU_MEMORY: KindTraits(
+        Unit.FRACTION, True, Shape.GAUGES, "canarist gpu-agent", "GPU memory used / total per pod"
+    ),
+    MetricKind.AGENT_GPU_UTILIZATION: KindTraits(
+        Unit.FRACTION, True, Shape.GAUGES, "canarist gpu-agent", "SM share of its GPUs per pod"
+    ),
+    MetricKind.AGENT_GPU_SECONDS_PER_INFERENCE: KindTraits(
+        Unit.SECONDS, True, Shape.GAUGES, "canarist gpu-agent + Istio", "GPU-seconds per request"
+    ),
+    MetricKind.HAMI_GPU_MEMORY: KindTraits(
+        Unit.FRACTION, True, Shape.GAUGES, "HAMi", "vGPU memory used / its limit per pod"
+    ),
+    MetricKind.HAMI_GPU_UTILIZATION: KindTraits(
+        Unit.FRACTION, True, Shape.GAUGES, "HAMi", "SM share of the device per pod"
+    ),
     MetricKind.CUSTOM_RATIO: KindTraits(Unit.FRACTION, False, Shape.COUNTS, "custom counters", "success / total"),
 }
 

@@ -35,6 +35,11 @@ class MetricKind(StrEnum):
     DCGM_GPU_UTILIZATION = "DcgmGpuUtilization"
     DCGM_GPU_MEMORY = "DcgmGpuMemory"
     GPU_SECONDS_PER_INFERENCE = "GpuSecondsPerInference"
+    AGENT_GPU_MEMORY = "AgentGpuMemory"
+    AGENT_GPU_UTILIZATION = "AgentGpuUtilization"
+    AGENT_GPU_SECONDS_PER_INFERENCE = "AgentGpuSecondsPerInference"
+    HAMI_GPU_MEMORY = "HamiGpuMemory"
+    HAMI_GPU_UTILIZATION = "HamiGpuUtilization"
     CUSTOM_RATIO = "CustomRatio"
 
 

@@ -62,7 +62,9 @@ class Family:
     """One metric reduced over a window and aggregated by ``identity`` (+ ``pod``, + ``split``).
 
     ``identity`` labels name a rollout's version (the last one is the version label); their values
-    are unioned across rollouts. ``fixed`` matchers are the same for every rollout.
+    are unioned across rollouts. ``fixed`` matchers are the same for every rollout. ``once_per``
+    counts each value of that label once (the max over the series that repeat it, e.g. a GPU's
+    total memory on each of its containers' series) before the aggregation.
     """
 
     metric: str
@@ -72,13 +74,14 @@ class Family:
     pod: str | None = None
     split: str | None = None
     fixed: tuple[tuple[str, str], ...] = ()
+    once_per: str | None = None
 
     def __post_init__(self) -> None:
         check_metric_name(self.metric)
-        for label in (*self.identity, self.pod, self.split, *(k for k, _ in self.fixed)):
+        for label in (*self.identity, self.pod, self.split, self.once_per, *(k for k, _ in self.fixed)):
             if label is not None:
                 check_label_name(label)
-        if self.aggregate not in ("sum", "avg"):
+        if self.aggregate not in ("sum", "avg", "count"):
             raise CatalogError(f"unknown aggregation {self.aggregate!r}")
 
     @property
@@ -101,6 +104,8 @@ class Family:
 
     def promql(self, values: Sequence[Iterable[str]], window: float) -> str:
         inner = f"{self.reduce.value}({self.metric}{selector(self.matchers(values))}[{promql_duration(window)}])"
+        if self.once_per is not None:
+            inner = f"max by ({', '.join((*self.group, self.once_per))}) ({inner})"
         return f"{self.aggregate} by ({', '.join(self.group)}) ({inner})"
 
     def resets_promql(self, values: Sequence[Iterable[str]], window: float) -> str:
@@ -140,6 +145,9 @@ class Role(StrEnum):
     UTILIZATION = "utilization"
     USED = "used"
     FREE = "free"
+    GPUS = "gpus"  # how many GPUs a pod's series name
+    GPU_SECONDS = "gpu-seconds"
+    DEVICES = "devices"  # which GPU each pod's device-wide series is read from: the attribution check
 
 
 @dataclass(frozen=True)
@@ -149,6 +157,7 @@ class PodSeries:
     metric: str
     reduce: Reduce
     aggregate: str = "sum"
+    split: str | None = None  # also grouped by (the GPU's uuid label, for the attribution check)
 
     def __post_init__(self) -> None:
         check_metric_name(self.metric)
@@ -160,7 +169,7 @@ class PodSeries:
             if triton_mode
             else (labels.namespace, labels.version)
         )
-        return Family(self.metric, self.reduce, identity, aggregate=self.aggregate, pod=labels.pod)
+        return Family(self.metric, self.reduce, identity, aggregate=self.aggregate, pod=labels.pod, split=self.split)
 
 
 # --- what one rollout asks --------------------------------------------------------------------
@@ -252,6 +261,22 @@ class RolloutAsks:
             (self.ns, pod_label_value(spec.stable, label)),
             (self.ns, pod_label_value(spec.canary, label)),
             f"no pod label of spec.stable/spec.canary maps to the Prometheus label {label!r} that names the version",
+        )
+
+    def agent(self, family: Family) -> Ask | str:
+        """An ask of canarist gpu-agent's series: the pods' namespace, and their version as Istio reads it."""
+        if self.triton is not None:
+            return (
+                "the GPU agent's series name a pod but no model, and with routing mode TritonVersion both "
+                "versions share the pods"
+            )
+        spec = self.rollout.spec
+        return ask_for(
+            family,
+            (self.ns, istio_version(spec.stable)),
+            (self.ns, istio_version(spec.canary)),
+            f"the GPU agent reads a version from none of the pod labels of spec.stable/spec.canary: set one of "
+            f"{', '.join(ISTIO_VERSION_LABELS)}",
         )
 
     def kind_asks(self, roles: Mapping[Role, PodSeries]) -> tuple[dict[Role, Ask], str]:

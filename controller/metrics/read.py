@@ -237,9 +237,22 @@ class Builder:
             if isinstance(got, str):
                 return got
             values, dropped = got
+            notes = (f"{dropped} pod(s) dropped (counter reset, NaN, Inf or no inferences)",) if dropped else ()
+            if Role.DEVICES in plan.asks:
+                shared = self.shared_gpus(plan, window)
+                if isinstance(shared, str):
+                    return shared
+                if shared & values.keys():
+                    values = {p: v for p, v in values.items() if p not in shared}
+                    why = (
+                        "not attributable: pods sharing a GPU with another of the rollout's pods dropped "
+                        f"({plan.asks[Role.DEVICES].family.metric} is the whole GPU's)"
+                    )
+                    if not values:
+                        return why
+                    notes = (*notes, why)
             if not values:
                 return f"no pod with usable {plan.kind.value} data"
-            notes = (f"{dropped} pod(s) dropped (counter reset, NaN, Inf or no inferences)",) if dropped else ()
             return tuple(values[p] for p in sorted(values)), notes
 
         stable, canary, reasons = self.collect(fn)
@@ -253,6 +266,8 @@ class Builder:
         """Per-pod values of a pod-scraped kind, and how many pods were dropped."""
         parts: dict[Role, dict[str, float]] = {}
         for role, ask in plan.asks.items():
+            if role is Role.DEVICES:
+                continue
             got = _per_pod(self.cell(plan, role, window, side), ask.family.pod, ask.family.metric)
             if isinstance(got, str):
                 return got
@@ -260,6 +275,25 @@ class Builder:
         pods = set.union(*(set(p) for p in parts.values()))
         values = {p: v for p in pods if (v := _pod_value(pod_value, parts, p, window)) is not None}
         return values, len(pods) - len(values)
+
+    def shared_gpus(self, plan: MetricPlan, window: Window) -> set[str] | str:
+        """The pods (of either version) whose GPU another of the rollout's pods also uses.
+
+        Device-wide series (DCGM's before per-process support, Triton's ``nv_gpu_*``) give every
+        pod on a GPU the whole GPU's value: those pods' values are not theirs. Read from the
+        :attr:`Role.DEVICES` ask, whose family is also grouped by the GPU's uuid label.
+        """
+        ask = plan.asks[Role.DEVICES]
+        device = ask.family.split or ""
+        users: dict[str, set[str]] = {}
+        for side in (STABLE, CANARY):
+            cell = self.cell(plan, Role.DEVICES, window, side)
+            if isinstance(cell, str):
+                return cell
+            for labels, _ in cell.rows:
+                if gpu := labels.get(device, ""):
+                    users.setdefault(gpu, set()).add(labels.get(ask.family.pod or "", ""))
+        return {pod for pods in users.values() if len(pods) > 1 for pod in pods}
 
 
 def _pod_value(

@@ -5,7 +5,9 @@ inference), the error rate counts failed inferences among all, and the GPU kinds
 gauges. A version is its pods' version label, or with routing mode TritonVersion, where both
 versions run in the same pods, Triton's own model and version labels; then Triton's success and
 failure counters are also the rollout's traffic counts, and the GPU kinds, whose series name a
-pod but no model, cannot tell the versions apart.
+pod but no model, cannot tell the versions apart. Triton's ``nv_gpu_*`` gauges are the whole GPU's:
+a pod sharing its GPU (``gpu_uuid``) with another of the rollout's pods is dropped as not
+attributable (:mod:`controller.metrics.kinds.dcgm` says why).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ INFERENCES = PodSeries("nv_inference_count", Reduce.INCREASE)
 GPU_UTILIZATION = PodSeries("nv_gpu_utilization", Reduce.AVG_OVER_TIME, "avg")
 GPU_USED = PodSeries("nv_gpu_memory_used_bytes", Reduce.AVG_OVER_TIME)
 GPU_TOTAL = PodSeries("nv_gpu_memory_total_bytes", Reduce.AVG_OVER_TIME)
+#: Which GPU (``gpu_uuid``) each pod's ``nv_gpu_*`` series come from: pods sharing one are not attributable.
+DEVICES = PodSeries("nv_gpu_utilization", Reduce.AVG_OVER_TIME, "count", split="gpu_uuid")
 _COUNTS = {Role.SUCCESS: SUCCESS, Role.FAILURE: FAILURE}
 
 
@@ -65,7 +69,9 @@ READINGS: dict[MetricKind, KindReading] = {
     MetricKind.TRITON_QUEUE_LATENCY: Gauges(pod_kind({Role.DURATION: QUEUE, Role.SUCCESS: SUCCESS}), _mean_seconds),
     MetricKind.TRITON_ERROR_RATE: Counts(pod_kind(_COUNTS), _failures),
     MetricKind.TRITON_GPU_UTILIZATION: Gauges(
-        pod_kind({Role.UTILIZATION: GPU_UTILIZATION}, per_pod=True), _utilization
+        pod_kind({Role.UTILIZATION: GPU_UTILIZATION, Role.DEVICES: DEVICES}, per_pod=True), _utilization
     ),
-    MetricKind.TRITON_GPU_MEMORY: Gauges(pod_kind({Role.USED: GPU_USED, Role.TOTAL: GPU_TOTAL}, per_pod=True), _memory),
+    MetricKind.TRITON_GPU_MEMORY: Gauges(
+        pod_kind({Role.USED: GPU_USED, Role.TOTAL: GPU_TOTAL, Role.DEVICES: DEVICES}, per_pod=True), _memory
+    ),
 }

@@ -44,6 +44,18 @@ LAYOUTS = [
         PodRef(UID, CID),
     ),
     ("the pod's own cgroup, no container", f"0::/kubepods/burstable/pod{UID}\n", PodRef(UID, None)),
+    (
+        "read from another pod's cgroup namespace, cgroupfs",
+        f"0::/../../../burstable/pod{UID}/{CID}\n",
+        PodRef(UID, CID),
+    ),
+    ("read from another pod's cgroup namespace, cgroupfs, guaranteed", f"0::/../../pod{UID}/{CID}\n", PodRef(UID, CID)),
+    (
+        "read from another pod's cgroup namespace, systemd",
+        f"0::/../../../kubepods-burstable.slice/kubepods-burstable-pod{SLICE}.slice/cri-containerd-{CID}.scope\n",
+        PodRef(UID, CID, "containerd"),
+    ),
+    ("the reader's own cgroup namespace root", "0::/\n", None),
     ("a host process", "0::/system.slice/containerd.service\n", None),
     ("a user's shell", "0::/user.slice/user-0.slice/session-3.scope\n", None),
     ("empty", "", None),
@@ -107,8 +119,13 @@ def test_each_nvml_failure_is_worded_for_the_person_reading_the_log(code: int, w
     assert line.startswith(type(error).__name__ + ": ") and words in line and "\n" not in line
 
 
-def test_the_agent_without_a_gpu_exits_1_with_one_line_and_no_traceback() -> None:
-    done = subprocess.run([CANARIST, "gpu-agent", "--once"], capture_output=True, text=True, timeout=60, check=False)
+@pytest.mark.parametrize(
+    "args",
+    [["--once"], [], ["--interval", "1", "--port", "0", "--node-name", "gpu-node-1"]],
+    ids=["once", "the agent", "the agent with options"],
+)
+def test_the_agent_without_a_gpu_exits_1_with_one_line_and_no_traceback(args: list[str]) -> None:
+    done = subprocess.run([CANARIST, "gpu-agent", *args], capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 1, done
     assert done.stderr.strip().count("\n") == 0 and "Traceback" not in done.stderr
     assert "NVMLError_LibraryNotFound" in done.stderr and done.stdout == ""

@@ -23,10 +23,14 @@ ISTIO = ROOT / "istio"
 DOCKERFILE = ROOT / "Dockerfile"
 MANIFESTS = sorted(p for p in ISTIO.glob("*.yaml") if p.name != "kustomization.yaml")
 #: Manifests one applies by hand for an optional feature; the default install leaves them out.
-OPTIONAL = {"rbac-gitops.yaml"}
+OPTIONAL = {"rbac-gitops.yaml", "gpu-agent.yaml"}
 LOCK = ROOT / "requirements.lock"
 BUILD_LOCK = ROOT / "requirements-build.lock"
 NAMESPACE = "canarist-system"
+#: The GPU node agent's own namespace: hostPID needs the "privileged" Pod Security level, which
+#: canarist-system (restricted) must not get.
+GPU_NAMESPACE = "canarist-gpu"
+GPU_AGENT = "gpu-agent.yaml"
 NON_ROOT_UID = 65532
 
 # Cluster-scoped kinds among the ones canarist installs.
@@ -43,6 +47,7 @@ TIER = {
     "ServiceAccount": 2,
     "NetworkPolicy": 2,
     "Deployment": 3,
+    "DaemonSet": 3,
     "Service": 3,
 }
 
@@ -102,7 +107,8 @@ def test_every_manifest_parses_into_kubernetes_objects(path: Path) -> None:
         if doc["kind"] in CLUSTER_SCOPED:
             assert "namespace" not in doc["metadata"], f"{path.name}: {doc['kind']} is cluster-scoped"
         else:
-            assert doc["metadata"].get("namespace") == NAMESPACE, f"{path.name}: {doc['kind']}/{name}"
+            expected = GPU_NAMESPACE if path.name == GPU_AGENT else NAMESPACE
+            assert doc["metadata"].get("namespace") == expected, f"{path.name}: {doc['kind']}/{name}"
         assert doc["metadata"]["labels"]["app.kubernetes.io/part-of"] == "canarist", f"{path.name}: {name}"
 
 
@@ -466,6 +472,134 @@ def test_egress_allows_dns_the_api_server_prometheus_and_tritons_http_and_nothin
         for rule in to_prometheus
         for peer in rule["to"]
     ), (namespace, port)
+
+
+# --- the GPU node agent (optional: istio/gpu-agent.yaml) -------------------------------------------
+
+#: The client library's calls in controller/edges/gpu/ and the RBAC verb each one needs on pods.
+GPU_AGENT_API_VERBS = {"list_pod_for_all_namespaces": "list", "list_namespaced_pod": "list"}
+
+
+def gpu_agent(kind: str) -> dict[str, Any]:
+    return one(kind, GPU_AGENT)
+
+
+def gpu_agent_pod_spec() -> dict[str, Any]:
+    spec: dict[str, Any] = gpu_agent("DaemonSet")["spec"]["template"]["spec"]
+    return spec
+
+
+def gpu_agent_container() -> dict[str, Any]:
+    [container] = gpu_agent_pod_spec()["containers"]
+    assert isinstance(container, dict)
+    return container
+
+
+def test_the_gpu_agent_is_optional_and_the_readme_says_how_to_apply_it() -> None:
+    assert GPU_AGENT in OPTIONAL and GPU_AGENT not in kustomization()["resources"]
+    assert f"kubectl apply -f istio/{GPU_AGENT}" in (ROOT / "README.md").read_text(encoding="utf-8")
+    kinds = sorted(doc["kind"] for doc in docs(ISTIO / GPU_AGENT))
+    expected = ["ClusterRole", "ClusterRoleBinding", "DaemonSet", "Namespace", "NetworkPolicy", "ServiceAccount"]
+    assert kinds == expected
+    order = [TIER[doc["kind"]] for doc in docs(ISTIO / GPU_AGENT)]
+    assert order == sorted(order), "kubectl apply -f applies in file order: the namespace first, the pods last"
+
+
+def test_the_gpu_agent_may_only_list_pods_which_is_all_it_calls() -> None:
+    source = "".join(p.read_text(encoding="utf-8") for p in sorted((ROOT / "controller/edges/gpu").glob("*.py")))
+    used = set(re.findall(r"self\.core\.(\w+)", source))
+    assert used, "no client call found: the pattern is stale"
+    assert used <= set(GPU_AGENT_API_VERBS), used - set(GPU_AGENT_API_VERBS)
+    assert grants(gpu_agent("ClusterRole")) == {("", "pods"): {GPU_AGENT_API_VERBS[call] for call in used}}
+    assert not [doc for doc in docs(ISTIO / GPU_AGENT) if doc["kind"] in ("Role", "RoleBinding")]
+    account, binding = gpu_agent("ServiceAccount")["metadata"], gpu_agent("ClusterRoleBinding")
+    assert account == {**account, "name": "canarist-gpu-agent", "namespace": GPU_NAMESPACE}
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": gpu_agent("ClusterRole")["metadata"]["name"],
+    }
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account["name"], "namespace": GPU_NAMESPACE}]
+    assert gpu_agent_pod_spec()["serviceAccountName"] == account["name"]
+
+
+def test_only_the_gpu_agents_own_namespace_is_privileged_and_it_holds_only_the_agent() -> None:
+    namespace = gpu_agent("Namespace")
+    assert namespace["metadata"]["name"] == GPU_NAMESPACE
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "privileged"
+    assert one("Namespace")["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    objects = all_objects(optional=True)
+    for name, doc in objects:
+        in_gpu = doc["metadata"].get("namespace") == GPU_NAMESPACE or doc["metadata"]["name"] == GPU_NAMESPACE
+        assert in_gpu == (name == GPU_AGENT) or doc["kind"] in CLUSTER_SCOPED - {"Namespace"}, (name, doc["kind"])
+    workloads = [(name, doc["kind"]) for name, doc in objects if doc["kind"] in ("Deployment", "DaemonSet", "Pod")]
+    assert [w for w in workloads if w[0] == GPU_AGENT] == [(GPU_AGENT, "DaemonSet")]
+    host_pid = [
+        name
+        for name, doc in objects
+        if doc["kind"] in ("Deployment", "DaemonSet") and doc["spec"]["template"]["spec"].get("hostPID")
+    ]
+    assert host_pid == [GPU_AGENT]
+
+
+def test_the_gpu_agent_runs_the_pinned_image_on_gpu_nodes_with_the_hosts_pids_and_nothing_else_of_the_host() -> None:
+    spec, container = gpu_agent_pod_spec(), gpu_agent_container()
+    assert container["image"] == controller_container()["image"]  # the same pinned image as the controller
+    assert container["args"][:3] == ["gpu-agent", "--port", "9400"]
+    assert spec["hostPID"] is True and not spec.get("hostNetwork") and not spec.get("hostIPC")
+    assert not [v for v in spec.get("volumes", []) if "hostPath" in v], "no host paths: /proc comes with hostPID"
+    assert all(m.get("readOnly") for m in container.get("volumeMounts", []))
+    assert spec["runtimeClassName"] == "nvidia"
+    assert spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
+    env = {item["name"]: item for item in container["env"]}
+    assert env["NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+    assert env["NVIDIA_VISIBLE_DEVICES"]["value"] == "all"
+    assert env["NVIDIA_DRIVER_CAPABILITIES"]["value"] == "utility"
+    selector = gpu_agent("DaemonSet")["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= gpu_agent("DaemonSet")["spec"]["template"]["metadata"]["labels"].items()
+
+
+def test_the_gpu_agent_is_non_root_and_locked_down_but_for_host_pids() -> None:
+    pod, container = gpu_agent_pod_spec()["securityContext"], gpu_agent_container()["securityContext"]
+    assert pod["runAsNonRoot"] is True and pod["runAsUser"] == NON_ROOT_UID
+    assert container["readOnlyRootFilesystem"] is True
+    assert container["allowPrivilegeEscalation"] is False
+    assert container.get("privileged", False) is False
+    assert container["capabilities"] == {"drop": ["ALL"]}
+    assert container.get("seccompProfile", pod["seccompProfile"])["type"] == "RuntimeDefault"
+    resources = gpu_agent_container()["resources"]
+    for section in ("requests", "limits"):
+        assert {"cpu", "memory"} <= set(resources[section]), section
+
+
+def test_the_gpu_agent_is_probed_and_scraped_on_its_metrics_port() -> None:
+    container = gpu_agent_container()
+    ports = {port["name"]: port for port in container["ports"]}
+    assert ports["metrics"]["containerPort"] == 9400
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "metrics"}, probe
+    annotations = gpu_agent("DaemonSet")["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == "9400"
+    assert annotations["prometheus.io/path"] == "/metrics"
+
+
+def test_the_gpu_agents_network_policy_admits_prometheus_on_9400_and_lets_out_dns_and_the_api_server() -> None:
+    policy = gpu_agent("NetworkPolicy")
+    labels = gpu_agent("DaemonSet")["spec"]["template"]["metadata"]["labels"]
+    selector = policy["spec"]["podSelector"]["matchLabels"]
+    assert selector and selector.items() <= labels.items()
+    assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+    [rule] = policy["spec"]["ingress"]
+    assert [p["port"] for p in rule["ports"]] == ["metrics"]
+    assert rule["from"], "an empty from would admit everyone"
+    for peer in rule["from"]:
+        assert "ipBlock" not in peer and peer["namespaceSelector"]["matchLabels"], peer
+        assert peer["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "prometheus"}, peer
+    rules = policy["spec"]["egress"]
+    assert all(rule.get("ports") for rule in rules), "a rule without ports would open every port"
+    assert sorted(p["port"] for rule in rules for p in rule["ports"]) == [53, 53, 443, 6443]
 
 
 # --- the Dockerfile ---------------------------------------------------------------------------

@@ -3,10 +3,11 @@
 Per GPU (by uuid): the compute processes with their used memory
 (``nvmlDeviceGetComputeRunningProcesses``) and their SM and memory utilisation over the last
 sample period (``nvmlDeviceGetProcessUtilization``, which raises NotFound when no process ran
-since the timestamp given: then nobody used the SMs, which is 0, not unknown). A device that does
-not report per-process utilisation (NotSupported) is reported as such, never crashed on. Without
-NVML (no driver, no library, no permission) :class:`NvmlUnavailableError` carries one line that says
-which and what to do.
+since the timestamp given: then nobody used the SMs, which is 0, not unknown), and each GPU's total
+memory (``nvmlDeviceGetMemoryInfo``). A device that does not report per-process utilisation
+(NotSupported) is reported as such, never crashed on. Without NVML (no driver, no library, no
+permission) :class:`NvmlUnavailableError` carries one line that says which and what to do; a read
+that fails later (a GPU lost) raises :class:`NvmlSampleError`, one line too.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import contextlib
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 with warnings.catch_warnings():  # the deprecated `pynvml` shim, if installed as well, warns on import
     warnings.simplefilter("ignore", FutureWarning)
@@ -38,6 +39,10 @@ class NvmlUnavailableError(RuntimeError):
     """NVML cannot be used on this node; the message is one line saying why."""
 
 
+class NvmlSampleError(RuntimeError):
+    """One read of NVML failed (a GPU lost, the driver gone); the message is one line. The next read may work."""
+
+
 @dataclass(frozen=True)
 class GpuProcess:
     """One process on one GPU: its memory in bytes and, when the device reports it, its SM and memory
@@ -52,11 +57,21 @@ class GpuProcess:
 
 @dataclass
 class GpuReading:
-    """Every GPU's processes; ``unsupported`` names the GPUs that do not report per-process utilisation."""
+    """Every GPU's processes; ``unsupported`` names the GPUs that do not report per-process utilisation;
+    ``memory_total_bytes`` is each GPU's memory (by uuid)."""
 
     processes: list[GpuProcess] = field(default_factory=list)
     gpus: list[str] = field(default_factory=list)
     unsupported: list[str] = field(default_factory=list)
+    memory_total_bytes: dict[str, int] = field(default_factory=dict)
+
+
+class GpuSource(Protocol):
+    """Where the agent's readings come from: :class:`Nvml` on a node, values in tests."""
+
+    def read(self) -> GpuReading:
+        """Every GPU's processes now; raises :class:`NvmlSampleError` when this read failed."""
+        ...
 
 
 def explain(error: Exception) -> str:
@@ -86,12 +101,21 @@ class Nvml:
             pynvml.nvmlShutdown()
 
     def read(self) -> GpuReading:
-        """Every GPU's compute processes, their memory, and their utilisation since the last read."""
+        """Every GPU's compute processes, their memory, and their utilisation since the last read.
+
+        Raises :class:`NvmlSampleError` (one line) when NVML fails meanwhile, e.g. a GPU fell off the bus."""
+        try:
+            return self._read()
+        except pynvml.NVMLError as exc:
+            raise NvmlSampleError(explain(exc)) from None
+
+    def _read(self) -> GpuReading:
         reading = GpuReading()
         for index in range(pynvml.nvmlDeviceGetCount()):
             handle = pynvml.nvmlDeviceGetHandleByIndex(index)
             uuid = _text(pynvml.nvmlDeviceGetUUID(handle))
             reading.gpus.append(uuid)
+            reading.memory_total_bytes[uuid] = int(pynvml.nvmlDeviceGetMemoryInfo(handle).total)
             utilisation = self._utilisation(handle, uuid, reading)
             for process in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
                 memory = getattr(process, "usedGpuMemory", None)

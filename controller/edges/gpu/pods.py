@@ -9,7 +9,10 @@ layout depends on the cgroup driver and the runtime:
 - cgroupfs driver: ``/kubepods/burstable/pod<uid>/<id>`` (guaranteed: ``/kubepods/pod<uid>/<id>``).
 
 cgroup v2 has one line ``0::/path``; v1 one line per hierarchy (``N:controllers:/path``), all naming
-the same pod. A process outside any pod (the host's own) maps to None.
+the same pod. A process outside any pod (the host's own) maps to None. A reader in its own cgroup
+namespace (a container's default on cgroup v2, the agent's too: hostPID shares PIDs, not cgroups)
+sees the path relative to its own cgroup, climbing out with ``..``:
+``0::/../../../burstable/pod<uid>/<id>`` under cgroupfs (the systemd names carry the pod either way).
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ _SYSTEMD = re.compile(
     rf"kubepods(?:-(?:burstable|besteffort))?-pod(?P<uid>{_UID})\.slice"
     rf"(?:/(?:(?P<runtime>cri-containerd|crio|docker)-(?P<id>{_ID})\.scope))?"
 )
-_CGROUPFS = re.compile(rf"/kubepods(?:/(?:burstable|besteffort))?/pod(?P<uid>{_UID})(?:/(?P<id>{_ID}))?(?:/|$)")
+_CGROUPFS = re.compile(
+    rf"/(?:kubepods|\.\.)(?:/(?:burstable|besteffort))?/pod(?P<uid>{_UID})(?:/(?P<id>{_ID}))?(?:/|$)"
+)
 _RUNTIMES = {"cri-containerd": "containerd", "crio": "cri-o", "docker": "docker"}
 
 

@@ -257,6 +257,21 @@ def test_injected_errors_are_marked_and_slowdown_shows_in_the_histogram(procs: P
     assert mean_ms["slow"] > 3 * mean_ms["fast"]
 
 
+def test_compute_per_inference_is_exported_as_the_gpu_agents_series_labelled_a_cpu_stand_in(
+    procs: Processes, model_file: Path
+) -> None:
+    plain = procs.server("v1", model_file, "--latency-median", "0")
+    costly = procs.server("v2", model_file, "--latency-median", "0", "--compute-ms", "4")
+    for port in (plain, costly):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        for row in features(25):
+            assert post(conn, json.dumps({"features": row}))[0] == 200
+    assert "canarist_gpu_seconds_total" not in scrape(plain)  # no compute asked for: no GPU series
+    ((labels, seconds),) = scrape(costly)["canarist_gpu_seconds_total"]
+    assert labels == {"pod": "fraud-detector-v2-0", "container": "model", "gpu": "cpu-stand-in", "version": "v2"}
+    assert 25 * 0.004 <= seconds < 25 * 0.004 * 1.5  # this thread's CPU time, at least what was asked
+
+
 def test_a_fault_can_be_switched_on_live_and_is_not_traffic(procs: Processes, model_file: Path) -> None:
     port = procs.server("v2", model_file, "--latency-median", "0.001")
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)

@@ -89,7 +89,7 @@ def test_a_good_canary_is_promoted(tmp_path: Path) -> None:
     common_checks(result)
 
 
-@pytest.mark.parametrize("name", ["latency", "accuracy", "errors"])
+@pytest.mark.parametrize("name", ["latency", "accuracy", "errors", "gpu-cost"])
 def test_a_regression_is_rolled_back_naming_its_metric(name: str, tmp_path: Path) -> None:
     scenario = SCENARIOS[name]
     result = run_scenario(name, tmp_path / "report")

@@ -43,6 +43,7 @@ from controller.sandbox.demo.mesh import MeshAgent, SplitCheck
 from controller.sandbox.demo.processes import ManagedProcess, Prometheus, StartError, Supervisor, free_port, http_ok
 from controller.sandbox.demo.scenarios import (
     CANARY,
+    COMPUTE_MS,
     NAME,
     NAMESPACE,
     SERVICE,
@@ -181,6 +182,8 @@ def _start(options: DemoOptions, work: Path, supervisor: Supervisor) -> tuple[Wo
             "--model", str(path), "--service", SERVICE, "--namespace", NAMESPACE, "--slowdown", str(slowdown),
             "--error-rate", str(errors), "--seed", str(options.seed + len(version)),
             *(["--triton", tritons[version].url] if tritons else []),
+            *(["--compute-ms", str(COMPUTE_MS * (scenario.gpu_cost if version == CANARY else 1.0))]
+              if scenario.gpu_cost is not None else []),
         ]  # fmt: skip
         supervisor.start(ManagedProcess(f"model {version}", argv, work / f"{version}.log"), _healthy(ports[version]))
 
@@ -230,7 +233,9 @@ def _start(options: DemoOptions, work: Path, supervisor: Supervisor) -> tuple[Wo
     cluster = KubeCluster(api.api_client, propagation_delay=0.0)
     source = PrometheusSource(PrometheusClient(PrometheusSettings(url=prometheus.url, timeout=5.0)))
     manager = Manager(cluster, source, default_environment(), time.time, namespace=NAMESPACE, gates=gate_probe())
-    policy = demo_policy(options.speed, _gate(tritons, features[:1]) if tritons else None)
+    policy = demo_policy(
+        options.speed, _gate(tritons, features[:1]) if tritons else None, gpu_cost=scenario.gpu_cost is not None
+    )
     (work / "rollout.yaml").write_text(yaml.safe_dump(policy, sort_keys=False))
     cluster.create_or_update_rollout(policy)
     canary_admin = f"http://127.0.0.1:{ports[CANARY]}"

@@ -22,6 +22,8 @@ SUSPICION_INTERVALS = 3
 BASE_INTERVAL = 10.0
 BASE_DEADLINE = 150.0
 STEPS = (10, 25, 50)
+#: The stable's compute per inference (ms of CPU, standing in for GPU time) when a scenario compares GPU cost.
+COMPUTE_MS = 1.0
 #: The accuracy scenario's broken label join: 11 to 15 points less accurate (seeds 0-3), above the 75% SLO.
 MISLABEL_RATE = 0.4
 
@@ -43,6 +45,9 @@ class Scenario:
     #: The canary's Triton model config names its output otherwise: the pre-traffic gate must refuse it
     #: (served by Triton only).
     signature_change: bool = False
+    #: The canary's compute per inference relative to stable's; set: the pods export GPU time (a CPU
+    #: stand-in in the shape of canarist gpu-agent's series) and the policy compares GPU-seconds per inference.
+    gpu_cost: float | None = None
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -80,6 +85,14 @@ SCENARIOS: dict[str, Scenario] = {
             slo_breach=True,
         ),
         Scenario(
+            "gpu-cost",
+            "the canary is as accurate and as fast but computes twice as long per inference: rolled back on "
+            "GPU-seconds per inference",
+            "Failed",
+            "gpu-seconds-per-inference",
+            gpu_cost=2.0,
+        ),
+        Scenario(
             "bad-signature",
             "the canary's Triton model renames its output: the gate refuses it before it gets one request",
             "Failed",
@@ -95,9 +108,10 @@ def interval_seconds(speed: float) -> float:
     return max(BASE_INTERVAL / speed, 1.0)
 
 
-def demo_policy(speed: float = 1.0, gate: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The ModelRollout the demo applies: latency, errors and accuracy on labelled outcomes, and
-    ``gate`` (``spec.gate``) when the versions are served by Triton."""
+def demo_policy(speed: float = 1.0, gate: dict[str, Any] | None = None, *, gpu_cost: bool = False) -> dict[str, Any]:
+    """The ModelRollout the demo applies: latency, errors and accuracy on labelled outcomes, ``gate``
+    (``spec.gate``) when the versions are served by Triton, and with ``gpu_cost`` GPU-seconds per
+    inference (no more than 25 % above stable's)."""
     interval = interval_seconds(speed)
     policy: dict[str, Any] = {
         "apiVersion": "canarist.io/v1alpha1",
@@ -151,4 +165,8 @@ def demo_policy(speed: float = 1.0, gate: dict[str, Any] | None = None) -> dict[
     }
     if gate is not None:
         policy["spec"]["gate"] = gate
+    if gpu_cost:
+        policy["spec"]["analysis"]["metrics"].append(
+            {"name": "gpu-seconds-per-inference", "kind": "AgentGpuSecondsPerInference", "margin": {"relative": "25%"}}
+        )
     return policy

@@ -9,6 +9,12 @@ exposes exactly the series an Istio sidecar reports with ``reporter="destination
 ``istio_request_duration_milliseconds`` with Istio's default buckets, so the controller's real
 queries read them unchanged. ``GET /healthz`` answers ``ok``. SIGTERM or SIGINT stops it with exit 0.
 
+With ``--compute-ms`` each inference also spends that much CPU time computing, and the server
+exports ``canarist_gpu_seconds_total`` in the shape ``canarist gpu-agent`` gives a pod's GPU time
+(``pod``, ``container``, ``gpu``, ``version``), counting that CPU time: the demo has no GPU, so its
+``gpu`` label says ``cpu-stand-in``. A canary with twice the compute per inference is as accurate
+and, at a few milliseconds against a 20 ms service time, about as fast: only its GPU cost differs.
+
 Run: ``python -m controller.sandbox.demo.server --version v2 --port P --model FILE.json``.
 """
 
@@ -43,6 +49,16 @@ ISTIO_LABELS = (
     "destination_version",
 )
 MAX_BODY = 64 * 1024
+#: The ``gpu`` label of the demo's GPU-time series: CPU seconds standing in for a GPU's.
+CPU_STAND_IN = "cpu-stand-in"
+
+
+def spend_cpu(seconds: float) -> float:
+    """Compute for ``seconds`` of this thread's CPU time (an inference's work); the CPU seconds spent."""
+    start = time.thread_time()
+    while (spent := time.thread_time() - start) < seconds:
+        sum(i * i for i in range(200))
+    return spent
 
 
 class ServingError(RuntimeError):
@@ -96,9 +112,12 @@ class Backend:
         error_rate: float = 0.0,
         seed: int | None = None,
         triton: str | None = None,
+        compute_seconds: float = 0.0,
     ) -> None:
         if latency_median < 0 or latency_sigma < 0 or slowdown <= 0:
             raise ValueError("latency median and sigma must be >= 0 and slowdown > 0")
+        if not 0.0 <= compute_seconds <= 1.0:
+            raise ValueError(f"compute time per inference must be in [0, 1] s, got {compute_seconds!r}")
         if not 0.0 <= error_rate <= 1.0:
             raise ValueError(f"error rate must be in [0, 1], got {error_rate!r}")
         self.model = model
@@ -123,6 +142,16 @@ class Backend:
         # The series exist from the start (at 0), so increase() counts the very first requests.
         self.requests.labels(*self.identity, "200")
         self.duration.labels(*self.identity)
+        self.compute_seconds = compute_seconds
+        self.gpu_seconds = None
+        if compute_seconds > 0:
+            self.gpu_seconds = Counter(
+                "canarist_gpu_seconds",
+                "GPU-seconds as canarist gpu-agent exports a pod's; the demo has no GPU: the CPU seconds its "
+                "inferences computed (gpu=cpu-stand-in)",
+                ["pod", "container", "gpu", "version"],
+                registry=self.registry,
+            ).labels(f"{service}-{version}-0", "model", CPU_STAND_IN, version)
 
     def draw(self) -> tuple[float, bool]:
         """A service time in seconds and whether to fail this request on purpose."""
@@ -161,6 +190,8 @@ class Backend:
         if features.shape != (N_FEATURES,) or not np.all(np.isfinite(features)):
             raise ValueError(f"expected {N_FEATURES} finite features, got shape {features.shape}")
         score = self.triton.score(features) if self.triton is not None else float(self.model.predict_proba(features)[0])
+        if self.gpu_seconds is not None:
+            self.gpu_seconds.inc(spend_cpu(self.compute_seconds))
         return {"fraud": score >= self.model.threshold, "score": round(score, 6), "version": self.version}
 
 
@@ -276,6 +307,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--error-rate", type=float, default=0.0, help="share of requests failed on purpose (500)")
     parser.add_argument("--seed", type=int, default=None, help="seed of the service times and failures")
     parser.add_argument("--triton", help="score through this Triton (host:port) instead of in-process")
+    parser.add_argument(
+        "--compute-ms",
+        type=float,
+        default=0.0,
+        help="CPU time each inference computes, exported as canarist_gpu_seconds_total (a GPU stand-in)",
+    )
     parser.add_argument("--host", default="127.0.0.1", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -294,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
             error_rate=args.error_rate,
             seed=args.seed,
             triton=args.triton,
+            compute_seconds=args.compute_ms / 1000.0,
         )
         server = ModelServer(args.port, backend, args.host)
     except (OSError, ValueError, KeyError) as exc:

@@ -141,20 +141,15 @@ ELSEWHERE_POD = pod(UID_ELSEWHERE, "fraud-v41-on-another-node", {"version": "v41
 
 @dataclass
 class NodeLocalApi(LocalApiServer):
-    """The local API stand-in, plus the field selector a node agent lists pods with (``spec.nodeName``),
-    which the stand-in does not implement (it knows ``metadata.*`` only)."""
+    """The local API stand-in, recording the node each pod listing asks for (its ``spec.nodeName`` field selector)."""
 
     node_lists: list[str | None] = field(default_factory=list)
 
     def _list(self, route: Any, query: dict[str, str]) -> dict[str, Any]:
-        terms = [t for t in query.get("fieldSelector", "").split(",") if t]
-        node = next((t.partition("=")[2] for t in terms if t.startswith("spec.nodeName=")), None)
         if route.resource.plural == "pods":
-            self.node_lists.append(node)
-        rest = ",".join(t for t in terms if not t.startswith("spec.nodeName="))
-        listing: dict[str, Any] = super()._list(route, {**query, "fieldSelector": rest})
-        if node is not None:
-            listing["items"] = [i for i in listing["items"] if (i.get("spec") or {}).get("nodeName") == node]
+            terms = [t for t in query.get("fieldSelector", "").split(",") if t]
+            self.node_lists.append(next((t.partition("=")[2] for t in terms if t.startswith("spec.nodeName=")), None))
+        listing: dict[str, Any] = super()._list(route, query)
         return listing
 
 

@@ -179,6 +179,29 @@ def test_pods_and_strategic_merge_patch(server) -> None:
     assert [p.metadata.name for p in core.list_namespaced_pod(NS, field_selector="metadata.name=b").items] == ["b"]
 
 
+def test_pods_are_listed_by_node_as_a_node_agent_asks_and_other_resources_refuse_that_field(api) -> None:
+    core = client.CoreV1Api(api.api_client)
+    for name, node in (("a", "gpu-1"), ("b", "gpu-2"), ("c", "gpu-1")):
+        core.create_namespaced_pod(
+            NS,
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": name},
+                "spec": {"containers": [], "nodeName": node},
+            },
+        )
+    on_node = core.list_pod_for_all_namespaces(field_selector="spec.nodeName=gpu-1").items
+    assert [p.metadata.name for p in on_node] == ["a", "c"]
+    assert [
+        p.metadata.name
+        for p in core.list_namespaced_pod(NS, field_selector="spec.nodeName=gpu-1,metadata.name=c").items
+    ] == ["c"]
+    with pytest.raises(ApiException) as refused:
+        client.CoordinationV1Api(api.api_client).list_namespaced_lease(NS, field_selector="spec.nodeName=gpu-1")
+    assert refused.value.status == 400 and "field label not supported" in str(refused.value.body)
+
+
 def test_list_has_the_current_resource_version_and_filters(api) -> None:
     create(api, rollout("a", {"team": "x"}))
     create(api, rollout("b", {"team": "y"}))

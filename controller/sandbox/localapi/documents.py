@@ -137,15 +137,29 @@ def selected(obj: dict[str, Any], labels: list[tuple[str, str, set[str]]], field
         }[op]
         if not ok:
             return False
-    return all(str(metadata.get(name.removeprefix("metadata."), "")) == value for name, value in fields.items())
+    return all(_field(obj, name) == value for name, value in fields.items())
 
 
-def field_matcher(selector: str) -> dict[str, str]:
+def _field(obj: dict[str, Any], path: str) -> str:
+    """The value a field selector compares: the dotted ``path`` in ``obj`` as text, "" when absent."""
+    value: Any = obj
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return "" if value is None else str(value)
+
+
+#: The fields each resource may be selected on besides metadata.name and metadata.namespace, as the
+#: API server allows them (a node agent lists its node's pods by ``spec.nodeName``).
+RESOURCE_FIELDS = {"pods": frozenset({"spec.nodeName", "spec.restartPolicy", "status.phase", "status.podIP"})}
+
+
+def field_matcher(selector: str, resource: str = "") -> dict[str, str]:
+    allowed = {"metadata.name", "metadata.namespace", *RESOURCE_FIELDS.get(resource, ())}
     out = {}
     for term in filter(None, (t.strip() for t in selector.split(","))):
         name, _, value = term.partition("=")
         name = name.rstrip("=")
-        if name not in ("metadata.name", "metadata.namespace"):
+        if name not in allowed:
             raise ApiError(400, f'field label not supported: "{name}"')
         out[name] = value.lstrip("=")
     return out

@@ -10,10 +10,11 @@ against a mock of the client's methods:
   changes nothing is a no-op (same resourceVersion, no watch event), as in the real server;
 - create (201, 409 AlreadyExists), get (404 NotFound), list (the list's resourceVersion, label
   selectors ``k=v k==v k!=v k !k k in (a,b) k notin (a,b)``, fieldSelector on metadata.name and
-  metadata.namespace), replace (409 Conflict on a stale resourceVersion; custom resources need one,
-  built-ins may update unconditionally), merge-patch, strategic-merge-patch (applied as a merge
-  patch: lists are replaced, not merged by key) and JSON-patch, delete (preconditions, finalizers
-  set deletionTimestamp, ownerReference garbage collection in the background style, or Orphan);
+  metadata.namespace, and a pod's spec.nodeName and status.phase), replace (409 Conflict on a stale
+  resourceVersion; custom resources need one, built-ins may update unconditionally), merge-patch,
+  strategic-merge-patch (applied as a merge patch: lists are replaced, not merged by key) and
+  JSON-patch, delete (preconditions, finalizers set deletionTimestamp, ownerReference garbage
+  collection in the background style, or Orphan);
 - the status subresource: writes to ``/status`` change only status, writes to the object keep the
   stored status (and create drops it) for resources that have one;
 - watch: ``?watch=true&resourceVersion=N`` streams ADDED/MODIFIED/DELETED since N as JSON lines

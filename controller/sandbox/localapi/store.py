@@ -74,7 +74,7 @@ class ObjectStore:
 
     def _list(self, route: Route, query: dict[str, str]) -> dict[str, Any]:
         labels = label_matcher(query.get("labelSelector", ""))
-        fields = field_matcher(query.get("fieldSelector", ""))
+        fields = field_matcher(query.get("fieldSelector", ""), route.resource.plural)
         items = [
             self._out(route, obj)
             for key, obj in sorted(self.objects.items())
@@ -268,7 +268,7 @@ class ObjectStore:
     def watch(self, route: Route, query: dict[str, str]) -> Iterator[dict[str, Any]]:
         """The watch stream: events since ``resourceVersion`` until ``timeoutSeconds`` or shutdown."""
         labels = label_matcher(query.get("labelSelector", ""))
-        fields = field_matcher(query.get("fieldSelector", ""))
+        fields = field_matcher(query.get("fieldSelector", ""), route.resource.plural)
         deadline = time.monotonic() + float(query.get("timeoutSeconds") or 1800)
         since = query.get("resourceVersion", "")
         with self.cond:

@@ -12,18 +12,16 @@ seconds (a client trickling a byte at a time), so slow clients cannot pile up th
 
 from __future__ import annotations
 
-import contextlib
-import socket
 import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from http.server import ThreadingHTTPServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from controller.api.status import Phase
+from controller.edges.ops_http import serve_pages
 from controller.engine.reconcile import Outcome
 
 #: Seconds a client of the operations server may stay silent before its connection is dropped.
@@ -90,53 +88,19 @@ class ControllerMetrics:
 def serve(metrics: ControllerMetrics, port: int, host: str = "127.0.0.1") -> ThreadingHTTPServer:
     """Start the operations HTTP server on ``host``:``port`` in a daemon thread; the caller shuts it down."""
 
-    class Handler(BaseHTTPRequestHandler):
-        timeout = SOCKET_TIMEOUT  # the socket's timeout: a silent client is dropped
+    def healthz() -> tuple[int, bytes, str]:
+        age = metrics.stalled()
+        if age is None:
+            return 200, b"ok\n", "text/plain"
+        return 503, f"stalled: no loop pass completed for {age:.0f}s\n".encode(), "text/plain"
 
-        def setup(self) -> None:
-            super().setup()
-            self._deadline = threading.Timer(REQUEST_DEADLINE, self._cut)
-            self._deadline.daemon = True
-            self._deadline.start()
+    def readyz() -> tuple[int, bytes, str]:
+        ready = metrics.ready.is_set()
+        return (200, b"ok\n", "text/plain") if ready else (503, b"starting\n", "text/plain")
 
-        def finish(self) -> None:
-            self._deadline.cancel()
-            super().finish()
-
-        def _cut(self) -> None:
-            """The connection outlived its deadline (a trickling client): end it."""
-            with contextlib.suppress(OSError):  # closed meanwhile
-                self.connection.shutdown(socket.SHUT_RDWR)
-
-        def do_GET(self) -> None:
-            if self.path == "/metrics":
-                self._send(200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST)
-            elif self.path == "/healthz":
-                age = metrics.stalled()
-                if age is None:
-                    self._send(200, b"ok\n", "text/plain")
-                else:
-                    self._send(503, f"stalled: no loop pass completed for {age:.0f}s\n".encode(), "text/plain")
-            elif self.path == "/readyz":
-                ready = metrics.ready.is_set()
-                self._send(200 if ready else 503, b"ok\n" if ready else b"starting\n", "text/plain")
-            else:
-                self._send(404, b"not found\n", "text/plain")
-
-        def _send(self, code: int, body: bytes, content_type: str) -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: Any) -> None:
-            return
-
-    class Server(ThreadingHTTPServer):
-        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET  # "::" for dual-stack pods
-        daemon_threads = True
-
-    server = Server((host, port), Handler)
-    threading.Thread(target=server.serve_forever, name="canarist-ops", daemon=True).start()
-    return server
+    pages = {
+        "/metrics": lambda: (200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST),
+        "/healthz": healthz,
+        "/readyz": readyz,
+    }
+    return serve_pages(pages, port, host, name="canarist-ops", socket_timeout=SOCKET_TIMEOUT, deadline=REQUEST_DEADLINE)

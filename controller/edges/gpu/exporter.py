@@ -1,19 +1,14 @@
 """The agent's ``/metrics`` and ``/healthz``: the latest snapshot as Prometheus series.
 
 A custom collector writes out the agent's current snapshot at each scrape, so a series the last
-sample did not see is simply not written (no stale label sets to remove). The HTTP server drops a
-client silent for ``SOCKET_TIMEOUT`` seconds and any connection still open after
-``REQUEST_DEADLINE`` seconds, so slow clients cannot pile up threads (as the controller's own).
+sample did not see is simply not written (no stale label sets to remove). The HTTP server is the
+controller's (:mod:`controller.edges.ops_http`): slow clients cannot pile up threads.
 """
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from http.server import ThreadingHTTPServer
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -22,6 +17,7 @@ from prometheus_client.registry import Collector
 
 from controller.edges.gpu.agent import Agent
 from controller.edges.gpu.series import LABELS
+from controller.edges.ops_http import serve_pages
 
 #: Seconds a client may stay silent before its connection is dropped.
 SOCKET_TIMEOUT = 5.0
@@ -105,49 +101,13 @@ def serve(agent: Agent, port: int, host: str = "127.0.0.1") -> ThreadingHTTPServ
     Raises OSError when the address cannot be bound."""
     registry = registry_for(agent)
 
-    class Handler(BaseHTTPRequestHandler):
-        timeout = SOCKET_TIMEOUT
+    def healthz() -> tuple[int, bytes, str]:
+        age = agent.stalled()
+        if age is None:
+            return 200, b"ok\n", "text/plain"
+        return 503, f"stalled: no sample completed for {age:.0f}s\n".encode(), "text/plain"
 
-        def setup(self) -> None:
-            super().setup()
-            self._deadline = threading.Timer(REQUEST_DEADLINE, self._cut)
-            self._deadline.daemon = True
-            self._deadline.start()
-
-        def finish(self) -> None:
-            self._deadline.cancel()
-            super().finish()
-
-        def _cut(self) -> None:
-            with contextlib.suppress(OSError):
-                self.connection.shutdown(socket.SHUT_RDWR)
-
-        def do_GET(self) -> None:
-            if self.path == "/metrics":
-                self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
-            elif self.path == "/healthz":
-                age = agent.stalled()
-                if age is None:
-                    self._send(200, b"ok\n", "text/plain")
-                else:
-                    self._send(503, f"stalled: no sample completed for {age:.0f}s\n".encode(), "text/plain")
-            else:
-                self._send(404, b"not found\n", "text/plain")
-
-        def _send(self, code: int, body: bytes, content_type: str) -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: Any) -> None:
-            return
-
-    class Server(ThreadingHTTPServer):
-        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        daemon_threads = True
-
-    server = Server((host, port), Handler)
-    threading.Thread(target=server.serve_forever, name="canarist-gpu-agent", daemon=True).start()
-    return server
+    pages = {"/metrics": lambda: (200, generate_latest(registry), CONTENT_TYPE_LATEST), "/healthz": healthz}
+    return serve_pages(
+        pages, port, host, name="canarist-gpu-agent", socket_timeout=SOCKET_TIMEOUT, deadline=REQUEST_DEADLINE
+    )

@@ -131,7 +131,9 @@ CASES = {
     "accuracy SLO breach": (ACCURACY, rates(3, 0.92, 0.60), 3, F, True),
     "accuracy inconclusive": (ACCURACY, rates(1, 0.92, 0.92, n=100), 1, U, False),
     "gpu guardrail pass": (GPU_UTIL, gauges(20, 0.5, 0.5), 20, P, False),
-    "gpu guardrail breach": (GPU_UTIL, gauges(20, 0.5, 0.99, jitter=0.005), 20, F, True),
+    # The exact (betting) guardrail can bet at most 1 / 0.95 against a mean <= 95 %, so a 99 % canary
+    # earns <= log(0.99 / 0.95) ~ 0.04 nats a pod-interval: an hour of 1-minute windows on 2 pods.
+    "gpu guardrail breach": (GPU_UTIL, gauges(60, 0.5, 0.99, jitter=0.005), 60, F, True),
     "gpu guardrail inconclusive": (GPU_UTIL, gauges(3, 0.5, 0.94), 3, U, False),
     "gpu cost pass": (GPU_COST, gauges(30, 0.02, 0.02), 30, P, False),
     "gpu cost regression": (GPU_COST, gauges(20, 0.02, 0.04), 20, F, False),

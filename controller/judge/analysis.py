@@ -313,7 +313,8 @@ def _gauge(metric: Metric, series: GaugeSeries, alpha: float) -> tuple[list[Chec
     if (limit := slo_max(metric)) is not None:
         upper = limit * GAUGE_CEILING_FACTOR if seconds else 1.0
         clipped = [[min(v, upper) for v in g] for g in canary_only]
-        guard = stats.gauge_guardrail(clipped, limit=limit, lower=0.0, upper=upper, alpha=alpha)
+        guardrail = stats.normal_guardrail if seconds else stats.gauge_guardrail  # shares: exact betting
+        guard = guardrail(clipped, limit=limit, lower=0.0, upper=upper, alpha=alpha)
         shown = _seconds(guard.mean) if seconds else f"{guard.mean:.1%}"
         bound = _seconds(limit) if seconds else f"{limit:.0%}"
         checks.append(Check(guard.e_value, guard.e_value_within, f"SLO <= {bound}: canary mean {shown}", slo=True))
@@ -328,9 +329,15 @@ def _gauge(metric: Metric, series: GaugeSeries, alpha: float) -> tuple[list[Chec
             relative = relative_margin(metric) or 0.0
         else:
             absolute = absolute_margin(metric) or 0.0
-        test = stats.gauge_comparison_test(
-            canary, stable, relative_margin=relative, absolute_margin=absolute, alpha=alpha
-        )
+        if TRAITS[metric.kind].unit is Unit.FRACTION:  # shares in [0, 1]: the exact betting test
+            canary, stable = ([[min(v, 1.0) for v in g] for g in version] for version in (canary, stable))
+            test = stats.bounded_comparison_test(
+                canary, stable, relative_margin=relative, absolute_margin=absolute, alpha=alpha
+            )
+        else:  # seconds have no bound to bet against: the approximate normal mixture
+            test = stats.gauge_comparison_test(
+                canary, stable, relative_margin=relative, absolute_margin=absolute, alpha=alpha
+            )
         estimate, interval = test.estimate, (test.ci_low, test.ci_high)
         margin = f"+{relative:.0%}" if relative else f"+{_seconds(absolute) if seconds else f'{absolute:.2%}'}"
         checks.append(

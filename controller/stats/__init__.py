@@ -16,8 +16,10 @@ Which test for which policy margin:
 - latency SLO on the canary: :func:`latency_slo_test`; relative margin on the latency distribution
   (powerful on coarse buckets): :func:`latency_shift_test`; quantile-only comparison at bucket
   resolution: :func:`latency_regression_test`;
-- GPU utilisation / memory guardrails: :func:`gauge_guardrail`; GPU-seconds per inference:
-  :func:`gauge_comparison_test`;
+- GPU utilisation / memory guardrails: :func:`gauge_guardrail`; canary vs stable on GPU
+  utilisation / memory share (exact, bounded): :func:`bounded_comparison_test`; GPU-seconds per
+  inference (approximate, unbounded): :func:`gauge_comparison_test`; a seconds mean against its
+  SLO (approximate): :func:`normal_guardrail`;
 - fixed-horizon references for reports and benchmarks: :mod:`controller.stats.fixed`.
 """
 
@@ -32,8 +34,10 @@ from controller.stats.fixed import (
 from controller.stats.gauges import (
     GaugeComparisonResult,
     GuardrailResult,
+    bounded_comparison_test,
     gauge_comparison_test,
     gauge_guardrail,
+    normal_guardrail,
 )
 from controller.stats.histograms import QuantileEstimate, histogram_quantile
 from controller.stats.latency import (
@@ -69,6 +73,7 @@ __all__ = [
     "StatsInputError",
     "TwoProportionResult",
     "binned_mannwhitneyu",
+    "bounded_comparison_test",
     "count_regression_test",
     "fisher_exact_test",
     "gauge_comparison_test",
@@ -77,6 +82,7 @@ __all__ = [
     "latency_regression_test",
     "latency_shift_test",
     "latency_slo_test",
+    "normal_guardrail",
     "proportion_test",
     "rate_slo_test",
     "sample_ratio_test",

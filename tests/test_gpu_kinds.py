@@ -22,9 +22,9 @@ import pytest
 
 from controller.api.load import load
 from controller.api.model import ModelRollout
+from controller.api.status import Verdict
 from controller.edges.prometheus import PrometheusClient, PrometheusSettings, observe
 from controller.judge.analysis import analyse
-from controller.judge.machine import Verdict
 from controller.metrics.samples import GaugeSeries, Observation, Window
 from tests.prometheus_fixture import OpenMetrics, PrometheusServer
 

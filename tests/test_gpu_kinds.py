@@ -63,6 +63,8 @@ spec:
       - {{name: dcgm-util, kind: DcgmGpuUtilization, slo: {{max: 95%}}}}
       - {{name: dcgm-mem, kind: DcgmGpuMemory, slo: {{max: 90%}}}}
       - {{name: triton-util, kind: TritonGpuUtilization, slo: {{max: 95%}}}}
+      - {{name: triton-mem, kind: TritonGpuMemory, slo: {{max: 90%}}}}
+      - {{name: dcgm-cost, kind: GpuSecondsPerInference, margin: {{relative: 20%}}}}
       - {{name: agent-mem, kind: AgentGpuMemory, margin: {{absolute: 2%}}}}
       - {{name: agent-util, kind: AgentGpuUtilization, margin: {{absolute: 5%}}}}
       - {{name: gpu-seconds-per-inference, kind: AgentGpuSecondsPerInference, margin: {{relative: 20%}}}}
@@ -91,6 +93,10 @@ def _history() -> str:
             out.add("DCGM_FI_DEV_FB_FREE", "gauge", "DCGM_FI_DEV_FB_FREE", dcgm, (t, free))
             triton = {**who, "gpu_uuid": gpu}
             out.add("nv_gpu_utilization", "gauge", "nv_gpu_utilization", triton, (t, device_util[gpu]))
+            out.add("nv_gpu_memory_used_bytes", "gauge", "nv_gpu_memory_used_bytes", triton, (t, device_used[gpu]))
+            out.add("nv_gpu_memory_total_bytes", "gauge", "nv_gpu_memory_total_bytes", triton, (t, TOTAL))
+            inferences = step * SCRAPE * REQUESTS_PER_SECOND[version] / sum(p[0] == version for p in PODS.values())
+            out.add("nv_inference_count", "counter", "nv_inference_count", {**who, "model": "fraud"}, (t, inferences))
             for container, (used, share) in containers.items():
                 agent = {**who, "container": container, "gpu": gpu}
                 if step:
@@ -167,13 +173,19 @@ def approx(*values: float) -> tuple[Any, ...]:
     return tuple(pytest.approx(v, rel=1e-9) for v in values)
 
 
-@pytest.mark.parametrize("name", ["dcgm-util", "dcgm-mem", "triton-util"])
+@pytest.mark.parametrize("name", ["dcgm-util", "dcgm-mem", "dcgm-cost", "triton-util", "triton-mem"])
 def test_device_wide_series_of_pods_sharing_a_gpu_are_not_attributable(
     name: str, gpu_look: tuple[ModelRollout, Observation]
 ) -> None:
     _, observation = gpu_look
     got = series(observation, name)
-    alone = {"dcgm-util": 0.25, "dcgm-mem": 8 * GIB / TOTAL, "triton-util": 0.25}[name]
+    alone = {
+        "dcgm-util": 0.25,
+        "dcgm-mem": 8 * GIB / TOTAL,
+        "dcgm-cost": 0.25 * 60 / (10.0 * 60 / 2),  # its GPU's utilisation x 60 s over its half of v1's inferences
+        "triton-util": 0.25,
+        "triton-mem": 8 * GIB / TOTAL,
+    }[name]
     assert got.stable == (approx(alone),) * WINDOWS  # model-v1-1, alone on GPU-B
     assert got.canary == (None,) * WINDOWS  # model-v2-0 shares GPU-A with model-v1-0
     reason = observation.metric(name).reason  # type: ignore[union-attr]

@@ -19,7 +19,15 @@ from controller.api.metrics_spec import Metric
 from controller.api.model import ModelRollout
 from controller.api.status import Verdict
 from controller.judge.analysis import SAMPLE_RATIO_NAME, SLO_SHARE, analyse, check_shares, evaluate
-from controller.metrics.samples import CountSeries, GaugeSeries, HistogramSeries, MetricData, Observation, Window
+from controller.metrics.samples import (
+    CountSeries,
+    DistributionSeries,
+    GaugeSeries,
+    HistogramSeries,
+    MetricData,
+    Observation,
+    Window,
+)
 from controller.stats.shift import MAX_WATCHED
 
 ALPHA = 0.05
@@ -50,6 +58,12 @@ ACCURACY: dict[str, Any] = {
 }
 GPU_UTIL: dict[str, Any] = {"name": "gpu-util", "kind": "DcgmGpuUtilization", "slo": {"max": 0.95}}
 GPU_COST: dict[str, Any] = {"name": "gpu-cost", "kind": "GpuSecondsPerInference", "margin": {"relative": 0.15}}
+PREDICTIONS: dict[str, Any] = {
+    "name": "predictions",
+    "kind": "PredictionDistribution",
+    "outputs": {"histogram": "model_score", "matchLabels": {"model": "m"}, "positiveAbove": 0.5},
+    "margin": {"absolute": 0.05},
+}
 
 
 def rollout(*metrics: dict[str, Any], routing: dict[str, Any] | None = None) -> ModelRollout:
@@ -113,6 +127,13 @@ def gauges(count: int, stable: float, canary: float, *, jitter: float = 0.02) ->
     return GaugeSeries(s, c)
 
 
+def outputs(count: int, canary: Sequence[float], *, n: int = 1000) -> DistributionSeries:
+    """Score counts in 4 buckets per window: stable (0.4, 0.3, 0.2, 0.1), the canary's shares as given."""
+    stable = tuple(round(n * p) for p in (0.4, 0.3, 0.2, 0.1))
+    buckets = ("<= 0.25", "(0.25, 0.5]", "(0.5, 0.75]", "(0.75, inf]")
+    return DistributionSeries(buckets, (stable,) * count, (tuple(round(n * p) for p in canary),) * count, 2)
+
+
 # Every verdict for every series type: (policy metric, series, windows, verdict, SLO breached).
 CASES = {
     "latency pass": (LATENCY, histogram(20), 20, P, False),
@@ -138,6 +159,9 @@ CASES = {
     "gpu cost pass": (GPU_COST, gauges(30, 0.02, 0.02), 30, P, False),
     "gpu cost regression": (GPU_COST, gauges(20, 0.02, 0.04), 20, F, False),
     "gpu cost inconclusive": (GPU_COST, gauges(3, 0.02, 0.02), 3, U, False),
+    "predictions alike": (PREDICTIONS, outputs(20, (0.4, 0.3, 0.2, 0.1)), 20, P, False),
+    "predictions drifted": (PREDICTIONS, outputs(10, (0.2, 0.3, 0.2, 0.3)), 10, F, False),
+    "predictions inconclusive": (PREDICTIONS, outputs(1, (0.38, 0.3, 0.2, 0.12), n=100), 1, U, False),
 }
 
 
@@ -178,6 +202,10 @@ def test_reasons_say_what_was_compared() -> None:
     relative = evaluate(metric(ERRORS_RELATIVE), MetricData("errors", rates(20, 0.01, 0.03)), ALPHA)
     assert "rate ratio 3.00" in relative.reason
     assert relative.estimate == pytest.approx(2.0)
+    drift = evaluate(metric(PREDICTIONS), MetricData("predictions", outputs(10, (0.2, 0.3, 0.2, 0.3))), ALPHA)
+    assert "outputs differ by 20.0%" in drift.reason and "(margin 5%)" in drift.reason
+    assert "positive rate +20.0pp" in drift.reason
+    assert drift.estimate == pytest.approx(0.2) and drift.interval is not None and drift.interval[0] > 0.05
 
 
 # --- no data --------------------------------------------------------------------------------------
@@ -199,11 +227,14 @@ def test_no_series_is_no_data_with_the_reason() -> None:
         CountSeries((10,) * 4, (1500,) * 4, (None,) * 4, (None,) * 4),
         GaugeSeries(((0.5, 0.5),) * 4, (None,) * 4),
         GaugeSeries(((0.5, 0.5),) * 4, ((),) * 4),
+        DistributionSeries(("a", "b"), ((5, 5),) * 4, (None,) * 4),
     ],
-    ids=["histogram", "counts", "gauges", "gauges-without-pods"],
+    ids=["histogram", "counts", "gauges", "gauges-without-pods", "distribution"],
 )
 def test_every_canary_window_missing_is_no_data(series: Any) -> None:
-    raw = {HistogramSeries: LATENCY, CountSeries: ERRORS, GaugeSeries: GPU_UTIL}[type(series)]
+    raw = {HistogramSeries: LATENCY, CountSeries: ERRORS, GaugeSeries: GPU_UTIL, DistributionSeries: PREDICTIONS}[
+        type(series)
+    ]
     reason = "canary: no samples (windows 0-3)"
     (evidence,) = analyse(
         rollout(raw), observation([MetricData(raw["name"], series, reason)], 4), step_started_at=0.0

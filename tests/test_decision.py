@@ -7,8 +7,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
+import yaml
 
 from controller.api.load import load
+from controller.api.model import ModelRollout
 from controller.api.schedule import RouteState, schedule
 from controller.api.status import Action, Phase, Verdict
 from controller.judge.gate import GateStatus, GateVerdict
@@ -445,6 +447,41 @@ def test_a_suspect_held_past_the_progress_deadline_gets_the_policy_choice() -> N
     aborted = decide(rollout, status, leaning(4.0, 0.5), T0 + DEADLINE + 1)
     assert aborted.action is Action.ROLLBACK
     assert "suspect: m1" in aborted.reason and "past the progress deadline" in aborted.reason
+
+
+def with_predictions(on_drift: str | None) -> ModelRollout:
+    """The policy plus a PredictionDistribution metric named ``predictions``."""
+    metric = {
+        "name": "predictions",
+        "kind": "PredictionDistribution",
+        "outputs": {"histogram": "fraud_score", "matchLabels": {"model": "fraud"}},
+        "margin": {"absolute": "10%"},
+        **({"onDrift": on_drift} if on_drift else {}),
+    }
+    doc = ROLLOUT.model_dump(by_alias=True, exclude_none=True, mode="json")
+    doc["spec"]["analysis"]["metrics"].append(metric)
+    (rollout,) = load(yaml.safe_dump(doc), "with-predictions")
+    return rollout
+
+
+@pytest.mark.parametrize(
+    ("on_drift", "others", "action", "phase", "reason"),
+    [
+        (None, P, Action.ROLLBACK, Phase.ROLLING_BACK, "regression proven: predictions"),
+        ("Rollback", P, Action.ROLLBACK, Phase.ROLLING_BACK, "regression proven: predictions"),
+        ("Pause", P, Action.PAUSE, Phase.PAUSED, "prediction drift proven: predictions"),
+        ("Pause", F, Action.ROLLBACK, Phase.ROLLING_BACK, "regression proven: latency-p99"),  # a real regression wins
+    ],
+)
+def test_a_proven_prediction_drift_rolls_back_or_pauses_as_the_policy_says(
+    on_drift: str | None, others: Verdict, action: Action, phase: Phase, reason: str
+) -> None:
+    rollout = with_predictions(on_drift)
+    status = Status(phase=Phase.PROGRESSING, step=1, step_started_at=T0)
+    drift = (metric(others, name="latency-p99"), metric(F, name="predictions"))
+    decision = decide(rollout, status, Evidence(metrics=drift, canary_requests_in_step=1000), T0 + 60)
+    assert (decision.action, decision.status.phase, decision.status.step) == (action, phase, 1)
+    assert reason in decision.reason
 
 
 def test_hold_on_suspicion_zero_never_holds() -> None:

@@ -116,6 +116,32 @@ _METRICS: list[dict[str, Any]] = [
         "slo": {"min": "85%"},
         "margin": {"absolute": "1%"},
     },
+    {
+        "name": "scores",
+        "kind": "PredictionDistribution",
+        "outputs": {
+            "histogram": "ranker_score",
+            "versionLabel": "version",
+            "namespaceLabel": "namespace",
+            "matchLabels": {"model": "ranker"},
+            "positiveAbove": 0.5,
+            "splitLabel": "split",
+        },
+        "margin": {"absolute": "10%"},
+    },
+    {
+        "name": "classes",
+        "kind": "PredictionDistribution",
+        "outputs": {
+            "counter": "ranker_class_total",
+            "classLabel": "label",
+            "matchLabels": {"model": "ranker"},
+            "positiveClasses": ["top"],
+            "splitLabel": "split",
+        },
+        "margin": {"absolute": "5%"},
+        "onDrift": "Pause",
+    },
 ]
 
 SUBSET: dict[str, Any] = {
@@ -200,6 +226,9 @@ TRITON["spec"]["routing"]["triton"] = {"model": "ranker", "stableVersion": 3, "c
 del TRITON["spec"]["strategy"]["mirror"]
 del TRITON["spec"]["gate"]["triton"]["stableUrl"]  # one Triton serves both versions
 TRITON["spec"]["gate"]["triton"]["model"] = "ranker"
+TRITON["spec"]["analysis"]["metrics"] = [  # a prediction distribution compares versions: none with cohorts here
+    m for m in TRITON["spec"]["analysis"]["metrics"] if m["kind"] != "PredictionDistribution"
+]
 for _metric in TRITON["spec"]["analysis"]["metrics"]:  # with cohorts in Triton mode, only SLO guards are valid
     _metric.pop("margin", None)
     (_metric.get("ratio") or {}).pop("splitLabel", None)  # nothing sets the split header in Triton mode

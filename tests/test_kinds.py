@@ -10,7 +10,7 @@ import pytest
 
 from controller.api.kinds import TRAITS, Shape
 from controller.api.metrics_spec import MetricKind
-from controller.metrics.kinds import READINGS, agent, custom, dcgm, hami, istio, triton
+from controller.metrics.kinds import READINGS, agent, custom, dcgm, hami, istio, outputs, triton
 
 SOURCES: dict[str, ModuleType] = {
     "istio": istio,
@@ -19,6 +19,7 @@ SOURCES: dict[str, ModuleType] = {
     "agent": agent,
     "hami": hami,
     "custom": custom,
+    "outputs": outputs,
 }
 #: Where each kind lives: kinds/<source>.py.
 HOME = {
@@ -38,6 +39,7 @@ HOME = {
     MetricKind.HAMI_GPU_MEMORY: "hami",
     MetricKind.HAMI_GPU_UTILIZATION: "hami",
     MetricKind.CUSTOM_RATIO: "custom",
+    MetricKind.PREDICTION_DISTRIBUTION: "outputs",
 }
 #: The series each kind is read into: the report shows a counts kind's relative margin as a rate's.
 SHAPES = {
@@ -45,6 +47,7 @@ SHAPES = {
     MetricKind.ISTIO_ERROR_RATE: Shape.COUNTS,
     MetricKind.TRITON_ERROR_RATE: Shape.COUNTS,
     MetricKind.CUSTOM_RATIO: Shape.COUNTS,
+    MetricKind.PREDICTION_DISTRIBUTION: Shape.DISTRIBUTION,
     **{
         k: Shape.GAUGES
         for k in (

@@ -23,7 +23,7 @@ from controller.metrics.kinds.istio import REQUESTS as ISTIO_REQUESTS
 from controller.metrics.measure import REQUESTS_KEY, build_observations, metric_queries, no_data, plan
 from controller.metrics.plan import Plan
 from controller.metrics.read import MAX_HISTOGRAM_EDGES, coarsen
-from controller.metrics.samples import CountSeries, GaugeSeries, HistogramSeries, Window
+from controller.metrics.samples import CountSeries, DistributionSeries, GaugeSeries, HistogramSeries, Window
 from controller.metrics.selectors import (
     CatalogError,
     Matcher,
@@ -61,6 +61,16 @@ spec:
       - {name: agent-cost, kind: AgentGpuSecondsPerInference, margin: {relative: 10%}}
       - {name: hami-mem, kind: HamiGpuMemory, slo: {max: 90%}}
       - {name: hami-util, kind: HamiGpuUtilization, margin: {absolute: 5%}}
+      - name: scores
+        kind: PredictionDistribution
+        outputs: {histogram: ranker_score, matchLabels: {model: ranker}, positiveAbove: 0.5}
+        margin: {absolute: 10%}
+      - name: classes
+        kind: PredictionDistribution
+        outputs: {counter: ranker_class_total, classLabel: label, matchLabels: {model: ranker},
+                  positiveClasses: [top]}
+        margin: {absolute: 5%}
+        onDrift: Pause
       - name: accuracy
         kind: CustomRatio
         ratio:
@@ -193,6 +203,12 @@ GOLDEN: dict[str, tuple[str, ...]] = {
         hami_query("hami_vgpu_memory_limit_bytes", "vGPU_device_memory_limit_in_bytes"),
     ),
     "hami-util": (hami_query("hami_container_device_utilization_ratio", "Device_utilization_desc_of_container"),),
+    "scores": counter(
+        "ranker_score_bucket", "namespace, model, version", 'namespace="ml", model="ranker", version=~"r1|r2"', "le"
+    ),
+    "classes": counter(
+        "ranker_class_total", "namespace, model, version", 'namespace="ml", model="ranker", version=~"r1|r2"', "label"
+    ),
     "accuracy": (
         *counter("correct_total", CUSTOM_BY, CUSTOM_SEL),
         *counter("labelled_total", CUSTOM_BY, CUSTOM_SEL),
@@ -511,7 +527,7 @@ def windows(n: int, length: float = 60.0, end: float = 6000.0) -> list[Window]:
 def test_query_count_does_not_grow_with_rollouts(n: int) -> None:
     rollouts = fleet(n)
     the_plan = plan(rollouts, {r.key: windows(10) for r in rollouts}, at=6000)
-    assert len(the_plan.queries) == len(plan(fleet(1), {"ns0/svc0": windows(10)}, at=6000).queries) == 36
+    assert len(the_plan.queries) == len(plan(fleet(1), {"ns0/svc0": windows(10)}, at=6000).queries) == 40
     istio = next(q.promql for q in the_plan.queries if q.promql.startswith("sum by") and "istio_requests" in q.promql)
     for i in range(n):
         assert f"ns{i}" in istio and f"svc{i}" in istio
@@ -522,7 +538,7 @@ def test_one_query_per_window_length_not_per_window() -> None:
     rollouts = fleet(3)
     by = {rollouts[0].key: windows(5, 60.0), rollouts[1].key: windows(5, 120.0), rollouts[2].key: windows(7, 60.0)}
     the_plan = plan(rollouts, by, at=6000)
-    assert len(the_plan.queries) == 72  # two window lengths
+    assert len(the_plan.queries) == 80  # two window lengths
     sixty = [q for q in the_plan.queries if "[60s]" in q.promql]
     assert {len(q.times) for q in sixty} == {7}
 
@@ -833,6 +849,46 @@ def test_hami_kinds_per_pod() -> None:
         hami.MEMORY_LIMIT[0],
         hami.UTILIZATION[0],
     }
+
+
+def outputs_family(name: str) -> Family:
+    plan_of = {m.name: m for m in look()[0].targets[0].metrics}
+    return plan_of[name].asks[Role.BUCKETS].family
+
+
+def test_score_histograms_become_counts_per_score_range_on_the_shared_bounds() -> None:
+    the_plan, a = look()
+    scores = outputs_family("scores")
+    who = {"namespace": "ml", "model": "ranker"}
+    for w in range(3):
+        for le, n in (("0.25", 50.0), ("0.5", 80.0), ("0.75", 90.0), ("+Inf", 100.0)):
+            a.add(scores, w, n, version="r1", le=le, **who)
+        for le, n in (("0.25", 10.0), ("0.5", 20.0), ("0.6", 25.0), ("0.75", 60.0), ("+Inf", 100.0)):
+            a.add(scores, w, n if w != 1 or le != "0.75" else 10.0, version="r2", le=le, **who)  # window 1 broken
+        a.add(scores, w, 999.0, version="r2", le="+Inf", namespace="team-b", model="ranker")
+    data = observed(the_plan, a).metric("scores")
+    assert isinstance(data.series, DistributionSeries)
+    assert data.series.buckets == ("<= 0.25", "(0.25, 0.5]", "(0.5, 0.75]", "(0.75, inf]")
+    assert data.series.stable == ((50, 30, 10, 10),) * 3
+    assert data.series.canary == ((10, 10, 40, 40), None, (10, 10, 40, 40))
+    assert data.series.positive_from == 2  # scores above 0.5
+    assert "canary: ranker_score_bucket buckets are not cumulative (window 1)" in data.reason
+
+
+def test_class_counters_become_counts_per_class_the_positive_ones_last() -> None:
+    the_plan, a = look()
+    classes = outputs_family("classes")
+    who = {"namespace": "ml", "model": "ranker"}
+    for w in range(3):
+        for label, n in (("top", 30.0), ("middle", 50.0), ("bottom", 20.0)):
+            a.add(classes, w, n, version="r1", label=label, **who)
+        a.add(classes, w, 70.0, version="r2", label="top", **who)
+        a.add(classes, w, 30.0, version="r2", label="bottom", **who)  # never predicts middle
+    data = observed(the_plan, a).metric("classes")
+    assert data.series.buckets == ("bottom", "middle", "top")
+    assert data.series.stable == ((20, 50, 30),) * 3
+    assert data.series.canary == ((30, 0, 70),) * 3
+    assert data.series.positive_from == 2
 
 
 def test_triton_error_counts_sum_pods_and_default_failures_to_zero() -> None:

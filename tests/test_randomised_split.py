@@ -115,6 +115,8 @@ COMPARISONS = [
     ("IstioErrorRate", None, True),
     ("CustomRatio", "split", True),
     ("CustomRatio", None, False),
+    ("PredictionDistribution", "split", True),
+    ("PredictionDistribution", None, False),
     ("TritonLatency", None, False),
     ("DcgmGpuUtilization", None, False),
 ]
@@ -135,19 +137,24 @@ def test_a_comparison_needs_series_that_leave_cohorts_out(
     }
     if kind == "IstioLatency":
         metric["quantile"] = 0.9
+    source = {"CustomRatio": "ratio", "PredictionDistribution": "outputs"}.get(kind)
     if kind == "CustomRatio":
         metric["ratio"] = {"success": "ok_total", "total": "all_total", "matchLabels": {"service": "embedder"}}
-        if split_label:
-            metric["ratio"]["splitLabel"] = split_label
+    if kind == "PredictionDistribution":
+        metric["outputs"] = {"histogram": "embedder_score", "matchLabels": {"service": "embedder"}}
+    if split_label and source:
+        metric[source]["splitLabel"] = split_label
     body["spec"]["analysis"]["metrics"] = [metric]
     if split_label and not cohorts:  # nothing would set the header: only forged requests would count
-        with pytest.raises(PolicyError, match=r"ratio\.splitLabel: only with A/B cohorts"):
+        with pytest.raises(PolicyError, match=rf"{source}\.splitLabel: only with A/B cohorts"):
             rollout_of(body)
     elif allowed or not cohorts:
         rollout_of(body)
     else:
         with pytest.raises(PolicyError, match=r"metrics\[0\]\.margin: A/B cohorts and sticky users"):
             rollout_of(body)
+        if kind == "PredictionDistribution":
+            return  # it compares the versions or nothing: no SLO guard to fall back on
         metric.pop("margin")
         metric["slo"] = {"min": "50%"} if kind == "CustomRatio" else {"max": "1s" if "Latency" in kind else "50%"}
         rollout_of(body)  # an SLO guard, on the canary alone, stays valid on any traffic

@@ -193,6 +193,21 @@ def triton(stable: int = 3, canary: int = 4) -> Mutator:
     )
 
 
+OUTPUTS: dict[str, Any] = {"histogram": "fraud_score", "matchLabels": {"model": "fraud"}, "positiveAbove": 0.5}
+
+
+def outputs_metric(**fields: Any) -> dict[str, Any]:
+    """A PredictionDistribution metric (valid unless ``fields`` break it; None drops a field)."""
+    metric = {
+        "name": "predictions",
+        "kind": "PredictionDistribution",
+        "outputs": OUTPUTS,
+        "margin": {"absolute": "10%"},
+    }
+    metric.update(fields)
+    return {k: v for k, v in metric.items() if v is not None}
+
+
 CASES: list[Bad] = [
     # --- unknown fields, with a "did you mean" hint, at several depths ---
     mut("unknown-top", put("apiversion", "x"), field="apiversion", reason="unknown field (did you mean 'apiVersion'?)"),
@@ -592,6 +607,79 @@ CASES: list[Bad] = [
         add_metric(custom(ratio=ratio(versionLabel="__name__"))),
         field="spec.analysis.metrics[2].ratio.versionLabel",
         reason="must be a Prometheus label name",
+    ),
+    # --- PredictionDistribution: the outputs' series and an absolute margin on the distance ---
+    mut(
+        "outputs-without-source",
+        add_metric(outputs_metric(outputs={"matchLabels": {"model": "fraud"}})),
+        field="spec.analysis.metrics[2].outputs",
+        reason="needs exactly one of histogram (scores) or counter (classes)",
+    ),
+    mut(
+        "outputs-both-sources",
+        add_metric(outputs_metric(outputs={**OUTPUTS, "counter": "fraud_predictions_total"})),
+        field="spec.analysis.metrics[2].outputs",
+        reason="needs exactly one of histogram (scores) or counter (classes)",
+    ),
+    mut(
+        "outputs-positive-classes-on-a-histogram",
+        add_metric(outputs_metric(outputs={**OUTPUTS, "positiveClasses": ["fraud"]})),
+        field="spec.analysis.metrics[2].outputs",
+        reason="positiveClasses is for a counter of classes",
+    ),
+    mut(
+        "outputs-match-labels-name-the-version",
+        add_metric(outputs_metric(outputs={**OUTPUTS, "matchLabels": {"version": "v2"}})),
+        field="spec.analysis.metrics[2].outputs",
+        reason="matchLabels must not name the namespace, version, class or split label",
+    ),
+    mut(
+        "outputs-metric-name-injection",
+        add_metric(outputs_metric(outputs={**OUTPUTS, "histogram": 'score{job="x"}'})),
+        field="spec.analysis.metrics[2].outputs.histogram",
+        reason="must be a Prometheus metric name",
+    ),
+    mut(
+        "prediction-distribution-without-outputs",
+        add_metric(outputs_metric(outputs=None)),
+        field="spec.analysis.metrics[2].outputs",
+        reason="required for kind PredictionDistribution",
+    ),
+    mut(
+        "prediction-distribution-relative-margin",
+        add_metric(outputs_metric(margin={"relative": "10%"})),
+        field="spec.analysis.metrics[2].margin",
+        reason="PredictionDistribution needs margin.absolute",
+    ),
+    mut(
+        "prediction-distribution-with-slo",
+        add_metric(outputs_metric(slo={"max": "10%"})),
+        field="spec.analysis.metrics[2].slo",
+        reason="set margin.absolute, not an slo",
+    ),
+    mut(
+        "prediction-distribution-margin-of-everything",
+        add_metric(outputs_metric(margin={"absolute": "100%"})),
+        field="spec.analysis.metrics[2].margin.absolute",
+        reason="must be below 1 (100%)",
+    ),
+    mut(
+        "outputs-on-builtin",
+        put(f"{ERRORS}.outputs", OUTPUTS),
+        field=f"{ERRORS}.outputs",
+        reason="only allowed for kind PredictionDistribution",
+    ),
+    mut(
+        "on-drift-on-builtin",
+        put(f"{ERRORS}.onDrift", "Pause"),
+        field=f"{ERRORS}.onDrift",
+        reason="only allowed for kind PredictionDistribution",
+    ),
+    mut(
+        "on-drift-unknown",
+        add_metric(outputs_metric(onDrift="Ignore")),
+        field="spec.analysis.metrics[2].onDrift",
+        reason="input should be 'Rollback' or 'Pause'",
     ),
     # --- CustomRatio scoping: the rollout's namespace, and labels that pick its own series ---
     mut(

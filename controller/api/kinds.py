@@ -26,6 +26,7 @@ class Shape(StrEnum):
     COUNTS = "counts"  # events out of trials per window: a rate (error rates, ratios)
     HISTOGRAM = "histogram"  # bucket counts per window: a latency quantile
     GAUGES = "gauges"  # one value per pod per window: a mean
+    DISTRIBUTION = "distribution"  # counts per output bucket per window: a distribution of predictions
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,9 @@ TRAITS: dict[MetricKind, KindTraits] = {
         Unit.FRACTION, True, Shape.GAUGES, "HAMi", "SM share of the device per pod"
     ),
     MetricKind.CUSTOM_RATIO: KindTraits(Unit.FRACTION, False, Shape.COUNTS, "custom counters", "success / total"),
+    MetricKind.PREDICTION_DISTRIBUTION: KindTraits(
+        Unit.FRACTION, True, Shape.DISTRIBUTION, "the model's outputs", "total variation distance of the outputs"
+    ),
 }
 
 DEFAULT_QUANTILE = 0.99

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from controller.api.gate import INTEGER_RANGES, MAX_TIMEOUT_S, MIN_TIMEOUT_S
 from controller.api.kinds import TRAITS, Unit, lower_is_better, parse_value
-from controller.api.metrics_spec import Metric, MetricKind
+from controller.api.metrics_spec import Metric, MetricKind, split_label
 from controller.api.model import ModelRollout
 from controller.api.routing import RoutingMode, StringMatch
 from controller.api.schedule import has_cohorts, split_tagged
@@ -76,9 +76,16 @@ def _randomised(rollout: ModelRollout) -> Iterator[Problem]:
     spec = rollout.spec
     if not split_tagged(rollout):  # nothing sets the header: a splitLabel would count forged requests only
         for i, metric in enumerate(spec.analysis.metrics):
-            if metric.ratio is not None and metric.ratio.split_label is not None:
+            if split_label(metric) is not None:
                 yield Problem(
-                    ("spec", "analysis", "metrics", i, "ratio", "splitLabel"),
+                    (
+                        "spec",
+                        "analysis",
+                        "metrics",
+                        i,
+                        "ratio" if metric.ratio is not None else "outputs",
+                        "splitLabel",
+                    ),
                     "only with A/B cohorts or sticky users in routing mode Subset, where canarist sets the "
                     "x-canarist-split header",
                 )
@@ -93,20 +100,19 @@ def _randomised(rollout: ModelRollout) -> Iterator[Problem]:
     for i, metric in enumerate(spec.analysis.metrics):
         if metric.margin is None:
             continue
-        tagged = (TRAITS[metric.kind].istio_split and split_tagged(rollout)) or (
-            metric.kind is MetricKind.CUSTOM_RATIO and metric.ratio is not None and metric.ratio.split_label
-        )
+        tagged = (TRAITS[metric.kind].istio_split and split_tagged(rollout)) or split_label(metric) is not None
         if not tagged:
             yield Problem(
                 ("spec", "analysis", "metrics", i, "margin"),
                 f"A/B cohorts and sticky users reach the canary without randomisation, and {metric.kind.value} "
                 "series cannot leave them out of a comparison with stable"
                 + (
-                    ": set ratio.splitLabel to the label your application sets from the x-canarist-split header"
-                    if metric.kind is MetricKind.CUSTOM_RATIO
+                    f": set {'ratio' if metric.kind is MetricKind.CUSTOM_RATIO else 'outputs'}.splitLabel to the "
+                    "label your application sets from the x-canarist-split header"
+                    if metric.kind in (MetricKind.CUSTOM_RATIO, MetricKind.PREDICTION_DISTRIBUTION)
                     else ""
                 )
-                + "; an slo alone stays valid",
+                + ("; an slo alone stays valid" if metric.kind is not MetricKind.PREDICTION_DISTRIBUTION else ""),
             )
 
 
@@ -273,6 +279,14 @@ def _metric(where: Path, metric: Metric) -> Iterator[Problem]:
             yield Problem((*where, "ratio"), "only allowed for kind CustomRatio")
         if metric.higher_is_better is not None:
             yield Problem((*where, "higherIsBetter"), "only allowed for kind CustomRatio")
+    outputs = metric.kind is MetricKind.PREDICTION_DISTRIBUTION
+    if outputs:
+        yield from _outputs(where, metric)
+        return
+    if metric.outputs is not None:
+        yield Problem((*where, "outputs"), "only allowed for kind PredictionDistribution")
+    if metric.on_drift is not None:
+        yield Problem((*where, "onDrift"), "only allowed for kind PredictionDistribution")
     if metric.slo is None and metric.margin is None:
         yield Problem(where, "needs an slo, a margin against stable, or both")
     unit_hint = "a duration such as '250ms'" if traits.unit is Unit.SECONDS else "a fraction such as 0.02 or '2%'"
@@ -294,6 +308,28 @@ def _metric(where: Path, metric: Metric) -> Iterator[Problem]:
             yield Problem((*where, "margin"), "needs exactly one of relative or absolute")
         if metric.margin.absolute is not None:
             yield from _value(metric.kind, (*where, "margin", "absolute"), metric.margin.absolute, unit_hint)
+
+
+def _outputs(where: Path, metric: Metric) -> Iterator[Problem]:
+    """A PredictionDistribution: its outputs' series and an absolute margin on the distance, nothing else."""
+    if metric.outputs is None:
+        yield Problem(
+            (*where, "outputs"),
+            "required for kind PredictionDistribution: the model's score histogram or class counter",
+        )
+    if metric.slo is not None:
+        yield Problem((*where, "slo"), "PredictionDistribution compares the versions: set margin.absolute, not an slo")
+    if metric.margin is None or metric.margin.absolute is None or metric.margin.relative is not None:
+        yield Problem(
+            (*where, "margin"),
+            "PredictionDistribution needs margin.absolute: the distance allowed between the versions' outputs, "
+            "e.g. 10%",
+        )
+        return
+    problems = list(_value(metric.kind, (*where, "margin", "absolute"), metric.margin.absolute, "a fraction: '10%'"))
+    yield from problems
+    if not problems and parse_value(metric.kind, metric.margin.absolute) >= 1:
+        yield Problem((*where, "margin", "absolute"), "must be below 1 (100%): every distance is at most 1")
 
 
 def _value(kind: MetricKind, where: Path, value: float | str, unit_hint: str) -> Iterator[Problem]:

@@ -56,7 +56,14 @@ from controller.api.metrics_spec import Metric
 from controller.api.model import ModelRollout
 from controller.api.status import Verdict
 from controller.judge.machine import Distribution, Evidence, MetricEvidence
-from controller.metrics.samples import CountSeries, GaugeSeries, HistogramSeries, MetricData, Observation
+from controller.metrics.samples import (
+    CountSeries,
+    DistributionSeries,
+    GaugeSeries,
+    HistogramSeries,
+    MetricData,
+    Observation,
+)
 
 #: Budget of the sample-ratio guard: a broken split holds the rollout, it never rolls back.
 SAMPLE_RATIO_ALPHA = 0.001
@@ -166,6 +173,8 @@ def _run(metric: Metric, data: MetricData, alpha: float) -> tuple[list[Check], N
         return _rate(metric, series, alpha)
     if isinstance(series, GaugeSeries):
         return _gauge(metric, series, alpha)
+    if isinstance(series, DistributionSeries):
+        return _outputs(metric, series, alpha)
     return None
 
 
@@ -348,6 +357,26 @@ def _gauge(metric: Metric, series: GaugeSeries, alpha: float) -> tuple[list[Chec
     n_canary = sum(len(g) for g in canary_only)
     n_stable = sum(len(series.stable[i] or ()) for i in both)
     return checks, Numbers(estimate, interval, n_stable, n_canary)
+
+
+def _outputs(metric: Metric, series: DistributionSeries, alpha: float) -> tuple[list[Check], Numbers] | None:
+    """How differently the versions predict: the total variation distance of their outputs against the margin."""
+    both = _paired(series.canary, series.stable)
+    canary = np.array([series.canary[i] for i in both], dtype=np.int64).reshape(len(both), len(series.buckets))
+    stable = np.array([series.stable[i] for i in both], dtype=np.int64).reshape(len(both), len(series.buckets))
+    if not canary.sum() or not stable.sum():
+        return None
+    margin = absolute_margin(metric) or 0.0
+    test = stats.distribution_shift_test(canary, stable, margin=margin, alpha=alpha, positive_from=series.positive_from)
+    summary = (
+        f"outputs differ by {test.distance:.1%} [{test.ci_low:.1%}, {test.ci_high:.1%}] of requests "
+        f"(margin {margin:.0%})"
+    )
+    if test.positive_shift is not None and test.positive_ci is not None:
+        low, high = test.positive_ci
+        summary += f"; positive rate {test.positive_shift * 100:+.1f}pp [{low * 100:+.1f}, {high * 100:+.1f}]"
+    checks = [Check(test.e_value, test.e_value_within, summary)]
+    return checks, Numbers(test.distance, (test.ci_low, test.ci_high), test.n_stable, test.n_canary)
 
 
 def sample_ratio_guard(rollout: ModelRollout, observation: Observation) -> MetricEvidence | None:

@@ -36,6 +36,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
+from controller.api.metrics_spec import OnDrift
 from controller.api.model import ModelRollout, OnTimeout
 from controller.api.schedule import RouteState, schedule, state_for_step
 from controller.api.status import Action, Phase, Verdict
@@ -339,6 +340,9 @@ class _Machine:
         failed = evidence.with_verdict(Verdict.FAIL)
         if failed:
             names = ", ".join(f"{m.name} ({m.reason})" for m in failed)
+            if all(self.pauses_on_drift(m.name) for m in failed):
+                why = f"prediction drift proven: {names}: paused for a human"
+                return self.go(Action.PAUSE, Phase.PAUSED, self.status.step, why)
             return self.go(Action.ROLLBACK, Phase.ROLLING_BACK, self.status.step, f"regression proven: {names}")
         nodata = evidence.with_verdict(Verdict.NODATA)
         inconclusive = evidence.with_verdict(Verdict.INCONCLUSIVE)
@@ -364,6 +368,11 @@ class _Machine:
             return self.timeout(self.rollout.spec.strategy.on_inconclusive, why, waited)
         names = ", ".join(m.name for m in inconclusive)
         return self.timeout(self.rollout.spec.strategy.on_inconclusive, f"inconclusive: {names}", waited)
+
+    def pauses_on_drift(self, name: str) -> bool:
+        """Whether the metric is a prediction distribution whose policy pauses on a proven drift."""
+        metric = next((m for m in self.rollout.spec.analysis.metrics if m.name == name), None)
+        return metric is not None and metric.on_drift is OnDrift.PAUSE
 
     def timeout(self, choice: OnTimeout, why: str, waited: float) -> Decision:
         if waited < self.deadline:

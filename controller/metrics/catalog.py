@@ -193,6 +193,7 @@ class MetricPlan:
     asks: Mapping[Role, Ask] = field(default_factory=dict)
     unsupported: str = ""
     keep: tuple[float, ...] = ()  # values (canonical unit) whose bucket bounds survive coarsening: the SLO's
+    positive_classes: tuple[str, ...] = ()  # a class counter's positive predictions (PredictionDistribution)
 
 
 def istio_version(version: ModelVersion) -> str | None:

@@ -86,7 +86,27 @@ class GaugeSeries:
     canary: tuple[tuple[float, ...] | None, ...]
 
 
-Series = CountSeries | HistogramSeries | GaugeSeries
+@dataclass(frozen=True)
+class DistributionSeries:
+    """Counts of the model's outputs per bucket (score range or class), per interval and version.
+
+    ``buckets`` name the buckets (``(0.1, 0.2]``, or a class); ``positive_from``: the first bucket
+    counted as a positive prediction, when the policy names one.
+    """
+
+    buckets: tuple[str, ...]
+    stable: tuple[tuple[int, ...] | None, ...]
+    canary: tuple[tuple[int, ...] | None, ...]
+    positive_from: int | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.buckets) < 2:
+            raise ValueError("a distribution needs at least two buckets")
+        if any(c is not None and len(c) != len(self.buckets) for c in (*self.stable, *self.canary)):
+            raise ValueError("every window's counts need one count per bucket")
+
+
+Series = CountSeries | HistogramSeries | GaugeSeries | DistributionSeries
 
 
 @dataclass(frozen=True)

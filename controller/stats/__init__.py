@@ -20,9 +20,12 @@ Which test for which policy margin:
   utilisation / memory share (exact, bounded): :func:`bounded_comparison_test`; GPU-seconds per
   inference (approximate, unbounded): :func:`gauge_comparison_test`; a seconds mean against its
   SLO (approximate): :func:`normal_guardrail`;
+- how differently the versions predict (total variation distance of their outputs, and the
+  positive rate's shift): :func:`distribution_shift_test`;
 - fixed-horizon references for reports and benchmarks: :mod:`controller.stats.fixed`.
 """
 
+from controller.stats.drift import DistributionShiftResult, distribution_shift_test
 from controller.stats.fixed import (
     FisherResult,
     MannWhitneyResult,
@@ -59,6 +62,7 @@ from controller.stats.validation import StatsInputError
 
 __all__ = [
     "CountRegressionResult",
+    "DistributionShiftResult",
     "FisherResult",
     "GaugeComparisonResult",
     "GuardrailResult",
@@ -75,6 +79,7 @@ __all__ = [
     "binned_mannwhitneyu",
     "bounded_comparison_test",
     "count_regression_test",
+    "distribution_shift_test",
     "fisher_exact_test",
     "gauge_comparison_test",
     "gauge_guardrail",

@@ -2,7 +2,7 @@
 
 Each kind's knowledge lives in the module of the exporter it is read from (:mod:`.istio`,
 :mod:`.triton`, :mod:`.dcgm`, :mod:`.agent`, :mod:`.hami`,
-:mod:`.custom`): its families, how it plans its asks for one
+:mod:`.custom`, :mod:`.outputs`): its families, how it plans its asks for one
 rollout, the shape of its series (counts, histogram or gauges, built by
 :mod:`controller.metrics.read`) and its own part of reading them (events and trials, or one pod's
 value). :data:`READINGS` gathers them, and :func:`request_asks` / :func:`count_requests` read a
@@ -20,7 +20,7 @@ from collections.abc import Mapping
 
 from controller.api.metrics_spec import MetricKind
 from controller.metrics.catalog import Ask, Role, RolloutAsks
-from controller.metrics.kinds import agent, custom, dcgm, hami, istio, triton
+from controller.metrics.kinds import agent, custom, dcgm, hami, istio, outputs, triton
 from controller.metrics.read import Builder, KindReading
 from controller.metrics.samples import Window
 
@@ -35,6 +35,7 @@ READINGS: Mapping[MetricKind, KindReading] = {
     **agent.READINGS,
     **hami.READINGS,
     **custom.READINGS,
+    **outputs.READINGS,
 }
 
 

@@ -44,7 +44,7 @@ def _asks(asks: RolloutAsks, metric: Metric) -> tuple[dict[Role, Ask], str]:
     keys = tuple(sorted(ratio.match_labels))
     identity = (ratio.namespace_label, *keys, ratio.version_label)
     fixed = (asks.ns, *(ratio.match_labels[k] for k in keys))
-    stable, canary = (_version(asks, ratio.version_label, side) for side in ("stable", "canary"))
+    stable, canary = (version_value(asks, ratio.version_label, side) for side in ("stable", "canary"))
     found: dict[Role, Ask] = {}
     split = ((ratio.split_label, SPLIT_VALUE),) if ratio.split_label is not None else ()
     for role, name in ((Role.SUCCESS, ratio.success), (Role.TOTAL, ratio.total)):
@@ -55,7 +55,7 @@ def _asks(asks: RolloutAsks, metric: Metric) -> tuple[dict[Role, Ask], str]:
     return found, ""
 
 
-def _version(asks: RolloutAsks, label: str, side: str) -> str:
+def version_value(asks: RolloutAsks, label: str, side: str) -> str:
     """The ``versionLabel`` value of one side: its pod label, else its name, or its Triton model version."""
     if asks.triton is not None:
         return str(asks.triton.stable_version if side == "stable" else asks.triton.canary_version)

@@ -1,5 +1,6 @@
 # canarist: two set-up commands on a fresh Debian machine, as root:
-#   make demo   a whole model rollout on this machine (SCENARIO=good|latency|accuracy|errors|slo-breach)
+#   make demo   a whole model rollout on this machine (SCENARIO=good|latency|accuracy|errors|slo-breach|gpu-cost|
+#               bad-signature, SERVING=builtin|triton, SEED=0)
 #   make test   lints, type-checks, checks import layers and runs the tests
 # Both install what they need themselves (Debian packages, the venv, the Python packages).
 
@@ -23,6 +24,7 @@ SCENARIO ?= good
 # builtin: the model servers score in-process; triton: each version is served by a real Triton (its
 # venv is installed for it, and for the bad-signature scenario, which always runs on Triton).
 SERVING ?= builtin
+SEED ?= 0
 DEMO_OUT ?= canarist-demo
 
 .PHONY: all demo test lint typecheck layers pytest istio-validate debian-deps venv triton clean
@@ -88,7 +90,7 @@ ifneq ($(filter triton,$(SERVING))$(filter bad-signature,$(SCENARIO)),)
 DEMO_NEEDS += $(TRITON_STAMP)
 endif
 demo: $(DEMO_NEEDS) debian-deps
-	$(BIN)/canarist demo --scenario $(SCENARIO) --serving $(SERVING) --out $(DEMO_OUT)
+	$(BIN)/canarist demo --scenario $(SCENARIO) --serving $(SERVING) --seed $(SEED) --out $(DEMO_OUT)
 
 clean:
 	rm -rf $(VENV) $(TRITON_VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis $(DEMO_OUT)

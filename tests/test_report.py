@@ -41,6 +41,7 @@ from controller.report.series import (
     metric_names,
     number,
     origin,
+    output_shares,
     timed,
     weight_after,
     weight_series,
@@ -623,3 +624,52 @@ def test_the_latency_plot_shows_the_range_with_data_and_the_slo() -> None:
     assert latency_range(no_slo) == (2.5, 1000)  # from below 10 ms to past 250 ms, where every request is in
     far_slo = Cdf("latency", 1.0, 1, "Advance", edges, shares, None, 100, 0, 2500.0, 0.9)
     assert latency_range(far_slo) == (2.5, 5000)
+
+
+# --- prediction distributions -----------------------------------------------------------------
+
+
+def with_outputs(obj: dict[str, Any]) -> dict[str, Any]:
+    """``obj`` whose policy also compares the versions' outputs, with their counts at two decisions."""
+    obj = copy.deepcopy(obj)
+    obj["spec"]["analysis"]["metrics"].append(
+        {
+            "name": "predictions",
+            "kind": "PredictionDistribution",
+            "outputs": {"histogram": "fraud_score", "matchLabels": {"model": "fraud"}, "positiveAbove": 0.5},
+            "margin": {"absolute": "10%"},
+        }
+    )
+    buckets = ["<= 0.25", "(0.25, 0.5]", "(0.5, 0.75]", f"(0.75, inf] {EVIL}"]
+    obj["status"]["distributions"] += [
+        {"at": at(5), "step": 1, "action": "Advance", "metric": "predictions", "buckets": buckets,
+         "stable": [700, 200, 60, 40], "canary": [30, 15, 3, 2]},
+        {"at": at(9), "step": 1, "action": "Rollback", "metric": "predictions", "buckets": buckets,
+         "stable": [1400, 400, 120, 80], "canary": [90, 120, 60, 30]},
+    ]  # fmt: skip
+    return obj
+
+
+def test_the_report_draws_both_versions_output_distributions_at_each_decision(tmp_path: Path) -> None:
+    obj = with_outputs(rolled_back())
+    validated(obj)
+    shares = output_shares(RolloutStatus.read(obj["status"]), stored_time(at(0)) or 0.0)
+    assert [(s.action, s.n_stable, s.n_canary) for s in shares] == [("Advance", 1000, 50), ("Rollback", 2000, 300)]
+    assert shares[1].canary == pytest.approx((0.3, 0.4, 0.2, 0.1))
+    report = build_report(obj, tmp_path / "r")
+    assert [p.name for p in report.images] == [
+        "weights.png",
+        "latency.png",
+        "outputs.png",
+        "evidence.png",
+        "estimates.png",
+    ]
+    assert_png(tmp_path / "r" / "outputs.png")
+    page = report.index.read_text()
+    assert "Output distributions" in page and EVIL not in page
+
+
+def test_a_policy_without_a_prediction_distribution_draws_none_and_says_nothing_of_it(tmp_path: Path) -> None:
+    report = build_report(rolled_back(), tmp_path / "r")
+    assert "outputs.png" not in {p.name for p in report.images}
+    assert not any("outputs.png" in n for n in report.notes)

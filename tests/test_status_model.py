@@ -354,3 +354,25 @@ def test_entries_are_kept_as_the_controller_always_kept_them() -> None:
     (decision,) = read.history
     assert (decision.reason, decision.canary_weight, decision.at) == ("5", None, None)
     assert (read.current_step, read.canary_weight, read.step_started_at) == (None, 100, T0)
+
+
+def test_a_prediction_distribution_is_recorded_by_bucket_name_and_a_huge_one_not_at_all() -> None:
+    from controller.engine.record import OUTPUT_BUCKETS_LIMIT, distributions_log
+
+    history = (Transition(T0, Phase.PROGRESSING, Phase.ROLLING_BACK, 1, 1, Action.ROLLBACK, "drift", 5),)
+    status = Status(Phase.ROLLING_BACK, 1, T0, "r", "m", history)
+    names = ("legit", "fraud", "x" * 500 + "\x1b[31m")
+    outputs = Distribution((), (80.0, 20.0, 0.0), (50.0, 40.0, 10.0), names)
+    huge = Distribution((), (1.0,) * (OUTPUT_BUCKETS_LIMIT + 1), (1.0,) * (OUTPUT_BUCKETS_LIMIT + 1), ("c",) * 33)
+    evidence = Evidence(
+        (
+            MetricEvidence("predictions", Verdict.FAIL, "drift", distribution=outputs),
+            MetricEvidence("classes", Verdict.FAIL, "drift", distribution=huge),
+        ),
+        100,
+    )
+    (entry,) = distributions_log([], status, evidence, T0, changed=True)
+    stored = entry.dump()
+    assert "edges" not in stored and stored["buckets"][:2] == ["legit", "fraud"]
+    assert len(stored["buckets"][2]) <= 63 and "\x1b" not in stored["buckets"][2]
+    assert (stored["stable"], stored["canary"]) == ([80, 20, 0], [50, 40, 10])

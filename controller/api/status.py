@@ -205,13 +205,15 @@ class AnalysisEntry(Part):
 
 
 class DistributionEntry(Part):
-    """Both versions' cumulative latency bucket counts at a decision; ``edges`` without the +Inf bucket."""
+    """Both versions' bucket counts at a decision: a latency metric's cumulative counts at ``edges``
+    (without the +Inf bucket), or a prediction distribution's counts per bucket named in ``buckets``."""
 
     at: Moment | None = None
     step: Index | None = None
     action: Annotated[Action, Field(strict=False)] | None = None
     metric: str | None = None
-    edges: list[Real] | None = None
+    edges: list[Real] | None = Field(default=None, exclude_if=_missing)
+    buckets: list[str] | None = Field(default=None, exclude_if=_missing)  # only where it applies
     stable: list[int] | None = None
     canary: list[int] | None = None
 

@@ -39,6 +39,9 @@ E_VALUE_CAP = 1e300
 ANALYSES_LIMIT = 120
 WEIGHTS_LIMIT = 100
 DISTRIBUTIONS_LIMIT = 30
+#: Most buckets of a prediction distribution the status records, and the longest bucket name kept.
+OUTPUT_BUCKETS_LIMIT = 32
+BUCKET_NAME_LIMIT = 63
 #: The status in bytes (compact JSON), whatever the metrics, looks or user strings: etcd refuses an
 #: object over 1.5 MiB, and the spec and metadata need their share. Past it the oldest log entries go.
 STATUS_BYTES_LIMIT = 256 * 1024
@@ -168,13 +171,17 @@ def analyses_log(
 def distributions_log(
     previous: list[DistributionEntry], status: Status, evidence: Evidence | None, now: float, *, changed: bool
 ) -> list[DistributionEntry]:
-    """Latency bucket counts of both versions at each look whose decision changed something."""
+    """Both versions' bucket counts (latency, or model outputs) at each look whose decision changed something.
+
+    A prediction distribution of more than :data:`OUTPUT_BUCKETS_LIMIT` buckets (a class counter
+    with many classes) is not recorded: the status has a size budget, and the report draws the rest.
+    """
     log = list(previous)
     if evidence is not None and changed:
         action = status.history[-1].action
         for metric in evidence.metrics:
             shape = metric.distribution
-            if shape is None:
+            if shape is None or (shape.buckets is not None and len(shape.buckets) > OUTPUT_BUCKETS_LIMIT):
                 continue
             log.append(
                 DistributionEntry(
@@ -182,7 +189,8 @@ def distributions_log(
                     step=status.step,
                     action=action,
                     metric=metric.name,
-                    edges=[e for e in shape.edges if math.isfinite(e)],
+                    edges=[e for e in shape.edges if math.isfinite(e)] if shape.buckets is None else None,
+                    buckets=[printable(b)[:BUCKET_NAME_LIMIT] for b in shape.buckets] if shape.buckets else None,
                     stable=[int(v) for v in shape.stable],
                     canary=[int(v) for v in shape.canary],
                 )

@@ -376,7 +376,10 @@ def _outputs(metric: Metric, series: DistributionSeries, alpha: float) -> tuple[
         low, high = test.positive_ci
         summary += f"; positive rate {test.positive_shift * 100:+.1f}pp [{low * 100:+.1f}, {high * 100:+.1f}]"
     checks = [Check(test.e_value, test.e_value_within, summary)]
-    return checks, Numbers(test.distance, (test.ci_low, test.ci_high), test.n_stable, test.n_canary)
+    pooled = Distribution(
+        (), tuple(float(x) for x in stable.sum(axis=0)), tuple(float(x) for x in canary.sum(axis=0)), series.buckets
+    )
+    return checks, Numbers(test.distance, (test.ci_low, test.ci_high), test.n_stable, test.n_canary, pooled)
 
 
 def sample_ratio_guard(rollout: ModelRollout, observation: Observation) -> MetricEvidence | None:

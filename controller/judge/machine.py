@@ -65,11 +65,13 @@ class Command:
 
 @dataclass(frozen=True)
 class Distribution:
-    """Both versions' cumulative bucket counts over the analysis so far (latency metrics)."""
+    """Both versions' bucket counts over the analysis so far: a latency metric's cumulative counts at
+    ``edges``, or a prediction distribution's counts per named bucket (``buckets``; ``edges`` empty)."""
 
     edges: tuple[float, ...]  # upper bounds in seconds, the last one +Inf
     stable: tuple[float, ...]
     canary: tuple[float, ...]
+    buckets: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)

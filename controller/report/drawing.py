@@ -20,7 +20,7 @@ matplotlib.use("Agg")  # before anything could pull in pyplot: never a display
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
-from controller.report.series import Cdf, EstimatePath, EvidencePath, Mark, WeightSeries
+from controller.report.series import Cdf, EstimatePath, EvidencePath, Mark, OutputShares, WeightSeries
 
 DPI = 100
 SHARE_TICKS = (0.01, 0.1, 0.5, 0.9, 0.99, 0.999, 0.9999)
@@ -106,6 +106,31 @@ def draw_latency(cdfs: Sequence[Cdf], path: Path, title: str) -> None:
         ax.legend(fontsize=7, loc="lower right")
     figure.suptitle(
         f"{title}: latency distributions at each decision (cumulative since the analysis began)", parse_math=False
+    )
+    _save(figure, path)
+
+
+def draw_outputs(items: Sequence[OutputShares], path: Path, title: str) -> None:
+    """Each decision's output distributions: the share of each version's outputs in each bucket, side by side."""
+    figure, axes = _panels(len(items), width=5.0, height=3.4)
+    for ax, item in zip(axes, items, strict=False):
+        x = list(range(len(item.buckets)))
+        for offset, (name, shares, n, colour) in zip(
+            (-0.2, 0.2),
+            (("stable", item.stable, item.n_stable, "tab:blue"), ("canary", item.canary, item.n_canary, "tab:orange")),
+            strict=True,
+        ):
+            if shares is not None:
+                ax.bar([i + offset for i in x], shares, width=0.4, color=colour, label=f"{name} (n={n:,})")
+        ax.set_xticks(x, list(item.buckets), rotation=45, ha="right", fontsize=6)
+        ax.set_ylabel("share of outputs")
+        step = "" if item.step is None else f", step {item.step}"
+        when = f"{item.minutes:.1f}" if item.minutes < 10 else f"{item.minutes:.0f}"
+        ax.set_title(f"{item.metric}: {item.action} at {when} min{step}", fontsize=10, parse_math=False)
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize=7, loc="best")
+    figure.suptitle(
+        f"{title}: what each version predicted, at each decision (since the analysis began)", parse_math=False
     )
     _save(figure, path)
 

@@ -124,6 +124,7 @@ def build_report(obj: Mapping[str, Any], out: Path) -> Report:
     weights = series.weight_series(status, rollout, base) if t0 is not None else None
     marks = weights.marks if weights is not None else ()
     cdfs = series.latency_cdfs(status, rollout, base)
+    outputs = series.output_shares(status, base)
     evidence = series.evidence_paths(status, rollout, base)
     estimates = series.estimate_paths(status, rollout, base)
     wanted: list[tuple[str, str, Callable[[Path], None] | None, str]] = [
@@ -139,6 +140,12 @@ def build_report(obj: Mapping[str, Any], out: Path) -> Report:
          partial(drawing.draw_estimates, estimates, marks, time_label=label, title=key) if estimates else None,
          "no look with an estimate recorded"),
     ]  # fmt: skip
+    if outputs or (rollout is not None and any(m.outputs is not None for m in rollout.spec.analysis.metrics)):
+        wanted.insert(2, (
+            "outputs.png", "Output distributions",
+            partial(drawing.draw_outputs, outputs, title=key) if outputs else None,
+            "no prediction distribution recorded at a decision yet",
+        ))  # fmt: skip
     figures, images, notes = [], [], []
     for name, heading, draw, missing in wanted:
         why = _draw(out / name, draw) if draw else missing

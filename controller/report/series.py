@@ -98,6 +98,21 @@ class Cdf:
     quantile: float | None
 
 
+@dataclass(frozen=True)
+class OutputShares:
+    """Both versions' output distributions (a prediction distribution metric) at one decision."""
+
+    metric: str
+    minutes: float
+    step: int | None
+    action: str
+    buckets: tuple[str, ...]
+    stable: tuple[float, ...] | None  # each bucket's share; None: no output of this version yet
+    canary: tuple[float, ...] | None
+    n_stable: int
+    n_canary: int
+
+
 def number(value: object) -> float | None:
     """A finite number, or None (booleans, strings and NaN are not numbers here)."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
@@ -233,6 +248,9 @@ def estimate_scale(metric: Metric | None) -> Scale:
         return Scale(100.0, "%", "relative change of the quantile (%)", shown, True)
     if TRAITS[metric.kind].shape is Shape.COUNTS and relative is not None and harm > 0:  # error rate ratio - 1
         return Scale(100.0, "%", "relative change of the rate (%)", 100 * relative, True)
+    if TRAITS[metric.kind].shape is Shape.DISTRIBUTION:  # the distance between the outputs, not a difference
+        shown = 100 * absolute if absolute is not None else None
+        return Scale(100.0, "%", "outputs answered differently (% of requests)", shown, False)
     seconds = TRAITS[metric.kind].unit is Unit.SECONDS
     factor, unit = (1000.0, "ms") if seconds else (100.0, "pp")
     shown = harm * factor * absolute if absolute is not None else None
@@ -287,6 +305,31 @@ def latency_cdfs(
                 n_canary=int(canary[-1]),
                 slo_ms=1000 * slo if slo is not None and seconds else None,
                 quantile=quantile(metric) if metric is not None else None,
+            )
+        )
+    return tuple(out[-limit:]) if limit > 0 else ()
+
+
+def output_shares(status: RolloutStatus, t0: float, limit: int = LATENCY_PANELS) -> tuple[OutputShares, ...]:
+    """The latest ``limit`` well-formed prediction-distribution records: each version's share per bucket."""
+    out = []
+    for t, e in timed(status.distributions):
+        if e.buckets is None or e.stable is None or e.canary is None:
+            continue
+        if not len(e.buckets) == len(e.stable) == len(e.canary) or len(e.buckets) < 2:
+            continue
+        stable, canary = sum(e.stable), sum(e.canary)
+        out.append(
+            OutputShares(
+                metric=e.metric if e.metric is not None else "predictions",
+                minutes=(t - t0) / 60,
+                step=e.step,
+                action=e.action.value if e.action is not None else "?",
+                buckets=tuple(e.buckets),
+                stable=tuple(x / stable for x in e.stable) if stable > 0 else None,
+                canary=tuple(x / canary for x in e.canary) if canary > 0 else None,
+                n_stable=stable,
+                n_canary=canary,
             )
         )
     return tuple(out[-limit:]) if limit > 0 else ()

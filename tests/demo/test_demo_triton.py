@@ -33,6 +33,10 @@ def test_a_good_canary_served_by_triton_passes_the_gate_and_is_promoted(tmp_path
         result.triton_inferences,
         result.loadgen,
     )
+    # the outputs compared are the scores each Triton exported itself (Python backend, HISTOGRAM kind)
+    predictions = next(m for m in result.rollout["status"]["metrics"] if m["name"] == "predictions")
+    assert predictions["verdict"] == "Pass", predictions
+    assert "fraud_score" in result.rollout["spec"]["analysis"]["metrics"][-1]["outputs"]["histogram"]
     common_checks(result)
 
 

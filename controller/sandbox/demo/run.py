@@ -52,6 +52,7 @@ from controller.sandbox.demo.scenarios import (
     demo_policy,
     interval_seconds,
 )
+from controller.sandbox.demo.server import SCORE_BUCKETS, SCORE_METRIC
 from controller.sandbox.demo.triton import TritonInstall, TritonServer, fraud_model, inference_count
 from controller.sandbox.localapi import LocalApiServer
 from controller.traffic.templating import default_environment
@@ -181,7 +182,7 @@ def _start(options: DemoOptions, work: Path, supervisor: Supervisor) -> tuple[Wo
             sys.executable, "-m", "controller.sandbox.demo.server", "--version", version, "--port", str(ports[version]),
             "--model", str(path), "--service", SERVICE, "--namespace", NAMESPACE, "--slowdown", str(slowdown),
             "--error-rate", str(errors), "--seed", str(options.seed + len(version)),
-            *(["--triton", tritons[version].url] if tritons else []),
+            *(["--triton", tritons[version].url, "--no-score-histogram"] if tritons else []),
             *(["--compute-ms", str(COMPUTE_MS * (scenario.gpu_cost if version == CANARY else 1.0))]
               if scenario.gpu_cost is not None else []),
         ]  # fmt: skip
@@ -261,7 +262,9 @@ def _start_tritons(
         (STABLE, stable, "score"),
         (CANARY, canary, "probability" if scenario.signature_change else "score"),
     ):
-        server = TritonServer(install, work / f"triton-{version}", [fraud_model(trained.to_json(), output=output)])
+        scores = (SCORE_METRIC, {"model": SERVICE}, SCORE_BUCKETS)  # the scrape adds namespace, pod and version
+        model = fraud_model(trained.to_json(), output=output, scores=scores)
+        server = TritonServer(install, work / f"triton-{version}", [model])
         supervisor.on_stop(server.stop)
         tritons[version] = server.start()
     return tritons

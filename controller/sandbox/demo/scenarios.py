@@ -63,9 +63,10 @@ SCENARIOS: dict[str, Scenario] = {
         ),
         Scenario(
             "accuracy",
-            "the canary model is less accurate on labelled outcomes: rolled back on accuracy",
+            "the canary model was trained on a broken label join: its predictions drift, and it is rolled back "
+            "before the late labels prove it less accurate",
             "Failed",
-            "accuracy",
+            "predictions",
             mislabel_rate=MISLABEL_RATE,
         ),
         Scenario(
@@ -109,7 +110,8 @@ def interval_seconds(speed: float) -> float:
 
 
 def demo_policy(speed: float = 1.0, gate: dict[str, Any] | None = None, *, gpu_cost: bool = False) -> dict[str, Any]:
-    """The ModelRollout the demo applies: latency, errors and accuracy on labelled outcomes, ``gate``
+    """The ModelRollout the demo applies: latency, errors, accuracy on labelled outcomes and how differently
+    the versions predict (their score distributions, label-free), ``gate``
     (``spec.gate``) when the versions are served by Triton, and with ``gpu_cost`` GPU-seconds per
     inference (no more than 25 % above stable's)."""
     interval = interval_seconds(speed)
@@ -158,6 +160,16 @@ def demo_policy(speed: float = 1.0, gate: dict[str, Any] | None = None, *, gpu_c
                         },
                         "slo": {"min": "75%"},
                         "margin": {"absolute": "5%"},
+                    },
+                    {
+                        "name": "predictions",
+                        "kind": "PredictionDistribution",
+                        "outputs": {
+                            "histogram": "fraud_score",
+                            "matchLabels": {"model": SERVICE},
+                            "positiveAbove": 0.5,
+                        },
+                        "margin": {"absolute": "10%"},
                     },
                 ],
             },

@@ -7,7 +7,10 @@ histograms mean something, and with probability ``--error-rate`` it is a deliber
 "slowdown": y}`` changes both live, for a canary that breaks mid-rollout. ``GET /metrics``
 exposes exactly the series an Istio sidecar reports with ``reporter="destination"``: ``istio_requests_total`` and
 ``istio_request_duration_milliseconds`` with Istio's default buckets, so the controller's real
-queries read them unchanged. ``GET /healthz`` answers ``ok``. SIGTERM or SIGINT stops it with exit 0.
+queries read them unchanged. Each answered prediction's score also goes into the histogram
+``fraud_score`` (labels ``model`` and ``version``), as an application exports its model's outputs
+(not with ``--no-score-histogram``: a Triton behind the sidecar exports them itself).
+``GET /healthz`` answers ``ok``. SIGTERM or SIGINT stops it with exit 0.
 
 With ``--compute-ms`` each inference also spends that much CPU time computing, and the server
 exports ``canarist_gpu_seconds_total`` in the shape ``canarist gpu-agent`` gives a pod's GPU time
@@ -49,6 +52,9 @@ ISTIO_LABELS = (
     "destination_version",
 )
 MAX_BODY = 64 * 1024
+#: The score histogram's bucket bounds: the model's outputs, compared between versions (PredictionDistribution).
+SCORE_METRIC = "fraud_score"
+SCORE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 #: The ``gpu`` label of the demo's GPU-time series: CPU seconds standing in for a GPU's.
 CPU_STAND_IN = "cpu-stand-in"
 
@@ -113,6 +119,7 @@ class Backend:
         seed: int | None = None,
         triton: str | None = None,
         compute_seconds: float = 0.0,
+        score_histogram: bool = True,
     ) -> None:
         if latency_median < 0 or latency_sigma < 0 or slowdown <= 0:
             raise ValueError("latency median and sigma must be >= 0 and slowdown > 0")
@@ -138,6 +145,10 @@ class Backend:
             "istio_request_duration_milliseconds", "Request duration in milliseconds, as Istio reports it.",
             ISTIO_LABELS, buckets=ISTIO_BUCKETS_MS, registry=self.registry,
         )  # fmt: skip
+        self.scores = None if not score_histogram else Histogram(
+            SCORE_METRIC, "The model's fraud scores, as the application exports its outputs.", ["model", "version"],
+            buckets=SCORE_BUCKETS, registry=self.registry,
+        ).labels(service, version)  # fmt: skip
         self.identity = ("destination", namespace, service, f"{service}-{version}", version)
         # The series exist from the start (at 0), so increase() counts the very first requests.
         self.requests.labels(*self.identity, "200")
@@ -192,6 +203,8 @@ class Backend:
         score = self.triton.score(features) if self.triton is not None else float(self.model.predict_proba(features)[0])
         if self.gpu_seconds is not None:
             self.gpu_seconds.inc(spend_cpu(self.compute_seconds))
+        if self.scores is not None:
+            self.scores.observe(score)
         return {"fraud": score >= self.model.threshold, "score": round(score, 6), "version": self.version}
 
 
@@ -308,6 +321,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=None, help="seed of the service times and failures")
     parser.add_argument("--triton", help="score through this Triton (host:port) instead of in-process")
     parser.add_argument(
+        "--no-score-histogram",
+        action="store_true",
+        help="do not export the scores (the Triton behind this sidecar exports them itself)",
+    )
+    parser.add_argument(
         "--compute-ms",
         type=float,
         default=0.0,
@@ -332,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             triton=args.triton,
             compute_seconds=args.compute_ms / 1000.0,
+            score_histogram=not args.no_score_histogram,
         )
         server = ModelServer(args.port, backend, args.host)
     except (OSError, ValueError, KeyError) as exc:

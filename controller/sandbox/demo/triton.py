@@ -251,11 +251,20 @@ class TritonServer:
 REPOSITORY_ROOT = Path(__file__).resolve().parents[3]
 
 
-def fraud_model(model_json: str, *, output: str = "score", name: str = "fraud") -> PythonModel:
+def fraud_model(
+    model_json: str,
+    *,
+    output: str = "score",
+    name: str = "fraud",
+    scores: tuple[str, dict[str, str], tuple[float, ...]] | None = None,
+) -> PythonModel:
     """The demo's fraud classifier as a one-version Triton model: the same
     :class:`~controller.sandbox.demo.model.Model` code (imported from this repository) on ``model_json``,
     its ``features`` (FP32, [-1, 8]) scored into ``output`` (FP32, [-1]); another output name is
-    another signature (the bad-signature scenario's canary)."""
+    another signature (the bad-signature scenario's canary). With ``scores`` (a metric name, its
+    labels and bucket bounds), Triton exports the scores as a histogram from the Python backend
+    (``pb_utils.MetricFamily`` of kind HISTOGRAM), as a model exports its outputs."""
+    metric, labels, buckets = scores if scores is not None else ("", {}, ())
     source = textwrap.dedent(
         f"""\
         import sys
@@ -270,11 +279,22 @@ def fraud_model(model_json: str, *, output: str = "score", name: str = "fraud") 
 
 
         class TritonPythonModel:
+            def initialize(self, args):
+                self.family = self.scores = None  # the family must outlive its metric
+                if {metric!r}:
+                    self.family = pb_utils.MetricFamily(
+                        name={metric!r}, description="the model's scores", kind=pb_utils.MetricFamily.HISTOGRAM
+                    )
+                    self.scores = self.family.Metric(labels={labels!r}, buckets={list(buckets)!r})
+
             def execute(self, requests):
                 answers = []
                 for request in requests:
                     x = pb_utils.get_input_tensor_by_name(request, "features").as_numpy()
                     score = MODEL.predict_proba(x.astype(np.float64)).astype(np.float32)
+                    if self.scores is not None:
+                        for value in score:
+                            self.scores.observe(float(value))
                     answers.append(pb_utils.InferenceResponse([pb_utils.Tensor({output!r}, score)]))
                 return answers
         """

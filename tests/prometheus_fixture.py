@@ -6,7 +6,9 @@ Fixtures (register with ``pytest_plugins = ["tests.prometheus_fixture"]`` or imp
   all afterwards.
 * ``prometheus_server``: one started server with an empty TSDB and no scrape jobs.
 * ``scenario_prometheus`` (module scope): one server holding every scenario of :data:`SCENARIOS`,
-  each in its own namespace, with the ground truth per window.
+  each in its own namespace, with the ground truth per window; parametrised over the two tested
+  stores, Prometheus and VictoriaMetrics (Debian's ``victoria-metrics``, histories imported through
+  its API), so every test that reads it runs against both.
 
 The server is Debian's ``/usr/bin/prometheus`` (2.42) run in the foreground on a free loopback port
 with its own config and TSDB directory, stopped by PID. A missing binary FAILS the test: nothing
@@ -19,7 +21,9 @@ selectors see a sample at both edges and ``increase()`` is exact (no extrapolati
 from __future__ import annotations
 
 import os
+import re
 import subprocess
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,9 +35,10 @@ import yaml
 
 from controller.api.load import load
 from controller.api.model import ModelRollout
+from controller.edges.prometheus import PrometheusClient, PrometheusSettings
 from controller.metrics.samples import Window
 from controller.sandbox.demo import processes
-from controller.sandbox.demo.processes import PartMissingError, Prometheus, StartError, Supervisor
+from controller.sandbox.demo.processes import PartMissingError, Prometheus, StartError, Supervisor, VictoriaMetrics
 
 PROMTOOL = os.environ.get("CANARIST_PROMTOOL", "/usr/bin/promtool")
 
@@ -143,6 +148,15 @@ class OpenMetrics:
         """One sample (time in seconds, value) of the series ``sample{labels}`` in ``family``."""
         _, series = self.families.setdefault(family, (kind, {}))
         series.setdefault((sample, tuple(sorted(labels.items()))), []).append(point)
+
+    def render_text(self) -> str:
+        """Prometheus' text format with millisecond timestamps, as VictoriaMetrics imports it."""
+        lines: list[str] = []
+        for _, series in self.families.values():
+            for (sample, labels), points in series.items():
+                text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
+                lines.extend(f"{sample}{{{text}}} {v:.17g} {round(t * 1000)}" for t, v in sorted(points))
+        return "\n".join(lines) + "\n"
 
     def render(self) -> str:
         lines: list[str] = []
@@ -357,13 +371,30 @@ def write_scenarios(server: PrometheusServer, names: tuple[str, ...] = tuple(SCE
 
 @dataclass
 class ScenarioPrometheus:
-    server: PrometheusServer
+    server: PrometheusServer | VictoriaMetrics
     truths: dict[str, Truth]
     at: float = T0 + DURATION
+    store: str = "prometheus"
 
     @property
     def url(self) -> str:
         return self.server.url
+
+    def client(self, **options: Any) -> PrometheusClient:
+        """A client of this store, as canarist is configured for it."""
+        return PrometheusClient(PrometheusSettings(self.url, store=self.store, **options))
+
+    @property
+    def cli_options(self) -> list[str]:
+        """The ``canarist run`` / ``analyze`` options that name this store."""
+        return ["--prometheus", self.url, "--prometheus-store", self.store]
+
+    def queries_served(self) -> int:
+        """How many query API requests Prometheus itself has answered (its own counter)."""
+        with urllib.request.urlopen(f"{self.url}/metrics", timeout=5) as answer:
+            text = answer.read().decode()
+        pattern = r'^prometheus_http_requests_total\{[^}]*handler="/api/v1/query(?:_range)?"[^}]*\} (\S+)$'
+        return int(sum(float(v) for v in re.findall(pattern, text, re.MULTILINE)))
 
     def rollout(self, name: str) -> ModelRollout:
         return scenario_rollout(SCENARIOS[name])
@@ -372,13 +403,35 @@ class ScenarioPrometheus:
         return windows(SCENARIOS[name].share)
 
 
-@pytest.fixture(scope="module")
-def scenario_prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScenarioPrometheus]:
-    """One Prometheus holding every scenario (namespace = scenario name), for a whole test module."""
-    server = PrometheusServer(tmp_path_factory.mktemp("scenarios"))
-    truths = write_scenarios(server)
-    server.start()
+#: The PromQL stores the Prometheus edge is tested against.
+BACKENDS = ("prometheus", "victoria-metrics")
+
+
+def victoria_metrics(workdir: Path) -> VictoriaMetrics:
+    """A started VictoriaMetrics; a missing binary or one that never gets ready FAILS the test."""
     try:
-        yield ScenarioPrometheus(server, truths)
+        return VictoriaMetrics(workdir).start()
+    except (PartMissingError, StartError) as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def scenario_prometheus(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ScenarioPrometheus]:
+    """One store holding every scenario (namespace = scenario name), for a whole test module."""
+    workdir = tmp_path_factory.mktemp(f"scenarios-{request.param}")
+    server: PrometheusServer | VictoriaMetrics
+    if request.param == "prometheus":
+        server = PrometheusServer(workdir)
+        truths = write_scenarios(server)
+        server.start()
+    else:
+        out = OpenMetrics()
+        truths = {name: generate(SCENARIOS[name], out) for name in SCENARIOS}
+        server = victoria_metrics(workdir)
+        server.import_text(out.render_text())
+    try:
+        yield ScenarioPrometheus(server, truths, store=request.param)
     finally:
         server.stop()

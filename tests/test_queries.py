@@ -685,6 +685,25 @@ def test_windows_after_the_look_are_no_data() -> None:
     assert "window ends after the look (window 2)" in obs.metric("errors").reason
 
 
+def test_on_victoria_metrics_a_window_without_samples_at_its_edges_is_no_data() -> None:
+    """The store counts from the last sample before a window however old: a gap check refuses such windows."""
+    the_plan = plan([ROLLOUT], {ROLLOUT.key: windows(3)}, at=6000, gap_seconds=30.0)
+    gap = the_plan.gap_text(ISTIO_REQUESTS, 60_000)
+    assert gap is not None and "count_over_time(istio_requests_total{" in gap and "[30s] offset 60s" in gap
+    assert plan([ROLLOUT], {ROLLOUT.key: windows(3)}, at=6000).gap_text(ISTIO_REQUESTS, 60_000) is None
+    a = Answers(the_plan)
+    for w in range(3):
+        for version in ("r1", "r2"):
+            a.add(ISTIO_REQUESTS, w, 100.0, **istio(version, response_code="200"))
+            if not (version == "r1" and w == 1):  # the stable's window 1 follows a scrape gap
+                a.data[(gap, round(ENDS[w] * 1000))].append((istio(version), 4.0))
+    obs = observed(the_plan, a)
+    assert obs.stable_requests == (100, None, 100) and obs.canary_requests == (100, 100, 100)
+    assert "stable: no sample of istio_requests_total in the 30s before the window's start or end (window 1)" in (
+        obs.metric("errors").reason
+    )
+
+
 def test_histograms_in_seconds_on_the_shared_edges() -> None:
     the_plan, a = look()
     for w in range(3):

@@ -258,10 +258,32 @@ def prometheus_tls_options(function: F) -> F:
     return function
 
 
+def prometheus_store_options(function: F) -> F:
+    """--prometheus-store and --max-scrape-interval: which PromQL store answers (``run`` and ``analyze``)."""
+    function = click.option(
+        "--max-scrape-interval",
+        type=click.FloatRange(min=0.001),
+        default=30.0,
+        show_default=True,
+        help="VictoriaMetrics: a window counts only with a sample of each counter this many seconds before it.",
+    )(function)
+    function = click.option(
+        "--prometheus-store",
+        "store",
+        type=click.Choice(["prometheus", "victoria-metrics"]),
+        default="prometheus",
+        show_default=True,
+        envvar="PROMETHEUS_STORE",
+        help="The PromQL store behind --prometheus.",
+    )(function)
+    return function
+
+
 @click.command()
 @kube_options
 @click.option("--prometheus", "url", envvar="PROMETHEUS_URL", required=True, help="Prometheus base URL.")
 @prometheus_tls_options
+@prometheus_store_options
 @click.option("--policies", type=click.Path(file_okay=False, path_type=Path), help="GitOps: apply policies from DIR.")
 @click.option("--leader-elect", is_flag=True, help="Elect a leader on a Lease (for several replicas).")
 @click.option("--lease-namespace", envvar="POD_NAMESPACE", default="canarist-system", show_default=True)
@@ -293,6 +315,8 @@ def run(  # click passes options by keyword
     bearer_token_file: str | None,
     ca_file: str | None,
     insecure: bool,
+    store: str,
+    max_scrape_interval: float,
     policies: Path | None,
     leader_elect: bool,
     lease_namespace: str,
@@ -312,7 +336,14 @@ def run(  # click passes options by keyword
 
     logging.basicConfig(level=logging.INFO, format='{"time":"%(asctime)s","level":"%(levelname)s","msg":"%(message)s"}')
     try:
-        settings = PrometheusSettings(url=url, bearer_token_file=bearer_token_file, ca_file=ca_file, insecure=insecure)
+        settings = PrometheusSettings(
+            url=url,
+            bearer_token_file=bearer_token_file,
+            ca_file=ca_file,
+            insecure=insecure,
+            store=store,
+            max_scrape_interval=max_scrape_interval,
+        )
         source = metrics_source("prometheus", settings)
         env = default_environment(templates)
     except (ValueError, PrometheusError, FileNotFoundError) as exc:

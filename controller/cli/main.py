@@ -167,6 +167,7 @@ def _state(rollout: ModelRollout, weight: int | None, step: int | None) -> Route
     help="Seconds for each query's whole answer (connect, headers and body).",
 )
 @commands.prometheus_tls_options  # the same options as `canarist run`
+@commands.prometheus_store_options
 def analyze(  # click passes options by keyword
     *,
     policy: Path,
@@ -180,6 +181,8 @@ def analyze(  # click passes options by keyword
     bearer_token_file: str | None,
     ca_file: str | None,
     insecure: bool,
+    store: str,
+    max_scrape_interval: float,
 ) -> None:
     """Analyse a rollout once, from what Prometheus holds, and say what canarist would do.
 
@@ -199,7 +202,13 @@ def analyze(  # click passes options by keyword
         raise UserError(f"--since: {exc}") from None
     try:
         settings = PrometheusSettings(
-            url=url, timeout=timeout, bearer_token_file=bearer_token_file, ca_file=ca_file, insecure=insecure
+            url=url,
+            timeout=timeout,
+            bearer_token_file=bearer_token_file,
+            ca_file=ca_file,
+            insecure=insecure,
+            store=store,
+            max_scrape_interval=max_scrape_interval,
         )
     except (ValueError, PrometheusError) as exc:
         raise UserError(f"--prometheus: {exc}") from None

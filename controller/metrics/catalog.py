@@ -108,6 +108,16 @@ class Family:
             inner = f"max by ({', '.join((*self.group, self.once_per))}) ({inner})"
         return f"{self.aggregate} by ({', '.join(self.group)}) ({inner})"
 
+    def gap_promql(self, values: Sequence[Iterable[str]], window: float, lookback: float) -> str:
+        """Per :attr:`reset_group`, a row only where the counter has a sample in the ``lookback`` seconds
+        before the window's start and in those before its end. A store whose ``increase()`` counts from
+        the last sample before the window however old (VictoriaMetrics) would otherwise count a scrape
+        gap's events in the first window after it, and report 0 for the windows inside it."""
+        series = f"{self.metric}{selector(self.matchers(values))}[{promql_duration(lookback)}]"
+        group = ", ".join(self.reset_group)
+        start = f"sum by ({group}) (count_over_time({series} offset {promql_duration(window)}))"
+        return f"{start} and sum by ({group}) (count_over_time({series}))"
+
     def resets_promql(self, values: Sequence[Iterable[str]], window: float) -> str:
         """The resets in each window per :attr:`reset_group`, zeros included: a missing row is an
         unanswered question (no data), never "no reset"."""

@@ -26,10 +26,12 @@ def plan(
     windows_by_rollout: Mapping[str, Sequence[Window]],
     at: float,
     labels: Labels | None = None,
+    gap_seconds: float | None = None,
 ) -> Plan:
     """Every query one look needs for all ``rollouts`` together (:func:`controller.metrics.plan.look_plan`).
 
-    Windows ending after ``at`` are not asked for (their data is incomplete).
+    Windows ending after ``at`` are not asked for (their data is incomplete). ``gap_seconds``: check
+    that each counter has a sample that close before each window (a store without Prometheus' ranges).
     """
     labels = labels or Labels()
     targets: list[Target] = []
@@ -41,7 +43,7 @@ def plan(
         metrics = tuple(READINGS[m.kind].plan(asks, m) for m in rollout.spec.analysis.metrics)
         future = frozenset(i for i, w in enumerate(windows) if to_millis(w.end) > at_ms)
         targets.append(Target(rollout.key, windows, requests, requests_why, metrics, future))
-    return look_plan(targets)
+    return look_plan(targets, gap_seconds)
 
 
 def metric_queries(rollout: ModelRollout, window: float, labels: Labels | None = None) -> dict[str, tuple[str, ...]]:

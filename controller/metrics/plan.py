@@ -11,7 +11,7 @@ rollout's :class:`Target` comes from its kinds (:func:`controller.metrics.measur
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from controller.metrics.catalog import Ask, Family, MetricPlan, Role
 from controller.metrics.samples import Window
@@ -45,16 +45,22 @@ class Plan:
     targets: tuple[Target, ...]
     queries: tuple[Query, ...]
     texts: Mapping[tuple[Family, int, bool], str]  # (family, window ms, resets?) -> PromQL
+    gaps: Mapping[tuple[Family, int], str] = field(default_factory=dict)  # counters' gap checks, if asked
+    gap_seconds: float | None = None
 
     def text(self, family: Family, window_ms: int, resets: bool = False) -> str | None:
         return self.texts.get((family, window_ms, resets))
 
+    def gap_text(self, family: Family, window_ms: int) -> str | None:
+        return self.gaps.get((family, window_ms))
 
-def look_plan(targets: Sequence[Target]) -> Plan:
+
+def look_plan(targets: Sequence[Target], gap_seconds: float | None = None) -> Plan:
     """Every query the ``targets`` need together, deduplicated and grouped.
 
     One PromQL text per (family, window length) with the identity values of every rollout unioned,
-    evaluated at the union of the window ends; one ``resets()`` text beside each counter's. Windows
+    evaluated at the union of the window ends; one ``resets()`` text beside each counter's, and with
+    ``gap_seconds`` one gap check (:meth:`~controller.metrics.catalog.Family.gap_promql`). Windows
     ending after the look (a target's ``future``) are not asked for (their data is incomplete).
     """
     values: dict[tuple[Family, int], list[set[str]]] = {}
@@ -72,6 +78,7 @@ def look_plan(targets: Sequence[Target]) -> Plan:
                     slot.update((s, c))
                 times.setdefault(key, set()).add(to_millis(window.end))
     texts: dict[tuple[Family, int, bool], str] = {}
+    gaps: dict[tuple[Family, int], str] = {}
     queries: list[Query] = []
     for (family, length), slots in sorted(values.items(), key=lambda kv: (kv[0][0].metric, repr(kv[0]))):
         ends = tuple(t / 1000 for t in sorted(times[(family, length)]))
@@ -80,7 +87,10 @@ def look_plan(targets: Sequence[Target]) -> Plan:
         if family.is_counter:
             texts[(family, length, True)] = family.resets_promql(slots, length / 1000)
             queries.append(Query(texts[(family, length, True)], ends))
-    return Plan(tuple(targets), _merge(queries), texts)
+            if gap_seconds is not None:
+                gaps[(family, length)] = family.gap_promql(slots, length / 1000, gap_seconds)
+                queries.append(Query(gaps[(family, length)], ends))
+    return Plan(tuple(targets), _merge(queries), texts, gaps, gap_seconds)
 
 
 def _merge(queries: Sequence[Query]) -> tuple[Query, ...]:

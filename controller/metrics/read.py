@@ -88,7 +88,26 @@ class Reader:
                 for labels, value in _pick(reset_rows, ask, values)
                 if value != 0  # NaN and Inf included: doubtful
             )
+            gap = self._gap(ask, values, length, end, counted)
+            if gap is not None:
+                return gap
         return Cell(_pick(rows, ask, values), resets)
+
+    def _gap(
+        self, ask: Ask, values: tuple[str, ...], length: int, end: int, counted: set[tuple[str, ...]]
+    ) -> str | None:
+        """Why the window cannot be counted: a counted group without a sample just before its start or end."""
+        family = ask.family
+        text = self.plan.gap_text(family, length)
+        if text is None:
+            return None
+        rows = self.results.get((text, end))
+        if rows is None:
+            return f"scrape gaps of {family.metric} not queried"
+        present = {_key(labels, family.reset_group) for labels, value in _pick(rows, ask, values) if value > 0}
+        if not counted <= present:
+            return f"no sample of {family.metric} in the {self.plan.gap_seconds:g}s before the window's start or end"
+        return None
 
 
 def _key(labels: Mapping[str, str], names: Sequence[str]) -> tuple[str, ...]:

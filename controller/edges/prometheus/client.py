@@ -56,13 +56,21 @@ class PromQL(Protocol):
         ...
 
 
+#: The PromQL stores canarist is tested against. VictoriaMetrics' ``increase()`` counts from the last
+#: sample before a window however old it is, so each window is also checked for a sample within
+#: ``max_scrape_interval`` before its start (else a scrape gap's requests land in the next window).
+STORES = ("prometheus", "victoria-metrics")
+
+
 @dataclass(frozen=True)
 class PrometheusSettings:
     """Where Prometheus is and how to talk to it.
 
     ``timeout`` bounds each query's whole answer (connect, headers, body) on the client, and the
     evaluation on the server. ``look_timeout`` bounds all queries of one look together.
-    ``max_answer_bytes`` refuses an answer whose body (decompressed) is larger.
+    ``max_answer_bytes`` refuses an answer whose body (decompressed) is larger. ``store``: which
+    PromQL store answers (:data:`STORES`); on VictoriaMetrics a window needs a sample of each counter
+    within ``max_scrape_interval`` seconds before its start.
     Authentication: ``bearer_token`` (or ``bearer_token_file``, read once, e.g. a service account
     token) or ``basic_auth``. TLS: ``ca_file`` to trust a private CA, ``client_cert`` as
     (certificate file, key file), ``insecure`` to skip verification (tests only).
@@ -79,11 +87,20 @@ class PrometheusSettings:
     retry_after: float = 15.0
     look_timeout: float = LOOK_TIMEOUT
     max_answer_bytes: int = MAX_ANSWER_BYTES
+    store: str = "prometheus"
+    max_scrape_interval: float = 30.0
+
+    @property
+    def gap_seconds(self) -> float | None:
+        """How close before each window a counter needs a sample on this store; None: no check needed."""
+        return self.max_scrape_interval if self.store == "victoria-metrics" else None
 
     def __post_init__(self) -> None:
         if not self.url.startswith(("http://", "https://")):
             raise PrometheusConfigError(f"Prometheus URL must start with http:// or https://, got {self.url!r}")
-        for name in ("timeout", "look_timeout"):
+        if self.store not in STORES:
+            raise PrometheusConfigError(f"store must be one of {', '.join(STORES)}, got {self.store!r}")
+        for name in ("timeout", "look_timeout", "max_scrape_interval"):
             value = getattr(self, name)
             if (
                 isinstance(value, bool)

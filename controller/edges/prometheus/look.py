@@ -107,7 +107,8 @@ def observe(
 
     Raises :class:`PrometheusError` (see the module docs); :func:`observe_or_explain` turns it into no data.
     """
-    the_plan = plan(rollouts, windows_by_rollout, at, labels)
+    gap_seconds = source.settings.gap_seconds if isinstance(source, PrometheusClient) else None
+    the_plan = plan(rollouts, windows_by_rollout, at, labels, gap_seconds)
     seconds, deadline = _look_deadline(source, look_timeout)
     with _bounded(source, deadline):
         results = fetch(source, the_plan.queries, deadline=deadline, look_timeout=seconds)

@@ -24,6 +24,7 @@ import yaml
 
 PROMETHEUS = os.environ.get("CANARIST_PROMETHEUS", "/usr/bin/prometheus")
 HAPROXY = os.environ.get("CANARIST_HAPROXY", "/usr/sbin/haproxy")
+VICTORIA_METRICS = os.environ.get("CANARIST_VICTORIA_METRICS", "/usr/bin/victoria-metrics")
 
 
 class PartMissingError(RuntimeError):
@@ -213,6 +214,65 @@ class Prometheus:
                 error = exc
         assert error is not None
         raise error
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+
+
+class VictoriaMetrics:
+    """Debian's single-node ``victoria-metrics`` on a free loopback port: a second PromQL store.
+
+    Histories go in through its import API (:meth:`import_text`), already searchable when it returns.
+    Queries near "now" are not delayed (``-search.latencyOffset=0s``) and results are not cached, so a
+    test reads exactly what it wrote.
+    """
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = 0
+        self.process: ManagedProcess | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def argv(self, binary: str) -> list[str]:
+        return [
+            binary,
+            f"-storageDataPath={self.workdir / 'data'}",
+            f"-httpListenAddr=127.0.0.1:{self.port}",
+            "-retentionPeriod=100y",  # imported histories are old: keep them
+            "-search.latencyOffset=0s",
+            "-search.disableCache",
+            "-loggerLevel=WARN",
+        ]
+
+    def start(self, supervisor: Supervisor | None = None, timeout: float = 30.0) -> VictoriaMetrics:
+        binary = require(VICTORIA_METRICS, "victoria-metrics")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        error: StartError | None = None
+        for _ in range(3):  # a port taken between free_port() and the bind: try another
+            self.port = free_port()
+            self.process = ManagedProcess("victoria-metrics", self.argv(binary), self.workdir / "vm.log")
+            try:
+                if supervisor is not None:
+                    supervisor.start(self.process, lambda: http_ok(f"{self.url}/health"), timeout)
+                else:
+                    self.process.start(lambda: http_ok(f"{self.url}/health"), timeout)
+                return self
+            except StartError as exc:
+                error = exc
+        assert error is not None
+        raise error
+
+    def import_text(self, text: str) -> None:
+        """Store samples in Prometheus' text format with millisecond timestamps, searchable on return."""
+        request = urllib.request.Request(f"{self.url}/api/v1/import/prometheus", data=text.encode(), method="POST")
+        with urllib.request.urlopen(request, timeout=120) as answer:
+            answer.read()
+        with urllib.request.urlopen(f"{self.url}/internal/force_flush", timeout=60) as answer:
+            answer.read()
 
     def stop(self) -> None:
         if self.process is not None:

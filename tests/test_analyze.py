@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -247,3 +248,24 @@ def test_a_hostile_prometheus_means_hold_within_seconds(policies: dict[str, Path
     (why,) = [line for line in lines if line.startswith("prometheus: ")]
     expected = "byte limit" if name == "endless-body" else "timed out after 2s"
     assert expected in decision and expected in why
+
+
+def test_a_file_of_many_rollouts_is_one_look(
+    scenario_prometheus: ScenarioPrometheus, policies: dict[str, Path], tmp_path: Path
+) -> None:
+    """Every rollout of a file analysed together: as many queries as for one, and the same verdicts."""
+    together = tmp_path / "all.yaml"
+    together.write_text("---\n".join(p.read_text() for p in policies.values()))
+    counting = scenario_prometheus.store == "prometheus"  # VictoriaMetrics' own count is not reliable
+    before = scenario_prometheus.queries_served() if counting else 0
+    one = analyze(scenario_prometheus, policies["good"], at=scenario_prometheus.at)
+    between = scenario_prometheus.queries_served() if counting else 0
+    result = analyze(scenario_prometheus, together, "-o", "json", at=scenario_prometheus.at)
+    if counting:
+        assert scenario_prometheus.queries_served() - between == between - before
+    assert one.returncode == 0 and result.returncode == 1, result.stderr  # the worst: a rollback
+    docs = [json.loads(d) for d in re.split(r"(?m)^(?=\{)", result.stdout) if d.strip()]
+    assert len(docs) == len(policies)
+    for doc in docs:
+        alone = run_json(scenario_prometheus, policies, doc["rollout"].split("/")[0])[1]
+        assert doc["metrics"] == alone["metrics"]

@@ -216,15 +216,18 @@ def analyze(  # click passes options by keyword
     client = PrometheusClient(settings)
     worst = oneshot.Conclusion.PROMOTE
     try:
+        points, windows = {}, {}
         for rollout in rollouts:
             try:
-                where = oneshot.point(rollout, step=step, weight=weight)
+                points[rollout.key] = oneshot.point(rollout, step=step, weight=weight)
             except ValueError as exc:
                 raise UserError(f"{rollout.key}: {exc}") from None
-            share = realized_share(rollout, where.routes)
-            windows = oneshot.windows(rollout, share, at=at, since=window_span)
-            observations, error = observe_or_explain(client, [rollout], {rollout.key: windows}, at)
-            observation = observations[rollout.key]
+            share = realized_share(rollout, points[rollout.key].routes)
+            windows[rollout.key] = oneshot.windows(rollout, share, at=at, since=window_span)
+        # one look for every rollout of the file: one query per metric family, however many rollouts
+        observations, error = observe_or_explain(client, rollouts, windows, at)
+        for rollout in rollouts:
+            where, observation = points[rollout.key], observations[rollout.key]
             evidence, decision = oneshot.judge_look(rollout, where, observation, at=at)
             doc = oneshot.look_document(
                 rollout,

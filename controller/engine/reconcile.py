@@ -326,6 +326,23 @@ def parse(obj: Mapping[str, Any], rules: tenancy.TenancyRules | None = None) -> 
     return (None, str(refused[0])) if refused else (rollout, "")
 
 
+def planned_look(
+    obj: Mapping[str, Any], now: float, rules: tenancy.TenancyRules = tenancy.DEFAULT_RULES
+) -> tuple[ModelRollout, tuple[Window, ...]] | None:
+    """The rollout and the windows a reconcile at ``now`` would look at, or None if it would not look:
+    what a controller needs to take many rollouts' looks as one (:class:`controller.engine.batch.BatchedLooks`)."""
+    if (obj.get("metadata") or {}).get("deletionTimestamp"):
+        return None
+    rollout, _ = parse(obj, rules)
+    if rollout is None:
+        return None
+    _, stored = _stored_status(obj)
+    status = from_status(stored)
+    if status.phase not in GUARDED_PHASES or not _analysis_due(stored, now, rollout.spec.strategy.interval_seconds):
+        return None
+    return rollout, analysis_windows(rollout, status, now)
+
+
 def look(
     rollout: ModelRollout, status: Status, metrics: MetricsSource, now: float
 ) -> tuple[Evidence, EdgeFailure | None]:

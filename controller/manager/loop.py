@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -20,6 +20,7 @@ import jinja2
 from controller.api.load import PolicyError, load
 from controller.api.status import Action
 from controller.api.text import printable
+from controller.engine.batch import BatchedLooks
 from controller.engine.ports import (
     Cluster,
     ClusterUnavailableError,
@@ -28,7 +29,7 @@ from controller.engine.ports import (
     MetricsSource,
     NotFoundError,
 )
-from controller.engine.reconcile import Outcome, reconcile
+from controller.engine.reconcile import Outcome, planned_look, reconcile
 from controller.traffic.tenancy import TenancyRules
 
 log = logging.getLogger("canarist")
@@ -113,23 +114,46 @@ class Manager:
         present = set()
         waiting = list(objects)
         self.rng.shuffle(waiting)  # ties in random order: the sort below keeps it
+        looks = self._batched_looks([o for o in waiting if self.due.get(_key(o), 0.0) <= now], now)
         for obj in sorted(waiting, key=lambda o: self.due.get(_key(o), 0.0)):  # the longest waiting first
             key = _key(obj)
             present.add(key)
             # the first due rollout always starts (progress), the others only before the deadline
             if self.due.get(key, 0.0) <= now and self._may_act(deadline if outcomes else float("inf")):
-                outcomes.append(self.reconcile_one(obj))
+                outcomes.append(self.reconcile_one(obj, looks))
         for gone in set(self.due) - present:
             del self.due[gone]
             self.failures.pop(gone, None)
         return outcomes
 
-    def reconcile_one(self, obj: Mapping[str, Any]) -> Outcome:
+    def _batched_looks(self, due: Sequence[Mapping[str, Any]], now: float) -> MetricsSource:
+        """The due rollouts' looks taken as one (one query per metric family for all of them): the
+        source this pass's reconciles read; a rollout whose look cannot be planned is left to its own."""
+        batch = BatchedLooks(self.metrics)
+        wanted = {}
+        for obj in due:
+            try:
+                planned = planned_look(obj, now, self.tenancy)
+            except Exception:  # its own reconcile meets the problem and reports it
+                continue
+            if planned is not None:
+                wanted[planned[0].key] = planned
+        if len(wanted) > 1:
+            batch.take(wanted, now)
+        return batch
+
+    def reconcile_one(self, obj: Mapping[str, Any], metrics: MetricsSource | None = None) -> Outcome:
         """Reconcile one rollout, isolated: an unexpected error is an Event and a backoff for it alone."""
         started = self.clock()
         try:
             outcome = reconcile(
-                obj, self.cluster, self.metrics, self.env, now=started, rules=self.tenancy, gates=self.gates
+                obj,
+                self.cluster,
+                metrics or self.metrics,
+                self.env,
+                now=started,
+                rules=self.tenancy,
+                gates=self.gates,
             )
         except Exception as exc:  # one rollout's bug must not stop the others
             outcome = self._failed(obj, exc)

@@ -11,10 +11,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from controller.api.model import ModelRollout
+from controller.metrics.cache import CellCache
 from controller.metrics.catalog import Ask, Labels, MetricPlan, Role, RolloutAsks
 from controller.metrics.kinds import READINGS, count_requests, request_asks
 from controller.metrics.plan import Plan, Target, look_plan
-from controller.metrics.read import Builder, Reader, Results, Valued
+from controller.metrics.read import CANARY, STABLE, Builder, Reader, Results, Valued
 from controller.metrics.samples import MetricData, Observation, Window
 from controller.metrics.selectors import to_millis
 
@@ -26,12 +27,15 @@ def plan(
     windows_by_rollout: Mapping[str, Sequence[Window]],
     at: float,
     labels: Labels | None = None,
+    *,
     gap_seconds: float | None = None,
+    cache: CellCache | None = None,
 ) -> Plan:
     """Every query one look needs for all ``rollouts`` together (:func:`controller.metrics.plan.look_plan`).
 
     Windows ending after ``at`` are not asked for (their data is incomplete). ``gap_seconds``: check
     that each counter has a sample that close before each window (a store without Prometheus' ranges).
+    With a ``cache``, the windows whose cells it keeps are not asked for again.
     """
     labels = labels or Labels()
     targets: list[Target] = []
@@ -43,7 +47,7 @@ def plan(
         metrics = tuple(READINGS[m.kind].plan(asks, m) for m in rollout.spec.analysis.metrics)
         future = frozenset(i for i, w in enumerate(windows) if to_millis(w.end) > at_ms)
         targets.append(Target(rollout.key, windows, requests, requests_why, metrics, future))
-    return look_plan(targets, gap_seconds)
+    return look_plan(targets, gap_seconds, cache.covers if cache is not None else None)
 
 
 def metric_queries(rollout: ModelRollout, window: float, labels: Labels | None = None) -> dict[str, tuple[str, ...]]:
@@ -63,10 +67,22 @@ def metric_queries(rollout: ModelRollout, window: float, labels: Labels | None =
     return out
 
 
-def build_observations(plan: Plan, results: Results) -> dict[str, Observation]:
-    """One observation per rollout of the plan (keyed ``namespace/name``) from the answers."""
-    reader = Reader(plan, results)
-    return {t.key: _observation(Builder(reader, t)) for t in plan.targets}
+def build_observations(
+    plan: Plan, results: Results, cache: CellCache | None = None, at: float = 0.0
+) -> dict[str, Observation]:
+    """One observation per rollout of the plan (keyed ``namespace/name``) from the answers (and the
+    ``cache``'s settled cells, which the answers of this look at ``at`` add to)."""
+    reader = Reader(plan, results, cache, at)
+    observations = {t.key: _observation(Builder(reader, t)) for t in plan.targets}
+    if cache is not None:  # keep every settled cell, also those a kind did not need to read this time
+        for target in plan.targets:
+            asks = [*target.requests.values(), *(a for m in target.metrics for a in m.asks.values())]
+            for i, window in enumerate(target.windows):
+                if i not in target.future:
+                    for ask in asks:
+                        reader.cell(ask, STABLE, window)
+                        reader.cell(ask, CANARY, window)
+    return observations
 
 
 def _observation(builder: Builder) -> Observation:

@@ -10,7 +10,7 @@ rollout's :class:`Target` comes from its kinds (:func:`controller.metrics.measur
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from controller.metrics.catalog import Ask, Family, MetricPlan, Role
@@ -55,13 +55,18 @@ class Plan:
         return self.gaps.get((family, window_ms))
 
 
-def look_plan(targets: Sequence[Target], gap_seconds: float | None = None) -> Plan:
+def look_plan(
+    targets: Sequence[Target],
+    gap_seconds: float | None = None,
+    covered: Callable[[Ask, Window], bool] | None = None,
+) -> Plan:
     """Every query the ``targets`` need together, deduplicated and grouped.
 
     One PromQL text per (family, window length) with the identity values of every rollout unioned,
     evaluated at the union of the window ends; one ``resets()`` text beside each counter's, and with
     ``gap_seconds`` one gap check (:meth:`~controller.metrics.catalog.Family.gap_promql`). Windows
-    ending after the look (a target's ``future``) are not asked for (their data is incomplete).
+    ending after the look (a target's ``future``) are not asked for (their data is incomplete), nor
+    those ``covered`` says are already known (settled cells kept from earlier looks).
     """
     values: dict[tuple[Family, int], list[set[str]]] = {}
     times: dict[tuple[Family, int], set[int]] = {}
@@ -72,6 +77,8 @@ def look_plan(targets: Sequence[Target], gap_seconds: float | None = None) -> Pl
                 continue
             length = to_millis(window.end) - to_millis(window.start)
             for ask in asks:
+                if covered is not None and covered(ask, window):
+                    continue
                 key = (ask.family, length)
                 slots = values.setdefault(key, [set() for _ in ask.family.identity])
                 for slot, s, c in zip(slots, ask.stable, ask.canary, strict=True):

@@ -58,13 +58,24 @@ class Cell:
 
 
 class Reader:
-    """Finds a rollout's rows in the answers."""
+    """Finds a rollout's rows in the answers, or in the cells of settled windows seen before (``cache``:
+    :class:`~controller.metrics.cache.CellCache`, which this reader also fills as of the look's time ``at``)."""
 
-    def __init__(self, plan: Plan, results: Results) -> None:
+    def __init__(self, plan: Plan, results: Results, cache: CellStore | None = None, at: float = 0.0) -> None:
         self.plan = plan
         self.results = results
+        self.cache = cache
+        self.at = at
 
     def cell(self, ask: Ask, side: str, window: Window) -> Cell | str:
+        if self.cache is not None and (kept := self.cache.get(ask, side, window)) is not None:
+            return kept
+        found = self._read(ask, side, window)
+        if self.cache is not None and isinstance(found, Cell):
+            self.cache.put(ask, side, window, found, self.at)
+        return found
+
+    def _read(self, ask: Ask, side: str, window: Window) -> Cell | str:
         family = ask.family
         end = to_millis(window.end)
         length = end - to_millis(window.start)
@@ -108,6 +119,14 @@ class Reader:
         if not counted <= present:
             return f"no sample of {family.metric} in the {self.plan.gap_seconds:g}s before the window's start or end"
         return None
+
+
+class CellStore(Protocol):
+    """Where a reader finds and keeps the cells of settled windows (:class:`controller.metrics.cache.CellCache`)."""
+
+    def get(self, ask: Ask, side: str, window: Window) -> Cell | None: ...
+
+    def put(self, ask: Ask, side: str, window: Window, cell: Cell, at: float) -> None: ...
 
 
 def _key(labels: Mapping[str, str], names: Sequence[str]) -> tuple[str, ...]:

@@ -17,6 +17,7 @@ from math import gcd
 from controller.api.model import ModelRollout
 from controller.edges.prometheus.client import PrometheusClient, PromQL
 from controller.edges.prometheus.errors import PrometheusError, PrometheusTimeout
+from controller.metrics.cache import CellCache
 from controller.metrics.catalog import Labels
 from controller.metrics.measure import build_observations, no_data, plan
 from controller.metrics.plan import Query
@@ -98,21 +99,23 @@ def observe(
     *,
     labels: Labels | None = None,
     look_timeout: float | None = None,
+    cache: CellCache | None = None,
 ) -> dict[str, Observation]:
     """One look for all ``rollouts`` together: O(metric kinds x window lengths) requests, not O(rollouts).
 
     Windows of the same length share one range query when their ends lie on a common grid, so a
     caller that aligns window ends to the clock (``end = k x interval``) keeps one request per family.
-    The whole look takes at most ``look_timeout`` seconds (default: the client's setting).
+    The whole look takes at most ``look_timeout`` seconds (default: the client's setting). With a
+    ``cache``, windows seen settled in earlier looks are not asked for again (:mod:`controller.metrics.cache`).
 
     Raises :class:`PrometheusError` (see the module docs); :func:`observe_or_explain` turns it into no data.
     """
     gap_seconds = source.settings.gap_seconds if isinstance(source, PrometheusClient) else None
-    the_plan = plan(rollouts, windows_by_rollout, at, labels, gap_seconds)
+    the_plan = plan(rollouts, windows_by_rollout, at, labels, gap_seconds=gap_seconds, cache=cache)
     seconds, deadline = _look_deadline(source, look_timeout)
     with _bounded(source, deadline):
         results = fetch(source, the_plan.queries, deadline=deadline, look_timeout=seconds)
-    return build_observations(the_plan, results)
+    return build_observations(the_plan, results, cache, at)
 
 
 def observe_or_explain(
@@ -123,9 +126,11 @@ def observe_or_explain(
     *,
     labels: Labels | None = None,
     look_timeout: float | None = None,
+    cache: CellCache | None = None,
 ) -> tuple[dict[str, Observation], PrometheusError | None]:
     """:func:`observe`, with a failed look turned into *no data* for every rollout, saying why."""
     try:
-        return observe(source, rollouts, windows_by_rollout, at, labels=labels, look_timeout=look_timeout), None
+        found = observe(source, rollouts, windows_by_rollout, at, labels=labels, look_timeout=look_timeout, cache=cache)
+        return found, None
     except PrometheusError as exc:
         return {r.key: no_data(r, windows_by_rollout.get(r.key, ()), exc.explained) for r in rollouts}, exc

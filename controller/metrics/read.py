@@ -66,6 +66,22 @@ class Reader:
         self.results = results
         self.cache = cache
         self.at = at
+        #: Each answer's rows by their identity values, built once: a look of N rollouts reads each
+        #: rollout's rows in O(1), not by scanning every rollout's (O(N^2) for the look).
+        self._indexes: dict[
+            tuple[int, tuple[str, ...]], tuple[Sequence[Sample], dict[tuple[str, ...], list[Sample]]]
+        ] = {}
+
+    def _pick(self, rows: Sequence[Sample], ask: Ask, values: tuple[str, ...]) -> tuple[Sample, ...]:
+        """The rows of ``rows`` whose identity labels are ``values``, in their order."""
+        identity = ask.family.identity
+        found = self._indexes.get((id(rows), identity))
+        if found is None or found[0] is not rows:
+            index: dict[tuple[str, ...], list[Sample]] = {}
+            for row in rows:
+                index.setdefault(_key(row[0], identity), []).append(row)
+            found = self._indexes[(id(rows), identity)] = (rows, index)
+        return tuple(found[1].get(values, ()))
 
     def cell(self, ask: Ask, side: str, window: Window) -> Cell | str:
         if self.cache is not None and (kept := self.cache.get(ask, side, window)) is not None:
@@ -90,19 +106,21 @@ class Reader:
             reset_rows = self.results.get((reset_text, end)) if reset_text is not None else None
             if reset_rows is None:
                 return f"resets of {family.metric} not queried"
-            counted = {_key(labels, family.reset_group) for labels, _ in _pick(rows, ask, values)}
-            answered = {_key(labels, family.reset_group): value for labels, value in _pick(reset_rows, ask, values)}
+            counted = {_key(labels, family.reset_group) for labels, _ in self._pick(rows, ask, values)}
+            answered = {
+                _key(labels, family.reset_group): value for labels, value in self._pick(reset_rows, ask, values)
+            }
             if not counted <= answered.keys():  # an answer lost, stale or cut short: unknown, not "no reset"
                 return f"resets of {family.metric} not answered"
             resets = frozenset(
                 labels.get(family.pod or "", "")
-                for labels, value in _pick(reset_rows, ask, values)
+                for labels, value in self._pick(reset_rows, ask, values)
                 if value != 0  # NaN and Inf included: doubtful
             )
             gap = self._gap(ask, values, length, end, counted)
             if gap is not None:
                 return gap
-        return Cell(_pick(rows, ask, values), resets)
+        return Cell(self._pick(rows, ask, values), resets)
 
     def _gap(
         self, ask: Ask, values: tuple[str, ...], length: int, end: int, counted: set[tuple[str, ...]]
@@ -115,7 +133,7 @@ class Reader:
         rows = self.results.get((text, end))
         if rows is None:
             return f"scrape gaps of {family.metric} not queried"
-        present = {_key(labels, family.reset_group) for labels, value in _pick(rows, ask, values) if value > 0}
+        present = {_key(labels, family.reset_group) for labels, value in self._pick(rows, ask, values) if value > 0}
         if not counted <= present:
             return f"no sample of {family.metric} in the {self.plan.gap_seconds:g}s before the window's start or end"
         return None
@@ -131,11 +149,6 @@ class CellStore(Protocol):
 
 def _key(labels: Mapping[str, str], names: Sequence[str]) -> tuple[str, ...]:
     return tuple(labels.get(name, "") for name in names)
-
-
-def _pick(rows: Sequence[Sample], ask: Ask, values: tuple[str, ...]) -> tuple[Sample, ...]:
-    identity = ask.family.identity
-    return tuple(r for r in rows if all(r[0].get(k, "") == v for k, v in zip(identity, values, strict=True)))
 
 
 def _bad(value: float) -> str | None:

@@ -7,11 +7,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import yaml
+
+from controller.api.load import load
 from controller.api.model import ModelRollout
 from controller.engine.batch import BatchedLooks
 from controller.engine.ports import EdgeFailure
 from controller.engine.reconcile import planned_look, reconcile
 from controller.manager.loop import Manager
+from controller.metrics.measure import plan
 from controller.metrics.samples import Observation, Window
 from tests.memory_cluster import MemoryCluster
 from tests.test_reconcile import ENV, POLICY, T0, Synthetic
@@ -107,3 +111,38 @@ def test_a_failed_batch_is_every_rollouts_failure_at_once() -> None:
         manager.due.clear()
         manager.tick()
     assert all(len(c) in (ROLLOUTS, 0) for c in source.calls)
+
+
+@dataclass
+class Broken(Counted):
+    """A store that fails with an unexpected error when asked for several rollouts at once."""
+
+    def observe(
+        self, rollouts: Sequence[ModelRollout], windows: Mapping[str, Sequence[Window]], at: float
+    ) -> tuple[dict[str, Observation], EdgeFailure | None]:
+        if len(rollouts) > 1:
+            self.calls.append(("(failed batch)",))
+            raise ValueError("one tenant's data broke the shared look")
+        return super().observe(rollouts, windows, at)
+
+
+def test_a_batch_that_fails_unexpectedly_leaves_each_rollout_to_its_own_look() -> None:
+    cluster = MemoryCluster()
+    fleet(cluster)
+    source = Broken()
+    clock = Clock()
+    manager = Manager(cluster, source, ENV, clock)
+    for tick in range(6):
+        clock.now = T0 + 30 * tick + 1
+        manager.due.clear()
+        assert len(manager.tick()) == ROLLOUTS  # the pass goes on: no exception leaves tick()
+    assert ("(failed batch)",) in source.calls
+    assert sum(1 for c in source.calls if len(c) == 1 and c != ("(failed batch)",)) >= ROLLOUTS
+
+
+def test_an_empty_version_label_is_a_reason_not_a_crash() -> None:
+    body = copy.deepcopy(POLICY)
+    body["spec"]["stable"]["labels"]["version"] = ""  # a valid label value that selects nothing
+    (rollout,) = load(yaml.safe_dump(body), "empty.yaml")
+    target = plan([rollout], {rollout.key: [Window(T0, T0 + 60, 0.1)]}, T0 + 60).targets[0]
+    assert "empty" in target.requests_unsupported or any("empty" in m.unsupported for m in target.metrics)

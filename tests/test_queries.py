@@ -16,6 +16,7 @@ from controller.api.load import load
 from controller.api.metrics_spec import RatioQuery
 from controller.api.model import ModelRollout
 from controller.api.routing import ModelVersion
+from controller.metrics.cache import CellCache
 from controller.metrics.catalog import Family, Labels, PodSeries, Reduce, Role
 from controller.metrics.kinds import agent, dcgm, hami, triton
 from controller.metrics.kinds.istio import BUCKETS as ISTIO_BUCKETS
@@ -702,6 +703,23 @@ def test_on_victoria_metrics_a_window_without_samples_at_its_edges_is_no_data() 
     assert "stable: no sample of istio_requests_total in the 30s before the window's start or end (window 1)" in (
         obs.metric("errors").reason
     )
+
+
+def test_a_cache_full_of_cells_never_leaves_a_skipped_window_unread() -> None:
+    """Cells are dropped before a look is planned, never while it is built: no window reads as not queried."""
+    cache = CellCache(settle=0.0, max_cells=6)
+    for _ in range(3):
+        the_plan = plan([ROLLOUT], {ROLLOUT.key: windows(3)}, at=6000, cache=cache)
+        a = Answers(the_plan)
+        for w in range(3):
+            for version in ("r1", "r2"):
+                if the_plan.text(ISTIO_REQUESTS, 60_000) is not None and (
+                    (the_plan.text(ISTIO_REQUESTS, 60_000), round(ENDS[w] * 1000)) in a.data
+                ):
+                    a.add(ISTIO_REQUESTS, w, 100.0, **istio(version, response_code="200"))
+        obs = build_observations(the_plan, a.data, cache, 6000)[ROLLOUT.key]
+        assert obs.stable_requests == (100, 100, 100) and obs.canary_requests == (100, 100, 100), obs
+        assert len(cache.cells) > 6  # filled past its size during the look, trimmed before the next
 
 
 def test_histograms_in_seconds_on_the_shared_edges() -> None:

@@ -139,7 +139,10 @@ class Manager:
             if planned is not None:
                 wanted[planned[0].key] = planned
         if len(wanted) > 1:
-            batch.take(wanted, now)
+            try:
+                batch.take(wanted, now)
+            except Exception:  # one rollout's bad data must not stop the others: each looks on its own
+                log.exception("the pass's batched look failed: each rollout looks on its own")
         return batch
 
     def reconcile_one(self, obj: Mapping[str, Any], metrics: MetricsSource | None = None) -> Outcome:

@@ -20,8 +20,10 @@ from controller.metrics.read import CANARY, STABLE, Cell
 from controller.metrics.samples import Window
 from controller.metrics.selectors import to_millis
 
-#: Most cells kept: about 2,000 rollouts x 4 families x 2 versions x 120 windows; the oldest go first.
-MAX_CELLS = 2_000_000
+#: Most cells kept, the least recently used dropped first (at the start of a look, never during one).
+#: A latency cell holds its bucket rows (about 10 KB): 50,000 cells stay within a few hundred MiB;
+#: a working set larger than that is read again from the store, never read wrong.
+MAX_CELLS = 50_000
 CellKey = tuple[Ask, str, int, int]  # (ask, side, window end ms, window length ms)
 
 
@@ -40,9 +42,11 @@ class CellCache:
     hits: int = 0
 
     def get(self, ask: Ask, side: str, window: Window) -> Cell | None:
-        found = self.cells.get(_key(ask, side, window))
+        key = _key(ask, side, window)
+        found = self.cells.get(key)
         if found is not None:
             self.hits += 1
+            self.cells.move_to_end(key)  # recently used: the last to go
         return found
 
     def put(self, ask: Ask, side: str, window: Window, cell: Cell, at: float) -> None:
@@ -50,6 +54,10 @@ class CellCache:
         if window.end > at - self.settle:
             return
         self.cells[_key(ask, side, window)] = cell
+
+    def trim(self) -> None:
+        """Drop the least recently used cells beyond ``max_cells``: called before a look is planned, so a
+        cell the plan relies on (its window not asked for) is never dropped before the look is built."""
         while len(self.cells) > self.max_cells:
             self.cells.popitem(last=False)
 

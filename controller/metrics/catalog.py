@@ -227,6 +227,10 @@ def ask_for(family: Family, stable: Sequence[str | None], canary: Sequence[str |
     """The ask of ``family`` for these identity values, or why there is none (``what``: a value is missing)."""
     if any(v is None for v in (*stable, *canary)):
         return what
+    if any(v == "" for v in (*stable, *canary)):  # a valid Kubernetes label value, but it selects nothing
+        empty = [label for values in (stable, canary) for label, v in zip(family.identity, values, strict=False)]
+        named = next(label for label, v in zip(empty, (*stable, *canary), strict=False) if v == "")
+        return f"an empty {named!r} value cannot name a version's series"
     s, c = tuple(v for v in stable if v is not None), tuple(v for v in canary if v is not None)
     if s == c:
         label = family.identity[-1]

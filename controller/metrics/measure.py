@@ -38,6 +38,8 @@ def plan(
     With a ``cache``, the windows whose cells it keeps are not asked for again.
     """
     labels = labels or Labels()
+    if cache is not None:
+        cache.trim()
     targets: list[Target] = []
     at_ms = to_millis(at)
     for rollout in rollouts:

@@ -28,7 +28,11 @@ nonparametric, valid however often it is read and however the split changes betw
   has its own two-sided sequence (one fixed set: the buckets at or above the threshold).
 
 Assumes the outputs in a window are independent draws given the counts (each request its own
-input), which is what a model serving independent requests gives.
+input), which is what a model serving independent requests gives. "Within" also assumes the way the
+canary differs is the same in every window (the distributions may move with the traffic, the
+direction of their difference not): if the canary's outputs moved one way in some windows and the
+other way in others, the pooled differences would cancel and "within" could be proven falsely. The
+"drift" side needs no such assumption (each window is bet on its own).
 """
 
 from __future__ import annotations

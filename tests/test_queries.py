@@ -736,6 +736,18 @@ def test_histograms_in_seconds_on_the_shared_edges() -> None:
     assert series.canary == ((5, 8, 12),) * 3
 
 
+def test_one_bound_written_two_ways_is_one_bucket() -> None:
+    """'100' and '100.0' (another client library, or Prometheus 3's normalised le) count together."""
+    the_plan, a = look()
+    for w in range(3):
+        for version in ("r1", "r2"):
+            for le, n in (("100", 6.0), ("100.0", 4.0), ("250", 20.0), ("+Inf", 30.0)):
+                a.add(ISTIO_BUCKETS, w, n, **istio(version, le=le))
+    series = observed(the_plan, a).metric("p99").series
+    assert series.edges == (0.1, 0.25, math.inf)
+    assert series.stable == ((10, 20, 30),) * 3
+
+
 def test_buckets_that_are_not_cumulative_are_no_data() -> None:
     the_plan, a = look()
     for w in range(3):
@@ -910,6 +922,19 @@ def test_score_histograms_become_counts_per_score_range_on_the_shared_bounds() -
     assert data.series.canary == ((10, 10, 40, 40), None, (10, 10, 40, 40))
     assert data.series.positive_from == 2  # scores above 0.5
     assert "canary: ranker_score_bucket buckets are not cumulative (window 1)" in data.reason
+
+
+def test_a_score_bound_written_two_ways_is_one_bucket() -> None:
+    the_plan, a = look()
+    scores = outputs_family("scores")
+    who = {"namespace": "ml", "model": "ranker"}
+    for w in range(3):
+        for version in ("r1", "r2"):
+            for le, n in (("0.5", 30.0), ("0.50", 20.0), ("+Inf", 100.0)):
+                a.add(scores, w, n, version=version, le=le, **who)
+    data = observed(the_plan, a).metric("scores")
+    assert data.series.buckets == ("<= 0.5", "(0.5, inf]")
+    assert data.series.stable == ((50, 50),) * 3
 
 
 def test_class_counters_become_counts_per_class_the_positive_ones_last() -> None:

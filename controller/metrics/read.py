@@ -394,7 +394,7 @@ def _buckets(cell: Cell | str, metric: str) -> dict[float, int] | str:
             edge = float(labels.get("le", ""))
         except ValueError:
             return f"{metric} has a bucket without a numeric le label"
-        out[edge / 1000.0] = round(value)
+        out[edge / 1000.0] = out.get(edge / 1000.0, 0) + round(value)  # '1' and '1.0' are one bound
     counts = [out[e] for e in sorted(out)]
     if any(b < a for a, b in pairwise(counts)):
         return f"{metric} buckets are not cumulative"

@@ -78,7 +78,7 @@ def _cumulative(raw: Mapping[str, float], metric: str) -> dict[float, int] | str
     out: dict[float, int] = {}
     for le, value in raw.items():
         try:
-            out[float(le)] = round(value)
+            out[float(le)] = out.get(float(le), 0) + round(value)  # '1' and '1.0' are one bound
         except ValueError:
             return f"{metric} has a bucket without a numeric le label"
     bounds = sorted(out)

@@ -444,28 +444,16 @@ def normal_guardrail(
     the caller clips to: betting against that ceiling (:func:`gauge_guardrail`) would take dozens of
     intervals to prove a mean under its limit.
 
-    ``values[j]`` holds one mean per pod for interval j, within [lower, upper] (utilisation or
-    memory fraction: [0, 1]). The e-process is the one-sided normal mixture (Johari, Pekelis & Walsh,
-    Oper. Res. 70(3), 2022) on S = sum_i (y_i - limit) / v_i, I = sum_i 1 / v_i. Values in a range of
-    width w are w^2/4-sub-Gaussian (Hoeffding's lemma), so v_i = w^2/4 would be exact; we use the
-    smaller of that and a variance bound from earlier intervals (:func:`_variance_bound`), exact at
-    the first looks and close to Gaussian efficiency later. Exact nonparametric betting
-    (Waudby-Smith & Ramdas, JRSS-B 2024) cannot bet more than 1/limit against a mean <= limit and so
-    needs ~20x more pod-intervals to see utilisation 0.95 against a 0.9 ceiling; per-pod interval
-    means are averages of many scrapes, close enough to Gaussian. ``tau`` (value units) defaults to
-    5% of the range.
+    ``values[j]`` holds one mean per pod for interval j, within [lower, upper]. The e-process is the
+    one-sided normal mixture (Johari, Pekelis & Walsh, Oper. Res. 70(3), 2022) on
+    S = sum_i (y_i - limit) / v_i, I = sum_i 1 / v_i, with v_i the smaller of the range's Hoeffding
+    bound w^2/4 and a variance bound from earlier intervals (:func:`_variance_bounds`): exact at the
+    first looks, close to Gaussian efficiency later. ``tau`` (value units) defaults to 5% of the range.
     """
-    lo = check_number(lower, name="lower")
-    hi = check_number(upper, name="upper")
-    if not lo < hi:
-        raise StatsInputError("upper", "must be greater than lower")
-    cap = check_number(limit, name="limit")
-    if not lo < cap < hi:
-        raise StatsInputError("limit", f"must be strictly inside ({lo}, {hi})")
+    lo, hi, cap, groups = _guardrail_inputs(values, limit=limit, lower=lower, upper=upper)
     alpha = check_alpha(alpha)
     width = hi - lo
     tau_ = 0.05 * width if tau is None else check_positive(tau, name="tau")
-    groups = check_value_groups(values, name="values", lower=lo, upper=hi)
     y = np.concatenate(groups)
     starts = [int(i) for i in np.cumsum([0] + [g.size for g in groups[:-1]])]
     info, score = _predictable_info(y - cap, starts, cap=width * width / 4.0, floor=(_MIN_SD * width) ** 2)

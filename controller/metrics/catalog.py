@@ -295,13 +295,13 @@ class RolloutAsks:
         )
 
     def kind_asks(self, roles: Mapping[Role, PodSeries]) -> tuple[dict[Role, Ask], str]:
-        asks: dict[Role, Ask] = {}
-        for role, series in roles.items():
-            ask = self.pod(series)
-            if isinstance(ask, str):
-                return {}, ask
-            asks[role] = ask
-        return asks, ""
+        return all_asks({role: self.pod(series) for role, series in roles.items()})
+
+
+def all_asks(made: Mapping[Role, Ask | str]) -> tuple[dict[Role, Ask], str]:
+    """Every role's ask, or none and the first role's reason why there is none."""
+    why = next((a for a in made.values() if isinstance(a, str)), None)
+    return ({}, why) if why is not None else ({r: a for r, a in made.items() if isinstance(a, Ask)}, "")
 
 
 #: How a kind plans one policy metric for one rollout.

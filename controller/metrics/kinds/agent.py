@@ -24,7 +24,7 @@ from typing import ClassVar
 
 from controller.api.kinds import Shape
 from controller.api.metrics_spec import Metric, MetricKind
-from controller.metrics.catalog import Ask, Family, MetricPlan, Planner, Reduce, Role, RolloutAsks
+from controller.metrics.catalog import Family, MetricPlan, Planner, Reduce, Role, RolloutAsks, all_asks
 from controller.metrics.kinds import istio
 from controller.metrics.read import Builder, Built, Cell, Gauges, KindReading, Valued
 from controller.metrics.samples import GaugeSeries, Window
@@ -43,13 +43,8 @@ def _planner(roles: Mapping[Role, Family]) -> Planner:
     """The planner of a kind that reads the agent's ``roles``."""
 
     def planned(asks: RolloutAsks, metric: Metric) -> MetricPlan:
-        found: dict[Role, Ask] = {}
-        for role, family in roles.items():
-            ask = asks.agent(family)
-            if isinstance(ask, str):
-                return MetricPlan(metric.name, metric.kind, {}, ask)
-            found[role] = ask
-        return MetricPlan(metric.name, metric.kind, found)
+        found, why = all_asks({role: asks.agent(family) for role, family in roles.items()})
+        return MetricPlan(metric.name, metric.kind, found, why)
 
     return planned
 

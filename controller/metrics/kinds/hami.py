@@ -28,13 +28,13 @@ from dataclasses import dataclass
 
 from controller.api.metrics_spec import Metric, MetricKind
 from controller.metrics.catalog import (
-    Ask,
     Family,
     MetricPlan,
     Planner,
     Reduce,
     Role,
     RolloutAsks,
+    all_asks,
     ask_for,
     pod_label_value,
 )
@@ -100,18 +100,16 @@ def _planner(roles: Mapping[Role, tuple[str, str]]) -> Planner:
             return MetricPlan(metric.name, metric.kind, {}, why)
         label = asks.labels.version
         spec = asks.rollout.spec
-        found: dict[Role, Ask] = {}
-        for role, (name, legacy) in roles.items():
-            ask = ask_for(
-                _family(name, legacy, label),
-                (asks.ns, pod_label_value(spec.stable, label)),
-                (asks.ns, pod_label_value(spec.canary, label)),
-                f"no pod label of spec.stable/spec.canary maps to the label {label!r} that names the version",
-            )
-            if isinstance(ask, str):
-                return MetricPlan(metric.name, metric.kind, {}, ask)
-            found[role] = ask
-        return MetricPlan(metric.name, metric.kind, found)
+        missing = f"no pod label of spec.stable/spec.canary maps to the label {label!r} that names the version"
+        stable = (asks.ns, pod_label_value(spec.stable, label))
+        canary = (asks.ns, pod_label_value(spec.canary, label))
+        found, why = all_asks(
+            {
+                role: ask_for(_family(name, legacy, label), stable, canary, missing)
+                for role, (name, legacy) in roles.items()
+            }
+        )
+        return MetricPlan(metric.name, metric.kind, found, why)
 
     return planned
 

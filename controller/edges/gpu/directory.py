@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Callable, Collection, Mapping
 from typing import Any, Protocol
@@ -22,7 +21,7 @@ from kubernetes import client, config
 
 from controller.edges.gpu.pods import PodRef
 from controller.edges.gpu.series import PodInfo
-from controller.edges.kube.client import retry_policy, untyped
+from controller.edges.kube.client import api_configuration, untyped
 
 log = logging.getLogger("canarist.gpu")
 
@@ -129,14 +128,8 @@ class KubePodDirectory:
 def connect(kubeconfig: str | None, context: str | None, node_name: str | None) -> PodDirectory:
     """The directory of this node's pods: in a pod, through its service account; else through the kubeconfig.
     With no usable configuration, one line is logged and no pod is known (the agent still exports)."""
-    configuration = client.Configuration()
-    configuration.retries = retry_policy()
     try:
-        if kubeconfig is None and context is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
-            untyped(config.load_incluster_config)(client_configuration=configuration)
-        else:
-            load = untyped(config.load_kube_config)
-            load(config_file=kubeconfig, context=context, client_configuration=configuration)
+        configuration = api_configuration(kubeconfig, context)
     except (config.ConfigException, OSError, ValueError, TypeError) as exc:
         log.warning("gpu-agent: no Kubernetes API (%s): every GPU process counts as unattributed", _one_line(exc))
         return NoPods()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
 import time
 from collections.abc import Callable, Mapping
@@ -63,6 +64,20 @@ ROLLOUTS = Kind(GROUP, VERSION, PLURAL)
 def untyped(function: Any) -> Callable[..., Any]:
     """A function of the client without annotations, as a callable mypy accepts."""
     return cast(Callable[..., Any], function)
+
+
+def api_configuration(kubeconfig: str | None, context: str | None) -> client.Configuration:
+    """The client configuration: in a pod, with no kubeconfig or context asked for, its service account;
+    else the kubeconfig (``kubeconfig``, else ``$KUBECONFIG``, else ``~/.kube/config``) at ``context``.
+    Raises what the kubernetes client raises for a missing or broken configuration."""
+    configuration = client.Configuration()
+    configuration.retries = retry_policy()
+    if kubeconfig is None and context is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
+        untyped(config.load_incluster_config)(client_configuration=configuration)
+    else:
+        load = untyped(config.load_kube_config)
+        load(config_file=kubeconfig, context=context, client_configuration=configuration)
+    return configuration
 
 
 def as_dict(value: object) -> dict[str, Any]:

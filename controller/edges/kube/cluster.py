@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import os
 
-from kubernetes import client, config
+from kubernetes import client
 
-from controller.edges.kube.client import context_namespace, retry_policy, untyped
+from controller.edges.kube.client import api_configuration, context_namespace
 from controller.edges.kube.events import EventsAndPods
 from controller.edges.kube.rollouts import Rollouts
 from controller.edges.kube.routes import Routes
@@ -27,15 +27,9 @@ class KubeCluster(Rollouts, Routes, EventsAndPods):
     ) -> KubeCluster:
         """In a pod, with no kubeconfig or context asked for: the service account; else the kubeconfig
         (``kubeconfig``, else ``$KUBECONFIG``, else ``~/.kube/config``) at ``context``."""
-        configuration = client.Configuration()
-        configuration.retries = retry_policy()
-        namespace = "default"
-        if kubeconfig is None and context is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
-            untyped(config.load_incluster_config)(client_configuration=configuration)
-        else:
-            load = untyped(config.load_kube_config)
-            load(config_file=kubeconfig, context=context, client_configuration=configuration)
-            namespace = context_namespace(kubeconfig, context)
+        configuration = api_configuration(kubeconfig, context)
+        in_pod = kubeconfig is None and context is None and os.environ.get("KUBERNETES_SERVICE_HOST")
+        namespace = "default" if in_pod else context_namespace(kubeconfig, context)
         cluster = cls(client.ApiClient(configuration), propagation_delay=propagation_delay)
         cluster.default_namespace = namespace
         return cluster

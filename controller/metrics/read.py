@@ -283,6 +283,8 @@ class Builder:
         return HistogramSeries(edges, cumulative(stable), cumulative(canary), every), reasons
 
     def gauges(self, plan: MetricPlan, pod_value: PodValue) -> Built:
+        shared_by_window: dict[Window, set[str] | str] = {}  # one check per window, for both versions
+
         def fn(window: Window, side: str) -> Valued[tuple[float, ...]]:
             got = self.pod_values(plan, pod_value, window, side)
             if isinstance(got, str):
@@ -290,7 +292,9 @@ class Builder:
             values, dropped = got
             notes = (f"{dropped} pod(s) dropped (counter reset, NaN, Inf or no inferences)",) if dropped else ()
             if Role.DEVICES in plan.asks:
-                shared = self.shared_gpus(plan, window)
+                if window not in shared_by_window:
+                    shared_by_window[window] = self.shared_gpus(plan, window)
+                shared = shared_by_window[window]
                 if isinstance(shared, str):
                     return shared
                 if shared & values.keys():

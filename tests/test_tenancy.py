@@ -448,6 +448,34 @@ def test_a_host_the_rollout_already_routes_is_not_frozen_by_a_later_object(
     edge.apply_routes(owner, render(candidate, RouteState(0), ENV))  # the rollback goes through
 
 
+def _cluster_wide_lists(server: LocalApiServer, since: int) -> list[str]:
+    return [r.path for r in server.log[since:] if r.method == "GET" and r.path.endswith(f"/{ISTIO}/v1/virtualservices")]
+
+
+def test_a_rollout_routing_only_its_own_hosts_does_not_list_every_virtualservice(
+    server: LocalApiServer, edge: KubeCluster
+) -> None:
+    """Scale (issue 17): once a rollout's VirtualService routes every host it asks for, a reconcile
+    has nothing to check against other namespaces; listing them all per reconcile made a pass
+    O(N^2) in rollouts. A host it does not yet route is still checked against every namespace."""
+    body = policy("team-a")
+    owner = _owner(edge, body)
+    candidate = ModelRollout.model_validate(body)
+    start = len(server.log)
+    edge.apply_routes(owner, render(candidate, RouteState(5), ENV))  # the first write: checked everywhere
+    assert _cluster_wide_lists(server, start)
+    start = len(server.log)
+    assert edge.route_conflicts(owner, render(candidate, RouteState(25), ENV)) == []
+    edge.apply_routes(owner, render(candidate, RouteState(25), ENV))
+    assert _cluster_wide_lists(server, start) == []
+    server.seed(_vs("edge", "public", ["api.example.com"]))
+    widened = render(ModelRollout.model_validate(policy("team-a", hosts=["api.example.com"])), RouteState(25), ENV)
+    start = len(server.log)
+    found = edge.route_conflicts(owner, widened)
+    assert [(c.host, c.namespace, c.name) for c in found] == [("api.example.com", "edge", "public")]
+    assert _cluster_wide_lists(server, start)
+
+
 def test_a_rollback_reaches_the_held_routes_without_a_newly_refused_host(
     server: LocalApiServer, edge: KubeCluster
 ) -> None:

@@ -286,6 +286,14 @@ def prometheus_store_options(function: F) -> F:
 @prometheus_store_options
 @click.option("--policies", type=click.Path(file_okay=False, path_type=Path), help="GitOps: apply policies from DIR.")
 @click.option("--leader-elect", is_flag=True, help="Elect a leader on a Lease (for several replicas).")
+@click.option(
+    "--shards",
+    type=click.IntRange(0, 1024),
+    default=0,
+    show_default=True,
+    help="Share the rollouts with the other replicas over this many shard Leases (0: no sharding; "
+    "every replica must be given the same count).",
+)
 @click.option("--lease-namespace", envvar="POD_NAMESPACE", default="canarist-system", show_default=True)
 @click.option("--lease-seconds", type=click.IntRange(10, 600), default=15, show_default=True, help="Lease duration.")
 @click.option("--identity", envvar="POD_NAME", default=None, help="This replica's name in the Lease.")
@@ -319,6 +327,7 @@ def run(  # click passes options by keyword
     max_scrape_interval: float,
     policies: Path | None,
     leader_elect: bool,
+    shards: int,
     lease_namespace: str,
     lease_seconds: int,
     identity: str | None,
@@ -348,14 +357,20 @@ def run(  # click passes options by keyword
         env = default_environment(templates)
     except (ValueError, PrometheusError, FileNotFoundError) as exc:
         raise UserError(str(exc)) from None
+    if leader_elect and shards:
+        raise UserError("--leader-elect and --shards: choose one (sharded replicas need no leader)")
     cluster = connect(kubeconfig, context)
-    elector = None
+    elector, shard_set = None, None
+    name = identity or f"{getpass.getuser()}-{time.time_ns()}"
+    api_client = cluster.api_client  # type: ignore[attr-defined]
     if leader_elect:
         from controller.edges.kube.leader import LeaderElector
 
-        name = identity or f"{getpass.getuser()}-{time.time_ns()}"
-        api_client = cluster.api_client  # type: ignore[attr-defined]
         elector = LeaderElector(api_client, lease_namespace, "canarist-controller", name, lease_seconds=lease_seconds)
+    if shards:
+        from controller.edges.kube.shards import ShardSet
+
+        shard_set = ShardSet(api_client, lease_namespace, name, shards=shards, lease_seconds=lease_seconds)
     ops = ControllerMetrics(stall_after=3 * tick_deadline + 5.0)  # a pass, then at most 5 s of waiting
     try:
         server = serve(ops, metrics_port, metrics_bind_address)
@@ -371,6 +386,7 @@ def run(  # click passes options by keyword
         time.time,
         namespace=namespace,
         elector=elector,
+        shards=shard_set,
         observer=ops,
         policies=policies,
         tick_deadline=tick_deadline,

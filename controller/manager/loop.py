@@ -2,7 +2,8 @@
 
 Each rollout is reconciled when it changes (a watch event) and when its requeue time comes (its
 interval, or at once after a transition that needs a follow-up). Only the leader acts; a follower
-keeps its lease renewed or waits for it. Time is injected so tests can drive the loop tick by tick.
+keeps its lease renewed or waits for it. Sharded (:mod:`controller.edges.kube.shards`), every
+replica acts, each on the rollouts of the shards it holds. Time is injected so tests can drive the loop tick by tick.
 """
 
 from __future__ import annotations
@@ -54,6 +55,28 @@ class Elector(Protocol):
     def release(self) -> None: ...
 
 
+class Shards(Protocol):
+    """Sharding across replicas (shard Leases in production): which rollouts this replica drives."""
+
+    def renew(self) -> list[int]:
+        """Keep membership, take or hand back shards; the shards surely held now."""
+        ...
+
+    def owns(self, key: str) -> bool:
+        """Whether rollout ``key`` (``namespace/name``) is this replica's to drive now."""
+        ...
+
+    def ensure(self, key: str, budget: float) -> bool:
+        """Whether rollout ``key``'s shard stays ours for ``budget`` more seconds (renewing once if need be)."""
+        ...
+
+    def fence(self, cluster: Cluster) -> Cluster:
+        """``cluster`` with each write refused once its rollout's shard may have been lost."""
+        ...
+
+    def release(self) -> None: ...
+
+
 class Observer(Protocol):
     """Where the loop reports what it did (Prometheus metrics in production)."""
 
@@ -74,6 +97,8 @@ class Manager:
     clock: Callable[[], float]
     namespace: str | None = None
     elector: Elector | None = None
+    #: Several replicas sharing the rollouts (exclusive with ``elector``): each drives its shards' own.
+    shards: Shards | None = None
     observer: Observer | None = None
     policies: Path | None = None
     #: What each rollout may route beyond its own Service (controller.traffic.tenancy; the CLI's --allow-*).
@@ -94,8 +119,12 @@ class Manager:
     rng: random.Random = field(default_factory=random.Random)
 
     def __post_init__(self) -> None:
+        if self.elector is not None and self.shards is not None:
+            raise ValueError("a controller either elects one leader or shares rollouts by shards, not both")
         if self.elector is not None:  # no write may leave once the lease may have been lost
             self.cluster = self.elector.fence(self.cluster)
+        if self.shards is not None:  # nor one about a rollout whose shard may have been lost
+            self.cluster = self.shards.fence(self.cluster)
 
     def tick(self) -> list[Outcome]:
         """One pass: renew leadership, sync GitOps policies, reconcile every rollout that is due."""
@@ -112,14 +141,14 @@ class Manager:
             return []
         outcomes: list[Outcome] = []
         present = set()
-        waiting = list(objects)
+        waiting = [o for o in objects if self._mine(_key(o))]
         self.rng.shuffle(waiting)  # ties in random order: the sort below keeps it
         looks = self._batched_looks([o for o in waiting if self.due.get(_key(o), 0.0) <= now], now)
         for obj in sorted(waiting, key=lambda o: self.due.get(_key(o), 0.0)):  # the longest waiting first
             key = _key(obj)
             present.add(key)
             # the first due rollout always starts (progress), the others only before the deadline
-            if self.due.get(key, 0.0) <= now and self._may_act(deadline if outcomes else float("inf")):
+            if self.due.get(key, 0.0) <= now and self._may_act(deadline if outcomes else float("inf"), key):
                 outcomes.append(self.reconcile_one(obj, looks))
         for gone in set(self.due) - present:
             del self.due[gone]
@@ -205,10 +234,12 @@ class Manager:
                 if event.type == "DELETED":
                     self.due.pop(_key(event.object), None)
                     continue
+                if not self._mine(_key(event.object)):
+                    continue  # another replica's shard
                 version = (event.object.get("metadata") or {}).get("resourceVersion")
                 if version:
                     self.resource_version = str(version)
-                if not self._may_act(deadline):
+                if not self._may_act(deadline, _key(event.object)):
                     break
                 outcomes.append(self.reconcile_one(event.object))
         except ClusterUnavailableError as exc:
@@ -225,6 +256,8 @@ class Manager:
                 log.warning("policy %s refused, nothing applied: %s", path, str(exc).splitlines()[0])
                 continue
             for rollout in rollouts:
+                if not self._mine(rollout.key):
+                    continue  # another replica's shard: that replica applies it
                 body = rollout.model_dump(by_alias=True, exclude_none=True, mode="json", exclude={"status"})
                 try:
                     self.cluster.create_or_update_rollout(body)
@@ -246,20 +279,32 @@ class Manager:
         finally:
             if self.elector is not None and self.leader:
                 self.elector.release()
+            if self.shards is not None:
+                self.shards.release()
 
-    def _may_act(self, deadline: float) -> bool:
-        """Whether one more reconcile may start: before the pass's deadline, and with the lease
-        surely ours for :attr:`act_budget` more seconds (renewed first if it is short)."""
+    def _mine(self, key: str) -> bool:
+        """Whether rollout ``key`` is this replica's to drive (always, unless sharded)."""
+        return self.shards is None or self.shards.owns(key)
+
+    def _may_act(self, deadline: float, key: str) -> bool:
+        """Whether one more reconcile (of rollout ``key``) may start: before the pass's deadline, and
+        with the lease (or its shard's) surely ours for :attr:`act_budget` more seconds (renewed
+        first if it is short)."""
         if self.clock() >= deadline:
             log.warning("this pass reached its deadline of %ss: the rest wait for the next", self.tick_deadline)
             return False
+        if self.shards is not None:
+            return self.shards.ensure(key, self.act_budget)
         if self.elector is None or self.elector.ensure(self.act_budget):
             return True
         self._became(False)
         return False
 
     def _lead(self, now: float) -> bool:
-        leader = True if self.elector is None else self.elector.try_acquire_or_renew()
+        if self.shards is not None:  # "leading": holding at least one shard
+            leader = bool(self.shards.renew())
+        else:
+            leader = True if self.elector is None else self.elector.try_acquire_or_renew()
         self._became(leader)
         return leader
 

@@ -30,7 +30,7 @@ import datetime as dt
 import enum
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, cast
 
@@ -201,6 +201,14 @@ class LeaderElector:
             log.warning("lease %s/%s: %s", self.namespace, self.name, exc)
         return self._lead(self.remaining(now) > 0)  # unreachable: lead while the last renewal holds
 
+    def saw(self, lease: client.V1Lease, now: float) -> None:
+        """The Lease as read elsewhere (a listing) at ``now``: expiry counts from when it was first
+        seen unchanged, whoever read it; a replica that lists the Leases every pass can take an
+        expired one over as soon as it is its turn, not one lease duration after its first look."""
+        record = record_of(lease)
+        if record != self._observed:
+            self._observed, self._observed_at = record, now
+
     def remaining(self, now: float | None = None) -> float:
         """Seconds the lease is surely still ours (0: it may be lost, or was never ours)."""
         if not self.leading or self._valid_until is None:
@@ -295,11 +303,15 @@ class Fenced:
             budget += 2 * float(getattr(self.inner, "propagation_delay", 0.0))
 
         def fenced(*args: Any, **kwargs: Any) -> Any:
-            if self.ensure(budget):
+            if self.allowed(budget, args, kwargs):
                 return found(*args, **kwargs)
             if name in self.BEST_EFFORT:
-                log.info("%s skipped: the leader lease may have been lost", name)
+                log.info("%s skipped: the lease may have been lost", name)
                 return None
-            raise LeaseLostError(f"{name}: not written, the leader lease may have been lost", retry_after=1.0)
+            raise LeaseLostError(f"{name}: not written, its lease may have been lost", retry_after=1.0)
 
         return fenced
+
+    def allowed(self, budget: float, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> bool:
+        """Whether a write with these arguments may go out (the one Lease: whatever it is about)."""
+        return self.ensure(budget)

@@ -13,6 +13,10 @@ virtual one in the soak, ``time.time`` for real processes):
 
 Writes by anyone else (a person, the test itself) are not judged. It also counts the take-overs
 (:attr:`LeaseChecker.transitions`) and the replicas' writes it judged.
+
+Sharded replicas (:mod:`controller.edges.kube.shards`) hold many Leases: with ``guard`` set, each
+written object is judged by the Lease that guards it (its rollout's shard), and the hand-overs of
+every Lease ``guard`` can name are checked alike.
 """
 
 from __future__ import annotations
@@ -57,16 +61,26 @@ class LeaseChecker:
     #: The users that are replicas (their Lease identities); others' writes are not judged.
     replicas: set[str] = field(default_factory=set)
     lease_name: str = "canarist-controller"
-    term: Term | None = None  # the stored Lease's
+    #: The Lease that guards a written object (sharded: its rollout's shard's); None: ``lease_name``.
+    guard: Callable[[Key], str] | None = None
+    #: Which Leases' hand-overs are judged (sharded: the shard Leases); None: ``lease_name`` alone.
+    judged: Callable[[str], bool] | None = None
+    terms: dict[str, Term] = field(default_factory=dict)  # the stored Leases'
     transitions: int = 0
     writes: int = 0
     violations: list[Violation] = field(default_factory=list)
 
+    @property
+    def term(self) -> Term | None:
+        """The one Lease's term (unsharded replicas)."""
+        return self.terms.get(self.lease_name)
+
     def __call__(self, version: int, event: str, key: Key, obj: dict[str, Any]) -> None:
         caller = self.writer()
         user = caller.user if caller is not None else None
+        judged = self.judged or (lambda name: name == self.lease_name)
         try:
-            if key[:2] == LEASES and key[3] == self.lease_name:
+            if key[:2] == LEASES and judged(key[3]):
                 self._lease(version, event, key, obj)
             elif key[:2] in GUARDED and user in self.replicas:
                 self._guarded(version, key, str(user))
@@ -77,11 +91,11 @@ class LeaseChecker:
         self.violations.append(Violation(invariant, f"{key[1]} {key[2]}/{key[3]}", version, detail))
 
     def _lease(self, version: int, event: str, key: Key, obj: dict[str, Any]) -> None:
-        before = self.term
+        before = self.terms.get(key[3])
         if event == "DELETED":
-            self.term = None
+            self.terms.pop(key[3], None)
             return
-        after = self.term = term_of(obj)
+        after = self.terms[key[3]] = term_of(obj)
         if before is None or not after.holder or after.holder == before.holder:
             return
         self.transitions += 1
@@ -92,7 +106,7 @@ class LeaseChecker:
 
     def _guarded(self, version: int, key: Key, user: str) -> None:
         self.writes += 1
-        term, now = self.term, self.clock()
+        term, now = self.terms.get(self.guard(key) if self.guard else self.lease_name), self.clock()
         if term is None or term.holder != user:
             detail = f"written by {user} while the Lease names {term.holder if term else 'nobody'!r}"
             self._violate("write-without-lease", key, version, detail)

@@ -320,7 +320,8 @@ API_VERBS = {
     "list_namespaced_pod": "list",
     "create_self_subject_review_with_http_info": "create",  # the CLI's "who am I": every user may
 }
-EXPECTED_NAMESPACED_GRANTS = {("coordination.k8s.io", "leases"): {"get", "create", "update"}}
+#: Leader election reads, creates and updates its Lease; sharded replicas also list the members' Leases.
+EXPECTED_NAMESPACED_GRANTS = {("coordination.k8s.io", "leases"): {"get", "list", "create", "update"}}
 
 
 def union(calls: dict[str, dict[tuple[str, str], set[str]]]) -> dict[tuple[str, str], set[str]]:

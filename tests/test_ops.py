@@ -18,9 +18,11 @@ from typing import Any
 import pytest
 import yaml
 
+from controller.api.status import Action, Phase
 from controller.cli.main import cli, main
 from controller.edges.kube import KubeCluster
 from controller.edges.prometheus import PrometheusClient, PrometheusSettings
+from controller.engine.reconcile import Outcome
 from controller.manager import ops
 from controller.manager.loop import Manager
 from controller.manager.ops import ControllerMetrics, serve
@@ -107,6 +109,29 @@ def test_the_loop_beats_each_pass_and_a_stuck_pass_fails_liveness(api: LocalApiS
         loop.join(timeout=20)
         server.shutdown()
         server.server_close()
+
+
+def test_a_rollout_gone_from_the_controller_takes_its_gauges_with_it(api: LocalApiServer) -> None:
+    """Deleted (or, sharded, moved to another replica): no stale phase or weight is scraped for it."""
+    metrics = ControllerMetrics()
+    source = PrometheusSource(PrometheusClient(PrometheusSettings(url="http://127.0.0.1:9", timeout=1.0)))
+    manager = Manager(KubeCluster(api.make_client(), propagation_delay=0.0), source, default_environment(),
+                      time.time, namespace="ml", observer=metrics)  # fmt: skip
+    for name in ("kept", "gone"):
+        api.seed({"apiVersion": "canarist.io/v1alpha1", "kind": "ModelRollout",
+                  "metadata": {"name": name, "namespace": "ml"}, "spec": {}})  # fmt: skip
+    manager.tick()
+    for key in ("ml/kept", "ml/gone"):  # as if each had reached its first step
+        metrics.reconciled(Outcome(key, Action.ADVANCE, "step 1", Phase.PROGRESSING, 5, 1, True, 60.0), 0.1)
+    assert metrics.registry.get_sample_value("canarist_rollout_canary_weight", {"rollout": "ml/gone"}) == 5
+    with api.cond:
+        del api.objects[("canarist.io", "modelrollouts", "ml", "gone")]
+    manager.due = dict.fromkeys(manager.due, 0.0)
+    manager.tick()
+    exported = metrics.registry.get_sample_value
+    assert exported("canarist_rollout_canary_weight", {"rollout": "ml/gone"}) is None
+    assert exported("canarist_rollout_phase", {"rollout": "ml/gone", "phase": "Progressing"}) is None
+    assert exported("canarist_rollout_canary_weight", {"rollout": "ml/kept"}) == 5
 
 
 # --- slow clients cannot hold the server -------------------------------------------------------
@@ -313,6 +338,10 @@ class DiesAfterOneReconcile:
     def leading(self, leader: bool) -> None: ...
 
     def ticked(self) -> None: ...
+
+    def sharded(self, held: int, members: int) -> None: ...
+
+    def forgotten(self, key: str) -> None: ...
 
 
 def test_a_controller_that_keeps_dying_still_reaches_every_rollout_in_turn(api: LocalApiServer) -> None:

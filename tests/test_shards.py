@@ -24,6 +24,7 @@ from controller.edges.kube.leader import LeaseLostError
 from controller.edges.kube.shards import ShardSet, key_of_call, preferred_replica, shard_lease_name, shard_of
 from controller.engine.ports import Cluster, EdgeFailure
 from controller.manager.loop import Manager
+from controller.manager.ops import ControllerMetrics
 from controller.metrics.samples import Observation, Window
 from controller.sandbox.chaos.leases import LeaseChecker
 from controller.sandbox.localapi import LocalApiServer, local_api_server
@@ -293,10 +294,14 @@ def test_sharded_managers_each_reconcile_exactly_their_own_shards_rollouts(serve
     )
     server.write_observer = checker
     managers = {}
+    observer = ControllerMetrics()
     for token, who in tokens.items():
         shard_set = fleet.join(who)
         cluster = KubeCluster(server.make_client(api_key={"authorization": f"Bearer {token}"}), propagation_delay=0.0)
-        managers[who] = Manager(cluster, NoTraffic(), default_environment(), lambda: 1_800_000_000.0, shards=shard_set)
+        managers[who] = Manager(
+            cluster, NoTraffic(), default_environment(), lambda: 1_800_000_000.0, shards=shard_set,
+            observer=observer if who == "a" else None,
+        )  # fmt: skip
     names = [f"model-{i}" for i in range(12)]
     for name in names:
         for version in ("v1", "v2"):
@@ -321,6 +326,9 @@ def test_sharded_managers_each_reconcile_exactly_their_own_shards_rollouts(serve
     for who, keys in outcomes.items():
         assert all(fleet.sets[who].owns(k) for k in keys), (who, keys)
     assert checker.violations == [] and checker.writes >= 2 * len(names)  # routes and status, each
+    exported = observer.registry.get_sample_value
+    assert exported("canarist_shards_held") == len(fleet.sets["a"].held()) > 0
+    assert exported("canarist_shard_members") == 2
 
 
 def _spec(name: str) -> dict[str, Any]:

@@ -58,6 +58,9 @@ class Elector(Protocol):
 class Shards(Protocol):
     """Sharding across replicas (shard Leases in production): which rollouts this replica drives."""
 
+    #: The live replicas (this one included) as last seen.
+    members: list[str]
+
     def renew(self) -> list[int]:
         """Keep membership, take or hand back shards; the shards surely held now."""
         ...
@@ -86,6 +89,14 @@ class Observer(Protocol):
 
     def ticked(self) -> None:
         """The loop completed a pass (the liveness heartbeat)."""
+        ...
+
+    def sharded(self, held: int, members: int) -> None:
+        """Sharded replicas: the shards this one holds, and the live replicas it sees."""
+        ...
+
+    def forgotten(self, key: str) -> None:
+        """Rollout ``key`` is no longer this replica's (deleted, or its shard moved): drop its gauges."""
         ...
 
 
@@ -153,6 +164,8 @@ class Manager:
         for gone in set(self.due) - present:
             del self.due[gone]
             self.failures.pop(gone, None)
+            if self.observer is not None:
+                self.observer.forgotten(gone)
         return outcomes
 
     def _batched_looks(self, due: Sequence[Mapping[str, Any]], now: float) -> MetricsSource:
@@ -302,7 +315,10 @@ class Manager:
 
     def _lead(self, now: float) -> bool:
         if self.shards is not None:  # "leading": holding at least one shard
-            leader = bool(self.shards.renew())
+            held = self.shards.renew()
+            leader = bool(held)
+            if self.observer is not None:
+                self.observer.sharded(len(held), len(self.shards.members))
         else:
             leader = True if self.elector is None else self.elector.try_acquire_or_renew()
         self._became(leader)

@@ -12,6 +12,7 @@ seconds (a client trickling a byte at a time), so slow clients cannot pile up th
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -53,6 +54,12 @@ class ControllerMetrics:
             "canarist_edge_errors", "Reconciles that met an unavailable edge", ["rollout"], registry=self.registry
         )
         self.leader = Gauge("canarist_leader", "1 while this replica leads", registry=self.registry)
+        self.shards_held = Gauge(
+            "canarist_shards_held", "Shard Leases this replica holds (sharded replicas)", registry=self.registry
+        )
+        self.shard_members = Gauge(
+            "canarist_shard_members", "Live replicas as this one sees them (sharded replicas)", registry=self.registry
+        )
         self.passes = Gauge(
             "canarist_last_pass_timestamp_seconds", "When the loop last completed a pass", registry=self.registry
         )
@@ -83,6 +90,20 @@ class ControllerMetrics:
     def leading(self, leader: bool) -> None:
         self.ready.set()
         self.leader.set(1.0 if leader else 0.0)
+
+    def forgotten(self, key: str) -> None:
+        """A rollout gone from this replica: its gauges go too, so no stale phase or weight is
+        scraped from it while another replica (or nobody, once deleted) reports the rollout."""
+        for phase in Phase:
+            with contextlib.suppress(KeyError):
+                self.phase.remove(key, phase.value)
+        with contextlib.suppress(KeyError):
+            self.weight.remove(key)
+
+    def sharded(self, held: int, members: int) -> None:
+        self.ready.set()
+        self.shards_held.set(held)
+        self.shard_members.set(members)
 
 
 def serve(metrics: ControllerMetrics, port: int, host: str = "127.0.0.1") -> ThreadingHTTPServer:

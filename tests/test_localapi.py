@@ -17,6 +17,7 @@ from kubernetes.client import ApiException
 
 from controller.sandbox.localapi import ApiError, LocalApiServer, local_api_server
 from controller.sandbox.localapi.documents import json_patch, label_matcher, merge_patch
+from controller.sandbox.localapi.store import Objects
 
 GROUP, VERSION, PLURAL, NS = "canarist.io", "v1alpha1", "modelrollouts", "default"
 
@@ -520,3 +521,32 @@ def test_each_field_is_owned_by_the_last_manager_that_changed_it(server: LocalAp
         keyed = {p: m for p, m in _owners(obj).items() if p[:2] == ("metadata", "annotations") and len(p) == 3}
         owners = keyed | {p: m for p, m in _owners(obj).items() if p[0] == "spec" and len(p) == 2}
         assert owners == expected
+
+
+KEYS = st.tuples(
+    st.sampled_from(["", "canarist.io", "networking.istio.io"]),
+    st.sampled_from(["pods", "modelrollouts", "virtualservices"]),
+    st.sampled_from(["ml", "team-a", "prod"]),
+    st.sampled_from(["a", "b", "c"]),
+)
+STORE_OPS = st.lists(st.tuples(st.sampled_from(["set", "del", "pop"]), KEYS), max_size=40)
+
+
+@given(ops=STORE_OPS)
+def test_the_object_index_answers_every_list_as_a_walk_over_every_object_would(
+    ops: list[tuple[str, tuple[str, str, str, str]]],
+) -> None:
+    """The stand-in lists from an index by kind and namespace (bench.scale's thousands of rollouts):
+    after any writes and deletes it must list exactly the objects, in the order, a full walk gives."""
+    objects = Objects()
+    for op, key in ops:
+        if op == "set":
+            objects[key] = {"metadata": {"name": key[3]}}
+        elif op == "del" and key in objects:
+            del objects[key]
+        elif op == "pop":
+            objects.pop(key, None)
+    for group, plural, namespace, _ in {k for _, k in ops}:
+        for where in (namespace, ""):
+            walked = sorted(k for k in objects if k[:2] == (group, plural) and where in ("", k[2]))
+            assert objects.of_kind(group, plural, where) == walked

@@ -68,7 +68,7 @@ from controller.sandbox.localapi.calls import ANONYMOUS, Caller, Fault, Request,
 from controller.sandbox.localapi.documents import ApiError
 from controller.sandbox.localapi.handler import RequestHandler
 from controller.sandbox.localapi.resources import RESOURCES, Key, Route, now
-from controller.sandbox.localapi.store import ObjectStore
+from controller.sandbox.localapi.store import Objects, ObjectStore
 
 
 @dataclass
@@ -83,7 +83,7 @@ class LocalApiServer(ObjectStore):
     #: Bearer tokens and the user each one authenticates (the API server's static token file).
     #: Empty: no token authenticator (credentials are ignored; every request is anonymous).
     tokens: dict[str, str] = field(default_factory=dict)
-    objects: dict[Key, dict[str, Any]] = field(default_factory=dict)
+    objects: Objects = field(default_factory=Objects)
     log: list[Request] = field(default_factory=list)
     faults: list[Fault] = field(default_factory=list)
     #: A fault schedule consulted for every request (controller.sandbox.chaos); None: no such faults.

@@ -216,6 +216,16 @@ SUBSET: dict[str, Any] = {
             }
         },
         "analysis": {"alpha": 0.05, "metrics": _METRICS},
+        "notify": {
+            "sinks": [
+                {
+                    "name": "team",
+                    "type": "Slack",
+                    "urlFrom": {"secretKeyRef": {"name": "fraud.alerts", "key": "slack_url"}},
+                    "events": ["RolledBack", "SloBreached"],
+                }
+            ]
+        },
     },
     "status": {"phase": "Progressing"},
 }

@@ -23,7 +23,7 @@ ISTIO = ROOT / "istio"
 DOCKERFILE = ROOT / "Dockerfile"
 MANIFESTS = sorted(p for p in ISTIO.glob("*.yaml") if p.name != "kustomization.yaml")
 #: Manifests one applies by hand for an optional feature; the default install leaves them out.
-OPTIONAL = {"rbac-gitops.yaml", "gpu-agent.yaml"}
+OPTIONAL = {"rbac-gitops.yaml", "gpu-agent.yaml", "rbac-notify.yaml"}
 LOCK = ROOT / "requirements.lock"
 BUILD_LOCK = ROOT / "requirements-build.lock"
 NAMESPACE = "canarist-system"
@@ -318,6 +318,7 @@ API_VERBS = {
     "delete_namespaced_custom_object": "delete",
     "create_namespaced_event": "create",
     "list_namespaced_pod": "list",
+    "read_namespaced_secret": "get",  # notifications only, with the optional rbac-notify.yaml
     "create_self_subject_review_with_http_info": "create",  # the CLI's "who am I": every user may
 }
 #: Leader election reads, creates and updates its Lease; sharded replicas also list the members' Leases.
@@ -346,14 +347,29 @@ def roles(*, optional: bool = True) -> list[dict[str, Any]]:
 
 
 def test_rbac_has_no_wildcards_secrets_or_escalation() -> None:
+    """No role reads Secrets but the optional notification role, which is never bound cluster-wide."""
     assert roles()
     for role in roles():
         name = role["metadata"]["name"]
         for rule in role["rules"]:
             assert "nonResourceURLs" not in rule, name
             assert "*" not in rule["apiGroups"] and "*" not in rule["resources"] and "*" not in rule["verbs"], name
-            assert not {"secrets", "configmaps", "serviceaccounts/token"} & set(rule["resources"]), name
+            if name != NOTIFY_ROLE:
+                assert not {"secrets", "configmaps", "serviceaccounts/token"} & set(rule["resources"]), name
             assert not {"escalate", "bind", "impersonate", "deletecollection"} & set(rule["verbs"]), name
+
+
+NOTIFY_ROLE = "canarist-controller-notify"
+
+
+def test_the_notification_role_only_gets_secrets_and_ships_without_a_binding() -> None:
+    """Reading Secrets is granted per namespace by whoever uses spec.notify (a RoleBinding), never by
+    the install: the file holds the ClusterRole alone, and the README says how to bind it."""
+    docs = [doc for name, doc in all_objects(optional=True) if name == "rbac-notify.yaml"]
+    assert [d["kind"] for d in docs] == ["ClusterRole"] and docs[0]["metadata"]["name"] == NOTIFY_ROLE
+    assert grants(docs[0]) == {("", "secrets"): {"get"}}
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "kubectl apply -f istio/rbac-notify.yaml" in readme and "create rolebinding" in readme
 
 
 def test_the_cluster_role_grants_exactly_what_the_controller_calls() -> None:

@@ -18,6 +18,7 @@ from pydantic import Field
 from controller.api.fields import DnsLabel, Duration, LabelKey, LabelValue, Model, Percent
 from controller.api.gate import Gate
 from controller.api.metrics_spec import Analysis
+from controller.api.notify import Notify
 from controller.api.routing import ModelVersion, Routing, ServiceRef, TrafficPolicy
 from controller.api.units import parse_duration
 
@@ -115,6 +116,7 @@ class RolloutSpec(Model):
     strategy: Strategy = Field(default_factory=Strategy)
     gate: Gate | None = Field(default=None, description="What must hold before the canary gets its first request.")
     analysis: Analysis
+    notify: Notify | None = Field(default=None, description="Where this rollout's decisions are announced.")
 
 
 class ModelRollout(Model):

@@ -60,7 +60,16 @@ def check(rollout: ModelRollout) -> list[Problem]:
         *_gate(rollout),
         *_metrics(rollout),
         *_randomised(rollout),
+        *_notify(rollout),
     ]
+
+
+def _notify(rollout: ModelRollout) -> Iterator[Problem]:
+    seen: set[str] = set()
+    for i, sink in enumerate(rollout.spec.notify.sinks if rollout.spec.notify else []):
+        if sink.name in seen:
+            yield Problem(("spec", "notify", "sinks", i, "name"), f"duplicate sink name {sink.name!r}")
+        seen.add(sink.name)
 
 
 def _randomised(rollout: ModelRollout) -> Iterator[Problem]:

@@ -312,6 +312,27 @@ def prometheus_store_options(function: F) -> F:
     help="Seconds after which a pass starts no more reconciles; /healthz fails after three without a pass.",
 )
 @click.option("--templates", type=click.Path(path_type=Path, file_okay=False), help="Use templates from DIR.")
+@click.option(
+    "--notify",
+    "notify_sinks",
+    multiple=True,
+    metavar="TYPE=FILE",
+    help="A default sink for every rollout's decisions: TYPE (webhook, slack, teams, discord, email, apprise) "
+    "and the FILE holding its URL (a mounted Secret key; read at each delivery). Repeatable.",
+)
+@click.option(
+    "--notify-events",
+    default="",
+    metavar="EVENTS",
+    help="What the default sinks announce, comma-separated (Started, Advanced, Held, Paused, Resumed, Promoted, "
+    "Completed, RolledBack, GateFailed, SloBreached, Restarted); default: all but Held.",
+)
+@click.option(
+    "--report-url",
+    default=None,
+    metavar="TEMPLATE",
+    help="The link notifications give to a rollout's report, with {namespace} and {name}.",
+)
 @tenancy_options
 def run(  # click passes options by keyword
     *,
@@ -335,6 +356,9 @@ def run(  # click passes options by keyword
     metrics_bind_address: str,
     tick_deadline: float,
     templates: Path | None,
+    notify_sinks: tuple[str, ...],
+    notify_events: str,
+    report_url: str | None,
 ) -> None:
     """Run the controller: watch ModelRollouts and take each one step by step."""
     from controller.edges.prometheus import PrometheusError, PrometheusSettings
@@ -357,6 +381,7 @@ def run(  # click passes options by keyword
         env = default_environment(templates)
     except (ValueError, PrometheusError, FileNotFoundError) as exc:
         raise UserError(str(exc)) from None
+    defaults = default_sinks(notify_sinks, notify_events, report_url)
     if leader_elect and shards:
         raise UserError("--leader-elect and --shards: choose one (sharded replicas need no leader)")
     cluster = connect(kubeconfig, context)
@@ -395,8 +420,42 @@ def run(  # click passes options by keyword
     )
     manager.tenancy = tenancy
     logging.getLogger("canarist").info("tenancy: %s", tenancy.describe())
+    from controller.edges.notify import Notifier
+
+    read_secret = cluster.read_secret  # type: ignore[attr-defined]
+    notifier = Notifier(read_secret=read_secret, defaults=defaults, count=ops.notified, report_url=report_url)
+    manager.notifier = notifier.start()
     try:
         manager.run(stop)
     finally:
+        notifier.close(timeout=5.0)
         server.shutdown()
         server.server_close()
+
+
+def default_sinks(specs: tuple[str, ...], events: str, report_url: str | None) -> list[Any]:
+    """The ``--notify TYPE=FILE`` sinks announcing ``--notify-events``; a bad option (or a
+    ``--report-url`` with another field than {namespace} and {name}) is a UserError."""
+    from controller.api.notify import DEFAULT_EVENTS, NotifyEvent, SinkType
+    from controller.edges.notify import file_sink
+
+    if report_url is not None:
+        try:
+            report_url.format(namespace="ns", name="name")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise UserError(f"--report-url: only {{namespace}} and {{name}} may be filled in ({exc})") from None
+    by_name = {e.value.lower(): e for e in NotifyEvent}
+    words = [word.strip() for word in events.split(",") if word.strip()]
+    unknown = [word for word in words if word.lower() not in by_name]
+    if unknown:
+        known = ", ".join(e.value for e in NotifyEvent)
+        raise UserError(f"--notify-events: unknown event {unknown[0]!r} (one of {known})")
+    wanted = tuple(by_name[word.lower()] for word in words) or DEFAULT_EVENTS
+    types = {t.value.lower(): t for t in SinkType}
+    sinks = []
+    for i, spec in enumerate(specs):
+        kind, _, path = spec.partition("=")
+        if kind.strip().lower() not in types or not path.strip():
+            raise UserError(f"--notify {spec!r}: expected TYPE=FILE with TYPE one of {', '.join(sorted(types))}")
+        sinks.append(file_sink(f"default-{i}", types[kind.strip().lower()], Path(path.strip()), wanted))
+    return sinks

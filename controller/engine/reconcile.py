@@ -29,7 +29,7 @@ from controller.api.load import from_object
 from controller.api.model import ModelRollout
 from controller.api.names import FINALIZER
 from controller.api.schedule import RouteState
-from controller.api.status import Action, Phase, RolloutStatus
+from controller.api.status import Action, MetricStatus, Phase, RolloutStatus
 from controller.api.text import printable
 from controller.api.times import timestamp
 from controller.engine.gate import run_gate
@@ -46,6 +46,7 @@ from controller.engine.record import (
     canary_revision,
     exposure_revision,
     from_status,
+    metric_status,
     pending_command,
     share_at,
     status_corrected,
@@ -84,6 +85,10 @@ class Outcome:
     requeue_after: float
     #: An edge this reconcile could not reach (the look became no data, or a call failed).
     edge_failure: EdgeFailure | None = None
+    #: The step the decision leaves the rollout at, and each metric's verdict at this look (for
+    #: notifications; empty when no look was taken).
+    step: int | None = None
+    metrics: tuple[MetricStatus, ...] = ()
 
 
 def reconcile(
@@ -213,6 +218,8 @@ def _reconcile(
         written,
         GATE_RETRY_S if gate is not None and gate.status is GateStatus.WAITING else _requeue(decision, interval),
         failure,
+        decision.status.step,
+        tuple(metric_status(m) for m in evidence.metrics) if evidence is not None else (),
     )
 
 

@@ -19,8 +19,10 @@ from typing import Any, Protocol
 import jinja2
 
 from controller.api.load import PolicyError, load
+from controller.api.notify import NotifyEvent
 from controller.api.status import Action
 from controller.api.text import printable
+from controller.engine import notices
 from controller.engine.batch import BatchedLooks
 from controller.engine.ports import (
     Cluster,
@@ -80,6 +82,14 @@ class Shards(Protocol):
     def release(self) -> None: ...
 
 
+class Notifier(Protocol):
+    """Announces decisions (controller/edges/notify in production)."""
+
+    def notify(self, rollout: Mapping[str, Any], outcome: Outcome, event: NotifyEvent) -> None:
+        """Queue the announcement of ``event``; returns at once (delivery is off the reconcile path)."""
+        ...
+
+
 class Observer(Protocol):
     """Where the loop reports what it did (Prometheus metrics in production)."""
 
@@ -110,6 +120,8 @@ class Manager:
     elector: Elector | None = None
     #: Several replicas sharing the rollouts (exclusive with ``elector``): each drives its shards' own.
     shards: Shards | None = None
+    #: Where decisions are announced (spec.notify and the controller's default sinks); None: nowhere.
+    notifier: Notifier | None = None
     observer: Observer | None = None
     policies: Path | None = None
     #: What each rollout may route beyond its own Service (controller.traffic.tenancy; the CLI's --allow-*).
@@ -204,6 +216,7 @@ class Manager:
             outcome = self._failed(obj, exc)
         else:
             self.failures.pop(outcome.key, None)
+            self._announce(obj, outcome)
         self.due[outcome.key] = started + outcome.requeue_after
         if self.observer is not None:
             self.observer.reconciled(outcome, max(self.clock() - started, 0.0))
@@ -216,6 +229,18 @@ class Manager:
             outcome.route_writes,
         )
         return outcome
+
+    def _announce(self, obj: Mapping[str, Any], outcome: Outcome) -> None:
+        """Queue the decision's notification, if it announces one; never lets a notifier's bug through."""
+        if self.notifier is None:
+            return
+        event = notices.event_of(outcome, notices.stored_message(obj))
+        if event is None:
+            return
+        try:
+            self.notifier.notify(obj, outcome, event)
+        except Exception:  # a notification is never worth a decision
+            log.exception("could not queue the notification of %s for %s", event.value, outcome.key)
 
     def _failed(self, obj: Mapping[str, Any], exc: Exception) -> Outcome:
         """An unexpected error in one reconcile: logged with its traceback, an Event, and a backoff."""

@@ -54,6 +54,12 @@ class ControllerMetrics:
             "canarist_edge_errors", "Reconciles that met an unavailable edge", ["rollout"], registry=self.registry
         )
         self.leader = Gauge("canarist_leader", "1 while this replica leads", registry=self.registry)
+        self.notifications = Counter(
+            "canarist_notifications",
+            "Notification deliveries by result (sent, retried, failed, dropped)",
+            ["result"],
+            registry=self.registry,
+        )
         self.shards_held = Gauge(
             "canarist_shards_held", "Shard Leases this replica holds (sharded replicas)", registry=self.registry
         )
@@ -90,6 +96,10 @@ class ControllerMetrics:
     def leading(self, leader: bool) -> None:
         self.ready.set()
         self.leader.set(1.0 if leader else 0.0)
+
+    def notified(self, result: str) -> None:
+        """A notification delivery's result (the notifier's ``count``; from its worker thread)."""
+        self.notifications.labels(result).inc()
 
     def forgotten(self, key: str) -> None:
         """A rollout gone from this replica: its gauges go too, so no stale phase or weight is

@@ -1,4 +1,5 @@
-"""Events recorded on a rollout (events.k8s.io/v1, core/v1 where that is not served) and its pods' readiness."""
+"""Events recorded on a rollout (events.k8s.io/v1, core/v1 where that is not served), its pods'
+readiness, and the Secret keys its notification sinks name (controller/edges/notify)."""
 
 from __future__ import annotations
 
@@ -57,6 +58,23 @@ class EventsAndPods(KubeClient):
                 self._call("record event", self.core.create_namespaced_event, namespace, legacy, _request_timeout=5.0)
         except Exception as exc:  # best effort by contract: an Event never stops a decision
             log.warning("could not record event %s on %s: %s", reason, object_name(owner), exc)
+
+    def read_secret(self, namespace: str, name: str, key: str) -> str:
+        """The text of ``key`` in Secret ``namespace/name`` (a notification sink's URL); NotFoundError if
+        either is missing. Needs ``get`` on that namespace's Secrets (istio/rbac-notify.yaml): the
+        default install grants none. The value is never logged nor put in an error."""
+        import base64
+        import binascii
+
+        where = f"secret {namespace}/{name}"
+        found = self._call(f"get {where}", self.core.read_namespaced_secret, name, namespace, _request_timeout=5.0)
+        data = getattr(found, "data", None) or {}
+        if key not in data:
+            raise NotFoundError(f"{where}: no key {key!r}")
+        try:
+            return base64.b64decode(data[key], validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            raise NotFoundError(f"{where}: key {key!r} is not UTF-8 text") from None
 
     def pods_ready(self, namespace: str, labels: Mapping[str, str]) -> tuple[int, int]:
         """(ready, total) pods matching ``labels``; finished and terminating pods are not counted."""

@@ -29,6 +29,7 @@ RESOURCES = {
         Resource("networking.istio.io", "destinationrules", "DestinationRule", ("v1", "v1beta1"), True, True),
         Resource("telemetry.istio.io", "telemetries", "Telemetry", ("v1", "v1alpha1"), True, True),
         Resource("", "pods", "Pod", ("v1",), status=True),
+        Resource("", "secrets", "Secret", ("v1",)),
         Resource("", "events", "Event", ("v1",)),
         Resource("events.k8s.io", "events", "Event", ("v1",)),
         Resource("coordination.k8s.io", "leases", "Lease", ("v1",)),

@@ -13,7 +13,8 @@ STAMP := $(VENV)/.installed
 SHARED ?= ../shared
 APT_GET := DEBIAN_FRONTEND=noninteractive apt-get
 # The Debian packages the tests and the demo run for real (libpython: Triton's Python backend loads it;
-# victoria-metrics: the second PromQL store the Prometheus edge is tested against).
+# victoria-metrics: the second PromQL store the Prometheus edge is tested against; and kubectl, from
+# kubernetes-client unless one is on the PATH: `kubectl canarist` is tested through its plugin discovery).
 SYSTEM_PYTHON ?= /usr/bin/python3
 LIBPYTHON := $(shell $(SYSTEM_PYTHON) -c 'import sys; print("libpython%d.%d" % sys.version_info[:2])' 2>/dev/null)
 DEBIAN_PACKAGES ?= prometheus haproxy victoria-metrics $(LIBPYTHON)
@@ -36,6 +37,7 @@ debian-deps:
 	@missing=""; \
 	for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if ! $(PYTHON) -c 'import venv, ensurepip' >/dev/null 2>&1; then missing="$$missing python3-venv python3-pip"; fi; \
+	command -v kubectl >/dev/null 2>&1 || missing="$$missing kubernetes-client"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  $(APT_GET) update -qq && $(APT_GET) install -y -qq --no-install-recommends $$missing; \

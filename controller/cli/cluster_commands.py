@@ -149,12 +149,31 @@ retry = _steering_command(CommandKind.RETRY, "Start a failed rollout again from 
 @click.argument("name", required=False)
 @click.option("-o", "--output", type=click.Choice(["table", "json", "yaml"]), default="table", show_default=True)
 @click.option("--watch", "-w", is_flag=True, help="Keep refreshing a live view (Ctrl-C to stop).")
+@click.option(
+    "-A",
+    "--all-namespaces",
+    is_flag=True,
+    help="Every namespace (the default of `canarist status`; `kubectl canarist status` shows the context's).",
+)
 @kube_options
+@click.pass_context
 def status(  # click passes options by keyword
-    *, name: str | None, output: str, watch: bool, namespace: str | None, kubeconfig: str | None, context: str | None
+    ctx: click.Context,
+    *,
+    name: str | None,
+    output: str,
+    watch: bool,
+    all_namespaces: bool,
+    namespace: str | None,
+    kubeconfig: str | None,
+    context: str | None,
 ) -> None:
     """Show rollouts: phase, step, weights, the evidence behind the last decision, recent decisions."""
+    if all_namespaces and namespace:
+        raise UserError("-A and -n: choose one")
     cluster = connect(kubeconfig, context)
+    if name is None and namespace is None and not all_namespaces and (ctx.obj or {}).get("kubectl"):
+        namespace = _default_namespace(cluster)  # kubectl's convention: the context's namespace
 
     def fetch() -> list[dict[str, Any]]:
         try:

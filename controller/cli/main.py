@@ -319,10 +319,10 @@ for _command in (
     cli.add_command(_command)
 
 
-def main() -> NoReturn:
+def main(prog_name: str = "canarist", *, kubectl: bool = False) -> NoReturn:
     """Entry point of the console script: every user error is one line on stderr."""
     try:
-        code = cli.main(prog_name="canarist", standalone_mode=False)
+        code = cli.main(prog_name=prog_name, standalone_mode=False, obj={"kubectl": kubectl})
     except click.exceptions.NoArgsIsHelpError as exc:
         click.echo(exc.format_message())
         sys.exit(EXIT_INVALID)
@@ -337,3 +337,12 @@ def main() -> NoReturn:
         click.echo("canarist: interrupted", err=True)
         sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def kubectl_main() -> NoReturn:
+    """``kubectl-canarist``: the same commands as a kubectl plugin (``kubectl canarist status``).
+
+    kubectl finds it on the PATH and passes every argument on. As kubectl does, a list without
+    ``-n`` shows the current context's namespace (``-A`` for all of them); the kubeconfig is
+    kubectl's (``$KUBECONFIG``, else ``~/.kube/config``; ``--kubeconfig``, ``--context`` as kubectl)."""
+    main("kubectl canarist", kubectl=True)

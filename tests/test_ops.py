@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from controller.api.status import Action, Phase
+from controller.api.status import Action, MetricStatus, Phase, Verdict
 from controller.cli.main import cli, main
 from controller.edges.kube import KubeCluster
 from controller.edges.prometheus import PrometheusClient, PrometheusSettings
@@ -121,8 +121,12 @@ def test_a_rollout_gone_from_the_controller_takes_its_gauges_with_it(api: LocalA
         api.seed({"apiVersion": "canarist.io/v1alpha1", "kind": "ModelRollout",
                   "metadata": {"name": name, "namespace": "ml"}, "spec": {}})  # fmt: skip
     manager.tick()
+    looked = (MetricStatus(name="errors", verdict=Verdict.INCONCLUSIVE, e_value=3.0, threshold=40.0),)
     for key in ("ml/kept", "ml/gone"):  # as if each had reached its first step
-        metrics.reconciled(Outcome(key, Action.ADVANCE, "step 1", Phase.PROGRESSING, 5, 1, True, 60.0), 0.1)
+        metrics.reconciled(
+            Outcome(key, Action.ADVANCE, "step 1", Phase.PROGRESSING, 5, 1, True, 60.0, None, 1, looked), 0.1
+        )
+    assert metrics.registry.get_sample_value("canarist_metric_e_value", {"rollout": "ml/gone", "metric": "errors"}) == 3
     assert metrics.registry.get_sample_value("canarist_rollout_canary_weight", {"rollout": "ml/gone"}) == 5
     with api.cond:
         del api.objects[("canarist.io", "modelrollouts", "ml", "gone")]
@@ -132,6 +136,12 @@ def test_a_rollout_gone_from_the_controller_takes_its_gauges_with_it(api: LocalA
     assert exported("canarist_rollout_canary_weight", {"rollout": "ml/gone"}) is None
     assert exported("canarist_rollout_phase", {"rollout": "ml/gone", "phase": "Progressing"}) is None
     assert exported("canarist_rollout_canary_weight", {"rollout": "ml/kept"}) == 5
+    assert exported("canarist_metric_e_value", {"rollout": "ml/gone", "metric": "errors"}) is None
+    gone = {"rollout": "ml/gone", "metric": "errors", "verdict": "Inconclusive"}
+    assert exported("canarist_metric_verdict", gone) is None
+    kept = {"rollout": "ml/kept", "metric": "errors", "verdict": "Inconclusive"}
+    assert exported("canarist_metric_verdict", kept) == 1
+    assert exported("canarist_metric_threshold", {"rollout": "ml/kept", "metric": "errors"}) == 40
 
 
 # --- slow clients cannot hold the server -------------------------------------------------------

@@ -21,7 +21,7 @@ from http.server import ThreadingHTTPServer
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from controller.api.status import Phase
+from controller.api.status import MetricStatus, Phase, Verdict
 from controller.edges.ops_http import serve_pages
 from controller.engine.reconcile import Outcome
 
@@ -54,6 +54,29 @@ class ControllerMetrics:
             "canarist_edge_errors", "Reconciles that met an unavailable edge", ["rollout"], registry=self.registry
         )
         self.leader = Gauge("canarist_leader", "1 while this replica leads", registry=self.registry)
+        evidence = ["rollout", "metric"]
+        self.e_value = Gauge(
+            "canarist_metric_e_value",
+            "A metric's evidence of a regression at the last look (an e-value: proven at the threshold)",
+            evidence,
+            registry=self.registry,
+        )
+        self.e_value_non_inferiority = Gauge(
+            "canarist_metric_e_value_non_inferiority",
+            "A metric's evidence that the canary is no worse than its margin at the last look",
+            evidence,
+            registry=self.registry,
+        )
+        self.threshold = Gauge(
+            "canarist_metric_threshold",
+            "The e-value at which a metric's evidence decides",
+            evidence,
+            registry=self.registry,
+        )
+        self.verdict = Gauge(
+            "canarist_metric_verdict", "1 for a metric's verdict at the last look", [*evidence, "verdict"],
+            registry=self.registry,
+        )  # fmt: skip
         self.notifications = Counter(
             "canarist_notifications",
             "Notification deliveries by result (sent, retried, failed, dropped)",
@@ -92,6 +115,22 @@ class ControllerMetrics:
                 self.phase.labels(outcome.key, phase.value).set(1.0 if phase is outcome.phase else 0.0)
         if outcome.canary_weight is not None:
             self.weight.labels(outcome.key).set(outcome.canary_weight)
+        for metric in outcome.metrics:
+            self._evidence(outcome.key, metric)
+
+    def _evidence(self, key: str, metric: MetricStatus) -> None:
+        """A look's numbers for one metric (NaN stays NaN: Prometheus stores it, Grafana leaves a gap)."""
+        name = metric.name or ""
+        for gauge, value in (
+            (self.e_value, metric.e_value),
+            (self.e_value_non_inferiority, metric.e_value_non_inferiority),
+            (self.threshold, metric.threshold),
+        ):
+            if value is not None:
+                gauge.labels(key, name).set(value)
+        if metric.verdict is not None:
+            for verdict in Verdict:
+                self.verdict.labels(key, name, verdict.value).set(1.0 if verdict is metric.verdict else 0.0)
 
     def leading(self, leader: bool) -> None:
         self.ready.set()
@@ -109,6 +148,10 @@ class ControllerMetrics:
                 self.phase.remove(key, phase.value)
         with contextlib.suppress(KeyError):
             self.weight.remove(key)
+        for gauge in (self.e_value, self.e_value_non_inferiority, self.threshold, self.verdict):
+            for labels in [s.labels for m in gauge.collect() for s in m.samples if s.labels.get("rollout") == key]:
+                with contextlib.suppress(KeyError):
+                    gauge.remove(*labels.values())
 
     def sharded(self, held: int, members: int) -> None:
         self.ready.set()

@@ -777,3 +777,17 @@ def test_the_image_installs_only_the_locked_files() -> None:
             assert "--no-deps" in cmd and re.search(r"/wheels/canarist-\*\.whl$", cmd), cmd
     assert any("-r requirements.lock" in cmd for cmd in installs)
     assert any("--no-build-isolation" in args for op, args in dockerfile_instructions() if op == "RUN")
+
+
+def test_kubectl_builds_the_install_with_its_own_kustomize() -> None:
+    """`kubectl apply -k istio/` is the documented install: kubectl's kustomize must read every file.
+    It refused the CRD while its patterns held U+FEFF, U+FFFE and U+FFFF as characters (go-yaml
+    takes them for control characters): the CRD writes those as RE2 escapes."""
+    kubectl = shutil.which("kubectl")
+    assert kubectl is not None, "kubectl is not installed: `make test` installs Debian's kubernetes-client"
+    built = subprocess.run([kubectl, "kustomize", str(ISTIO)], capture_output=True, text=True, timeout=60, check=False)
+    assert built.returncode == 0, built.stderr[-2000:]
+    kinds = [doc["kind"] for doc in yaml.safe_load_all(built.stdout) if doc]
+    assert "CustomResourceDefinition" in kinds and "Deployment" in kinds
+    (board,) = [d for d in yaml.safe_load_all(built.stdout) if d and d["kind"] == "ConfigMap"]
+    assert board["metadata"]["labels"]["grafana_dashboard"] == "1" and "canarist.json" in board["data"]

@@ -514,7 +514,23 @@ def test_the_crd_names_and_version() -> None:
     assert version["name"] == VERSION == "v1alpha1"
     assert version["served"] is True and version["storage"] is True
     assert version["subresources"] == {"status": {}}
-    assert version["schema"]["openAPIV3Schema"] == schema.crd_openapi_schema()
+    assert version["schema"]["openAPIV3Schema"] == schema.re2_escaped(schema.crd_openapi_schema())
+
+
+def test_the_crd_patterns_name_non_yaml_characters_as_re2_escapes() -> None:
+    """The API server's regexps are RE2: ``\\x{FEFF}`` there is the character the model's pattern
+    holds. Written back as characters, the CRD's patterns are exactly the model's."""
+    text = (ISTIO / schema.CRD_FILE).read_text(encoding="utf-8")
+    assert text.isascii() and "\\x{FEFF}" in text and "\\x{FFFE}" in text and "\\x{FFFF}" in text
+    [version] = schema.crd()["spec"]["versions"]
+    back = json.loads(
+        re.sub(
+            r"\\\\x\{([0-9A-F]{4})\}",
+            lambda m: "\\u" + m.group(1).lower(),
+            json.dumps(version["schema"]["openAPIV3Schema"]),
+        )
+    )
+    assert back == schema.crd_openapi_schema()
 
 
 def test_the_crd_printer_columns() -> None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -246,6 +247,26 @@ def crd_openapi_schema() -> JsonDict:
     return _ordered({**root, "description": _DESCRIPTION})
 
 
+#: Characters YAML readers in Go (go-yaml, which kubectl's kustomize uses) refuse even escaped in a
+#: quoted string: they are not YAML-printable. The CRD's patterns name some of them (the forbidden
+#: characters of SAFE_TEXT), so there they are written as RE2 escapes (the API server's regexps).
+_NOT_YAML_PRINTABLE = re.compile("[\ufeff\ufffe\uffff]")
+
+
+def re2_escaped(node: Any) -> Any:
+    """``node`` with every pattern's non-YAML-printable characters as RE2 ``\\x{HHHH}`` escapes."""
+    if isinstance(node, dict):
+        return {
+            key: _NOT_YAML_PRINTABLE.sub(lambda m: f"\\x{{{ord(m.group()):04X}}}", value)
+            if key == "pattern" and isinstance(value, str)
+            else re2_escaped(value)
+            for key, value in node.items()
+        }
+    if isinstance(node, list):
+        return [re2_escaped(item) for item in node]
+    return node
+
+
 def crd() -> JsonDict:
     """The ``apiextensions.k8s.io/v1`` CustomResourceDefinition for ModelRollout."""
     columns = [
@@ -281,7 +302,7 @@ def crd() -> JsonDict:
                         {"name": name, "type": kind, "jsonPath": path, **({"description": text} if text else {})}
                         for name, kind, path, text in columns
                     ],
-                    "schema": {"openAPIV3Schema": crd_openapi_schema()},
+                    "schema": {"openAPIV3Schema": re2_escaped(crd_openapi_schema())},
                 }
             ],
         },

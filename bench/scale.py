@@ -35,6 +35,7 @@ import numpy as np
 
 from controller.api.model import ModelRollout
 from controller.edges.kube import KubeCluster
+from controller.edges.kube.informer import Informer
 from controller.edges.prometheus import PrometheusClient, PrometheusSettings
 from controller.edges.prometheus.client import Points, Sample
 from controller.engine.ports import EdgeFailure, MetricsSource
@@ -234,6 +235,9 @@ def run_size(n: int, minutes: int, cache: bool) -> dict[str, Any]:
                 configuration = kube.Configuration()
                 configuration.host = url
                 cluster = KubeCluster(kube.ApiClient(configuration), propagation_delay=0.0)
+                informer = Informer(kube.ApiClient(configuration)).start()  # as `canarist run` wires it
+                assert informer.wait_synced(60), "the VirtualService informer never synced"
+                cluster.virtual_services = informer
                 api.send(("seed", [pod for i in range(n) for pod in ready_pods(i)]))
                 api.recv()
                 for i in range(n):
@@ -270,6 +274,7 @@ def run_size(n: int, minutes: int, cache: bool) -> dict[str, Any]:
                         }
                     )
                     print(f"N={n} minute {minute}: {passes[-1]}", file=sys.stderr, flush=True)
+                informer.stop()
         finally:
             prometheus.stop()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

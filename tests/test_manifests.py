@@ -288,7 +288,8 @@ CONTROLLER_CALLS: dict[str, dict[tuple[str, str], set[str]]] = {
     "set_finalizer": {ROLLOUTS: {"get", "patch"}},  # read, then a merge patch with the resourceVersion
     "annotate_rollout": {ROLLOUTS: {"patch"}},  # a consumed command's annotations removed
     "patch_rollout_status": {STATUS: {"update"}, ROLLOUTS: {"get"}},  # the status replaced as a whole
-    "route_conflicts": {VS: {"list"}, TELEMETRY: {"get"}},  # VirtualServices in every namespace
+    # VirtualServices in every namespace: listed, and watched for the local copy (informer.py)
+    "route_conflicts": {VS: {"list", "watch"}, TELEMETRY: {"get"}},
     "apply_routes": {
         VS: {"get", "list", "create", "update"},
         DR: {"get", "list", "create", "update"},

@@ -439,17 +439,30 @@ def run(  # click passes options by keyword
     )
     manager.tenancy = tenancy
     logging.getLogger("canarist").info("tenancy: %s", tenancy.describe())
-    from controller.edges.notify import Notifier
-
-    read_secret = cluster.read_secret  # type: ignore[attr-defined]
-    notifier = Notifier(read_secret=read_secret, defaults=defaults, count=ops.notified, report_url=report_url)
-    manager.notifier = notifier.start()
+    informer, notifier = _background_edges(cluster, defaults, ops.notified, report_url)
+    manager.notifier = notifier
     try:
         manager.run(stop)
     finally:
+        informer.stop()
         notifier.close(timeout=5.0)
         server.shutdown()
         server.server_close()
+
+
+def _background_edges(
+    cluster: Cluster, defaults: list[Any], count: Callable[[str], None], report_url: str | None
+) -> tuple[Any, Any]:
+    """The controller's threads beside its loop, started: the VirtualService copy the conflict check
+    reads (edges.kube.informer) and the notifier's worker (edges.notify)."""
+    from controller.edges.kube.informer import Informer
+    from controller.edges.notify import Notifier
+
+    informer = Informer(cluster.api_client).start()  # type: ignore[attr-defined]
+    cluster.virtual_services = informer  # type: ignore[attr-defined]
+    read_secret = cluster.read_secret  # type: ignore[attr-defined]
+    notifier = Notifier(read_secret=read_secret, defaults=defaults, count=count, report_url=report_url)
+    return informer, notifier.start()
 
 
 def default_sinks(specs: tuple[str, ...], events: str, report_url: str | None) -> list[Any]:

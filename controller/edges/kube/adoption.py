@@ -217,7 +217,8 @@ class RouteAdoption(KubeClient):
         if not services or wanted <= set(located):
             return conflicts  # every host already routed by this rollout: nothing elsewhere can conflict
         kind = Kind(ISTIO_GROUP, str(services[0]["apiVersion"]).rpartition("/")[2], PLURALS["VirtualService"])
-        everywhere = self._list(kind, None)[0]
+        cached = self.virtual_services.snapshot() if self.virtual_services is not None else None
+        everywhere = cached if cached is not None else self._list(kind, None)[0]
         ours = [o for o in everywhere if object_namespace(o) == home and _managed_by(o, rollout)]
         held = {istio_name(h, home) for o in ours for h in _hosts_of(o)}
         for desired in services:

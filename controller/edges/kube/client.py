@@ -19,7 +19,7 @@ import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import Any, Protocol, TypeVar, cast
 
 import urllib3
 from kubernetes import client, config
@@ -114,8 +114,24 @@ def context_namespace(kubeconfig: str | None, context: str | None) -> str:
     return str(((chosen or {}).get("context") or {}).get("namespace") or "default")
 
 
+class ObjectCache(Protocol):
+    """A local copy of one kind in every namespace (:class:`controller.edges.kube.informer.Informer`)."""
+
+    kind: Kind
+
+    def snapshot(self) -> list[dict[str, Any]] | None: ...
+
+    def wrote(self, obj: Mapping[str, Any]) -> None: ...
+
+    def deleted(self, obj: Mapping[str, Any]) -> None: ...
+
+
 class KubeClient:
     """The API client and the shared settings, with the raw reads and writes every concern goes through."""
+
+    #: A watch-fed copy of the cluster's VirtualServices that the conflict check reads (informer.py);
+    #: None: it lists them. The writes below keep it current with the controller's own.
+    virtual_services: ObjectCache | None = None
 
     def __init__(
         self,
@@ -174,7 +190,15 @@ class KubeClient:
     def _create(self, kind: Kind, namespace: str, body: Mapping[str, Any]) -> dict[str, Any]:
         where = (kind.group, kind.version, namespace, kind.plural)
         what = f"create {kind.plural} {namespace}/{object_name(body)}"
-        return as_dict(self._call(what, self.custom.create_namespaced_custom_object, *where, dict(body)))
+        return self._cached(
+            kind, as_dict(self._call(what, self.custom.create_namespaced_custom_object, *where, dict(body)))
+        )
+
+    def _cached(self, kind: Kind, written: dict[str, Any]) -> dict[str, Any]:
+        cache = self.virtual_services
+        if cache is not None and (kind.group, kind.plural) == (cache.kind.group, cache.kind.plural):
+            cache.wrote(written)
+        return written
 
     def _replace(self, kind: Kind, body: Mapping[str, Any], *, status: bool = False) -> dict[str, Any]:
         namespace, name = object_namespace(body), object_name(body)
@@ -184,7 +208,9 @@ class KubeClient:
             if status
             else self.custom.replace_namespaced_custom_object
         )
-        return as_dict(self._call(f"update {kind.plural} {namespace}/{name}", method, *where, dict(body)))
+        return self._cached(
+            kind, as_dict(self._call(f"update {kind.plural} {namespace}/{name}", method, *where, dict(body)))
+        )
 
     def _delete(self, kind: Kind, obj: Mapping[str, Any]) -> None:
         preconditions = client.V1Preconditions(uid=str(obj["metadata"]["uid"]))
@@ -197,6 +223,9 @@ class KubeClient:
                 *where,
                 body=options,
             )
+        cache = self.virtual_services
+        if cache is not None and (kind.group, kind.plural) == (cache.kind.group, cache.kind.plural):
+            cache.deleted(obj)
 
     def who_am_i(self) -> tuple[str | None, float | None]:
         """The user name the API server authenticates this client as (a SelfSubjectReview) and the

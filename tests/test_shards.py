@@ -339,3 +339,24 @@ def _spec(name: str) -> dict[str, Any]:
         "strategy": {"steps": [50], "interval": "1m", "onNoData": "Hold"},
         "analysis": {"metrics": [{"name": "errors", "kind": "IstioErrorRate", "slo": {"max": "2%"}}]},
     }
+
+
+def test_a_replica_busy_with_a_long_pass_hands_over_a_newcomers_shards_mid_pass(server: LocalApiServer) -> None:
+    """Found by bench.shards at 300 rollouts: the first replica up took every shard, and its first
+    pass (hundreds of reconciles) renewed nothing else, so the others waited the whole pass. A
+    reconcile's check of its shard (``ensure``) now renews in full every third of a lease."""
+    fleet = Fleet(server, lease_seconds=15)
+    a = fleet.join("a")
+    fleet.rounds(["a"], 1, step=0.0)
+    assert len(a.held()) == SHARDS
+    b = fleet.join("b")
+    fleet.rounds(["b"], 1, step=0.0)  # b is a member now; a is in its pass and does not renew()
+    keys = [f"ml/model-{i}" for i in range(40)]
+    for key in keys:  # a's pass: one reconcile a second
+        fleet.now += 1.0
+        if a.owns(key):
+            a.ensure(key, 1.0)
+        fleet.holders()
+        b.renew()
+    expected_b = {s for s in range(SHARDS) if preferred_replica(s, ["a", "b"]) == "b"}
+    assert set(b.held()) == expected_b and set(a.held()) == set(range(SHARDS)) - expected_b

@@ -117,6 +117,9 @@ class ShardSet:
         self.membership = elector(f"{MEMBER_PREFIX}{identity}")
         self.electors = [elector(shard_lease_name(shard)) for shard in range(shards)]
         self.write_budget = self.electors[0].write_budget
+        #: How often a busy replica looks at the members again mid-pass (see :meth:`ensure`).
+        self.renew_every = lease_seconds / 3
+        self._renewed_at: float | None = None
         #: Each other member's Lease as last read, and when (our clock) it was first seen so.
         self._seen: dict[str, tuple[LeaseRecord, float]] = {}
         self.members: list[str] = []
@@ -124,6 +127,7 @@ class ShardSet:
     def renew(self) -> list[int]:
         """Renew this replica's membership, take or keep the shards that prefer it, hand back the
         others it holds; return the shards surely held now."""
+        self._renewed_at = self.monotonic()
         if self.membership.try_acquire_or_renew():
             self.members = self._live_members(self.monotonic())
         else:  # not even a member: hold nothing (an unreachable API keeps what its last renewal holds)
@@ -148,8 +152,13 @@ class ShardSet:
 
         A replica busy with a long pass renews nothing else in between: here, every Lease it holds
         (its membership too) that has less than half its term left is renewed first, so that its
-        other shards do not lapse to another replica while it works through one."""
-        self._keep_up()
+        other shards do not lapse to another replica while it works through one; and every
+        ``renew_every`` seconds it renews in full, so that shards another replica (one that joined
+        meanwhile) should hold are handed over mid-pass, not after a pass of many minutes."""
+        if self._renewed_at is not None and self.monotonic() - self._renewed_at >= self.renew_every:
+            self.renew()
+        else:
+            self._keep_up()
         return self.electors[shard_of(key, self.count)].ensure(budget)
 
     def _keep_up(self) -> None:

@@ -14,11 +14,12 @@ SHARED ?= ../shared
 APT_GET := DEBIAN_FRONTEND=noninteractive apt-get
 # The Debian packages the tests and the demo run for real (libpython: Triton's Python backend loads it;
 # victoria-metrics: the second PromQL store the Prometheus edge is tested against; tmux: the terminal
-# `canarist status --watch` is tested in; and kubectl, from
+# `canarist status --watch` is tested in; chromium and its driver: the HTML report is checked in a
+# headless browser; and kubectl, from
 # kubernetes-client unless one is on the PATH: `kubectl canarist` is tested through its plugin discovery).
 SYSTEM_PYTHON ?= /usr/bin/python3
 LIBPYTHON := $(shell $(SYSTEM_PYTHON) -c 'import sys; print("libpython%d.%d" % sys.version_info[:2])' 2>/dev/null)
-DEBIAN_PACKAGES ?= prometheus haproxy victoria-metrics tmux $(LIBPYTHON)
+DEBIAN_PACKAGES ?= prometheus haproxy victoria-metrics tmux chromium chromium-driver $(LIBPYTHON)
 # Triton's own venv: the tritonserver nvidia-pytriton bundles (CPU), with the numpy < 2 it needs.
 TRITON_VENV ?= .triton-venv
 TRITON_STAMP := $(TRITON_VENV)/.installed

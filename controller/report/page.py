@@ -182,7 +182,11 @@ CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;
 table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:.9em}th,td{border:1px solid #ccc;padding:.3em .6em;
 text-align:left;vertical-align:top}th{background:#f3f3f3}img{max-width:100%;border:1px solid #ddd}
 .Succeeded,.Pass{color:#176f2c;font-weight:bold}.Failed,.Fail,.Rollback{color:#b00020;font-weight:bold}
-.Paused,.Inconclusive,.NoData,.Pause{color:#9a6700}.note{color:#666;font-style:italic}code{background:#f3f3f3}"""
+.Paused,.Inconclusive,.NoData,.Pause{color:#9a6700}.note{color:#666;font-style:italic}code{background:#f3f3f3}
+.wide{overflow-x:auto;max-width:100%}td{overflow-wrap:anywhere}h1{overflow-wrap:anywhere}pre{overflow-x:auto}
+@media (max-width:600px){body{margin:1em auto;padding:0 .5em}table{font-size:.8em}}
+@media print{body{max-width:none;margin:0}.wide{overflow:visible}img,table,tr{break-inside:avoid}
+h2{break-after:avoid}}"""
 LEGEND = (
     "Estimates: a latency quantile as its relative change (canary / stable - 1); a rate as canary - stable in "
     "percentage points (pp), with its anytime-valid interval. A metric decides when an e-value reaches its "
@@ -237,7 +241,9 @@ def render_html(
     body += [_table(log_headers, history) if history else '<p class="note">No decision recorded.</p>']
     body += ["<h2>Policy</h2>", _policy(spec, rollout)]
     return (
-        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>canarist report: {_esc(key)}</title>'
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>canarist report: {_esc(key)}</title>"
         f"<style>{CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
     )
 
@@ -296,10 +302,10 @@ def _pairs(pairs: list[tuple[str, str]]) -> str:
 def _table(headers: list[str], rows: list[list[str]]) -> str:
     """A table of already escaped cells."""
     head = "".join(f"<th>{_esc(h)}</th>" for h in headers)
-    return (
-        f"<table><tr>{head}</tr>"
+    return (  # in a box that scrolls on its own, so a narrow screen never scrolls the whole page sideways
+        f'<div class="wide"><table><tr>{head}</tr>'
         + "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
-        + "</table>"
+        + "</table></div>"
     )
 
 

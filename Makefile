@@ -13,13 +13,14 @@ STAMP := $(VENV)/.installed
 SHARED ?= ../shared
 APT_GET := DEBIAN_FRONTEND=noninteractive apt-get
 # The Debian packages the tests and the demo run for real (libpython: Triton's Python backend loads it;
-# victoria-metrics: the second PromQL store the Prometheus edge is tested against; tmux: the terminal
-# `canarist status --watch` is tested in; chromium and its driver: the HTML report is checked in a
-# headless browser; and kubectl, from
-# kubernetes-client unless one is on the PATH: `kubectl canarist` is tested through its plugin discovery).
+# victoria-metrics: the second PromQL store the Prometheus edge is tested against).
 SYSTEM_PYTHON ?= /usr/bin/python3
 LIBPYTHON := $(shell $(SYSTEM_PYTHON) -c 'import sys; print("libpython%d.%d" % sys.version_info[:2])' 2>/dev/null)
-DEBIAN_PACKAGES ?= prometheus haproxy victoria-metrics tmux chromium chromium-driver $(LIBPYTHON)
+DEBIAN_PACKAGES ?= prometheus haproxy victoria-metrics $(LIBPYTHON)
+# What only the tests use: tmux, the terminal `canarist status --watch` is tested in; chromium and its
+# driver, the browser the HTML report is checked in; and kubectl (Debian's kubernetes-client unless one
+# is on the PATH), through whose plugin discovery `kubectl canarist` is tested.
+TEST_DEBIAN_PACKAGES ?= tmux chromium chromium-driver
 # Triton's own venv: the tritonserver nvidia-pytriton bundles (CPU), with the numpy < 2 it needs.
 TRITON_VENV ?= .triton-venv
 TRITON_STAMP := $(TRITON_VENV)/.installed
@@ -31,7 +32,7 @@ SERVING ?= builtin
 SEED ?= 0
 DEMO_OUT ?= canarist-demo
 
-.PHONY: all demo test lint typecheck layers pytest istio-validate debian-deps venv triton clean
+.PHONY: all demo test lint typecheck layers pytest istio-validate debian-deps test-debian-deps venv triton clean
 
 all: test
 
@@ -39,9 +40,17 @@ debian-deps:
 	@missing=""; \
 	for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if ! $(PYTHON) -c 'import venv, ensurepip' >/dev/null 2>&1; then missing="$$missing python3-venv python3-pip"; fi; \
-	command -v kubectl >/dev/null 2>&1 || missing="$$missing kubernetes-client"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
+	  $(APT_GET) update -qq && $(APT_GET) install -y -qq --no-install-recommends $$missing; \
+	fi
+
+test-debian-deps: debian-deps
+	@missing=""; \
+	for p in $(TEST_DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	command -v kubectl >/dev/null 2>&1 || missing="$$missing kubernetes-client"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages for the tests:$$missing"; \
 	  $(APT_GET) update -qq && $(APT_GET) install -y -qq --no-install-recommends $$missing; \
 	fi
 
@@ -73,7 +82,7 @@ layers: $(STAMP)
 
 # Two workers (this machine's two cores), a test file to each: the tests that wait on real
 # processes overlap with those that compute, and a module's servers start once.
-pytest: $(STAMP) $(TRITON_STAMP) debian-deps
+pytest: $(STAMP) $(TRITON_STAMP) test-debian-deps
 	$(BIN)/pytest -q -n 2 --dist loadfile --durations=25
 
 # Every example's rendered objects at every step, checked against Istio's own CRD schemas.

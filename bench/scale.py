@@ -44,6 +44,7 @@ from controller.manager.wiring import PrometheusSource
 from controller.metrics.cache import CellCache
 from controller.metrics.samples import Observation, Window
 from controller.sandbox.demo.processes import Prometheus, require
+from controller.sandbox.localapi import ready_pod
 from controller.traffic.templating import default_environment
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "scale.json"
@@ -170,19 +171,7 @@ class Timed:
 
 def ready_pods(i: int) -> list[dict[str, Any]]:
     """Rollout ``i``'s pods, ready (as the kubelet reports them), one per version."""
-    return [
-        {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {
-                "name": f"model-{version}-0",
-                "namespace": f"s{i}",
-                "labels": {"app": "model", "version": version},
-            },
-            "status": {"conditions": [{"type": "Ready", "status": "True"}]},
-        }
-        for version in ("v1", "v2")
-    ]
+    return [ready_pod(f"s{i}", f"model-{v}-0", {"app": "model", "version": v}) for v in ("v1", "v2")]
 
 
 def _api_server(pipe: Connection) -> None:

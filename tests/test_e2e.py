@@ -24,6 +24,7 @@ from controller.edges.kube import KubeCluster
 from controller.edges.prometheus import PrometheusClient, PrometheusSettings
 from controller.manager.loop import Manager
 from controller.manager.wiring import PrometheusSource
+from controller.sandbox import localapi
 from controller.sandbox.demo.processes import free_port
 from controller.sandbox.localapi import LocalApiServer, local_api_server
 from controller.traffic.templating import default_environment
@@ -68,12 +69,7 @@ def policy(*, steps: list[int]) -> dict[str, Any]:
 
 
 def ready_pod(version: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": f"{SERVICE}-{version}-0", "namespace": NS, "labels": {"app": SERVICE, "version": version}},
-        "status": {"conditions": [{"type": "Ready", "status": "True"}]},
-    }
+    return localapi.ready_pod(NS, f"{SERVICE}-{version}-0", {"app": SERVICE, "version": version})
 
 
 @dataclass

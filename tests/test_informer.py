@@ -22,7 +22,7 @@ from controller.edges.kube import KubeCluster
 from controller.edges.kube.informer import Informer
 from controller.sandbox.localapi import LocalApiServer, local_api_server
 from controller.traffic.render import render
-from tests.test_tenancy import ENV, ISTIO, _vs, policy
+from tests.test_tenancy import ENV, ISTIO, _cluster_wide_lists, _vs, policy
 
 
 @pytest.fixture
@@ -73,10 +73,6 @@ def test_an_api_outage_takes_it_out_of_sync_until_a_list_succeeds(server: LocalA
         assert informer.wait_synced(10) and informer.snapshot() == []
     finally:
         informer.stop()
-
-
-def _cluster_wide_lists(server: LocalApiServer, since: int) -> list[str]:
-    return [r.path for r in server.log[since:] if r.method == "GET" and r.path.endswith(f"/{ISTIO}/v1/virtualservices")]
 
 
 def owner(edge: KubeCluster, **fields: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:

@@ -31,14 +31,13 @@ from controller.edges.kube import KubeCluster
 from controller.edges.notify import DeliveryError, Notifier, Sink, deliver, file_sink
 from controller.edges.notify.sinks import check_url
 from controller.engine import notices
-from controller.engine.ports import EdgeFailure
 from controller.engine.reconcile import Outcome
 from controller.manager.loop import Manager
 from controller.manager.ops import ControllerMetrics
-from controller.metrics.samples import Observation, Window
 from controller.sandbox.localapi import LocalApiServer, local_api_server
 from controller.traffic.templating import default_environment
 from tests.notify_receiver import receiver
+from tests.test_shards import NoTraffic, holding_rollout, seed_ready_pods
 
 SECRET = "T0SECRET/B0SECRET/xoxb-SECRET-TOKEN-0123456789"
 ROOT = Path(__file__).resolve().parent.parent
@@ -387,38 +386,9 @@ def yaml_policy() -> dict[str, Any]:
 # --- the loop -----------------------------------------------------------------------------------------
 
 
-class NoTraffic:
-    def observe(
-        self, rollouts: Sequence[Any], windows: Mapping[str, Sequence[Window]], at: float
-    ) -> tuple[dict[str, Observation], EdgeFailure | None]:
-        return {}, None
-
-
 class Broken:
     def notify(self, rollout: Mapping[str, Any], outcome: Outcome, event: NotifyEvent) -> None:
         raise RuntimeError("a notifier's bug")
-
-
-def ready_pods(api: LocalApiServer, name: str) -> None:
-    for version in ("v1", "v2"):
-        api.seed({"apiVersion": "v1", "kind": "Pod",
-                  "metadata": {"name": f"{name}-{version}", "namespace": "ml",
-                               "labels": {"app": name, "version": version}},
-                  "status": {"conditions": [{"type": "Ready", "status": "True"}]}})  # fmt: skip
-
-
-def loop_policy(name: str, notify: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    spec: dict[str, Any] = {
-        "service": {"name": name, "port": 8080},
-        "stable": {"name": "v1", "labels": {"app": name, "version": "v1"}},
-        "canary": {"name": "v2", "labels": {"app": name, "version": "v2"}},
-        "strategy": {"steps": [50], "interval": "1m", "onNoData": "Hold"},
-        "analysis": {"metrics": [{"name": "errors", "kind": "IstioErrorRate", "slo": {"max": "2%"}}]},
-    }
-    if notify is not None:
-        spec["notify"] = dict(notify)
-    return {"apiVersion": "canarist.io/v1alpha1", "kind": "ModelRollout",
-            "metadata": {"name": name, "namespace": "ml"}, "spec": spec}  # fmt: skip
 
 
 def test_the_loop_announces_each_decision_once_and_a_broken_notifier_changes_nothing(api: LocalApiServer) -> None:
@@ -427,9 +397,9 @@ def test_the_loop_announces_each_decision_once_and_a_broken_notifier_changes_not
     metrics = ControllerMetrics()
     with receiver() as r:
         api.seed(secret("ml", "alerts", {"url": r.url("/team")}))
-        ready_pods(api, "scorer")
+        seed_ready_pods(api, "scorer")
         events = ["Started", "Held"]
-        api.seed(loop_policy("scorer", {"sinks": [sink("team", "Webhook", "alerts", "url", events)]}))
+        api.seed(holding_rollout("scorer", {"sinks": [sink("team", "Webhook", "alerts", "url", events)]}))
         notifier = Notifier(read_secret=cluster.read_secret, count=metrics.notified).start()
         manager = Manager(cluster, NoTraffic(), default_environment(), lambda: now[0], notifier=notifier)
         for _ in range(4):  # Start, then holds for want of data: the same reason each time
@@ -441,8 +411,8 @@ def test_the_loop_announces_each_decision_once_and_a_broken_notifier_changes_not
     assert [g.json()["event"] for g in r.received] == ["Started", "Held"]
     assert metrics.registry.get_sample_value("canarist_notifications_total", {"result": "sent"}) == 2
 
-    ready_pods(api, "other")
-    api.seed(loop_policy("other"))
+    seed_ready_pods(api, "other")
+    api.seed(holding_rollout("other"))
     broken = Manager(cluster, NoTraffic(), default_environment(), lambda: now[0], notifier=Broken())
     (started,) = [o for o in broken.tick() if o.key == "ml/other"]
     assert started.action is Action.START and "ml/other" not in broken.failures

@@ -27,7 +27,7 @@ from controller.manager.loop import Manager
 from controller.manager.ops import ControllerMetrics
 from controller.metrics.samples import Observation, Window
 from controller.sandbox.chaos.leases import LeaseChecker
-from controller.sandbox.localapi import LocalApiServer, local_api_server
+from controller.sandbox.localapi import LocalApiServer, local_api_server, ready_pod
 from controller.sandbox.localapi.calls import Caller
 from controller.traffic.templating import default_environment
 from tests.test_leader import ROLLOUT, WRITES_TABLE
@@ -304,16 +304,8 @@ def test_sharded_managers_each_reconcile_exactly_their_own_shards_rollouts(serve
         )  # fmt: skip
     names = [f"model-{i}" for i in range(12)]
     for name in names:
-        for version in ("v1", "v2"):
-            labels = {"app": name, "version": version}
-            pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"{name}-{version}", "namespace": "ml"}}
-            pod["metadata"]["labels"] = labels
-            pod["status"] = {"conditions": [{"type": "Ready", "status": "True"}]}
-            server.seed(pod)
-        body = copy.deepcopy(ROLLOUT)
-        body["metadata"] = {"name": name, "namespace": "ml"}
-        body["spec"] = _spec(name)
-        server.seed(body)
+        seed_ready_pods(server, name)
+        server.seed(holding_rollout(name))
     for _ in range(2):  # a alone first (it takes every shard), then b joins and a hands its share over
         for manager in managers.values():
             manager.tick()
@@ -331,14 +323,25 @@ def test_sharded_managers_each_reconcile_exactly_their_own_shards_rollouts(serve
     assert exported("canarist_shard_members") == 2
 
 
-def _spec(name: str) -> dict[str, Any]:
-    return {
+def holding_rollout(name: str, notify: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A rollout in ``ml`` of its own Service ``name``; without traffic it holds at its first step."""
+    spec: dict[str, Any] = {
         "service": {"name": name, "port": 8080},
         "stable": {"name": "v1", "labels": {"app": name, "version": "v1"}},
         "canary": {"name": "v2", "labels": {"app": name, "version": "v2"}},
         "strategy": {"steps": [50], "interval": "1m", "onNoData": "Hold"},
         "analysis": {"metrics": [{"name": "errors", "kind": "IstioErrorRate", "slo": {"max": "2%"}}]},
     }
+    if notify is not None:
+        spec["notify"] = dict(notify)
+    return {"apiVersion": "canarist.io/v1alpha1", "kind": "ModelRollout",
+            "metadata": {"name": name, "namespace": "ml"}, "spec": spec}  # fmt: skip
+
+
+def seed_ready_pods(server: LocalApiServer, name: str) -> None:
+    """A ready pod of each version of ``holding_rollout(name)``."""
+    for version in ("v1", "v2"):
+        server.seed(ready_pod("ml", f"{name}-{version}", {"app": name, "version": version}))
 
 
 def test_a_replica_busy_with_a_long_pass_hands_over_a_newcomers_shards_mid_pass(server: LocalApiServer) -> None:

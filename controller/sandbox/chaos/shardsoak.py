@@ -40,7 +40,7 @@ from controller.sandbox.chaos.invariants import ISTIO, ROLLOUTS, InvariantChecke
 from controller.sandbox.chaos.leases import LeaseChecker
 from controller.sandbox.chaos.replicas import both
 from controller.sandbox.demo.processes import Prometheus, free_port
-from controller.sandbox.localapi import LocalApiServer, local_api_server
+from controller.sandbox.localapi import LocalApiServer, local_api_server, ready_pod
 
 NAMESPACE = "fleet"
 CANARIST = Path(sys.executable).parent / "canarist"
@@ -134,18 +134,9 @@ def policy(index: int, interval_s: int) -> dict[str, Any]:
     }
 
 
-def ready_pod(index: int, version: str) -> dict[str, Any]:
+def ready_pods(index: int) -> list[dict[str, Any]]:
     name = name_of(index)
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": f"{name}-{version}-0",
-            "namespace": NAMESPACE,
-            "labels": {"app": name, "version": version},
-        },
-        "status": {"conditions": [{"type": "Ready", "status": "True"}]},
-    }
+    return [ready_pod(NAMESPACE, f"{name}-{v}-0", {"app": name, "version": v}) for v in ("v1", "v2")]
 
 
 def guard(key: Key, shards: int) -> str:
@@ -249,8 +240,8 @@ def run_shard_soak(config: ShardSoakConfig, workdir: Path | None = None) -> Shar
 
         api.write_observer = both(invariants, leases, traffic.observe, who_wrote)
         for index in range(config.rollouts):
-            for version in ("v1", "v2"):
-                api.seed(ready_pod(index, version))
+            for pod in ready_pods(index):
+                api.seed(pod)
         replicas = [
             _start(api, prometheus, config, where, identity=f"replica-{n}", leases=leases)
             for n in range(config.replicas)

@@ -23,7 +23,7 @@ from controller.api.model import API_VERSION, GROUP, KIND, PLURAL, ModelRollout
 from controller.engine.ports import EdgeFailure
 from controller.metrics.samples import CountSeries, HistogramSeries, MetricData, Observation, Window
 from controller.sandbox.chaos.invariants import ISTIO, canary_weight
-from controller.sandbox.localapi import LocalApiServer
+from controller.sandbox.localapi import LocalApiServer, ready_pod
 
 NAMESPACE = "chaos"
 TRUTHS = ("good", "regressing", "slo-breach")
@@ -90,19 +90,7 @@ def policy(index: int) -> dict[str, Any]:
 def ready_pods(index: int) -> list[dict[str, Any]]:
     """One ready pod per version of rollout ``index`` (the readiness gate lets traffic move)."""
     name = rollout_name(index)
-    return [
-        {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {
-                "name": f"{name}-{version}-0",
-                "namespace": NAMESPACE,
-                "labels": {"app": name, "version": version},
-            },
-            "status": {"conditions": [{"type": "Ready", "status": "True"}]},
-        }
-        for version in ("v1", "v2")
-    ]
+    return [ready_pod(NAMESPACE, f"{name}-{v}-0", {"app": name, "version": v}) for v in ("v1", "v2")]
 
 
 def user_objects(index: int) -> list[dict[str, Any]]:

@@ -54,7 +54,7 @@ from controller.sandbox.demo.scenarios import (
 )
 from controller.sandbox.demo.server import SCORE_BUCKETS, SCORE_METRIC
 from controller.sandbox.demo.triton import TritonInstall, TritonServer, fraud_model, inference_count
-from controller.sandbox.localapi import LocalApiServer
+from controller.sandbox.localapi import LocalApiServer, ready_pod
 from controller.traffic.templating import default_environment
 
 TERMINAL = (Phase.SUCCEEDED, Phase.FAILED)
@@ -378,16 +378,7 @@ def _canary_requests_to_decide(world: World) -> int | None:
 
 def _ready_pod(version: str) -> dict[str, Any]:
     """The Pod object a model server stands for (ready: its /healthz answered)."""
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": f"{SERVICE}-{version}-0",
-            "namespace": NAMESPACE,
-            "labels": {"app": SERVICE, "version": version},
-        },
-        "status": {"conditions": [{"type": "Ready", "status": "True"}]},
-    }
+    return ready_pod(NAMESPACE, f"{SERVICE}-{version}-0", {"app": SERVICE, "version": version})
 
 
 @contextlib.contextmanager

@@ -8,7 +8,7 @@ This module presents the package's public API; the parts live in its modules (``
 """
 
 from controller.sandbox.localapi.calls import Request
-from controller.sandbox.localapi.documents import ApiError
+from controller.sandbox.localapi.documents import ApiError, ready_pod
 from controller.sandbox.localapi.server import LocalApiServer, local_api_server
 
-__all__ = ["ApiError", "LocalApiServer", "Request", "local_api_server"]
+__all__ = ["ApiError", "LocalApiServer", "Request", "local_api_server", "ready_pod"]

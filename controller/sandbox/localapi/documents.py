@@ -16,6 +16,16 @@ REASONS = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFo
 # fmt: on
 
 
+def ready_pod(namespace: str, name: str, labels: dict[str, str]) -> dict[str, Any]:
+    """A Pod as the kubelet reports one that passed its readiness probe (what a rollout's gate counts)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace, "labels": dict(labels)},
+        "status": {"conditions": [{"type": "Ready", "status": "True"}]},
+    }
+
+
 class ApiError(Exception):
     """An error answer: becomes a ``kind: Status`` object with this code and reason."""
 

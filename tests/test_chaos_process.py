@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 import tests.test_e2e
 from controller.edges.kube import KubeCluster
@@ -92,17 +91,7 @@ class Fleet:
         )  # fmt: skip
 
     def kubeconfig(self, token: str) -> Path:
-        path = self.tmp / f"kubeconfig-{token}"
-        config = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [{"name": "local", "cluster": {"server": self.api.url}}],
-            "users": [{"name": "replica", "user": {"token": token}}],
-            "contexts": [{"name": "local", "context": {"cluster": "local", "user": "replica", "namespace": NS}}],
-            "current-context": "local",
-        }
-        path.write_text(yaml.safe_dump(config))
-        return path
+        return self.api.write_kubeconfig(self.tmp / f"kubeconfig-{token}", token=token, namespace=NS)
 
     def by_identity(self, identity: str | None) -> Replica | None:
         return next((r for r in self.replicas if r.identity == identity), None)

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from controller.sandbox.localapi import LocalApiServer, local_api_server
 
@@ -41,12 +40,7 @@ def terminal(tmp_path: Path) -> Iterator[tuple[LocalApiServer, Callable[..., str
     assert TMUX is not None, "tmux is not installed: `make test` installs it"
     socket = f"canarist-test-{os.getpid()}"
     with local_api_server() as api:
-        kubeconfig = tmp_path / "config"
-        kubeconfig.write_text(yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Config", "current-context": "local",
-            "clusters": [{"name": "local", "cluster": {"server": api.url}}], "users": [{"name": "me", "user": {}}],
-            "contexts": [{"name": "local", "context": {"cluster": "local", "user": "me", "namespace": "ml"}}],
-        }))  # fmt: skip
+        kubeconfig = api.write_kubeconfig(tmp_path / "config", namespace="ml")
 
         def tmux(*args: str) -> str:
             assert TMUX is not None

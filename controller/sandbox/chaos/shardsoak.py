@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 from prometheus_client import CollectorRegistry, Counter, start_http_server
 
 from controller.edges.kube.shards import SHARD_PREFIX, shard_lease_name, shard_of
@@ -186,19 +185,6 @@ class _Replica:
     log: Path
 
 
-def _kubeconfig(path: Path, server: str, token: str) -> Path:
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "local", "cluster": {"server": server}}],
-        "users": [{"name": "replica", "user": {"token": token}}],
-        "contexts": [{"name": "local", "context": {"cluster": "local", "user": "replica", "namespace": NAMESPACE}}],
-        "current-context": "local",
-    }
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
 @contextlib.contextmanager
 def _world(config: ShardSoakConfig, workdir: Path) -> Iterator[tuple[LocalApiServer, Prometheus, Traffic]]:
     traffic = Traffic(config)
@@ -278,7 +264,7 @@ def _start(
     api.tokens[token] = identity
     leases.replicas.add(identity)
     log = workdir / f"{identity}.log"
-    kubeconfig = _kubeconfig(workdir / f"kubeconfig-{identity}", api.url, token)
+    kubeconfig = api.write_kubeconfig(workdir / f"kubeconfig-{identity}", token=token, namespace=NAMESPACE)
     argv = [
         str(CANARIST), "run", "--kubeconfig", str(kubeconfig), "--prometheus", prometheus.url, "-n", NAMESPACE,
         "--lease-namespace", NAMESPACE, "--lease-seconds", str(config.lease_seconds), "--identity", identity,

@@ -60,8 +60,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
+import yaml
 from kubernetes import client
 
 from controller.sandbox.localapi.calls import ANONYMOUS, Caller, Fault, Request, RequestFilter, WriteObserver
@@ -168,6 +170,20 @@ class LocalApiServer(ObjectStore):
         if self._api_client is None:
             self._api_client = self.make_client()
         return self._api_client
+
+    def write_kubeconfig(self, path: Path, *, token: str | None = None, namespace: str = "default") -> Path:
+        """A kubeconfig at ``path`` for this server (kubectl, ``canarist``, a controller process), its one
+        context in ``namespace``, authenticating with ``token`` (None: anonymous)."""
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "local", "cluster": {"server": self.url}}],
+            "users": [{"name": "user", "user": {"token": token} if token else {}}],
+            "contexts": [{"name": "local", "context": {"cluster": "local", "user": "user", "namespace": namespace}}],
+            "current-context": "local",
+        }
+        path.write_text(yaml.safe_dump(config))
+        return path
 
     def make_client(self, **settings: Any) -> Any:
         """A new ApiClient for this server, with these ``Configuration`` attributes (closed by :meth:`stop`)."""

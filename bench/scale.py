@@ -41,7 +41,7 @@ from controller.edges.prometheus.client import Points, Sample
 from controller.engine.ports import EdgeFailure, MetricsSource
 from controller.manager.loop import Manager
 from controller.manager.wiring import PrometheusSource
-from controller.metrics.cache import CellCache
+from controller.metrics.cache import WindowCache
 from controller.metrics.samples import Observation, Window
 from controller.sandbox.demo.processes import Prometheus, require
 from controller.sandbox.localapi import ready_pod
@@ -233,7 +233,7 @@ def run_size(n: int, minutes: int, cache: bool) -> dict[str, Any]:
                     cluster.create_or_update_rollout(policy(i))
                 settings = PrometheusSettings(prometheus.url, timeout=60.0, look_timeout=300.0)
                 client = CountingClient(settings)
-                source = Timed(PrometheusSource(client, None, CellCache(settle=60.0) if cache else None))
+                source = Timed(PrometheusSource(client, None, WindowCache(settle=60.0) if cache else None))
                 clock = [float(T0)]
                 manager = Manager(cluster, source, default_environment(), lambda: clock[0], tick_deadline=3600.0)
                 passes = []

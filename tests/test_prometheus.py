@@ -36,7 +36,7 @@ from controller.edges.prometheus import (
     observe,
     observe_or_explain,
 )
-from controller.metrics.cache import CellCache
+from controller.metrics.cache import WindowCache
 from controller.metrics.measure import plan
 from controller.metrics.plan import Query
 from controller.metrics.read import Results
@@ -213,7 +213,7 @@ def test_looks_that_keep_settled_windows_build_exactly_what_full_re_reads_build(
 ) -> None:
     """A look every minute over every window since the start, with and without the cache: bit for bit."""
     rollouts = [scenario_prometheus.rollout(name) for name in SCENARIOS]
-    cache = CellCache(settle=60.0)
+    cache = WindowCache(settle=60.0)
     asked: list[int] = []
     for minute in range(3, 31, 3):
         at = T0 + 60 * minute

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import math
+import random
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -16,7 +18,7 @@ from controller.api.load import load
 from controller.api.metrics_spec import RatioQuery
 from controller.api.model import ModelRollout
 from controller.api.routing import ModelVersion
-from controller.metrics.cache import CellCache
+from controller.metrics.cache import WindowCache
 from controller.metrics.catalog import Family, Labels, PodSeries, Reduce, Role
 from controller.metrics.kinds import agent, dcgm, hami, triton
 from controller.metrics.kinds.istio import BUCKETS as ISTIO_BUCKETS
@@ -705,9 +707,9 @@ def test_on_victoria_metrics_a_window_without_samples_at_its_edges_is_no_data() 
     )
 
 
-def test_a_cache_full_of_cells_never_leaves_a_skipped_window_unread() -> None:
-    """Cells are dropped before a look is planned, never while it is built: no window reads as not queried."""
-    cache = CellCache(settle=0.0, max_cells=6)
+def test_a_full_window_cache_never_leaves_a_skipped_window_unread() -> None:
+    """Entries are dropped before a look is planned, never while it is built: no window reads as not queried."""
+    cache = WindowCache(settle=0.0, max_windows=2)
     for _ in range(3):
         the_plan = plan([ROLLOUT], {ROLLOUT.key: windows(3)}, at=6000, cache=cache)
         a = Answers(the_plan)
@@ -719,7 +721,89 @@ def test_a_cache_full_of_cells_never_leaves_a_skipped_window_unread() -> None:
                     a.add(ISTIO_REQUESTS, w, 100.0, **istio(version, response_code="200"))
         obs = build_observations(the_plan, a.data, cache, 6000)[ROLLOUT.key]
         assert obs.stable_requests == (100, 100, 100) and obs.canary_requests == (100, 100, 100), obs
-        assert len(cache.cells) > 6  # filled past its size during the look, trimmed before the next
+        assert len(cache.entries) > 2  # filled past its size during the look, trimmed before the next
+
+
+def _first_difference(a: Any, b: Any) -> str:
+    for field in ("stable_requests", "canary_requests"):
+        if getattr(a, field) != getattr(b, field):
+            return f"{field}: {getattr(a, field)} != {getattr(b, field)}"
+    for x, y in zip(a.metrics, b.metrics, strict=True):
+        if x != y:
+            return f"{x.name}: {x} != {y}"
+    return "windows"
+
+
+SPLITS = ("0.1", "250", "+Inf", "200", "500", "top", "x", "g1")
+
+
+Stored = dict[tuple[str, int], list[tuple[dict[str, str], float]]]
+
+
+def truth(the_plan: Plan, rng: random.Random, doubt: float) -> Stored:
+    """Random answers to every query of ``the_plan`` (rows for each version of each rollout, pods,
+    splits, NaN, resets, scrape gaps, and with probability ``doubt`` each, unanswered queries), as a store
+    holds them once settled."""
+    groups: dict[Family, list[dict[str, str]]] = {}
+    for target in the_plan.targets:
+        for ask in [*target.requests.values(), *(a for m in target.metrics for a in m.asks.values())]:
+            for values in (ask.stable, ask.canary):
+                for pod in ("p1", "p2") if ask.family.pod else ("",):
+                    labels = dict(zip(ask.family.identity, values, strict=True))
+                    if ask.family.pod:
+                        labels[ask.family.pod] = pod
+                    groups.setdefault(ask.family, []).append(labels)
+    out: Stored = {}
+    gaps = (((family, length, None), text) for (family, length), text in the_plan.gaps.items())
+    for (family, _, resets), text in [*the_plan.texts.items(), *gaps]:
+        for t in {round(t * 1000) for q in the_plan.queries if q.promql == text for t in q.times}:
+            if rng.random() < doubt:
+                continue  # never answered
+            rows = []
+            for labels in groups[family]:
+                if rng.random() < (0.1 if resets is False else doubt):
+                    continue  # a series missing (no traffic), or a resets() or gap row lost: doubtful
+                if resets is None:  # the scrape gap check: a sample close before the window's edges, or none
+                    group = {k: v for k, v in labels.items() if k in family.reset_group}
+                    rows.append((group, 1.0 if rng.random() >= doubt else 0.0))
+                elif resets is True:
+                    group = {k: v for k, v in labels.items() if k in family.reset_group}
+                    rows.append((group, rng.choice((0.0, 0.0, 0.0, 1.0, math.nan))))
+                elif family.split and resets is False:
+                    for split in rng.sample(SPLITS, 3):
+                        rows.append(({**labels, family.split: split}, rng.choice((0.0, 3.0, 40.0, 41.5, math.nan))))
+                else:
+                    rows.append((labels, rng.choice((0.0, 1.0, 7.0, 40.0, 1e3, math.nan))))
+            out[(text, t)] = rows
+    return out
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), gap=st.sampled_from([None, 30.0]), doubt=st.sampled_from([0.0, 0.02, 0.1]))
+def test_looks_with_a_window_cache_build_what_full_re_reads_build(seed: int, gap: float | None, doubt: float) -> None:
+    """Whatever the answers (doubtful ones included) and whatever a look loses, every look built with the
+    cache is the one built from a full re-read of the same answers, and a kept window is never asked again."""
+    rng = random.Random(seed)
+    rollouts = [ROLLOUT, TRITON_ROLLOUT]
+    every = {r.key: windows(8, end=6000.0) for r in rollouts}
+    store = truth(plan(rollouts, every, at=7000.0, gap_seconds=gap), rng, doubt)
+    settled_asked: list[set[tuple[str, int]]] = []
+    cache = WindowCache(settle=60.0)
+    for at in (5700.0, 5760.0, 5830.0, 5900.0, 6000.0, 6100.0, 6200.0):
+        full_plan = plan(rollouts, every, at=at, gap_seconds=gap)
+        cached_plan = plan(rollouts, every, at=at, gap_seconds=gap, cache=cache)
+        asked = {(q.promql, round(t * 1000)) for q in cached_plan.queries for t in q.times}
+        lost = {key for key in asked if rng.random() < doubt}  # answers of this look lost on the way
+        settled_asked.append({key for key in asked if key[1] <= 1000 * (at - 60.0)})
+        seen = {key: rows for key, rows in store.items() if key not in lost}
+        full = build_observations(full_plan, seen)  # a full re-read that lost the same answers
+        kept = build_observations(cached_plan, {k: v for k, v in seen.items() if k in asked}, cache, at)
+        for key, observation in full.items():
+            assert kept[key] == observation, (at, key, _first_difference(kept[key], observation))
+    if doubt == 0.0:  # every settled window is read once, then kept: never asked for again
+        assert cache.hits > 0
+        for earlier, later in itertools.pairwise(settled_asked):
+            assert not earlier & later
 
 
 def test_histograms_in_seconds_on_the_shared_edges() -> None:

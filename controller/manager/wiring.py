@@ -12,7 +12,7 @@ from controller.api.model import ModelRollout
 from controller.edges.prometheus import PrometheusClient, PrometheusSettings, observe_or_explain
 from controller.edges.triton import TritonProbe
 from controller.engine.ports import EdgeFailure, GateProbe, MetricsSource
-from controller.metrics.cache import CellCache
+from controller.metrics.cache import WindowCache
 from controller.metrics.catalog import Labels
 from controller.metrics.samples import Observation, Window
 
@@ -26,7 +26,7 @@ class PrometheusSource:
     client: PrometheusClient
     labels: Labels | None = None
     #: Settled windows' cells from earlier looks, so a look asks only for what is new; None: read all.
-    cache: CellCache | None = None
+    cache: WindowCache | None = None
 
     def observe(
         self, rollouts: Sequence[ModelRollout], windows: Mapping[str, Sequence[Window]], at: float
@@ -41,7 +41,8 @@ class PrometheusSource:
 def metrics_source(backend: str, settings: PrometheusSettings, labels: Labels | None = None) -> MetricsSource:
     """The metrics edge for ``backend``; raises ValueError for one canarist does not know."""
     if backend == "prometheus":  # a window has settled two scrape intervals after its end
-        return PrometheusSource(PrometheusClient(settings), labels, CellCache(settle=2 * settings.max_scrape_interval))
+        cache = WindowCache(settle=2 * settings.max_scrape_interval)
+        return PrometheusSource(PrometheusClient(settings), labels, cache)
     raise ValueError(f"unknown metrics backend {backend!r}; known: {', '.join(METRICS_BACKENDS)}")
 
 

@@ -1,66 +1,127 @@
-"""The cells of settled windows, kept from one look to the next. Pure (state in memory, no I/O).
+"""The settled windows' values, kept from one look to the next. Pure (state in memory, no I/O).
 
 A window in the past no longer changes once the metrics store holds all its samples: ``settle``
-seconds after its end (the scrape interval and the store's ingestion lag). A look then asks only
-for the windows it has not seen settled, and reads the others from here: a look fetches what is new,
-not every window since the analysis began. A cell is a family's rows for one version in one window
-exactly as :class:`~controller.metrics.read.Reader` found them, so an observation built from
-cached cells is the one a full re-read builds (``tests/test_prometheus.py`` checks it bit for bit).
-Only cells read without doubt are kept (an unanswered or lost query is asked again next look).
-After a restart the cache is empty and the first look reads every window again.
+seconds after its end (the scrape interval and the store's ingestion lag). What a look builds for
+such a window (each series' value per version, or why it has none) is kept, so the next look asks
+Prometheus only for the windows it has not seen settled and builds only those: a look's cost grows
+with the new windows, not with the analysis' age. A value is kept only if everything it was built
+from was read without doubt (an unanswered, lost or refused query is asked again next look), and a
+window is skipped by the next look's plan only once every series of its rollout was kept for it
+(so an observation built from kept values is the one a full re-read builds:
+``tests/test_prometheus.py`` checks it bit for bit).
+
+Entries are keyed by the rollout's *signature*: its key and everything its queries ask for, so an
+edited metric (another selector, another kind) is read afresh. After a restart the cache is empty
+and the first look reads every window again.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Hashable
 from dataclasses import dataclass, field
+from typing import Any
 
-from controller.metrics.catalog import Ask
-from controller.metrics.read import CANARY, STABLE, Cell
 from controller.metrics.samples import Window
 from controller.metrics.selectors import to_millis
 
-#: Most cells kept, the least recently used dropped first (at the start of a look, never during one).
-#: A latency cell holds its bucket rows (about 10 KB): 50,000 cells stay within a few hundred MiB;
-#: a working set larger than that is read again from the store, never read wrong.
-MAX_CELLS = 50_000
-CellKey = tuple[Ask, str, int, int]  # (ask, side, window end ms, window length ms)
+#: Most (rollout, window) entries kept, the least recently used dropped first (at the start of a
+#: look, never during one): two hours of one-minute windows for 4,000 rollouts. An entry is about
+#: 2 KiB for three metrics (measured by ``python -m bench.scale``: see the README); a working set
+#: larger than the cap is read again from the store, never read wrong.
+MAX_WINDOWS = 480_000
+WindowKey = tuple[int, int, int]  # (signature id, window end ms, window length ms)
+Slot = tuple[str, str]  # (series tag, version side)
 
 
-def _key(ask: Ask, side: str, window: Window) -> CellKey:
-    end = to_millis(window.end)
-    return ask, side, end, end - to_millis(window.start)
+class _Packed:
+    """A mapping value kept as its keys (shared between windows) and its values: a third of a dict's size."""
+
+    __slots__ = ("keys", "values")
+
+    def __init__(self, keys: tuple[Hashable, ...], values: tuple[Any, ...]) -> None:
+        self.keys, self.values = keys, values
 
 
 @dataclass
-class CellCache:
-    """Settled windows' cells, by ask, version and window; at most ``max_cells``, the oldest dropped first."""
+class _Entry:
+    values: dict[Slot, Any] = field(default_factory=dict)
+    complete: bool = False
+
+
+@dataclass
+class WindowCache:
+    """Settled windows' built values, by rollout signature and window; at most ``max_windows`` entries."""
 
     settle: float = 60.0
-    max_cells: int = MAX_CELLS
-    cells: OrderedDict[CellKey, Cell] = field(default_factory=OrderedDict)
+    max_windows: int = MAX_WINDOWS
+    entries: OrderedDict[WindowKey, _Entry] = field(default_factory=OrderedDict)
     hits: int = 0
+    _signatures: dict[Hashable, int] = field(default_factory=dict)
+    _interned: dict[Hashable, Any] = field(default_factory=dict)
 
-    def get(self, ask: Ask, side: str, window: Window) -> Cell | None:
-        key = _key(ask, side, window)
-        found = self.cells.get(key)
-        if found is not None:
-            self.hits += 1
-            self.cells.move_to_end(key)  # recently used: the last to go
-        return found
+    def signature(self, identity: Hashable) -> int:
+        """A small id for a rollout's identity (its key and what its queries ask), the same while it is unchanged."""
+        return self._signatures.setdefault(identity, len(self._signatures))
 
-    def put(self, ask: Ask, side: str, window: Window, cell: Cell, at: float) -> None:
-        """Keep ``cell`` if its window had settled at ``at`` (the look's time)."""
-        if window.end > at - self.settle:
-            return
-        self.cells[_key(ask, side, window)] = cell
+    def settled(self, window: Window, at: float) -> bool:
+        return window.end <= at - self.settle
+
+    def get(self, signature: int, window: Window, slot: Slot) -> tuple[bool, Any]:
+        """(found, value) of one series' version in one window."""
+        entry = self.entries.get(_key(signature, window))
+        if entry is None or slot not in entry.values:
+            return False, None
+        self.hits += 1
+        return True, _unpacked(entry.values[slot])
+
+    def put(self, signature: int, window: Window, slot: Slot, value: Any) -> None:
+        """Keep a value built without doubt for a window settled as of the look (the caller checks both)."""
+        key = _key(signature, window)
+        entry = self.entries.get(key)
+        if entry is None:
+            entry = self.entries[key] = _Entry()
+        entry.values[self._intern(slot)] = self._packed(value)
+
+    def complete(self, signature: int, window: Window, done: bool) -> None:
+        """Whether every series of the rollout is kept for ``window``: then the next look need not ask for it."""
+        entry = self.entries.get(_key(signature, window))
+        if entry is not None:
+            entry.complete = done
+
+    def covers(self, signature: int, window: Window) -> bool:
+        """Whether ``window`` is complete for the rollout: nothing to ask Prometheus for. Marks it recently used."""
+        key = _key(signature, window)
+        entry = self.entries.get(key)
+        if entry is None or not entry.complete:
+            return False
+        self.entries.move_to_end(key)  # recently used: the last to go
+        return True
 
     def trim(self) -> None:
-        """Drop the least recently used cells beyond ``max_cells``: called before a look is planned, so a
-        cell the plan relies on (its window not asked for) is never dropped before the look is built."""
-        while len(self.cells) > self.max_cells:
-            self.cells.popitem(last=False)
+        """Drop the least recently used entries beyond ``max_windows``: called before a look is planned,
+        so a window the plan skips (covered) is never dropped before the look is built."""
+        while len(self.entries) > self.max_windows:
+            self.entries.popitem(last=False)
 
-    def covers(self, ask: Ask, window: Window) -> bool:
-        """Whether both versions' cells of ``ask`` in ``window`` are kept: nothing to ask for."""
-        return all(_key(ask, side, window) in self.cells for side in (STABLE, CANARY))
+    def _intern(self, value: Any) -> Any:
+        return self._interned.setdefault(value, value)
+
+    def _packed(self, value: Any) -> Any:
+        """A (mapping, notes) value with its mapping packed; anything else as it is."""
+        if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], dict):
+            mapping, notes = value
+            return _Packed(self._intern(tuple(mapping)), tuple(mapping.values())), notes
+        return value
+
+
+def _unpacked(value: Any) -> Any:
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], _Packed):
+        packed, notes = value
+        return dict(zip(packed.keys, packed.values, strict=True)), notes
+    return value
+
+
+def _key(signature: int, window: Window) -> WindowKey:
+    end = to_millis(window.end)
+    return signature, end, end - to_millis(window.start)

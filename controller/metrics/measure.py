@@ -8,14 +8,15 @@ the answers (:mod:`controller.metrics.read`), beside each rollout's request coun
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 
 from controller.api.model import ModelRollout
-from controller.metrics.cache import CellCache
+from controller.metrics.cache import WindowCache
 from controller.metrics.catalog import Ask, Labels, MetricPlan, Role, RolloutAsks
 from controller.metrics.kinds import READINGS, count_requests, request_asks
 from controller.metrics.plan import Plan, Target, look_plan
-from controller.metrics.read import CANARY, STABLE, Builder, Reader, Results, Valued
+from controller.metrics.read import Builder, Reader, Results, Valued
 from controller.metrics.samples import MetricData, Observation, Window
 from controller.metrics.selectors import to_millis
 
@@ -29,7 +30,7 @@ def plan(
     labels: Labels | None = None,
     *,
     gap_seconds: float | None = None,
-    cache: CellCache | None = None,
+    cache: WindowCache | None = None,
 ) -> Plan:
     """Every query one look needs for all ``rollouts`` together (:func:`controller.metrics.plan.look_plan`).
 
@@ -49,7 +50,16 @@ def plan(
         metrics = tuple(READINGS[m.kind].plan(asks, m) for m in rollout.spec.analysis.metrics)
         future = frozenset(i for i, w in enumerate(windows) if to_millis(w.end) > at_ms)
         targets.append(Target(rollout.key, windows, requests, requests_why, metrics, future))
-    return look_plan(targets, gap_seconds, cache.covers if cache is not None else None)
+    if cache is None:
+        return look_plan(targets, gap_seconds)
+    signatures = {t.key: signature(cache, t) for t in targets}
+    return look_plan(targets, gap_seconds, lambda target, window: cache.covers(signatures[target.key], window))
+
+
+def signature(cache: WindowCache, target: Target) -> int:
+    """The cache's id for ``target``: its key and everything its queries ask for (an edit reads afresh)."""
+    identity = repr((target.key, target.requests, target.requests_unsupported, target.metrics))
+    return cache.signature(hashlib.blake2b(identity.encode(), digest_size=16).digest())
 
 
 def metric_queries(rollout: ModelRollout, window: float, labels: Labels | None = None) -> dict[str, tuple[str, ...]]:
@@ -70,27 +80,25 @@ def metric_queries(rollout: ModelRollout, window: float, labels: Labels | None =
 
 
 def build_observations(
-    plan: Plan, results: Results, cache: CellCache | None = None, at: float = 0.0
+    plan: Plan, results: Results, cache: WindowCache | None = None, at: float = 0.0
 ) -> dict[str, Observation]:
-    """One observation per rollout of the plan (keyed ``namespace/name``) from the answers (and the
-    ``cache``'s settled cells, which the answers of this look at ``at`` add to)."""
-    reader = Reader(plan, results, cache, at)
-    observations = {t.key: _observation(Builder(reader, t)) for t in plan.targets}
-    if cache is not None:  # keep every settled cell, also those a kind did not need to read this time
-        for target in plan.targets:
-            asks = [*target.requests.values(), *(a for m in target.metrics for a in m.asks.values())]
-            for i, window in enumerate(target.windows):
-                if i not in target.future:
-                    for ask in asks:
-                        reader.cell(ask, STABLE, window)
-                        reader.cell(ask, CANARY, window)
+    """One observation per rollout of the plan (keyed ``namespace/name``) from the answers, and from
+    the ``cache``'s settled windows (which the windows this look at ``at`` read without doubt add to)."""
+    reader = Reader(plan, results)
+    observations: dict[str, Observation] = {}
+    for target in plan.targets:
+        builder = Builder(reader, target, cache, signature(cache, target) if cache is not None else 0, at)
+        observations[target.key] = _observation(builder)
+        builder.finish()
     return observations
 
 
 def _observation(builder: Builder) -> Observation:
     target = builder.target
     if target.requests:
-        stable, canary, _ = builder.collect(lambda window, side: _requests(builder, target.requests, window, side))
+        stable, canary, _ = builder.collect(
+            lambda window, side: _requests(builder, target.requests, window, side), REQUESTS_KEY
+        )
     else:
         stable = canary = [None] * len(target.windows)
     metrics = tuple(_metric(builder, m) for m in target.metrics)

@@ -47,6 +47,8 @@ class Plan:
     texts: Mapping[tuple[Family, int, bool], str]  # (family, window ms, resets?) -> PromQL
     gaps: Mapping[tuple[Family, int], str] = field(default_factory=dict)  # counters' gap checks, if asked
     gap_seconds: float | None = None
+    #: Per target key, the indices of its windows not asked for: kept from earlier looks.
+    covered: Mapping[str, frozenset[int]] = field(default_factory=dict)
 
     def text(self, family: Family, window_ms: int, resets: bool = False) -> str | None:
         return self.texts.get((family, window_ms, resets))
@@ -58,7 +60,7 @@ class Plan:
 def look_plan(
     targets: Sequence[Target],
     gap_seconds: float | None = None,
-    covered: Callable[[Ask, Window], bool] | None = None,
+    covered: Callable[[Target, Window], bool] | None = None,
 ) -> Plan:
     """Every query the ``targets`` need together, deduplicated and grouped.
 
@@ -66,19 +68,22 @@ def look_plan(
     evaluated at the union of the window ends; one ``resets()`` text beside each counter's, and with
     ``gap_seconds`` one gap check (:meth:`~controller.metrics.catalog.Family.gap_promql`). Windows
     ending after the look (a target's ``future``) are not asked for (their data is incomplete), nor
-    those ``covered`` says are already known (settled cells kept from earlier looks).
+    those ``covered`` says are already known (settled windows kept from earlier looks).
     """
     values: dict[tuple[Family, int], list[set[str]]] = {}
     times: dict[tuple[Family, int], set[int]] = {}
+    skipped: dict[str, frozenset[int]] = {}
     for target in targets:
         asks = [*target.requests.values(), *(a for m in target.metrics for a in m.asks.values())]
+        if covered is not None:
+            skipped[target.key] = frozenset(
+                i for i, w in enumerate(target.windows) if i not in target.future and covered(target, w)
+            )
         for i, window in enumerate(target.windows):
-            if i in target.future:
+            if i in target.future or i in skipped.get(target.key, ()):
                 continue
             length = to_millis(window.end) - to_millis(window.start)
             for ask in asks:
-                if covered is not None and covered(ask, window):
-                    continue
                 key = (ask.family, length)
                 slots = values.setdefault(key, [set() for _ in ask.family.identity])
                 for slot, s, c in zip(slots, ask.stable, ask.canary, strict=True):
@@ -97,7 +102,7 @@ def look_plan(
             if gap_seconds is not None:
                 gaps[(family, length)] = family.gap_promql(slots, length / 1000, gap_seconds)
                 queries.append(Query(gaps[(family, length)], ends))
-    return Plan(tuple(targets), _merge(queries), texts, gaps, gap_seconds)
+    return Plan(tuple(targets), _merge(queries), texts, gaps, gap_seconds, skipped)
 
 
 def _merge(queries: Sequence[Query]) -> tuple[Query, ...]:

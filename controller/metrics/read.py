@@ -24,6 +24,7 @@ from typing import ClassVar, Protocol, TypeVar
 
 from controller.api.kinds import Shape
 from controller.api.metrics_spec import Metric
+from controller.metrics.cache import WindowCache
 from controller.metrics.catalog import Ask, MetricPlan, Planner, Role, RolloutAsks
 from controller.metrics.plan import Plan, Target
 from controller.metrics.samples import (
@@ -58,14 +59,13 @@ class Cell:
 
 
 class Reader:
-    """Finds a rollout's rows in the answers, or in the cells of settled windows seen before (``cache``:
-    :class:`~controller.metrics.cache.CellCache`, which this reader also fills as of the look's time ``at``)."""
+    """Finds a rollout's rows in the answers. ``doubted`` turns true whenever a cell could not be read
+    without doubt (not queried, not answered, a scrape gap): a value built from it must not be kept."""
 
-    def __init__(self, plan: Plan, results: Results, cache: CellStore | None = None, at: float = 0.0) -> None:
+    def __init__(self, plan: Plan, results: Results) -> None:
         self.plan = plan
         self.results = results
-        self.cache = cache
-        self.at = at
+        self.doubted = False
         #: Each answer's rows by their identity values, built once: a look of N rollouts reads each
         #: rollout's rows in O(1), not by scanning every rollout's (O(N^2) for the look).
         self._indexes: dict[
@@ -84,11 +84,9 @@ class Reader:
         return tuple(found[1].get(values, ()))
 
     def cell(self, ask: Ask, side: str, window: Window) -> Cell | str:
-        if self.cache is not None and (kept := self.cache.get(ask, side, window)) is not None:
-            return kept
         found = self._read(ask, side, window)
-        if self.cache is not None and isinstance(found, Cell):
-            self.cache.put(ask, side, window, found, self.at)
+        if isinstance(found, str):
+            self.doubted = True
         return found
 
     def _read(self, ask: Ask, side: str, window: Window) -> Cell | str:
@@ -139,14 +137,6 @@ class Reader:
         return None
 
 
-class CellStore(Protocol):
-    """Where a reader finds and keeps the cells of settled windows (:class:`controller.metrics.cache.CellCache`)."""
-
-    def get(self, ask: Ask, side: str, window: Window) -> Cell | None: ...
-
-    def put(self, ask: Ask, side: str, window: Window, cell: Cell, at: float) -> None: ...
-
-
 def _key(labels: Mapping[str, str], names: Sequence[str]) -> tuple[str, ...]:
     return tuple(labels.get(name, "") for name in names)
 
@@ -189,19 +179,38 @@ def _per_pod(cell: Cell | str, pod: str | None, metric: str) -> dict[str, float]
 
 
 class Builder:
-    """Builds one rollout's series, window by window and version by version."""
+    """Builds one rollout's series, window by window and version by version.
 
-    def __init__(self, reader: Reader, target: Target) -> None:
+    With a ``cache`` (:class:`~controller.metrics.cache.WindowCache`), a settled window's value is
+    taken from it when kept, and kept when built without doubt; :meth:`finish` then marks the windows
+    whose every series was kept, which the next look need not ask for.
+    """
+
+    def __init__(
+        self, reader: Reader, target: Target, cache: WindowCache | None = None, signature: int = 0, at: float = 0.0
+    ) -> None:
         self.reader = reader
         self.target = target
+        self.cache = cache
+        self.signature = signature
+        self.at = at
+        self._unkept: set[int] = set()  # windows with a series not kept (doubtful, or not settled)
+        #: The windows the look did not ask for: read from the cache. Any other is read afresh from
+        #: the answers, every series of it, so a look reads a window either wholly kept or wholly new.
+        self._covered = reader.plan.covered.get(target.key, frozenset())
 
-    def collect(self, fn: Callable[[Window, str], Valued[T]]) -> tuple[list[T | None], list[T | None], list[str]]:
-        """``fn`` per window and version: the stable and canary columns, and what was dropped."""
+    def collect(
+        self, fn: Callable[[Window, str], Valued[T]], tag: str
+    ) -> tuple[list[T | None], list[T | None], list[str]]:
+        """``fn`` per window and version: the stable and canary columns, and what was dropped. ``tag``
+        names the series among the rollout's (the metric's name, and a role where it has several)."""
         columns: dict[str, list[T | None]] = {STABLE: [], CANARY: []}
         drops: dict[tuple[str, str], list[int]] = {}
         for i, window in enumerate(self.target.windows):
             for side in (STABLE, CANARY):
-                got: Valued[T] = "window ends after the look" if i in self.target.future else fn(window, side)
+                got: Valued[T] = (
+                    "window ends after the look" if i in self.target.future else self._value(fn, tag, i, window, side)
+                )
                 if isinstance(got, str):
                     columns[side].append(None)
                     drops.setdefault((side, got), []).append(i)
@@ -211,6 +220,31 @@ class Builder:
                     drops.setdefault((side, note), []).append(i)
         reasons = [f"{side}: {why} ({_windows(idx)})" for (side, why), idx in drops.items()]
         return columns[STABLE], columns[CANARY], reasons
+
+    def _value(self, fn: Callable[[Window, str], Valued[T]], tag: str, i: int, window: Window, side: str) -> Valued[T]:
+        cache = self.cache
+        if cache is None:
+            return fn(window, side)
+        settled = cache.settled(window, self.at)
+        if i in self._covered:
+            found, value = cache.get(self.signature, window, (tag, side))
+            if found:
+                return value  # type: ignore[no-any-return]
+        self.reader.doubted = False
+        got = fn(window, side)
+        if settled and not self.reader.doubted:
+            cache.put(self.signature, window, (tag, side), got)
+        else:
+            self._unkept.add(i)
+        return got
+
+    def finish(self) -> None:
+        """Mark each settled window complete (every series kept) or not, for the next look's plan."""
+        if self.cache is None:
+            return
+        for i, window in enumerate(self.target.windows):
+            if i not in self.target.future and self.cache.settled(window, self.at):
+                self.cache.complete(self.signature, window, i not in self._unkept)
 
     def cell(self, plan: MetricPlan | Mapping[Role, Ask], role: Role, window: Window, side: str) -> Cell | str:
         asks = plan.asks if isinstance(plan, MetricPlan) else plan
@@ -223,9 +257,7 @@ class Builder:
             got = events_trials(self, plan, window, side, Role.REQUESTS)
             return got if isinstance(got, str) else (got, ())
 
-        stable, canary, reasons = self.collect(fn)
-        if all(v is None for v in (*stable, *canary)):
-            return None, reasons or ["no windows"]
+        stable, canary, reasons = self.collect(fn, plan.name)
         every: list[tuple[int, int] | None] | None = None
         if Role.REQUESTS_ALL in plan.asks:  # the SLO guard's: cohort and sticky requests too
 
@@ -233,7 +265,10 @@ class Builder:
                 got = events_trials(self, plan, window, side, Role.REQUESTS_ALL)
                 return got if isinstance(got, str) else (got, ())
 
-            _, every, _ = self.collect(all_requests)
+            # read whatever the first series holds: a kept window must have every series kept
+            _, every, _ = self.collect(all_requests, f"{plan.name}/all")
+        if all(v is None for v in (*stable, *canary)):
+            return None, reasons or ["no windows"]
         series = CountSeries(
             tuple(v[0] if v else None for v in stable),
             tuple(v[1] if v else None for v in stable),
@@ -250,7 +285,18 @@ class Builder:
             got = _buckets(cell, plan.asks[Role.BUCKETS].family.metric)
             return got if isinstance(got, str) else (got, ())
 
-        stable, canary, reasons = self.collect(fn)
+        stable, canary, reasons = self.collect(fn, plan.name)
+        every_buckets: list[dict[float, int] | None] | None = None
+        if Role.BUCKETS_ALL in plan.asks:  # the SLO guard's: cohort and sticky requests too
+
+            def all_buckets(window: Window, side: str) -> Valued[dict[float, int]]:
+                got = _buckets(
+                    self.cell(plan, Role.BUCKETS_ALL, window, side), plan.asks[Role.BUCKETS_ALL].family.metric
+                )
+                return got if isinstance(got, str) else (got, ())
+
+            # read whatever the first series holds: a kept window must have every series kept
+            every_buckets = self.collect(all_buckets, f"{plan.name}/all")[1]
         present = [b for b in (*stable, *canary) if b is not None]
         if not present:
             return None, reasons or ["no windows"]
@@ -270,21 +316,10 @@ class Builder:
                 for b in column
             )
 
-        every: tuple[Cumulative | None, ...] | None = None
-        if Role.BUCKETS_ALL in plan.asks:  # the SLO guard's: cohort and sticky requests too
-
-            def all_buckets(window: Window, side: str) -> Valued[dict[float, int]]:
-                got = _buckets(
-                    self.cell(plan, Role.BUCKETS_ALL, window, side), plan.asks[Role.BUCKETS_ALL].family.metric
-                )
-                return got if isinstance(got, str) else (got, ())
-
-            every = cumulative(self.collect(all_buckets)[1])
+        every = cumulative(every_buckets) if every_buckets is not None else None
         return HistogramSeries(edges, cumulative(stable), cumulative(canary), every), reasons
 
     def gauges(self, plan: MetricPlan, pod_value: PodValue) -> Built:
-        shared_by_window: dict[Window, set[str] | str] = {}  # one check per window, for both versions
-
         def fn(window: Window, side: str) -> Valued[tuple[float, ...]]:
             got = self.pod_values(plan, pod_value, window, side)
             if isinstance(got, str):
@@ -292,9 +327,7 @@ class Builder:
             values, dropped = got
             notes = (f"{dropped} pod(s) dropped (counter reset, NaN, Inf or no inferences)",) if dropped else ()
             if Role.DEVICES in plan.asks:
-                if window not in shared_by_window:
-                    shared_by_window[window] = self.shared_gpus(plan, window)
-                shared = shared_by_window[window]
+                shared = self.shared_gpus(plan, window)  # read for each version: its doubt is that value's too
                 if isinstance(shared, str):
                     return shared
                 if shared & values.keys():
@@ -310,7 +343,7 @@ class Builder:
                 return f"no pod with usable {plan.kind.value} data"
             return tuple(values[p] for p in sorted(values)), notes
 
-        stable, canary, reasons = self.collect(fn)
+        stable, canary, reasons = self.collect(fn, plan.name)
         if all(v is None for v in (*stable, *canary)):
             return None, reasons or ["no windows"]
         return GaugeSeries(tuple(stable), tuple(canary)), reasons

@@ -17,7 +17,7 @@ from math import gcd
 from controller.api.model import ModelRollout
 from controller.edges.prometheus.client import PrometheusClient, PromQL
 from controller.edges.prometheus.errors import PrometheusError, PrometheusTimeout
-from controller.metrics.cache import CellCache
+from controller.metrics.cache import WindowCache
 from controller.metrics.catalog import Labels
 from controller.metrics.measure import build_observations, no_data, plan
 from controller.metrics.plan import Query
@@ -99,7 +99,7 @@ def observe(
     *,
     labels: Labels | None = None,
     look_timeout: float | None = None,
-    cache: CellCache | None = None,
+    cache: WindowCache | None = None,
 ) -> dict[str, Observation]:
     """One look for all ``rollouts`` together: O(metric kinds x window lengths) requests, not O(rollouts).
 
@@ -126,7 +126,7 @@ def observe_or_explain(
     *,
     labels: Labels | None = None,
     look_timeout: float | None = None,
-    cache: CellCache | None = None,
+    cache: WindowCache | None = None,
 ) -> tuple[dict[str, Observation], PrometheusError | None]:
     """:func:`observe`, with a failed look turned into *no data* for every rollout, saying why."""
     try:

@@ -95,7 +95,7 @@ class CostPerRequest:
                 return requests
             return "no requests" if requests == 0 else ((seconds / requests,), ())
 
-        stable, canary, reasons = builder.collect(per_request)
+        stable, canary, reasons = builder.collect(per_request, plan.name)
         if all(v is None for v in (*stable, *canary)):
             return None, reasons or ["no windows"]
         return GaugeSeries(tuple(stable), tuple(canary)), reasons

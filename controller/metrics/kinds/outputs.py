@@ -111,7 +111,7 @@ class Outputs:
                 return cumulative
             return {repr(k): float(v) for k, v in cumulative.items()}, ()
 
-        stable, canary, reasons = builder.collect(fn)
+        stable, canary, reasons = builder.collect(fn, plan.name)
         present = [c for c in (*stable, *canary) if c is not None]
         if not present:
             return None, reasons or ["no windows"]

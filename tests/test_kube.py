@@ -189,6 +189,23 @@ def test_a_conflict_storm_is_retried_with_fresh_reads(server, cluster, owner) ->
     assert weights == [95, 5]
 
 
+def test_one_apply_checks_and_writes_on_one_read_of_each_object(server, cluster, owner) -> None:
+    """The conflict check and the write share their reads (issue 17: GETs are most of a pass's requests);
+    a GET after the apply is a fresh one."""
+    cluster.apply_routes(owner, routes(1))
+    before = len(server.log)
+    cluster.apply_routes(owner, routes(5))
+    gets = sorted(r.path.rsplit("/", 2)[-2] for r in server.log[before:] if r.method == "GET")
+    assert gets.count("virtualservices") == 1 and gets.count("destinationrules") == 1, gets
+    before = len(server.log)
+    cluster.apply_routes(owner, routes(5))  # nothing to change: read again, not remembered from the last apply
+    again = [r.path.rsplit("/", 2)[-2] for r in server.log[before:] if r.method == "GET"]
+    assert sorted(p for p in again if p in ("virtualservices", "destinationrules")) == [
+        "destinationrules",
+        "virtualservices",
+    ]
+
+
 def test_a_real_concurrent_writer_is_retried(server, cluster, owner) -> None:
     """Another writer bumps the resourceVersion between canarist's read and its write."""
     cluster.apply_routes(owner, routes(1))

@@ -174,7 +174,7 @@ def _reconcile(
             if not commands or _exposes_more(without.routes, in_force):
                 return _record_hold(
                     obj, cluster, rollout, status, routes=in_force, evidence=evidence, reason=reason, now=now,
-                    failure=failure, gate=gate,
+                    failure=failure, gate=gate, stored=(raw, stored),
                 )  # fmt: skip
             if without.action in (Action.HOLD, Action.NONE):  # say why the command is not acted on yet
                 said = f"{reason}; meanwhile {without.reason}"
@@ -199,10 +199,10 @@ def _reconcile(
             cluster.emit_event(obj, reason="RoutesRefused", message=reason, warning=True)
         return _record_hold(
             obj, cluster, rollout, status, routes=in_force, evidence=evidence, reason=reason, now=now, failure=failure,
-            gate=gate,
+            gate=gate, stored=(raw, stored),
         )  # fmt: skip
     written, writes = _record_and_route(
-        obj, cluster, decision, objects, evidence=evidence, now=now, acted=acted, gate=gate
+        obj, cluster, decision, objects, evidence=evidence, now=now, acted=acted, gate=gate, stored=(raw, stored)
     )
     if decision.action not in (Action.HOLD, Action.NONE):
         warning = decision.action in (Action.ROLLBACK, Action.RESCHEDULE)
@@ -233,6 +233,7 @@ def _record_and_route(
     now: float,
     acted: str | None,
     gate: GateVerdict | None = None,
+    stored: tuple[Mapping[str, Any], RolloutStatus] | None = None,
 ) -> tuple[bool, int]:
     """Record ``decision`` in the status and write its routes: whether the status was written, and
     how many route objects were.
@@ -240,14 +241,15 @@ def _record_and_route(
     The decision first, so no route moves before it is recorded; once the routes are written, the
     decision is marked as in force (its ``routedAt``), in a second write. A decision from an earlier
     pass that is not yet so marked (the controller died between the two, or the route write failed)
-    is marked by the next pass, after its routes are written again.
+    is marked by the next pass, after its routes are written again. ``stored``: ``obj``'s status as
+    :func:`_stored_status` read it (read again when not given: a long log takes a while).
     """
-    raw, stored = _stored_status(obj)
+    raw, previous = stored or _stored_status(obj)
     body = to_status(
         decision.status,
         routes=decision.routes,
         evidence=evidence,
-        previous=stored,
+        previous=previous,
         generation=(obj.get("metadata") or {}).get("generation"),
         now=now,
         command_id=acted,
@@ -438,6 +440,7 @@ def _record_hold(
     now: float,
     failure: EdgeFailure | None = None,
     gate: GateVerdict | None = None,
+    stored: tuple[Mapping[str, Any], RolloutStatus] | None = None,
 ) -> Outcome:
     """Hold where the rollout is (the canary is not ready for more): say why, keep the routes in force.
 
@@ -445,12 +448,12 @@ def _record_hold(
     pods are ready.
     """
     held = replace(status, message=reason, canary_revision=status.canary_revision or canary_revision(rollout))
-    raw, stored = _stored_status(obj)
+    raw, previous = stored or _stored_status(obj)
     body = to_status(
         held,
         routes=routes,
         evidence=evidence,
-        previous=stored,
+        previous=previous,
         generation=(obj.get("metadata") or {}).get("generation"),
         now=now,
         gate=gate,

@@ -17,7 +17,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, cast
 
@@ -155,6 +155,8 @@ class KubeClient:
         self.events = client.EventsV1Api(api_client)
         #: The namespace a command acts in without -n: the kubeconfig context's, as kubectl does.
         self.default_namespace = "default"
+        #: Objects read (and written) inside :meth:`_reads_shared`, by (group, plural, namespace, name).
+        self._shared: dict[tuple[str, str, str, str], dict[str, Any]] | None = None
 
     # --- transport: every call goes through _call, which translates errors ---
 
@@ -167,11 +169,38 @@ class KubeClient:
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise ClusterUnavailableError(f"{what}: {type(exc).__name__}: {exc}") from None
 
+    @contextlib.contextmanager
+    def _reads_shared(self) -> Iterator[None]:
+        """Inside, an object read once is not read again (the controller's own writes replace it, a
+        refused write forgets it): one apply checks and writes on one read of each object, where the
+        check and each write read it afresh before. Reads outside are never shared."""
+        outer, self._shared = self._shared, self._shared if self._shared is not None else {}
+        try:
+            yield
+        finally:
+            self._shared = outer
+
+    def _remember(self, kind: Kind, obj: Mapping[str, Any], *, gone: bool = False) -> None:
+        if self._shared is not None:
+            key = (kind.group, kind.plural, object_namespace(obj), object_name(obj))
+            if gone:
+                self._shared.pop(key, None)
+            else:
+                self._shared[key] = dict(obj)
+
     def _get(self, kind: Kind, namespace: str, name: str) -> dict[str, Any]:
+        if self._shared is not None and (kept := self._shared.get((kind.group, kind.plural, namespace, name))):
+            return kept
+        return self._read(kind, namespace, name)
+
+    def _read(self, kind: Kind, namespace: str, name: str) -> dict[str, Any]:
+        """A GET, never shared: for what others change (a status Istio reports)."""
         where = (kind.group, kind.version, namespace, kind.plural, name)
-        return as_dict(
+        found = as_dict(
             self._call(f"get {kind.plural} {namespace}/{name}", self.custom.get_namespaced_custom_object, *where)
         )
+        self._remember(kind, found)
+        return found
 
     def _list(self, kind: Kind, namespace: str | None) -> tuple[list[dict[str, Any]], str]:
         if namespace:
@@ -195,6 +224,7 @@ class KubeClient:
         )
 
     def _cached(self, kind: Kind, written: dict[str, Any]) -> dict[str, Any]:
+        self._remember(kind, written)
         cache = self.virtual_services
         if cache is not None and (kind.group, kind.plural) == (cache.kind.group, cache.kind.plural):
             cache.wrote(written)
@@ -208,14 +238,18 @@ class KubeClient:
             if status
             else self.custom.replace_namespaced_custom_object
         )
-        return self._cached(
-            kind, as_dict(self._call(f"update {kind.plural} {namespace}/{name}", method, *where, dict(body)))
-        )
+        try:
+            written = as_dict(self._call(f"update {kind.plural} {namespace}/{name}", method, *where, dict(body)))
+        except ConflictError:  # changed meanwhile: the next read must be a fresh one
+            self._remember(kind, body, gone=True)
+            raise
+        return self._cached(kind, written)
 
     def _delete(self, kind: Kind, obj: Mapping[str, Any]) -> None:
         preconditions = client.V1Preconditions(uid=str(obj["metadata"]["uid"]))
         options = client.V1DeleteOptions(propagation_policy="Background", preconditions=preconditions)
         where = (kind.group, kind.version, object_namespace(obj), kind.plural, object_name(obj))
+        self._remember(kind, obj, gone=True)
         with contextlib.suppress(NotFoundError):  # gone already
             self._call(
                 f"delete {kind.plural} {object_name(obj)}",

@@ -87,7 +87,7 @@ class Rollouts(KubeClient):
         if not resource_version:
             resource_version = str(self.get_rollout(namespace, name)["metadata"]["resourceVersion"])
         metadata = {"name": name, "namespace": namespace, "resourceVersion": resource_version}
-        body = {"apiVersion": API_VERSION, "kind": KIND, "metadata": metadata, "status": copy.deepcopy(dict(status))}
+        body = {"apiVersion": API_VERSION, "kind": KIND, "metadata": metadata, "status": dict(status)}
         return self._replace(ROLLOUTS, body, status=True)
 
     def annotate_rollout(

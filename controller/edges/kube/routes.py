@@ -112,6 +112,10 @@ class Routes(RouteAdoption):
     istio_version = "v1"
 
     def apply_routes(self, owner: Mapping[str, Any], objects: Sequence[Mapping[str, Any]]) -> ApplyResult:
+        with self._reads_shared():  # the check and the writes on one read of each object
+            return self._apply_routes(owner, objects)
+
+    def _apply_routes(self, owner: Mapping[str, Any], objects: Sequence[Mapping[str, Any]]) -> ApplyResult:
         for desired in objects:
             if object_namespace(desired) != object_namespace(owner):
                 where = f"{object_namespace(desired)}/{object_name(desired)}"
@@ -313,7 +317,7 @@ class Routes(RouteAdoption):
         while pending and self.propagation_delay > 0:
             first = pending[0]
             try:
-                status = self._get(first.kind, first.namespace, first.name).get("status") or {}
+                status = self._read(first.kind, first.namespace, first.name).get("status") or {}
             except (NotFoundError, ClusterUnavailableError):
                 status = {}
             if _reconciled(status, first.generation):

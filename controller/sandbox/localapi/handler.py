@@ -16,10 +16,12 @@ from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
+from controller.sandbox.localapi import discovery
 from controller.sandbox.localapi.calls import Injection, Request
 from controller.sandbox.localapi.documents import ApiError
 
 if TYPE_CHECKING:
+    from controller.sandbox.localapi.resources import Route
     from controller.sandbox.localapi.server import LocalApiServer
 
 
@@ -54,12 +56,16 @@ class RequestHandler(BaseHTTPRequestHandler):
                 route = fake.route(url.path)
                 request.code = 200
                 fake.record(request)
-                self._stream(
-                    _ended(injection.watch_end) if injection and injection.watch_end else fake.watch(route, query)
-                )
+                events = _ended(injection.watch_end) if injection and injection.watch_end else fake.watch(route, query)
+                if discovery.wants_table(self.headers.get("Accept", "")):  # kubectl get -w: each object a Table row
+                    events = _as_tables(route, events)
+                self._stream(events)
                 return
             content_type = self.headers.get("Content-Type", "")
-            code, payload = fake.handle(method, url.path, query, request.body, content_type, caller=caller)
+            accept = self.headers.get("Accept", "")
+            code, payload = fake.handle(
+                method, url.path, query, request.body, content_type, caller=caller, accept=accept
+            )
             if injection is not None and not injection.answer:  # done, but the answer is lost
                 request.code = code
                 self._unanswered(fake, request)
@@ -126,6 +132,17 @@ def _injected(
         if injection.code is not None:
             raise ApiError(injection.code, f"injected fault: {injection.kind}")
     return injection
+
+
+def _as_tables(route: Route, events: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """A watch's events with each object as a one-row Table (errors and bookmarks as they are)."""
+    for event in events:
+        obj = event.get("object") or {}
+        if event.get("type") in ("ADDED", "MODIFIED", "DELETED") and obj.get("kind") != "Status":
+            version = str((obj.get("metadata") or {}).get("resourceVersion", ""))
+            yield {**event, "object": discovery.table(route.resource, [obj], resource_version=version)}
+        else:
+            yield event
 
 
 def _ended(how: str) -> Iterator[dict[str, Any]]:

@@ -19,6 +19,7 @@ class Resource:
     versions: tuple[str, ...]
     status: bool = False  # has the status subresource
     custom: bool = False  # a CRD: an update must carry metadata.resourceVersion
+    namespaced: bool = True  # False: cluster-scoped (a Namespace)
 
 
 RESOURCES = {
@@ -33,6 +34,7 @@ RESOURCES = {
         Resource("", "events", "Event", ("v1",)),
         Resource("events.k8s.io", "events", "Event", ("v1",)),
         Resource("coordination.k8s.io", "leases", "Lease", ("v1",)),
+        Resource("", "namespaces", "Namespace", ("v1",), status=True, namespaced=False),
     )
 }
 Key = tuple[str, str, str, str]  # group, plural, namespace, name

@@ -66,8 +66,9 @@ from typing import Any
 import yaml
 from kubernetes import client
 
+from controller.sandbox.localapi import discovery
 from controller.sandbox.localapi.calls import ANONYMOUS, Caller, Fault, Request, RequestFilter, WriteObserver
-from controller.sandbox.localapi.documents import ApiError
+from controller.sandbox.localapi.documents import ApiError, field_matcher, label_matcher, selected
 from controller.sandbox.localapi.handler import RequestHandler
 from controller.sandbox.localapi.resources import RESOURCES, Key, Route, now
 from controller.sandbox.localapi.store import Objects, ObjectStore
@@ -100,6 +101,7 @@ class LocalApiServer(ObjectStore):
     history: list[tuple[int, str, Key, dict[str, Any]]] = field(default_factory=list)
     cond: threading.Condition = field(default_factory=lambda: threading.Condition(threading.RLock()))
     stopping: bool = False
+    bookmark_interval: float = 1.0
     url: str = ""
     _http: ThreadingHTTPServer | None = None
     _api_client: Any = None
@@ -262,8 +264,11 @@ class LocalApiServer(ObjectStore):
         content_type: str,
         *,
         caller: Caller | None = None,
+        accept: str = "",
     ) -> tuple[int, Any]:
         caller = caller or Caller()
+        if method == "GET" and (found := self._discovery(path.rstrip("/"))) is not None:
+            return 200, found
         if path.rstrip("/") == "/apis/authentication.k8s.io/v1/selfsubjectreviews":
             if method != "POST":
                 raise ApiError(405, f"{method} is not supported on {path}")
@@ -272,9 +277,14 @@ class LocalApiServer(ObjectStore):
         with self.cond:
             self.writer = caller
             try:
+                if method == "GET" and route.resource.plural == "namespaces" and not route.resource.group:
+                    return 200, self._namespaces(route, query, table=discovery.wants_table(accept))
+                if method == "GET" and discovery.wants_table(accept):
+                    shown = [self._existing(route)] if route.name else self._list(route, query)["items"]
+                    return 200, discovery.table(route.resource, shown, resource_version=str(self.resource_version))
                 if method == "GET":
                     return 200, self._out(route, self._existing(route)) if route.name else self._list(route, query)
-                if method == "POST" and not route.name and route.namespace:
+                if method == "POST" and not route.name and (route.namespace or not route.resource.namespaced):
                     created = self._create(route, body, caller.manager)
                     self._istiod(route, created)
                     return 201, self._out(route, created)
@@ -293,6 +303,56 @@ class LocalApiServer(ObjectStore):
             finally:
                 self.writer = None
         raise ApiError(405, f"{method} is not supported on {path}")
+
+    def _namespaces(self, route: Route, query: dict[str, str], *, table: bool) -> dict[str, Any]:
+        """A namespace, or the list: those created, and those an object is or was in (no admission here
+        refuses an object in a namespace never created, so each such namespace exists, Active)."""
+        stored = {key[3]: obj for key in self.objects.of_kind("", "namespaces") if (obj := self.objects[key])}
+        implied = {key[2] for key in self.objects if key[2]} | {key[2] for *_, key, _ in self.history if key[2]}
+        implied.add("default")
+        for name in sorted(implied - stored.keys()):
+            metadata = {
+                "name": name,
+                "uid": str(uuid.uuid5(uuid.NAMESPACE_URL, name)),
+                "resourceVersion": "1",
+                "creationTimestamp": "1970-01-01T00:00:00Z",
+                "labels": {"kubernetes.io/metadata.name": name},
+            }
+            stored[name] = {"metadata": metadata, "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}}
+        if route.name is not None:
+            if route.name not in stored:
+                raise ApiError(404, f"{route.what()} not found", details={"name": route.name, "kind": "namespaces"})
+            shown = [stored[route.name]]
+        else:
+            labels = label_matcher(query.get("labelSelector", ""))
+            fields = field_matcher(query.get("fieldSelector", ""), "namespaces")
+            shown = [stored[n] for n in sorted(stored) if selected(stored[n], labels, fields)]
+        if table:
+            return discovery.table(route.resource, shown, resource_version=str(self.resource_version))
+        if route.name is not None:
+            return self._out(route, shown[0])
+        items = [self._out(route, obj) for obj in shown]
+        listed = {"resourceVersion": str(self.resource_version)}
+        return {"apiVersion": "v1", "kind": "NamespaceList", "metadata": listed, "items": items}
+
+    def _discovery(self, path: str) -> dict[str, Any] | None:
+        """What ``path`` answers if it is a discovery path (``/version``, ``/api``, ``/apis``, a group
+        version's resources), else None."""
+        if path == "/version":
+            return dict(discovery.VERSION)
+        if path == "/api":
+            return discovery.core_versions(self.url.removeprefix("http://"))
+        if path == "/apis":
+            return discovery.groups()
+        parts = path.split("/")[1:]
+        if parts == ["api", "v1"]:
+            return discovery.resources("", "v1")
+        if len(parts) == 3 and parts[0] == "apis":
+            found = discovery.resources(parts[1], parts[2])
+            if found is None:
+                raise ApiError(404, "the server could not find the requested resource")
+            return found
+        return None
 
     @staticmethod
     def _self_subject_review(body: Any, caller: Caller) -> dict[str, Any]:

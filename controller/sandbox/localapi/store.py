@@ -78,6 +78,8 @@ class ObjectStore:
     cond: threading.Condition
     stopping: bool
     write_observer: WriteObserver | None
+    #: Seconds between a watch's BOOKMARK events when the client allows them (the real server: about a minute).
+    bookmark_interval: float
 
     def _out(self, route: Route, obj: dict[str, Any]) -> dict[str, Any]:
         return {**copy.deepcopy(obj), "apiVersion": route.api_version, "kind": route.resource.kind}
@@ -130,6 +132,8 @@ class ObjectStore:
         for server_set in ("resourceVersion", "deletionTimestamp", "uid", "creationTimestamp", "managedFields"):
             metadata.pop(server_set, None)
         metadata.update(name=name, namespace=route.namespace, uid=str(uuid.uuid4()), creationTimestamp=now())
+        if not route.resource.namespaced:
+            del metadata["namespace"]
         metadata["generation"] = 1
         obj.update(apiVersion=route.api_version, kind=route.resource.kind)
         if route.resource.status:
@@ -140,15 +144,19 @@ class ObjectStore:
     def _patched(self, route: Route, patch: Any, content_type: str) -> dict[str, Any]:
         current = self._out(route, self._existing(route))
         kind = content_type.partition(";")[0].strip()
+        # A custom resource has no strategic merge patch (no patch strategies without Go types).
+        accepted: tuple[str, ...] = ("application/json-patch+json", "application/merge-patch+json")
+        if not route.resource.custom:
+            accepted += ("application/strategic-merge-patch+json",)
         if kind == "application/json-patch+json":
             patched = json_patch(current, patch)
-        elif kind in ("application/merge-patch+json", "application/strategic-merge-patch+json"):
+        elif kind in accepted:
             patched = merge_patch(current, patch)
         else:
             raise ApiError(
                 415,
-                f"the body of the request was in an unknown format - accepted media types include: "
-                f"application/json-patch+json, application/merge-patch+json ({kind!r})",
+                "the body of the request was in an unknown format - accepted media types include: "
+                + ", ".join((*accepted, "application/apply-patch+yaml")),
             )
         if not isinstance(patched, dict):
             raise ApiError(422, "the patched object is not an object")
@@ -298,6 +306,8 @@ class ObjectStore:
         labels = label_matcher(query.get("labelSelector", ""))
         fields = field_matcher(query.get("fieldSelector", ""), route.resource.plural)
         deadline = time.monotonic() + float(query.get("timeoutSeconds") or 1800)
+        bookmarks = query.get("allowWatchBookmarks") in ("true", "1")
+        bookmark_due = time.monotonic() + self.bookmark_interval
         since = query.get("resourceVersion", "")
         with self.cond:
             if since in ("", "0"):
@@ -313,18 +323,31 @@ class ObjectStore:
             if self._watched(route, key, obj, labels, fields):
                 yield {"type": kind, "object": self._out(route, obj)}
         while not self.stopping:
+            bookmark = None
             with self.cond:
                 batch = [(k, key, o) for rv, k, key, o in self.history if rv > cursor]
-                if not batch:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        return
+                if batch:
+                    cursor = self.resource_version
+                elif (remaining := deadline - time.monotonic()) <= 0:
+                    return
+                elif bookmarks and time.monotonic() >= bookmark_due:  # how far the watch has seen: a resume point
+                    bookmark_due = time.monotonic() + self.bookmark_interval
+                    bookmark = self._bookmark(route, cursor)
+                else:
                     self.cond.wait(min(remaining, 0.2))
                     continue
-                cursor = self.resource_version
+            if bookmark is not None:  # sent with the lock released, as every event is
+                yield bookmark
+                continue
             for kind, key, obj in batch:
                 if self._watched(route, key, obj, labels, fields):
                     yield {"type": kind, "object": self._out(route, obj)}
+
+    @staticmethod
+    def _bookmark(route: Route, cursor: int) -> dict[str, Any]:
+        """A BOOKMARK event: an object of the watched kind with only the resourceVersion seen so far."""
+        marker = {"apiVersion": route.api_version, "kind": route.resource.kind}
+        return {"type": "BOOKMARK", "object": {**marker, "metadata": {"resourceVersion": str(cursor)}}}
 
     @staticmethod
     def _watched(route: Route, key: Key, obj: dict[str, Any], labels: Any, fields: dict[str, str]) -> bool:

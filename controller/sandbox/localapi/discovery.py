@@ -1,0 +1,221 @@
+"""What a client learns about the stand-in before it asks for objects, and the tables it prints. Pure.
+
+kubectl asks ``/version``, ``/api`` and ``/apis``, then each group version's resource list, to map
+``kubectl get mr`` to a path; these answer as the API server does (legacy discovery, JSON), with
+ModelRollout's short names and categories from its CRD (:func:`controller.api.schema.crd`).
+``kubectl get`` asks for a ``meta.k8s.io/v1`` Table: the CRD's printer columns for ModelRollouts
+(the API server's CRD table convertor: a ``date`` column as an age, an ``integer`` one as a number,
+a missing value as none), Istio's own columns for its kinds, name and age for the others.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from controller.api.schema import crd
+from controller.api.times import stored_time
+from controller.sandbox.localapi.resources import RESOURCES, Resource
+
+#: The Kubernetes version the stand-in answers as (the API it keeps the semantics of).
+VERSION = {
+    "major": "1",
+    "minor": "32",
+    "gitVersion": "v1.32.0-canarist-localapi",
+    "gitCommit": "",
+    "gitTreeState": "clean",
+    "buildDate": "2026-01-01T00:00:00Z",
+    "goVersion": "",
+    "compiler": "",
+    "platform": "linux/amd64",
+}
+VERBS = ["create", "delete", "get", "list", "patch", "update", "watch"]
+_CRD = crd()
+_ISTIO_CATEGORIES = {"networking.istio.io": ["istio-io", "networking-istio-io"], "telemetry.istio.io": ["istio-io"]}
+_SHORT_NAMES = {
+    ("canarist.io", "modelrollouts"): list(_CRD["spec"]["names"]["shortNames"]),
+    ("networking.istio.io", "virtualservices"): ["vs"],
+    ("networking.istio.io", "destinationrules"): ["dr"],
+    ("", "pods"): ["po"],
+    ("", "events"): ["ev"],
+    ("events.k8s.io", "events"): ["ev"],
+    ("", "namespaces"): ["ns"],
+}
+_CATEGORIES = {("canarist.io", "modelrollouts"): list(_CRD["spec"]["names"]["categories"]), ("", "pods"): ["all"]}
+#: Printer columns after the name: (name, type, JSON path, description), as each kind's CRD has them.
+Column = tuple[str, str, str, str]
+_AGE: Column = ("Age", "date", ".metadata.creationTimestamp", "")
+_COLUMNS: dict[tuple[str, str], list[Column]] = {
+    ("canarist.io", "modelrollouts"): [
+        (c["name"], c["type"], c["jsonPath"], c.get("description", ""))
+        for c in _CRD["spec"]["versions"][0]["additionalPrinterColumns"]
+    ],
+    ("networking.istio.io", "virtualservices"): [
+        ("Gateways", "string", ".spec.gateways", "The names of gateways and sidecars that should apply these routes"),
+        ("Hosts", "string", ".spec.hosts", "The destination hosts to which traffic is being sent"),
+        _AGE,
+    ],
+    ("networking.istio.io", "destinationrules"): [
+        ("Host", "string", ".spec.host", "The name of a service from the service registry"),
+        _AGE,
+    ],
+}
+_NAME_COLUMN = {
+    "name": "Name",
+    "type": "string",
+    "format": "name",
+    "description": "Name must be unique within a namespace.",
+    "priority": 0,
+}
+
+
+def core_versions(server: str) -> dict[str, Any]:
+    """``/api``: the legacy group's versions."""
+    return {
+        "kind": "APIVersions",
+        "versions": ["v1"],
+        "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": server}],
+    }
+
+
+def groups() -> dict[str, Any]:
+    """``/apis``: every named group and its versions, the first one preferred."""
+    by_group: dict[str, list[str]] = {}
+    for resource in RESOURCES.values():
+        if resource.group:
+            known = by_group.setdefault(resource.group, [])
+            known.extend(v for v in resource.versions if v not in known)
+    listed = []
+    for group, versions in sorted(by_group.items()):
+        entries = [{"groupVersion": f"{group}/{v}", "version": v} for v in versions]
+        listed.append({"name": group, "versions": entries, "preferredVersion": entries[0]})
+    return {"kind": "APIGroupList", "apiVersion": "v1", "groups": listed}
+
+
+def resources(group: str, version: str) -> dict[str, Any] | None:
+    """``/api/v1`` or ``/apis/GROUP/VERSION``: the resources served there, or None (not served)."""
+    served = [r for r in RESOURCES.values() if r.group == group and version in r.versions]
+    if not served:
+        return None
+    listed: list[dict[str, Any]] = []
+    for resource in served:
+        key = (resource.group, resource.plural)
+        entry: dict[str, Any] = {
+            "name": resource.plural,
+            "singularName": resource.kind.lower(),
+            "namespaced": resource.namespaced,
+            "kind": resource.kind,
+            "verbs": VERBS,
+        }
+        if key in _SHORT_NAMES:
+            entry["shortNames"] = _SHORT_NAMES[key]
+        categories = _CATEGORIES.get(key) or _ISTIO_CATEGORIES.get(resource.group)
+        if categories:
+            entry["categories"] = categories
+        listed.append(entry)
+        if resource.status:
+            listed.append(
+                {
+                    "name": f"{resource.plural}/status",
+                    "singularName": "",
+                    "namespaced": resource.namespaced,
+                    "kind": resource.kind,
+                    "verbs": ["get", "patch", "update"],
+                }
+            )
+    group_version = f"{group}/{version}" if group else version
+    return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": listed}
+
+
+def wants_table(accept: str) -> bool:
+    """Whether the client asked for a ``meta.k8s.io/v1`` Table (as ``kubectl get`` does)."""
+    for part in accept.split(","):
+        params = dict(p.strip().partition("=")[::2] for p in part.split(";")[1:])
+        if params.get("as") == "Table" and params.get("g") == "meta.k8s.io" and params.get("v") == "v1":
+            return True
+    return False
+
+
+def table(resource: Resource, objects: Iterable[Mapping[str, Any]], *, resource_version: str = "") -> dict[str, Any]:
+    """The objects as kubectl prints them: a Table of the kind's columns, each row with its metadata."""
+    columns = _COLUMNS.get((resource.group, resource.plural), [_AGE])
+    definitions = [
+        _NAME_COLUMN,
+        *({"name": n, "type": t, "format": "", "description": d, "priority": 0} for n, t, _, d in columns),
+    ]
+    rows = []
+    for obj in objects:
+        metadata = obj.get("metadata") or {}
+        cells = [metadata.get("name", ""), *(_cell(kind, _at(obj, path)) for _, kind, path, _ in columns)]
+        partial = {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": metadata}
+        rows.append({"cells": cells, "object": partial})
+    return {
+        "kind": "Table",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": {"resourceVersion": resource_version},
+        "columnDefinitions": definitions,
+        "rows": rows,
+    }
+
+
+def _at(obj: Mapping[str, Any], path: str) -> Any:
+    """A simple JSON path's value (``.a.b.c``), or None."""
+    value: Any = obj
+    for part in path.strip(".").split("."):
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(part)
+    return value
+
+
+def _cell(kind: str, value: Any) -> Any:
+    """One cell as the API server's CRD table convertor writes it."""
+    if value is None:
+        return None
+    if kind == "string":
+        return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+    if kind == "integer":
+        return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+    if kind == "number":
+        return value if isinstance(value, int | float) and not isinstance(value, bool) else None
+    if kind == "boolean":
+        return value if isinstance(value, bool) else None
+    if kind == "date":
+        moment = stored_time(value) if isinstance(value, str) else None
+        return "<invalid>" if moment is None else human_duration(time.time() - moment)
+    return None
+
+
+def human_duration(seconds: float) -> str:
+    """An age as kubectl shows it (apimachinery's ``duration.HumanDuration``): 42s, 3m5s, 5h, 2d3h, 3y."""
+    if seconds < -1:
+        return "<invalid>"
+    if seconds < 0:
+        return "0s"
+    s = math.floor(seconds)
+    if s < 120:
+        return f"{s}s"
+    minutes = s // 60
+    if minutes < 10:
+        rest = s % 60
+        return f"{minutes}m{rest}s" if rest else f"{minutes}m"
+    if minutes < 180:
+        return f"{minutes}m"
+    hours = minutes // 60
+    if hours < 8:
+        rest = minutes % 60
+        return f"{hours}h{rest}m" if rest else f"{hours}h"
+    if hours < 48:
+        return f"{hours}h"
+    if hours < 24 * 8:
+        rest = hours % 24
+        return f"{hours // 24}d{rest}h" if rest else f"{hours // 24}d"
+    if hours < 24 * 365 * 2:
+        return f"{hours // 24}d"
+    if hours < 24 * 365 * 8:
+        rest = (hours // 24) % 365
+        return f"{hours // 24 // 365}y{rest}d" if rest else f"{hours // 24 // 365}y"
+    return f"{hours // 24 // 365}y"

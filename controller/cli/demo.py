@@ -9,7 +9,7 @@ import click
 from rich.console import Console
 
 from controller.cli.common import UserError
-from controller.sandbox.demo.scenarios import CANARY, SCENARIOS, SERVING
+from controller.sandbox.demo.scenarios import CANARY, NAME, SCENARIOS, SERVING
 
 if TYPE_CHECKING:
     from controller.sandbox.demo.run import DemoResult
@@ -61,6 +61,7 @@ def demo(*, scenario: str, speed: float, rate: float, seed: int, out: Path, budg
     console = Console()
     chosen = SCENARIOS[scenario]
     options = DemoOptions(chosen, speed=speed, rate=rate, seed=seed, out=out, budget=budget, serving=serving)
+    print_how_to_watch(console, options.kubeconfig)
     try:
         with LiveView(chosen, console) as view:
             result = run_demo(options, show=view)
@@ -69,6 +70,16 @@ def demo(*, scenario: str, speed: float, rate: float, seed: int, out: Path, budg
     print_summary(console, result)
     if result.phase not in ("Succeeded", "Failed"):
         raise SystemExit(EXIT_UNDECIDED)
+
+
+def print_how_to_watch(console: Console, kubeconfig: Path) -> None:
+    """The line that says how to watch and steer the running demo from another terminal."""
+    console.print(
+        f"From another terminal, while it runs: export KUBECONFIG={kubeconfig}; "
+        f"kubectl get modelrollouts -w  (or canarist status --watch; canarist pause|abort {NAME})",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def print_summary(console: Console, result: DemoResult) -> None:

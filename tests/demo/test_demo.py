@@ -8,12 +8,17 @@ demo started is gone, and that the report's PNGs are real images.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import queue
+import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -132,6 +137,7 @@ def test_ctrl_c_stops_every_process(tmp_path: Path) -> None:
         text=True,
     )
     assert demo.stdout is not None
+    assert demo.stdout.readline().startswith("From another terminal, while it runs: export KUBECONFIG=")
     first = demo.stdout.readline()  # the first decision line: everything is running
     children = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _parent(int(p.name)) == demo.pid]
     assert len(children) >= 5, (first, children)  # two model servers, haproxy, the load generator, Prometheus
@@ -150,3 +156,67 @@ def _parent(pid: int) -> int | None:
         return int(Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[1])
     except (OSError, ValueError, IndexError):
         return None
+
+
+def _reader(process: subprocess.Popen[str]) -> queue.Queue[str]:
+    lines: queue.Queue[str] = queue.Queue()
+
+    def read() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.put(line.rstrip("\n"))
+
+    threading.Thread(target=read, daemon=True).start()
+    return lines
+
+
+def _wait_for(lines: queue.Queue[str], seen: list[str], wanted: Callable[[str], bool], timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(queue.Empty):
+            seen.append(lines.get(timeout=0.2))
+            if wanted(seen[-1]):
+                return seen[-1]
+    raise AssertionError(f"not seen within {timeout:g}s: {seen[-20:]}")
+
+
+def test_the_running_demo_is_watched_with_kubectl_and_aborted_from_another_terminal(tmp_path: Path) -> None:
+    """Issue 19: the demo says how to watch it; ``kubectl get modelrollouts -w`` with its kubeconfig shows the
+    phase, weight and step change, and ``canarist abort`` from another process rolls the demo back."""
+    kubectl = shutil.which("kubectl")
+    assert kubectl is not None, "kubectl is not installed: `make test` installs Debian's kubernetes-client"
+    out = tmp_path / "report"
+    demo = subprocess.Popen(
+        [str(CANARIST), "demo", "--scenario", "good", "--speed", str(SPEED), "--rate", str(RATE), "--out", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    watch: subprocess.Popen[str] | None = None
+    try:
+        said, shown = _reader(demo), []
+        hint = _wait_for(said, shown, lambda line: "KUBECONFIG=" in line, 30)
+        kubeconfig = Path(hint.split("KUBECONFIG=", 1)[1].split(";", 1)[0])
+        assert kubeconfig == out / "kubeconfig" and "kubectl get modelrollouts -w" in hint and "abort" in hint
+        deadline = time.monotonic() + 120
+        while not kubeconfig.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
+        watch = subprocess.Popen([kubectl, "get", "modelrollouts", "-w"], stdout=subprocess.PIPE, text=True, env=env)
+        rows, seen = _reader(watch), []
+        header = _wait_for(rows, seen, lambda line: line.startswith("NAME"), 30)
+        assert header.split()[:4] == ["NAME", "PHASE", "WEIGHT", "STEP"]
+        _wait_for(rows, seen, lambda line: line.split()[1:3] == ["Progressing", "10"], 60)
+        aborted = subprocess.run(
+            [str(CANARIST), "abort", "fraud-detector"], env=env, capture_output=True, text=True, timeout=60, check=False
+        )
+        assert aborted.returncode == 0, aborted.stderr
+        _wait_for(rows, seen, lambda line: line.split()[1] in ("RollingBack", "Failed") and line.split()[2] == "0", 60)
+        assert demo.wait(timeout=120) == 0, shown
+        _wait_for(said, shown, lambda line: "rolled back" in line, 5)
+        assert not kubeconfig.exists()  # its API is gone with the demo
+    finally:
+        for process in (watch, demo):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait()

@@ -73,6 +73,11 @@ class DemoOptions:
     serving: str = "builtin"  # or "triton": each version served by its own Triton (scenarios.SERVING)
 
     @property
+    def kubeconfig(self) -> Path:
+        """Where the demo writes a kubeconfig for its embedded API while it runs (kubectl, ``canarist``)."""
+        return self.out / "kubeconfig"
+
+    @property
     def on_triton(self) -> bool:
         """Whether the versions are served by Triton (the bad-signature scenario always is)."""
         return self.serving == "triton" or self.scenario.signature_change
@@ -225,6 +230,9 @@ def _start(options: DemoOptions, work: Path, supervisor: Supervisor) -> tuple[Wo
 
     api = LocalApiServer().start()
     supervisor.on_stop(api.stop)
+    options.out.mkdir(parents=True, exist_ok=True)  # watched and steered from another terminal while it runs
+    kubeconfig = api.write_kubeconfig(options.kubeconfig, namespace=NAMESPACE)
+    supervisor.on_stop(lambda: kubeconfig.unlink(missing_ok=True))  # its API is gone with the demo
     for version in (STABLE, CANARY):
         api.seed(_ready_pod(version))
     mesh = MeshAgent(api, haproxy, NAMESPACE, NAME)

@@ -12,7 +12,7 @@ against a mock of the client's methods:
   selectors ``k=v k==v k!=v k !k k in (a,b) k notin (a,b)``, fieldSelector on metadata.name and
   metadata.namespace, and a pod's spec.nodeName and status.phase), replace (409 Conflict on a stale
   resourceVersion; custom resources need one, built-ins may update unconditionally), merge-patch,
-  strategic-merge-patch (applied as a merge patch: lists are replaced, not merged by key) and
+  strategic-merge-patch of a built-in kind (applied as a merge patch: lists are replaced, not merged by key) and
   JSON-patch, delete (preconditions, finalizers set deletionTimestamp, ownerReference garbage
   collection in the background style, or Orphan);
 - the status subresource: writes to ``/status`` change only status, writes to the object keep the
@@ -40,8 +40,17 @@ every accepted write, :meth:`LocalApiServer.seed` puts objects in directly (stat
 ``istio_status=True`` plays istiod writing the ``Reconciled`` condition after each Istio write (late,
 when :attr:`LocalApiServer.istio_report_due` defers it).
 
-Not supported: namespaces as objects, admission and schema validation, defaulting, server-side
-apply, pagination (``limit``/``continue``), bookmarks, dry run, collection deletes, foreground
+- what kubectl asks first and prints (:mod:`controller.sandbox.localapi.discovery`): ``/version``,
+  ``/api``, ``/apis`` and each group version's resources (short names, categories, verbs), and
+  ``meta.k8s.io/v1`` Tables (the CRD's printer columns) for a get or a watch that asks for one;
+  a strategic merge patch of a custom resource is refused (415) as the real server refuses it;
+- namespaces: created as objects, or there because an object is or was in one (Active);
+- watch bookmarks: with ``allowWatchBookmarks=true``, a BOOKMARK event every
+  :attr:`LocalApiServer.bookmark_interval` seconds of quiet, carrying the resourceVersion seen.
+
+Not supported: admission (an object in a namespace never created is accepted) and schema
+validation, the OpenAPI document (kubectl needs ``--validate=false``), protobuf, defaulting,
+server-side apply, pagination (``limit``/``continue``), dry run, collection deletes, foreground
 deletion (treated as background), label-selector transitions in watches (events are filtered on
 the object's state in the event), authorization.
 

@@ -291,6 +291,9 @@ def summary(record: Mapping[str, Any]) -> dict[str, Any]:
         "api_requests_per_pass": median("api_requests"),
         "peak_rss_mib": record["peak_rss_bytes"] / 2**20,
         "every_pass_within_a_minute": all(p["pass_seconds"] < 60 for p in record["passes"]),
+        # the first pass starts every rollout (no look): the looks' passes are what the interval bounds
+        "every_look_within_a_minute": all(p["pass_seconds"] < 60 for p in record["passes"] if p["looks"]),
+        "first_pass_seconds": record["passes"][0]["pass_seconds"] if record["passes"] else None,
     }
 
 

@@ -3,12 +3,12 @@
 Each flow runs kubectl (Debian's ``kubernetes-client`` where no other is on the PATH; ``make test``
 installs it) against :mod:`controller.sandbox.localapi`, then reads, or does, the same through
 canarist's own Kubernetes edge (:class:`~controller.edges.kube.KubeCluster`, the official Python
-client): both must see the same objects. Discovery (short names, categories), client-side apply
-(created, unchanged, configured, a field removed from the file removed from the object), Table
-output with the CRD's printer columns, annotate, the status subresource, patches of each type as
-the real server takes them, label and field selectors, delete with a finalizer pending, watch, and
-errors as the real server words them. ``kubectl apply`` needs ``--validate=false``: the stand-in
-serves no OpenAPI document (README, "Watching the demo with kubectl").
+client): both must see the same objects. Discovery (short names, categories), the OpenAPI document
+(``kubectl explain``, and strict field validation: a typo in a policy is refused as the API server
+refuses it), client-side apply (created, unchanged, configured, a field removed from the file
+removed from the object), Table output with the CRD's printer columns, annotate, the status
+subresource, patches of each type as the real server takes them, label and field selectors, delete
+with a finalizer pending, watch, and errors as the real server words them.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def test_apply_the_example_policies_as_canarist_does(
     """kubectl's client-side apply and canarist's own (the GitOps sync's create_or_update) make the same objects."""
     api, kubectl, cluster = world
     files = sorted(POLICIES.glob("*.yaml"))
-    created = kubectl("apply", "--validate=false", "-f", str(POLICIES)).stdout.splitlines()
+    created = kubectl("apply", "-f", str(POLICIES)).stdout.splitlines()
     assert len(created) == len(files) and all(line.endswith(" created") for line in created), created
     listed = kubectl.json("get", "modelrollouts", "-A")["items"]
     ours, _ = cluster.list_rollouts(None)
@@ -105,7 +105,7 @@ def test_apply_the_example_policies_as_canarist_does(
             mine = edge.get_rollout(theirs["metadata"]["namespace"], theirs["metadata"]["name"])
             assert mine["spec"] == theirs["spec"] and mine["metadata"].get("labels") == theirs["metadata"].get("labels")
 
-    again = kubectl("apply", "--validate=false", "-f", str(POLICIES)).stdout.splitlines()
+    again = kubectl("apply", "-f", str(POLICIES)).stdout.splitlines()
     assert all(line.endswith(" unchanged") for line in again), again
     assert kubectl.json("get", "mr", "-A")["items"] == listed  # no write: the same resourceVersions
 
@@ -113,9 +113,7 @@ def test_apply_the_example_policies_as_canarist_does(
     edited["spec"]["strategy"]["steps"] = [5, 50, 100]
     del edited["spec"]["routing"]["timeout"]  # removed from the file: removed from the object (three-way)
     (tmp_path / "fraud.yaml").write_text(yaml.safe_dump(edited))
-    assert (
-        kubectl("apply", "--validate=false", "-f", str(tmp_path / "fraud.yaml")).stdout.strip().endswith(" configured")
-    )
+    assert kubectl("apply", "-f", str(tmp_path / "fraud.yaml")).stdout.strip().endswith(" configured")
     stored = cluster.get_rollout(NS, NAME)
     assert stored["spec"]["strategy"]["steps"] == [5, 50, 100] and "timeout" not in stored["spec"]["routing"]
     assert stored["metadata"]["generation"] == 2
@@ -124,9 +122,35 @@ def test_apply_the_example_policies_as_canarist_does(
     assert api.get("canarist.io", "modelrollouts", NS, NAME) == stored | {"apiVersion": stored["apiVersion"]}
 
 
+def test_a_field_the_crd_does_not_declare_is_refused_and_nothing_is_written(
+    world: tuple[LocalApiServer, Kubectl, KubeCluster], tmp_path: Path
+) -> None:
+    """kubectl leaves field validation to a server whose OpenAPI document says it does it
+    (``?fieldValidation=Strict``): a misspelt field is refused, on create and on apply, naming the field."""
+    _, kubectl, cluster = world
+    typo = yaml.safe_load(FRAUD.read_text())
+    typo["spec"]["strategy"]["minRequest"] = typo["spec"]["strategy"].pop("minRequests")
+    (tmp_path / "typo.yaml").write_text(yaml.safe_dump(typo))
+    refused = kubectl("create", "-f", str(tmp_path / "typo.yaml"), check=False)
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == (
+        f'Error from server (BadRequest): error when creating "{tmp_path / "typo.yaml"}": ModelRollout in '
+        'version "v1alpha1" cannot be handled as a ModelRollout: strict decoding error: '
+        'unknown field "spec.strategy.minRequest"'
+    )
+    assert cluster.list_rollouts(None)[0] == []
+    kubectl("apply", "-f", str(FRAUD))
+    before = cluster.get_rollout(NS, NAME)
+    again = kubectl("apply", "-f", str(tmp_path / "typo.yaml"), check=False)
+    assert again.returncode == 1 and 'unknown field "spec.strategy.minRequest"' in again.stderr
+    assert cluster.get_rollout(NS, NAME) == before
+    explained = kubectl("explain", "mr.spec.strategy").stdout
+    assert "KIND:       ModelRollout" in explained and "holdOnSuspicion" in explained
+
+
 def test_get_prints_the_printer_columns_from_the_status(world: tuple[LocalApiServer, Kubectl, KubeCluster]) -> None:
     _, kubectl, cluster = world
-    kubectl("apply", "--validate=false", "-f", str(FRAUD))
+    kubectl("apply", "-f", str(FRAUD))
     before = kubectl("get", "mr").stdout.splitlines()
     assert before[0].split() == ["NAME", "PHASE", "WEIGHT", "STEP", "STABLE", "CANARY", "AGE"]
     assert before[1].split()[:3] == [NAME, "v41", "v42"]  # no status yet: empty cells
@@ -140,7 +164,7 @@ def test_get_prints_the_printer_columns_from_the_status(world: tuple[LocalApiSer
 
 def test_annotate_and_the_edge_see_each_other(world: tuple[LocalApiServer, Kubectl, KubeCluster]) -> None:
     _, kubectl, cluster = world
-    kubectl("apply", "--validate=false", "-f", str(FRAUD))
+    kubectl("apply", "-f", str(FRAUD))
     kubectl("annotate", "mr", NAME, f"{COMMAND_ANNOTATION}=pause-1")
     obj = cluster.get_rollout(NS, NAME)
     assert obj["metadata"]["annotations"][COMMAND_ANNOTATION] == "pause-1"
@@ -156,7 +180,7 @@ def test_status_is_a_subresource_and_patches_are_taken_as_the_server_takes_them(
     world: tuple[LocalApiServer, Kubectl, KubeCluster],
 ) -> None:
     _, kubectl, cluster = world
-    kubectl("apply", "--validate=false", "-f", str(FRAUD))
+    kubectl("apply", "-f", str(FRAUD))
     spec = cluster.get_rollout(NS, NAME)["spec"]
     status = {"status": {"phase": "Paused", "currentStep": 1}}
     kubectl("patch", "mr", NAME, "--subresource=status", "--type=merge", "-p", json.dumps(status))
@@ -175,7 +199,7 @@ def test_status_is_a_subresource_and_patches_are_taken_as_the_server_takes_them(
 
 def test_selectors_pick_the_same_objects_for_both(world: tuple[LocalApiServer, Kubectl, KubeCluster]) -> None:
     _, kubectl, cluster = world
-    kubectl("apply", "--validate=false", "-f", str(POLICIES))
+    kubectl("apply", "-f", str(POLICIES))
     everything, _ = cluster.list_rollouts(None)
     for selector in ("team=payments-ml", "team!=payments-ml", "team", "!team"):
         picked = kubectl("get", "mr", "-A", "-l", selector, "-o", "name").stdout.split()
@@ -203,7 +227,7 @@ def test_delete_waits_for_the_finalizer_and_errors_are_worded_as_the_server_word
     world: tuple[LocalApiServer, Kubectl, KubeCluster],
 ) -> None:
     _, kubectl, cluster = world
-    kubectl("apply", "--validate=false", "-f", str(FRAUD))
+    kubectl("apply", "-f", str(FRAUD))
     version = cluster.get_rollout(NS, NAME)["metadata"]["resourceVersion"]
     cluster.set_finalizer(NS, NAME, present=True, resource_version=version)
     said = kubectl("delete", "mr", NAME, "--wait=false").stdout
@@ -216,16 +240,14 @@ def test_delete_waits_for_the_finalizer_and_errors_are_worded_as_the_server_word
     assert gone.returncode == 1
     assert gone.stderr.strip() == f'Error from server (NotFound): modelrollouts.canarist.io "{NAME}" not found'
 
-    kubectl("create", "--validate=false", "-f", str(FRAUD))
-    exists = kubectl("create", "--validate=false", "-f", str(FRAUD), check=False)
+    kubectl("create", "-f", str(FRAUD))
+    exists = kubectl("create", "-f", str(FRAUD), check=False)
     assert exists.returncode == 1
     assert f'Error from server (AlreadyExists): error when creating "{FRAUD}": modelrollouts.canarist.io "{NAME}" already exists' in exists.stderr  # fmt: skip # noqa: E501
     stale = cluster.get_rollout(NS, NAME)
     kubectl("annotate", "mr", NAME, "touched=yes")
     (Path(kubectl.argv[2]).parent / "stale.json").write_text(json.dumps(stale))
-    conflict = kubectl(
-        "replace", "--validate=false", "-f", str(Path(kubectl.argv[2]).parent / "stale.json"), check=False
-    )
+    conflict = kubectl("replace", "-f", str(Path(kubectl.argv[2]).parent / "stale.json"), check=False)
     assert conflict.returncode == 1 and "Error from server (Conflict)" in conflict.stderr
     assert "the object has been modified; please apply your changes to the latest version" in conflict.stderr
     unknown = kubectl("get", "modelrollout-typo", check=False)
@@ -259,7 +281,7 @@ def _until(lines: queue.Queue[str], found: str, timeout: float = 15.0) -> list[s
 
 def test_watch_shows_each_change_the_edge_makes(world: tuple[LocalApiServer, Kubectl, KubeCluster]) -> None:
     _, kubectl, cluster = world
-    kubectl("apply", "--validate=false", "-f", str(FRAUD))
+    kubectl("apply", "-f", str(FRAUD))
     watching = subprocess.Popen(
         [*kubectl.argv, "get", "mr", "-w", "--output-watch-events"], stdout=subprocess.PIPE, text=True
     )
@@ -282,7 +304,7 @@ def test_a_watch_that_allows_bookmarks_gets_its_resume_point(
 ) -> None:
     """A BOOKMARK carries the resourceVersion the watch has seen, as the real server sends it."""
     api, kubectl, cluster = world
-    kubectl("apply", "--validate=false", "-f", str(FRAUD))
+    kubectl("apply", "-f", str(FRAUD))
     api.bookmark_interval = 0.3
     _, version = cluster.list_rollouts(NS)
     url = f"{api.url}/apis/canarist.io/v1alpha1/namespaces/{NS}/modelrollouts?watch=true&allowWatchBookmarks=true"
@@ -305,13 +327,10 @@ def test_namespaces_are_objects_kubectl_creates(
     (tmp_path / "ns.yaml").write_text(
         yaml.safe_dump({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team-a"}})
     )
-    assert (
-        kubectl("create", "--validate=false", "-f", str(tmp_path / "ns.yaml")).stdout.strip()
-        == "namespace/team-a created"
-    )
+    assert kubectl("create", "-f", str(tmp_path / "ns.yaml")).stdout.strip() == "namespace/team-a created"
     got = kubectl.json("get", "namespace", "team-a")
     assert got["metadata"]["name"] == "team-a" and "namespace" not in got["metadata"]
-    kubectl("apply", "--validate=false", "-f", str(FRAUD))
+    kubectl("apply", "-f", str(FRAUD))
     assert kubectl("get", "ns", "-o", "name").stdout.split() == [
         "namespace/default",
         f"namespace/{NS}",
@@ -324,7 +343,7 @@ def test_namespaces_are_objects_kubectl_creates(
 def test_a_copy_of_the_same_object_is_not_the_same(world: tuple[LocalApiServer, Kubectl, KubeCluster]) -> None:
     """The comparison the flows rest on is not vacuous: a changed field tells two objects apart."""
     _, kubectl, cluster = world
-    kubectl("apply", "--validate=false", "-f", str(FRAUD))
+    kubectl("apply", "-f", str(FRAUD))
     theirs = kubectl.json("get", "mr", NAME)
     changed = copy.deepcopy(theirs)
     changed["spec"]["strategy"]["steps"] = [1]

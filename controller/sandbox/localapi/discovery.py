@@ -10,6 +10,8 @@ a missing value as none), Istio's own columns for its kinds, name and age for th
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import json
 import math
 import time
@@ -33,6 +35,7 @@ VERSION = {
     "platform": "linux/amd64",
 }
 VERBS = ["create", "delete", "get", "list", "patch", "update", "watch"]
+PRESERVE = "x-kubernetes-preserve-unknown-fields"
 _CRD = crd()
 _ISTIO_CATEGORIES = {"networking.istio.io": ["istio-io", "networking-istio-io"], "telemetry.istio.io": ["istio-io"]}
 _SHORT_NAMES = {
@@ -128,6 +131,99 @@ def resources(group: str, version: str) -> dict[str, Any] | None:
             )
     group_version = f"{group}/{version}" if group else version
     return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": listed}
+
+
+def _group_versions() -> list[tuple[str, str]]:
+    """Every (group, version) served, the core group as ("", "v1")."""
+    return sorted({(r.group, v) for r in RESOURCES.values() for v in r.versions})
+
+
+def _gv_path(group: str, version: str) -> str:
+    return f"apis/{group}/{version}" if group else f"api/{version}"
+
+
+#: Changes when what the documents say changes (kubectl caches a group version's document by it).
+_OPENAPI_HASH = hashlib.sha256(json.dumps(_CRD, sort_keys=True).encode()).hexdigest()[:16].upper()
+
+
+def openapi_paths() -> dict[str, Any]:
+    """``/openapi/v3``: where each group version's OpenAPI document is (what kubectl's validation reads)."""
+    paths = {_gv_path(g, v): {"serverRelativeURL": f"/openapi/v3/{_gv_path(g, v)}?hash={_OPENAPI_HASH}"}
+             for g, v in _group_versions()}  # fmt: skip
+    return {"paths": paths}
+
+
+def openapi_document(path: str) -> dict[str, Any] | None:
+    """``/openapi/v3/api/v1`` or ``/openapi/v3/apis/GROUP/VERSION``: each kind's schema, found by its
+    ``x-kubernetes-group-version-kind``; ModelRollout's is its CRD's (kubectl then refuses an unknown
+    field as the API server would), the others take any field (the stand-in keeps no built-in schemas).
+    No paths: kubectl then patches a custom resource with a JSON merge patch, as it does a CRD's."""
+    found = next(((g, v) for g, v in _group_versions() if _gv_path(g, v) == path.strip("/")), None)
+    if found is None:
+        return None
+    group, version = found
+    schemas: dict[str, Any] = {}
+    paths: dict[str, Any] = {}
+    for resource in RESOURCES.values():
+        if resource.group != group or version not in resource.versions:
+            continue
+        if (group, resource.plural) == ("canarist.io", "modelrollouts"):
+            schema = copy.deepcopy(_CRD["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
+            schema.setdefault("properties", {})["metadata"] = {"type": "object", PRESERVE: True}
+        else:
+            schema = {"type": "object", PRESERVE: True}
+        gvk = {"group": group, "version": version, "kind": resource.kind}
+        schema["x-kubernetes-group-version-kind"] = [gvk]
+        prefix = ".".join(reversed(group.split("."))) if group else "io.k8s.api.core"
+        schemas[f"{prefix}.{version}.{resource.kind}"] = schema
+        # The PATCH operation says the server validates fields (kubectl then sends ?fieldValidation=Strict
+        # instead of validating itself) and takes no strategic merge patch for a custom resource.
+        where = "/namespaces/{namespace}" if resource.namespaced else ""
+        patch = {
+            "x-kubernetes-group-version-kind": gvk,
+            "parameters": [{"name": "fieldValidation", "in": "query", "schema": {"type": "string"}}],
+            "requestBody": {"content": {t: {"schema": {"type": "object"}} for t in patch_types(resource)}},
+            "responses": {"200": {"description": "OK"}},
+        }
+        paths[f"/{path.strip('/')}{where}/{resource.plural}/{{name}}"] = {"patch": patch}
+    info = {"title": "Kubernetes", "version": VERSION["gitVersion"]}
+    return {"openapi": "3.0.0", "info": info, "paths": paths, "components": {"schemas": schemas}}
+
+
+def patch_types(resource: Resource) -> tuple[str, ...]:
+    """The patch media types the API server takes for ``resource``: no strategic merge for a custom one."""
+    accepted = ("application/json-patch+json", "application/merge-patch+json")
+    return accepted if resource.custom else (*accepted, "application/strategic-merge-patch+json")
+
+
+def unknown_fields(resource: Resource, obj: Mapping[str, Any]) -> list[str]:
+    """The fields of ``obj`` its kind's schema does not declare (``spec.strategy.stepz``), as the API
+    server's strict field validation finds them; none for a kind whose schema the stand-in lacks."""
+    if (resource.group, resource.plural) != ("canarist.io", "modelrollouts"):
+        return []
+    schema = _CRD["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    found: list[str] = []
+    _walk({k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "metadata")}, schema, "", found)
+    return found
+
+
+def _walk(value: Any, schema: Mapping[str, Any], where: str, found: list[str]) -> None:
+    if schema.get(PRESERVE):
+        return
+    if isinstance(value, Mapping):
+        properties = schema.get("properties")
+        extra = schema.get("additionalProperties")
+        for key, item in value.items():
+            path = f"{where}.{key}" if where else str(key)
+            if properties is not None and key in properties:
+                _walk(item, properties[key], path, found)
+            elif isinstance(extra, Mapping):
+                _walk(item, extra, path, found)
+            elif properties is not None or extra is False:
+                found.append(path)
+    elif isinstance(value, list) and isinstance(schema.get("items"), Mapping):
+        for index, item in enumerate(value):
+            _walk(item, schema["items"], f"{where}[{index}]", found)
 
 
 def wants_table(accept: str) -> bool:

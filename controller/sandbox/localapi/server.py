@@ -46,13 +46,17 @@ when :attr:`LocalApiServer.istio_report_due` defers it).
   a strategic merge patch of a custom resource is refused (415) as the real server refuses it;
 - namespaces: created as objects, or there because an object is or was in one (Active);
 - watch bookmarks: with ``allowWatchBookmarks=true``, a BOOKMARK event every
-  :attr:`LocalApiServer.bookmark_interval` seconds of quiet, carrying the resourceVersion seen.
+  :attr:`LocalApiServer.bookmark_interval` seconds of quiet, carrying the resourceVersion seen;
+- the OpenAPI v3 documents kubectl reads: ModelRollout's schema from its CRD (``kubectl explain``)
+  and PATCH operations that take ``fieldValidation``, so kubectl leaves validation to the server:
+  with ``?fieldValidation=Strict`` a ModelRollout field its CRD does not declare is refused (400,
+  "strict decoding error: unknown field ...") as the API server refuses it.
 
-Not supported: admission (an object in a namespace never created is accepted) and schema
-validation, the OpenAPI document (kubectl needs ``--validate=false``), protobuf, defaulting,
-server-side apply, pagination (``limit``/``continue``), dry run, collection deletes, foreground
-deletion (treated as background), label-selector transitions in watches (events are filtered on
-the object's state in the event), authorization.
+Not supported: admission (an object in a namespace never created is accepted), schema validation
+other than unknown ModelRollout fields under ``Strict`` (and no pruning of unknown fields without
+it), protobuf, defaulting, server-side apply, pagination (``limit``/``continue``), dry run,
+collection deletes, foreground deletion (treated as background), label-selector transitions in
+watches (events are filtered on the object's state in the event), authorization.
 
 Here: :class:`LocalApiServer` (its state, the test hooks, serving, dispatching a request). Beside
 it in :mod:`controller.sandbox.localapi`: ``store`` (the object semantics and the watch),
@@ -293,6 +297,12 @@ class LocalApiServer(ObjectStore):
                     return 200, discovery.table(route.resource, shown, resource_version=str(self.resource_version))
                 if method == "GET":
                     return 200, self._out(route, self._existing(route)) if route.name else self._list(route, query)
+                if (
+                    method in ("POST", "PUT", "PATCH")
+                    and route.sub is None
+                    and query.get("fieldValidation") == "Strict"
+                ):
+                    self._strictly_valid(route, self._patched(route, body, content_type) if method == "PATCH" else body)
                 if method == "POST" and not route.name and (route.namespace or not route.resource.namespaced):
                     created = self._create(route, body, caller.manager)
                     self._istiod(route, created)
@@ -344,6 +354,17 @@ class LocalApiServer(ObjectStore):
         listed = {"resourceVersion": str(self.resource_version)}
         return {"apiVersion": "v1", "kind": "NamespaceList", "metadata": listed, "items": items}
 
+    @staticmethod
+    def _strictly_valid(route: Route, obj: Any) -> None:
+        """Refuse what the kind's schema does not declare, as ``?fieldValidation=Strict`` has the API server do."""
+        unknown = discovery.unknown_fields(route.resource, obj) if isinstance(obj, dict) else []
+        if unknown:
+            kind, version = route.resource.kind, route.version
+            fields = ", ".join(f'unknown field "{path}"' for path in unknown)
+            raise ApiError(
+                400, f'{kind} in version "{version}" cannot be handled as a {kind}: strict decoding error: {fields}'
+            )
+
     def _discovery(self, path: str) -> dict[str, Any] | None:
         """What ``path`` answers if it is a discovery path (``/version``, ``/api``, ``/apis``, a group
         version's resources), else None."""
@@ -353,6 +374,13 @@ class LocalApiServer(ObjectStore):
             return discovery.core_versions(self.url.removeprefix("http://"))
         if path == "/apis":
             return discovery.groups()
+        if path == "/openapi/v3":
+            return discovery.openapi_paths()
+        if path.startswith("/openapi/v3/"):
+            document = discovery.openapi_document(path.removeprefix("/openapi/v3/"))
+            if document is None:
+                raise ApiError(404, "the server could not find the requested resource")
+            return document
         parts = path.split("/")[1:]
         if parts == ["api", "v1"]:
             return discovery.resources("", "v1")

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from controller.sandbox.localapi.calls import WriteObserver
+from controller.sandbox.localapi.discovery import patch_types
 from controller.sandbox.localapi.documents import (
     ApiError,
     field_matcher,
@@ -144,10 +145,7 @@ class ObjectStore:
     def _patched(self, route: Route, patch: Any, content_type: str) -> dict[str, Any]:
         current = self._out(route, self._existing(route))
         kind = content_type.partition(";")[0].strip()
-        # A custom resource has no strategic merge patch (no patch strategies without Go types).
-        accepted: tuple[str, ...] = ("application/json-patch+json", "application/merge-patch+json")
-        if not route.resource.custom:
-            accepted += ("application/strategic-merge-patch+json",)
+        accepted = patch_types(route.resource)  # a custom resource has no strategic merge patch
         if kind == "application/json-patch+json":
             patched = json_patch(current, patch)
         elif kind in accepted:

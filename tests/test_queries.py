@@ -18,6 +18,7 @@ from controller.api.load import load
 from controller.api.metrics_spec import RatioQuery
 from controller.api.model import ModelRollout
 from controller.api.routing import ModelVersion
+from controller.metrics.bounds import MAX_HISTOGRAM_EDGES, coarsen
 from controller.metrics.cache import WindowCache
 from controller.metrics.catalog import Family, Labels, PodSeries, Reduce, Role
 from controller.metrics.kinds import agent, dcgm, hami, triton
@@ -25,7 +26,6 @@ from controller.metrics.kinds.istio import BUCKETS as ISTIO_BUCKETS
 from controller.metrics.kinds.istio import REQUESTS as ISTIO_REQUESTS
 from controller.metrics.measure import REQUESTS_KEY, build_observations, metric_queries, no_data, plan
 from controller.metrics.plan import Plan
-from controller.metrics.read import MAX_HISTOGRAM_EDGES, coarsen
 from controller.metrics.samples import CountSeries, DistributionSeries, GaugeSeries, HistogramSeries, Window
 from controller.metrics.selectors import (
     CatalogError,

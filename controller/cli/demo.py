@@ -61,7 +61,7 @@ def demo(*, scenario: str, speed: float, rate: float, seed: int, out: Path, budg
     console = Console()
     chosen = SCENARIOS[scenario]
     options = DemoOptions(chosen, speed=speed, rate=rate, seed=seed, out=out, budget=budget, serving=serving)
-    print_how_to_watch(console, options.kubeconfig)
+    print_how_to_watch(console, options.kubeconfig.resolve())
     try:
         with LiveView(chosen, console) as view:
             result = run_demo(options, show=view)

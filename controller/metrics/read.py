@@ -16,14 +16,14 @@ the doubtful pod and say so.
 from __future__ import annotations
 
 import math
-from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import ClassVar, Protocol, TypeVar
 
 from controller.api.kinds import Shape
 from controller.api.metrics_spec import Metric
+from controller.metrics.bounds import MAX_HISTOGRAM_EDGES, coarsen
 from controller.metrics.cache import WindowCache
 from controller.metrics.catalog import Ask, MetricPlan, Planner, Role, RolloutAsks
 from controller.metrics.plan import Plan, Target
@@ -44,9 +44,6 @@ Results = Mapping[tuple[str, int], Sequence[Sample]]
 
 T = TypeVar("T")
 STABLE, CANARY = "stable", "canary"
-#: Most bucket bounds (+Inf included) a latency histogram is analysed on; finer ones are coarsened.
-#: Istio's default histogram has 20; the latency tests' cost grows with the square of the bounds.
-MAX_HISTOGRAM_EDGES = 64
 Valued = tuple[T, tuple[str, ...]] | str  # a value with notes on what was dropped, or why there is none
 
 
@@ -393,31 +390,6 @@ def _pod_value(
     except (KeyError, ZeroDivisionError):
         return None
     return value if math.isfinite(value) and value >= 0 else None
-
-
-def coarsen(edges: Sequence[float], keep: Iterable[float] = (), cap: int = MAX_HISTOGRAM_EDGES) -> tuple[float, ...]:
-    """At most ``cap`` of the sorted bucket bounds ``edges`` (the last one +Inf), chosen from the bounds alone.
-
-    Kept: +Inf, the bounds on either side of each ``keep`` value (the SLO bound: its breach and
-    compliance edges stay exact; in order, while they fit), then bounds evenly spaced by index, the
-    first and last finite ones included. Dropping bounds from a cumulative histogram gives the exact
-    histogram on the bounds left, so every test stays valid (it loses resolution, not validity); the
-    choice never looks at the counts. Caps the latency tests' cost, which grows with the square of
-    the bounds.
-    """
-    if cap < 3:
-        raise ValueError(f"cap must be at least 3 bucket bounds, got {cap}")
-    if len(edges) <= cap:
-        return tuple(edges)
-    finite = list(edges[:-1])
-    must: set[int] = set()
-    for value in keep:
-        pair = {i for i in (bisect_left(finite, value), bisect_right(finite, value) - 1) if 0 <= i < len(finite)}
-        if len(must | pair) <= cap - 1:  # in the order given, while there is room
-            must |= pair
-    slots = cap - 1 - len(must)
-    spread = {round(k * (len(finite) - 1) / (slots - 1)) for k in range(slots)} if slots > 1 else set()
-    return (*(finite[i] for i in sorted(must | spread)), edges[-1])
 
 
 def _buckets(cell: Cell | str, metric: str) -> dict[float, int] | str:

@@ -9,7 +9,7 @@ else its name, or its Triton model version). With ``outputs.splitLabel`` only th
 outputs are read.
 
 A window's outputs are the counts per bucket: the score ranges between the bounds both versions'
-histograms share (at most :data:`~controller.metrics.read.MAX_HISTOGRAM_EDGES`, ``positiveAbove``
+histograms share (at most :data:`~controller.metrics.bounds.MAX_HISTOGRAM_EDGES`, ``positiveAbove``
 always kept), or every class either version predicted (a class a version did not predict in a
 window counts 0 there). A doubtful window (a counter reset, NaN, buckets that are not cumulative,
 no ``+Inf`` bucket) is no data for that version, as for every counter.
@@ -26,9 +26,10 @@ from typing import ClassVar
 from controller.api.kinds import Shape
 from controller.api.metrics_spec import Metric, MetricKind, OutputsQuery
 from controller.api.names import SPLIT_VALUE
+from controller.metrics.bounds import coarsen
 from controller.metrics.catalog import Family, MetricPlan, Reduce, Role, RolloutAsks, ask_for
 from controller.metrics.kinds.custom import version_value
-from controller.metrics.read import Builder, Built, KindReading, Valued, coarsen, total
+from controller.metrics.read import Builder, Built, KindReading, Valued, total
 from controller.metrics.samples import DistributionSeries, Window
 
 HISTOGRAM, CLASSES = "le", "class"

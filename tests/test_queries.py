@@ -806,6 +806,35 @@ def test_looks_with_a_window_cache_build_what_full_re_reads_build(seed: int, gap
             assert not earlier & later
 
 
+def test_the_window_cache_stays_bounded_and_never_reuses_a_rollouts_id() -> None:
+    """Entries, signatures (one per release of each rollout) and shared keys are all bounded; a forgotten
+    signature's id is never handed out again, so its entries can never be read as another's."""
+    cache = WindowCache(settle=0.0, max_windows=5, max_signatures=3, max_interned=4)
+    ids = []
+    for release in range(20):
+        ids.append(cache.signature(f"rollout-release-{release}".encode()))
+        window = Window(60.0 * release, 60.0 * (release + 1), 0.1)
+        cache.put(ids[-1], window, ("p99", "stable"), ({float(release): 1}, ()))
+        cache.complete(ids[-1], window, True)
+        cache.trim()
+        assert len(cache.entries) <= 5 and len(cache._signatures) <= 3 and len(cache._interned) <= 4
+    assert ids == sorted(set(ids))  # all different
+    assert cache.signature(b"rollout-release-0") not in ids  # forgotten, then seen again: a new id
+    kept = Window(60.0 * 19, 60.0 * 20, 0.1)
+    assert cache.get(ids[19], kept, ("p99", "stable")) == (True, ({19.0: 1}, ()))
+
+
+def test_a_bound_written_as_minus_zero_is_zero() -> None:
+    """'-0' and '0' are one bound, and it is +0.0 whichever came first (a kept window is then the same bits)."""
+    the_plan, a = look()
+    for le, n in (("-0", 1.0), ("100", 2.0), ("+Inf", 3.0)):
+        a.add(ISTIO_BUCKETS, 0, n, **istio("r1", le=le))
+        a.add(ISTIO_BUCKETS, 0, n, **istio("r2", le=le))
+    series = observed(the_plan, a).metric("p99").series
+    assert isinstance(series, HistogramSeries) and series.edges[0] == 0.0
+    assert math.copysign(1.0, series.edges[0]) == 1.0
+
+
 def test_histograms_in_seconds_on_the_shared_edges() -> None:
     the_plan, a = look()
     for w in range(3):

@@ -17,8 +17,9 @@ and the first look reads every window again.
 
 from __future__ import annotations
 
+import itertools
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,10 @@ from controller.metrics.selectors import to_millis
 #: 1.4 KiB for three metrics (measured with tracemalloc on bench.scale's policy: see the README); a
 #: working set larger than the cap is read again from the store, never read wrong.
 MAX_WINDOWS = 480_000
+#: Most rollout signatures and shared mapping keys remembered: past either, that table starts afresh
+#: (ids are never reused: an entry of a forgotten signature is never read again, and goes by LRU).
+MAX_SIGNATURES = 100_000
+MAX_INTERNED = 100_000
 WindowKey = tuple[int, int, int]  # (signature id, window end ms, window length ms)
 Slot = tuple[str, str]  # (series tag, version side)
 
@@ -55,14 +60,22 @@ class WindowCache:
 
     settle: float = 60.0
     max_windows: int = MAX_WINDOWS
+    max_signatures: int = MAX_SIGNATURES
+    max_interned: int = MAX_INTERNED
     entries: OrderedDict[WindowKey, _Entry] = field(default_factory=OrderedDict)
     hits: int = 0
     _signatures: dict[Hashable, int] = field(default_factory=dict)
     _interned: dict[Hashable, Any] = field(default_factory=dict)
+    _ids: Iterator[int] = field(default_factory=itertools.count)
 
     def signature(self, identity: Hashable) -> int:
         """A small id for a rollout's identity (its key and what its queries ask), the same while it is unchanged."""
-        return self._signatures.setdefault(identity, len(self._signatures))
+        found = self._signatures.get(identity)
+        if found is None:
+            if len(self._signatures) >= self.max_signatures:  # every release of every rollout seen: start afresh
+                self._signatures.clear()
+            found = self._signatures[identity] = next(self._ids)
+        return found
 
     def settled(self, window: Window, at: float) -> bool:
         return window.end <= at - self.settle
@@ -105,6 +118,9 @@ class WindowCache:
             self.entries.popitem(last=False)
 
     def _intern(self, value: Any) -> Any:
+        """One shared copy of equal keys (a histogram's bounds in every window); bounded, as it is only a saving."""
+        if len(self._interned) >= self.max_interned:
+            self._interned.clear()
         return self._interned.setdefault(value, value)
 
     def _packed(self, value: Any) -> Any:

@@ -403,7 +403,8 @@ def _buckets(cell: Cell | str, metric: str) -> dict[float, int] | str:
             edge = float(labels.get("le", ""))
         except ValueError:
             return f"{metric} has a bucket without a numeric le label"
-        out[edge / 1000.0] = out.get(edge / 1000.0, 0) + round(value)  # '1' and '1.0' are one bound
+        edge = edge / 1000.0 + 0.0  # -0 is 0: one bound, however written
+        out[edge] = out.get(edge, 0) + round(value)  # '1' and '1.0' are one bound
     counts = [out[e] for e in sorted(out)]
     if any(b < a for a, b in pairwise(counts)):
         return f"{metric} buckets are not cumulative"

@@ -31,6 +31,7 @@ import yaml
 from controller.api.names import COMMAND_ANNOTATION
 from controller.edges.kube import KubeCluster
 from controller.sandbox.localapi import LocalApiServer, local_api_server
+from controller.sandbox.localapi.discovery import human_duration
 
 KUBECTL = shutil.which("kubectl")
 POLICIES = Path(__file__).resolve().parents[1] / "policies"
@@ -69,6 +70,21 @@ def same(ours: dict[str, Any], theirs: dict[str, Any]) -> None:
         for key in path:
             a, b = (a or {}).get(key), (b or {}).get(key)
         assert a == b, path
+
+
+DAY, YEAR = 86_400, 365 * 86_400
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [(-2.5, "<invalid>"), (-1.5, "0s"), (0, "0s"), (59.9, "59s"), (119, "119s"), (120, "2m"), (125, "2m5s"),
+     (599, "9m59s"), (600, "10m"), (3 * 3600 - 1, "179m"), (3 * 3600, "3h"), (3 * 3600 + 60, "3h1m"),
+     (8 * 3600, "8h"), (47 * 3600, "47h"), (2 * DAY, "2d"), (2 * DAY + 3600, "2d1h"), (8 * DAY, "8d"),
+     (2 * YEAR - 1, "729d"), (2 * YEAR, "2y"), (2 * YEAR + 10 * DAY, "2y10d"), (9 * YEAR, "9y")],
+)  # fmt: skip
+def test_ages_are_shown_as_kubectl_shows_them(seconds: float, shown: str) -> None:
+    """apimachinery's duration.HumanDuration, which the API server's table convertor uses for a date column."""
+    assert human_duration(seconds) == shown
 
 
 def test_discovery_names_the_kinds_as_their_crds_do(world: tuple[LocalApiServer, Kubectl, KubeCluster]) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import math
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -287,11 +286,11 @@ def _cell(kind: str, value: Any) -> Any:
 
 def human_duration(seconds: float) -> str:
     """An age as kubectl shows it (apimachinery's ``duration.HumanDuration``): 42s, 3m5s, 5h, 2d3h, 3y."""
-    if seconds < -1:
+    s = int(seconds)  # toward zero, as Go's int(d.Seconds())
+    if s < -1:
         return "<invalid>"
-    if seconds < 0:
+    if s < 0:
         return "0s"
-    s = math.floor(seconds)
     if s < 120:
         return f"{s}s"
     minutes = s // 60

@@ -36,7 +36,7 @@ def plan(
 
     Windows ending after ``at`` are not asked for (their data is incomplete). ``gap_seconds``: check
     that each counter has a sample that close before each window (a store without Prometheus' ranges).
-    With a ``cache``, the windows whose cells it keeps are not asked for again.
+    With a ``cache``, the windows whose every series it keeps are not asked for again.
     """
     labels = labels or Labels()
     if cache is not None:

@@ -262,7 +262,7 @@ class Builder:
                 got = events_trials(self, plan, window, side, Role.REQUESTS_ALL)
                 return got if isinstance(got, str) else (got, ())
 
-            # read whatever the first series holds: a kept window must have every series kept
+            # before any early return: a window is kept only with every series of it kept
             _, every, _ = self.collect(all_requests, f"{plan.name}/all")
         if all(v is None for v in (*stable, *canary)):
             return None, reasons or ["no windows"]
@@ -292,7 +292,7 @@ class Builder:
                 )
                 return got if isinstance(got, str) else (got, ())
 
-            # read whatever the first series holds: a kept window must have every series kept
+            # before any early return: a window is kept only with every series of it kept
             every_buckets = self.collect(all_buckets, f"{plan.name}/all")[1]
         present = [b for b in (*stable, *canary) if b is not None]
         if not present:

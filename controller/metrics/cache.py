@@ -40,7 +40,7 @@ Slot = tuple[str, str]  # (series tag, version side)
 
 
 class _Packed:
-    """A mapping value kept as its keys (shared between windows) and its values: a third of a dict's size."""
+    """A mapping value kept as its keys (one tuple shared by the windows that have the same) and its values."""
 
     __slots__ = ("keys", "values")
 

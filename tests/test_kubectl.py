@@ -122,7 +122,7 @@ def test_apply_the_example_policies_as_canarist_does(
             assert mine["spec"] == theirs["spec"] and mine["metadata"].get("labels") == theirs["metadata"].get("labels")
 
     again = kubectl("apply", "-f", str(POLICIES)).stdout.splitlines()
-    assert all(line.endswith(" unchanged") for line in again), again
+    assert len(again) == len(files) and all(line.endswith(" unchanged") for line in again), again
     assert kubectl.json("get", "mr", "-A")["items"] == listed  # no write: the same resourceVersions
 
     edited = yaml.safe_load(FRAUD.read_text())

@@ -15,11 +15,8 @@ from __future__ import annotations
 
 import copy
 import json
-import queue
 import shutil
 import subprocess
-import threading
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +29,7 @@ from controller.api.names import COMMAND_ANNOTATION
 from controller.edges.kube import KubeCluster
 from controller.sandbox.localapi import LocalApiServer, local_api_server
 from controller.sandbox.localapi.discovery import human_duration
+from tests.output_lines import OutputLines
 
 KUBECTL = shutil.which("kubectl")
 POLICIES = Path(__file__).resolve().parents[1] / "policies"
@@ -270,31 +268,6 @@ def test_delete_waits_for_the_finalizer_and_errors_are_worded_as_the_server_word
     assert unknown.returncode == 1 and 'the server doesn\'t have a resource type "modelrollout-typo"' in unknown.stderr
 
 
-def _lines(process: subprocess.Popen[str]) -> queue.Queue[str]:
-    lines: queue.Queue[str] = queue.Queue()
-
-    def read() -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            lines.put(line.rstrip("\n"))
-
-    threading.Thread(target=read, daemon=True).start()
-    return lines
-
-
-def _until(lines: queue.Queue[str], found: str, timeout: float = 15.0) -> list[str]:
-    seen: list[str] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            seen.append(lines.get(timeout=0.2))
-        except queue.Empty:
-            continue
-        if found in seen[-1]:
-            return seen
-    raise AssertionError(f"{found!r} not seen in {seen}")
-
-
 def test_watch_shows_each_change_the_edge_makes(world: tuple[LocalApiServer, Kubectl, KubeCluster]) -> None:
     _, kubectl, cluster = world
     kubectl("apply", "-f", str(FRAUD))
@@ -302,13 +275,14 @@ def test_watch_shows_each_change_the_edge_makes(world: tuple[LocalApiServer, Kub
         [*kubectl.argv, "get", "mr", "-w", "--output-watch-events"], stdout=subprocess.PIPE, text=True
     )
     try:
-        lines = _lines(watching)
-        first = _until(lines, NAME)
+        lines = OutputLines(watching)
+        lines.until(lambda line: NAME in line, 15)
+        first = lines.seen
         assert first[0].split()[:3] == ["EVENT", "NAME", "PHASE"] and first[1].split()[:2] == ["ADDED", NAME]
         for phase, weight in (("Progressing", 10), ("Paused", 10), ("RollingBack", 0)):
             version = cluster.get_rollout(NS, NAME)["metadata"]["resourceVersion"]
             cluster.patch_rollout_status(NS, NAME, {"phase": phase, "canaryWeight": weight, "currentStep": 0}, version)
-            row = _until(lines, phase)[-1].split()
+            row = lines.until(lambda line, phase=phase: phase in line, 15).split()
             assert row[:5] == ["MODIFIED", NAME, phase, str(weight), "0"], row
     finally:
         watching.kill()

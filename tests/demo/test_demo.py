@@ -8,17 +8,13 @@ demo started is gone, and that the report's PNGs are real images.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import queue
 import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -27,6 +23,7 @@ from matplotlib import image
 from controller.api.times import parse_timestamp
 from controller.sandbox.demo.run import DemoOptions, DemoResult, run_demo
 from controller.sandbox.demo.scenarios import CANARY, SCENARIOS, STABLE
+from tests.output_lines import OutputLines
 
 SPEED = 2.5  # 4 s looks
 RATE = 250.0
@@ -158,28 +155,6 @@ def _parent(pid: int) -> int | None:
         return None
 
 
-def _reader(process: subprocess.Popen[str]) -> queue.Queue[str]:
-    lines: queue.Queue[str] = queue.Queue()
-
-    def read() -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            lines.put(line.rstrip("\n"))
-
-    threading.Thread(target=read, daemon=True).start()
-    return lines
-
-
-def _wait_for(lines: queue.Queue[str], seen: list[str], wanted: Callable[[str], bool], timeout: float) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(queue.Empty):
-            seen.append(lines.get(timeout=0.2))
-            if wanted(seen[-1]):
-                return seen[-1]
-    raise AssertionError(f"not seen within {timeout:g}s: {seen[-20:]}")
-
-
 def test_the_running_demo_is_watched_with_kubectl_and_aborted_from_another_terminal(tmp_path: Path) -> None:
     """Issue 19: the demo says how to watch it; ``kubectl get modelrollouts -w`` with its kubeconfig shows the
     phase, weight and step change, and ``canarist abort`` from another process rolls the demo back."""
@@ -194,8 +169,8 @@ def test_the_running_demo_is_watched_with_kubectl_and_aborted_from_another_termi
     )
     watch: subprocess.Popen[str] | None = None
     try:
-        said, shown = _reader(demo), []
-        hint = _wait_for(said, shown, lambda line: "KUBECONFIG=" in line, 30)
+        said = OutputLines(demo)
+        hint = said.until(lambda line: "KUBECONFIG=" in line, 30)
         kubeconfig = Path(hint.split("KUBECONFIG=", 1)[1].split(";", 1)[0])
         assert kubeconfig == out / "kubeconfig" and "kubectl get modelrollouts -w" in hint and "abort" in hint
         deadline = time.monotonic() + 120
@@ -203,17 +178,17 @@ def test_the_running_demo_is_watched_with_kubectl_and_aborted_from_another_termi
             time.sleep(0.2)
         env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
         watch = subprocess.Popen([kubectl, "get", "modelrollouts", "-w"], stdout=subprocess.PIPE, text=True, env=env)
-        rows, seen = _reader(watch), []
-        header = _wait_for(rows, seen, lambda line: line.startswith("NAME"), 30)
+        rows = OutputLines(watch)
+        header = rows.until(lambda line: line.startswith("NAME"), 30)
         assert header.split()[:4] == ["NAME", "PHASE", "WEIGHT", "STEP"]
-        _wait_for(rows, seen, lambda line: line.split()[1:3] == ["Progressing", "10"], 60)
+        rows.until(lambda line: line.split()[1:3] == ["Progressing", "10"], 60)
         aborted = subprocess.run(
             [str(CANARIST), "abort", "fraud-detector"], env=env, capture_output=True, text=True, timeout=60, check=False
         )
         assert aborted.returncode == 0, aborted.stderr
-        _wait_for(rows, seen, lambda line: line.split()[1] in ("RollingBack", "Failed") and line.split()[2] == "0", 60)
-        assert demo.wait(timeout=120) == 0, shown
-        _wait_for(said, shown, lambda line: "rolled back" in line, 5)
+        rows.until(lambda line: line.split()[1] in ("RollingBack", "Failed") and line.split()[2] == "0", 60)
+        assert demo.wait(timeout=120) == 0, said.seen
+        said.until(lambda line: "rolled back" in line, 5)
         assert not kubeconfig.exists()  # its API is gone with the demo
     finally:
         for process in (watch, demo):

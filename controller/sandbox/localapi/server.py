@@ -297,19 +297,19 @@ class LocalApiServer(ObjectStore):
                     return 200, discovery.table(route.resource, shown, resource_version=str(self.resource_version))
                 if method == "GET":
                     return 200, self._out(route, self._existing(route)) if route.name else self._list(route, query)
+                if method == "PATCH" and route.name:  # the object as the patch leaves it: validated, then written
+                    body = self._patched(route, body, content_type)
                 if (
                     method in ("POST", "PUT", "PATCH")
                     and route.sub is None
                     and query.get("fieldValidation") == "Strict"
                 ):
-                    self._strictly_valid(route, self._patched(route, body, content_type) if method == "PATCH" else body)
+                    self._strictly_valid(route, body)
                 if method == "POST" and not route.name and (route.namespace or not route.resource.namespaced):
                     created = self._create(route, body, caller.manager)
                     self._istiod(route, created)
                     return 201, self._out(route, created)
                 if method in ("PUT", "PATCH") and route.name:
-                    if method == "PATCH":
-                        body = self._patched(route, body, content_type)
                     unconditional = method == "PATCH" or not route.resource.custom
                     updated = self._update(route, body, unconditional=unconditional, manager=caller.manager)
                     self._istiod(route, updated)

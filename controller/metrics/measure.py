@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 from controller.api.model import ModelRollout
 from controller.metrics.cache import WindowCache
@@ -53,7 +54,8 @@ def plan(
     if cache is None:
         return look_plan(targets, gap_seconds)
     signatures = {t.key: signature(cache, t) for t in targets}
-    return look_plan(targets, gap_seconds, lambda target, window: cache.covers(signatures[target.key], window))
+    made = look_plan(targets, gap_seconds, lambda target, window: cache.covers(signatures[target.key], window))
+    return replace(made, signatures=signatures)
 
 
 def signature(cache: WindowCache, target: Target) -> int:
@@ -87,7 +89,10 @@ def build_observations(
     reader = Reader(plan, results)
     observations: dict[str, Observation] = {}
     for target in plan.targets:
-        builder = Builder(reader, target, cache, signature(cache, target) if cache is not None else 0, at)
+        number = plan.signatures.get(target.key, 0)  # computed once, when the plan was made with the cache
+        if cache is not None and target.key not in plan.signatures:  # a plan made without it
+            number = signature(cache, target)
+        builder = Builder(reader, target, cache, number, at)
         observations[target.key] = _observation(builder)
         builder.finish()
     return observations

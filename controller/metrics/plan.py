@@ -49,6 +49,8 @@ class Plan:
     gap_seconds: float | None = None
     #: Per target key, the indices of its windows not asked for: kept from earlier looks.
     covered: Mapping[str, frozenset[int]] = field(default_factory=dict)
+    #: Per target key, its id in the window cache the plan was made with (none without one).
+    signatures: Mapping[str, int] = field(default_factory=dict)
 
     def text(self, family: Family, window_ms: int, resets: bool = False) -> str | None:
         return self.texts.get((family, window_ms, resets))

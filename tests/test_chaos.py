@@ -159,17 +159,32 @@ def test_a_route_to_an_unknown_subset_is_caught() -> None:
 
 
 @pytest.mark.parametrize(
-    ("log", "limit"), [("history", HISTORY_LIMIT), ("weights", WEIGHTS_LIMIT), ("analyses", ANALYSES_LIMIT)]
+    ("log", "limit"),
+    [
+        ("history", HISTORY_LIMIT),
+        ("weights", WEIGHTS_LIMIT),
+        ("looks", ANALYSES_LIMIT),
+        ("looks-metric", ANALYSES_LIMIT),
+    ],
 )
 def test_a_log_over_its_bound_is_caught(log: str, limit: int) -> None:
     writes = clean_writes()
     status = writes[4][1]["status"]
     if log == "history":  # appended, as it must be, but one entry too many
         status["history"] = [*status["history"], *[transition("Hold", AT[2], 25)] * (limit - 1)]
+    elif log == "looks":  # the look log's columns: a value per look
+        status["looks"] = {"at": [AT[1]] * (limit + 1), "step": [1] * (limit + 1), "metrics": []}
+    elif log == "looks-metric":  # one metric's column longer than the rest
+        status["looks"] = {"at": [AT[1]] * limit, "metrics": [{"name": "errors", "eValue": [1.0] * (limit + 1)}]}
     else:
         status[log] = [{"at": AT[1], "canaryWeight": 25}] * (limit + 1)
     assert broken(writes) == {"status-bounds"}
-    status[log] = status[log][1:]  # at the bound: fine
+    if log.startswith("looks"):  # at the bound: fine
+        looks = status["looks"]
+        for part in (looks, *looks["metrics"]):
+            part.update({k: v[1:] for k, v in part.items() if k != "metrics" and isinstance(v, list)})
+    else:
+        status[log] = status[log][1:]
     assert broken(writes) == set()
 
 

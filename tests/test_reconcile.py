@@ -255,8 +255,9 @@ def test_a_new_canary_restarts_from_the_first_step(cluster: MemoryCluster) -> No
     assert any(t["action"] == "Restart" for t in history)
     assert status(cluster)["currentStep"] <= 1
     restarted = parse_timestamp(next(t["at"] for t in history if t["action"] == "Restart"))
-    for log in ("weights", "analyses"):  # the report's logs describe the new canary only
-        assert all(parse_timestamp(entry["at"]) >= restarted for entry in status(cluster)[log]), log
+    times = {"weights": [w["at"] for w in status(cluster)["weights"]], "looks": status(cluster)["looks"]["at"]}
+    for log, stamps in times.items():  # the report's logs describe the new canary only
+        assert stamps and all(parse_timestamp(at) >= restarted for at in stamps), log
 
 
 def test_an_invalid_rollout_is_refused_with_an_event_and_no_routes(cluster: MemoryCluster) -> None:
@@ -297,12 +298,14 @@ def test_the_status_keeps_what_a_report_draws(cluster: MemoryCluster) -> None:
     drive(cluster, Synthetic(), minutes=40)
     stored = status(cluster)
     assert [w["canaryWeight"] for w in stored["weights"]] == [1, 5, 25, 50, 100]
-    looks = stored["analyses"]
-    assert len(looks) >= 5
-    assert all(look["metrics"] and "reason" not in look["metrics"][0] for look in looks)
-    assert [look["step"] for look in looks] == sorted(look["step"] for look in looks)
-    regression = [look["metrics"][0]["eValue"] for look in looks]
-    assert all(e >= 0 for e in regression)
+    looks = stored["looks"]  # a column per field, a value per look
+    assert len(looks["at"]) >= 5
+    assert len(looks["step"]) == len(looks["canaryWeight"]) == len(looks["at"])
+    assert looks["step"] == sorted(looks["step"])
+    first = looks["metrics"][0]
+    assert "reason" not in first
+    assert all(len(column) == len(looks["at"]) for key, column in first.items() if key != "name")
+    assert all(e >= 0 for e in first["eValue"])
     # One latency snapshot per decision that moved the rollout, its counts cumulative and per version.
     snapshots = stored["distributions"]
     assert [s["action"] for s in snapshots] == ["Advance", "Advance", "Advance", "Promote"]
@@ -326,7 +329,7 @@ def test_the_report_logs_stay_bounded(cluster: MemoryCluster) -> None:
         generation=1,
         now=T0,
     )
-    assert len(body["analyses"]) == ANALYSES_LIMIT
+    assert len(body["looks"]["at"]) == ANALYSES_LIMIT  # the list form read, and cut to the bound
     assert body["weights"] == [{"at": timestamp(T0), "canaryWeight": 5}]
     assert body["distributions"] == []
 

@@ -26,7 +26,7 @@ from controller.api.model import ModelRollout
 from controller.api.names import COMMAND_ANNOTATION, COMMAND_AT_ANNOTATION, COMMAND_BY_ANNOTATION, COMMAND_ID_ANNOTATION
 from controller.api.schedule import RouteState
 from controller.api.status import Action, Phase, RolloutStatus, Verdict
-from controller.api.times import rfc3339
+from controller.api.times import rfc3339, timestamp
 from controller.engine.ports import ClusterUnavailableError, ConflictError, EdgeFailure
 from controller.engine.reconcile import reconcile
 from controller.engine.record import STATUS_BYTES_LIMIT, to_status
@@ -160,7 +160,7 @@ json_values = st.recursive(
 )
 STATUS_KEYS = [
     "phase", "currentStep", "history", "stepStartedAt", "canaryRevision", "message", "conditions", "metrics",
-    "weights", "analyses", "distributions", "lastAnalysisAt", "lastCommandId", "canaryWeight",
+    "weights", "looks", "analyses", "distributions", "lastAnalysisAt", "lastCommandId", "canaryWeight",
 ]  # fmt: skip
 
 
@@ -215,6 +215,14 @@ def test_the_status_stays_within_its_bytes_whatever_the_metrics_looks_and_string
         )
         stored = json.dumps(previous, separators=(",", ":"), ensure_ascii=False).encode()  # as the API server keeps it
         assert len(stored) <= STATUS_BYTES_LIMIT
+        kept = previous["looks"]  # the oldest looks shed first, every column still a value per look
+        columns = [
+            kept["step"],
+            kept["canaryWeight"],
+            *(c for m in kept["metrics"] for k, c in m.items() if k != "name"),
+        ]
+        assert all(len(column) == len(kept["at"]) for column in columns)
+        assert not kept["at"] or kept["at"][-1] == timestamp(T0 + 60 * look)
     assert previous["phase"] == "Progressing" and previous["metrics"]
 
 

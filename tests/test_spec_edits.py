@@ -144,6 +144,7 @@ status_keys = st.sampled_from(
         "conditions",
         "metrics",
         "weights",
+        "looks",
         "analyses",
         "distributions",
         "lastAnalysisAt",

@@ -16,8 +16,10 @@ from controller.api.status import (
     AnalysisEntry,
     Condition,
     DistributionEntry,
+    LookLog,
     MetricStatus,
     Phase,
+    Requests,
     RolloutStatus,
     StoredTransition,
     Verdict,
@@ -123,9 +125,76 @@ def test_what_the_controller_writes_reads_back_as_written(
         assert stored_json(RolloutStatus.read(written).dump()) == stored_json(written)
 
 
-# The JSON the controller wrote for this status before the status had a type (captured from
-# to_status as it was): the stored shape is part of the contract, byte for byte.
-GOLDEN = (
+maybe_numbers = st.none() | numbers
+look_metrics = st.builds(
+    MetricStatus,
+    name=st.none() | st.sampled_from(["latency-p99", "errors", "accuracy", "\u4e00"]),
+    verdict=st.none() | st.sampled_from(Verdict),
+    reason=st.none() | texts,
+    slo_breached=st.none() | st.booleans(),
+    e_value=maybe_numbers,
+    e_value_non_inferiority=maybe_numbers,
+    threshold=maybe_numbers,
+    estimate=maybe_numbers,
+    interval=st.none() | st.lists(maybe_numbers, min_size=2, max_size=2),
+    requests=st.none()
+    | st.builds(Requests, stable=st.none() | st.integers(0, 10**9), canary=st.none() | st.integers(0, 10**9)),
+)
+look_rows = st.builds(
+    AnalysisEntry,
+    at=st.integers(0, 4 * 10**9).map(float),
+    step=st.none() | st.integers(0, 10),
+    canary_weight=st.none() | st.integers(0, 100),
+    metrics=st.lists(look_metrics, max_size=5),
+)
+
+
+def as_kept(row: AnalysisEntry) -> str:
+    """What the look log keeps of a look, as JSON: each named metric (the first of a name) with a
+    value, its reals to six significant digits, no reason."""
+
+    def real(value: float | None) -> float | None:
+        return float(f"{value:.6g}") if value is not None and math.isfinite(value) else value
+
+    metrics: dict[str, Any] = {}
+    for m in row.metrics:
+        if m.name is None or m.name in metrics:
+            continue
+        low, high = m.interval or (None, None)
+        requests = m.requests or Requests()
+        kept = MetricStatus(
+            name=m.name, verdict=m.verdict, slo_breached=m.slo_breached, e_value=real(m.e_value),
+            e_value_non_inferiority=real(m.e_value_non_inferiority), threshold=real(m.threshold),
+            estimate=real(m.estimate), interval=[real(low), real(high)] if (low, high) != (None, None) else None,
+            requests=requests if (requests.stable, requests.canary) != (None, None) else None,
+        )  # fmt: skip
+        if any(v is not None for k, v in kept.dump().items() if k != "name"):
+            metrics[m.name] = kept.dump()
+    row_json = {"at": row.at, "step": row.step, "canaryWeight": row.canary_weight, "metrics": metrics}
+    return json.dumps(row_json, sort_keys=True, allow_nan=True)
+
+
+@settings(max_examples=200, deadline=None)
+@given(rows=st.lists(look_rows, max_size=12), limit=st.integers(1, 8))
+def test_the_look_log_keeps_every_looks_numbers_as_columns(rows: list[AnalysisEntry], limit: int) -> None:
+    """Class: any looks (metrics missing, repeated, unnamed or all None; NaN, infinities), appended
+    one by one through the wire: the log's rows are the last ``limit`` looks, each as kept."""
+    log = LookLog()
+    for row in rows:
+        stored = RolloutStatus(looks=log.appended(row, limit)).dump()
+        log = RolloutStatus.read(json.loads(stored_json(stored))).looks
+        assert all(len(m.e_value) == len(log.at) for m in log.metrics)  # every column a value per look
+    assert [as_kept(row) for row in log.entries()] == [as_kept(row) for row in rows[-limit:]]
+    if rows:  # the same looks stored as a list (before the columns) read to the same log
+        listed = {"analyses": [row.dump() for row in rows[-limit:]]}
+        assert [as_kept(row) for row in RolloutStatus.read(listed).looks.entries()] == [
+            as_kept(r) for r in rows[-limit:]
+        ]
+
+
+# The JSON the controller wrote for this status before the look log was kept as columns (captured
+# from to_status as it was, its look log a list of looks): still read, to the same status.
+LIST_LOG_GOLDEN = (
     '{"phase":"Progressing","currentStep":2,"canaryWeight":20,"mirrorPercent":2.5,"stepStartedAt":"2026-01-01T'
     '00:10:00Z","canaryRevision":"abc123def456","exposureRevision":"e0e0e0e0e0e0","message":"step 2: holding",'
     '"observedGeneration":3,"lastAnalysisAt":"2026-01-01T00:10:00Z","lastCommandId":"cmd-1","metrics":[{"name"'
@@ -150,6 +219,34 @@ GOLDEN = (
     ',"reason":"Progressing","message":"step 2: holding","lastTransitionTime":"2026-01-01T00:10:00Z"},{"type":'
     '"Failed","status":"False","reason":"Progressing","message":"step 2: holding","lastTransitionTime":"2026-0'
     '1-01T00:10:00Z"}]}'
+)
+
+# The JSON the controller writes for this status: the stored shape is part of the contract, byte for byte.
+GOLDEN = (
+    '{"phase":"Progressing","currentStep":2,"canaryWeight":20,"mirrorPercent":2.5,"stepStartedAt":"2026-01-01T0'
+    '0:10:00Z","canaryRevision":"abc123def456","exposureRevision":"e0e0e0e0e0e0","message":"step 2: holding","o'
+    'bservedGeneration":3,"lastAnalysisAt":"2026-01-01T00:10:00Z","lastCommandId":"cmd-1","metrics":[{"name":"l'
+    'atency-p99","verdict":"Inconclusive","reason":"needs more data","sloBreached":false,"eValue":2.5,"eValueNo'
+    'nInferiority":0.75,"threshold":1e+300,"estimate":0.125,"interval":[-0.05,0.3],"requests":{"stable":1200,"c'
+    'anary":340}},{"name":"error-rate","verdict":"NoData","reason":"no requests","sloBreached":true,"eValue":1e'
+    '+300,"eValueNonInferiority":1.0,"threshold":20.0,"estimate":null,"interval":null,"requests":{"stable":0,"c'
+    'anary":0}}],"history":[{"at":"2026-01-01T00:00:00Z","fromPhase":"Initializing","toPhase":"Progressing","fr'
+    'omStep":0,"toStep":1,"action":"Start","reason":"canary pods ready","canaryWeight":5},{"at":"2026-01-01T00:'
+    '10:00Z","fromPhase":"Progressing","toPhase":"Progressing","fromStep":1,"toStep":2,"action":"Advance","reas'
+    'on":"no harm: 一 ok"}],"weights":[{"at":"2026-01-01T00:00:00Z","canaryWeight":5},{"at":"2026-01-01T00:10:00'
+    'Z","canaryWeight":20}],"looks":{"at":["2026-01-01T00:05:00Z","2026-01-01T00:10:00Z"],"step":[1,2],"canaryW'
+    'eight":[5,20],"metrics":[{"name":"latency-p99","verdict":[null,"Inconclusive"],"sloBreached":[null,false],'
+    '"eValue":[null,2.5],"eValueNonInferiority":[null,0.75],"threshold":[null,1e+300],"estimate":[null,0.125],"'
+    'low":[null,-0.05],"high":[null,0.3],"stable":[null,1200],"canary":[null,340]},{"name":"error-rate","verdic'
+    't":[null,"NoData"],"sloBreached":[null,true],"eValue":[null,1e+300],"eValueNonInferiority":[null,1.0],"thr'
+    'eshold":[null,20.0],"estimate":[null,null],"low":[null,null],"high":[null,null],"stable":[null,0],"canary"'
+    ':[null,0]}]},"distributions":[{"at":"2026-01-01T00:10:00Z","step":2,"action":"Advance","metric":"latency-p'
+    '99","edges":[0.1,0.25],"stable":[10,40,50],"canary":[3,9,12]}],"conditions":[{"type":"Progressing","status'
+    '":"True","reason":"Progressing","message":"step 2: holding","lastTransitionTime":"2026-01-01T00:00:00Z"},{'
+    '"type":"Paused","status":"False","reason":"Progressing","message":"step 2: holding","lastTransitionTime":"'
+    '2026-01-01T00:10:00Z"},{"type":"Succeeded","status":"False","reason":"Progressing","message":"step 2: hold'
+    'ing","lastTransitionTime":"2026-01-01T00:10:00Z"},{"type":"Failed","status":"False","reason":"Progressing"'
+    ',"message":"step 2: holding","lastTransitionTime":"2026-01-01T00:10:00Z"}]}'
 )
 
 
@@ -188,6 +285,7 @@ def test_the_stored_json_is_byte_for_byte_what_it_was() -> None:
     )
     assert stored_json(written) == GOLDEN
     assert stored_json(RolloutStatus.read(json.loads(GOLDEN)).dump()) == GOLDEN
+    assert stored_json(RolloutStatus.read(json.loads(LIST_LOG_GOLDEN)).dump()) == GOLDEN
 
 
 # --- anything at all, read leniently ------------------------------------------------------------
@@ -197,7 +295,7 @@ json_values = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
     max_leaves=25,
 )
-WIRE_NAMES = [field.alias for field in RolloutStatus.model_fields.values()]
+WIRE_NAMES = [field.alias for field in RolloutStatus.model_fields.values()] + ["analyses"]  # the list look log
 
 
 def is_int(value: object, low: int | None = None, high: int | None = None) -> bool:
@@ -266,7 +364,7 @@ def well_typed(s: RolloutStatus) -> bool:
         isinstance(a, AnalysisEntry)
         and optional(a.at, moment) and optional(a.step, lambda v: is_int(v, 0))
         and optional(a.canary_weight, lambda v: is_int(v, 0, 100)) and all(metric_well_typed(m) for m in a.metrics)
-        for a in s.analyses
+        for a in s.looks.entries()
     )  # fmt: skip
     shapes = all(
         isinstance(d, DistributionEntry)

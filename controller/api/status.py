@@ -12,6 +12,7 @@ values of the status, so they live here; the state machine (:mod:`controller.jud
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Mapping
 from enum import StrEnum
 from typing import Annotated, Any
@@ -196,12 +197,168 @@ class WeightEntry(Part):
 
 
 class AnalysisEntry(Part):
-    """One look's numbers (the report's e-value and estimate paths)."""
+    """One look's numbers (the report's e-value and estimate paths): a row of :class:`LookLog`, and
+    the stored form of the look log before it was kept as columns (``status.analyses``, still read)."""
 
     at: Moment | None = None
     step: Index | None = None
     canary_weight: Weight | None = None
     metrics: Annotated[list[MetricStatus], EACH] = Field(default_factory=list)
+
+
+def _lenient(value: object, handler: ValidatorFunctionWrapHandler) -> object:
+    """A part read with its unreadable fields left out (their defaults), not refused whole."""
+    try:
+        return handler(value)
+    except ValidationError as error:
+        readable = _readable(value, error, 0)
+        if readable is None:
+            raise
+        return handler(readable)
+
+
+#: A part whose unreadable fields are left out (see :func:`_lenient`).
+LENIENT = WrapValidator(_lenient)
+#: A column of the look log: a value per look, None where that look had none.
+Column = Annotated[list[Any], Field(default_factory=list)]
+#: The look log's numbers keep this many significant digits: a plot's resolution is far coarser, and
+#: the digits past it are a third of the log's bytes. The latest look (``metrics``) keeps every digit.
+LOOK_DIGITS = 6
+
+
+def _nth(column: list[Any], i: int) -> Any:
+    """Look ``i``'s value of a column (None past its end: a column shorter than the log, as read)."""
+    return column[i] if i < len(column) else None
+
+
+def _compact(value: Any) -> Any:
+    """A real to :data:`LOOK_DIGITS` significant digits; an integer, a flag or None as it is."""
+    if isinstance(value, float) and math.isfinite(value):
+        return float(f"{value:.{LOOK_DIGITS}g}")
+    return value
+
+
+class MetricLooks(Part):
+    """One metric's numbers at every look of the log, a column per field of :class:`MetricStatus`
+    (the interval's ends and the request counts each a column of their own)."""
+
+    model_config = ConfigDict(allow_inf_nan=True)
+
+    name: str
+    verdict: list[Annotated[Verdict, Field(strict=False)] | None] = Field(default_factory=list)
+    slo_breached: list[bool | None] = Field(default_factory=list)
+    e_value: list[Real | None] = Field(default_factory=list)
+    e_value_non_inferiority: list[Real | None] = Field(default_factory=list)
+    threshold: list[Real | None] = Field(default_factory=list)
+    estimate: list[Real | None] = Field(default_factory=list)
+    low: list[Real | None] = Field(default_factory=list)
+    high: list[Real | None] = Field(default_factory=list)
+    stable: list[int | None] = Field(default_factory=list)
+    canary: list[int | None] = Field(default_factory=list)
+
+    def row(self, i: int) -> MetricStatus | None:
+        """The metric at look ``i``; None when that look did not have it (every value None)."""
+        low, high = _nth(self.low, i), _nth(self.high, i)
+        stable, canary = _nth(self.stable, i), _nth(self.canary, i)
+        values = {field: _nth(getattr(self, field), i) for field in _METRIC_COLUMNS}
+        if all(v is None for v in (*values.values(), low, high, stable, canary)):
+            return None
+        return MetricStatus.model_construct(
+            name=self.name,
+            **values,
+            interval=[low, high] if (low, high) != (None, None) else None,
+            requests=Requests.model_construct(stable=stable, canary=canary)
+            if (stable, canary) != (None, None)
+            else None,
+        )
+
+
+#: The columns of :class:`MetricLooks` that are :class:`MetricStatus` fields of the same name.
+_METRIC_COLUMNS = ("verdict", "slo_breached", "e_value", "e_value_non_inferiority", "threshold", "estimate")
+
+
+def _columns(metric: MetricStatus | None) -> dict[str, Any]:
+    """A look's metric as one value per column of :class:`MetricLooks` (all None: the look lacks it)."""
+    if metric is None:
+        return dict.fromkeys((*_METRIC_COLUMNS, "low", "high", "stable", "canary"))
+    values = {field: _compact(getattr(metric, field)) for field in _METRIC_COLUMNS}
+    low, high = metric.interval if metric.interval is not None else (None, None)
+    requests = metric.requests or Requests()
+    return {
+        **values,
+        "low": _compact(low),
+        "high": _compact(high),
+        "stable": requests.stable,
+        "canary": requests.canary,
+    }
+
+
+class LookLog(Part):
+    """Every look's numbers (the report's e-value and estimate paths), kept as columns: a list per
+    field, a value per look. A column shorter than ``at`` (as read) is None past its end.
+
+    Columns, not a list of looks: the field names are written once, not once a look, so the log of a
+    two-hour analysis is half the bytes, and every reconcile writes and reads it whole.
+    """
+
+    at: list[Moment | None] = Field(default_factory=list)
+    step: list[Index | None] = Field(default_factory=list)
+    canary_weight: list[Weight | None] = Field(default_factory=list)
+    metrics: Annotated[list[MetricLooks], EACH] = Field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.at)
+
+    def entries(self) -> list[AnalysisEntry]:
+        """The looks as rows, oldest first: a metric is in a look's row when the look had it."""
+        return [
+            AnalysisEntry.model_construct(
+                at=at,
+                step=_nth(self.step, i),
+                canary_weight=_nth(self.canary_weight, i),
+                metrics=[row for metric in self.metrics if (row := metric.row(i)) is not None],
+            )
+            for i, at in enumerate(self.at)
+        ]
+
+    def appended(self, entry: AnalysisEntry, limit: int) -> LookLog:
+        """The log with ``entry`` added (its numbers to :data:`LOOK_DIGITS` digits), the oldest beyond
+        ``limit`` looks dropped, and a metric none of the kept looks had left out."""
+        if limit <= 0:
+            return LookLog()
+        n = len(self.at)
+        start = max(n - (limit - 1), 0)
+
+        def kept(column: list[Any], value: Any) -> list[Any]:
+            return [*(column + [None] * n)[start:n], value]
+
+        looked: dict[str, MetricStatus] = {}
+        for metric in entry.metrics:
+            if metric.name is not None:
+                looked.setdefault(metric.name, metric)  # a name twice (as read): the first
+        before: dict[str, MetricLooks] = {}
+        for metric_looks in self.metrics:
+            before.setdefault(metric_looks.name, metric_looks)  # likewise
+        metrics = []
+        for name in dict.fromkeys([*before, *looked]):
+            old, now = before.get(name), _columns(looked.get(name))
+            columns = {field: kept(getattr(old, field) if old else [], value) for field, value in now.items()}
+            if any(v is not None for column in columns.values() for v in column):
+                metrics.append(MetricLooks.model_construct(None, name=name, **columns))
+        return LookLog.model_construct(
+            at=kept(self.at, entry.at),
+            step=kept(self.step, entry.step),
+            canary_weight=kept(self.canary_weight, entry.canary_weight),
+            metrics=metrics,
+        )
+
+    @classmethod
+    def of(cls, entries: list[AnalysisEntry], limit: int) -> LookLog:
+        """The log of looks given as rows (the list form a status stored before the columns)."""
+        log = cls()
+        for entry in entries[-limit:] if limit > 0 else []:
+            log = log.appended(entry, limit)
+        return log
 
 
 class DistributionEntry(Part):
@@ -248,7 +405,7 @@ class RolloutStatus(Part):
     metrics: Annotated[list[MetricStatus], EACH] = Field(default_factory=list)
     history: Annotated[list[StoredTransition], EACH] = Field(default_factory=list)
     weights: Annotated[list[WeightEntry], EACH] = Field(default_factory=list)
-    analyses: Annotated[list[AnalysisEntry], EACH] = Field(default_factory=list)
+    looks: Annotated[LookLog, LENIENT] = Field(default_factory=LookLog)
     distributions: Annotated[list[DistributionEntry], EACH] = Field(default_factory=list)
     conditions: Annotated[list[Condition], EACH] = Field(default_factory=list)
 
@@ -258,6 +415,13 @@ class RolloutStatus(Part):
         if not isinstance(raw, Mapping):
             return cls()
         known = {key: raw[key] for key in _WIRE_NAMES if key in raw}
+        if "looks" not in raw and "analyses" in raw:  # the look log as a list: stored before the columns
+            entries = (
+                _ANALYSES.validate_python(raw["analyses"], context=_READING)
+                if isinstance(raw["analyses"], list)
+                else []
+            )
+            known["looks"] = LookLog.of(entries, len(entries))
         try:
             return cls.model_validate(known, context=_READING)
         except ValidationError as error:  # a field that is not of its type is left out: None
@@ -267,6 +431,7 @@ class RolloutStatus(Part):
 _WIRE_NAMES = tuple(field.alias or name for name, field in RolloutStatus.model_fields.items())
 
 
+_ANALYSES = TypeAdapter(Annotated[list[AnalysisEntry], EACH])
 _METRICS = TypeAdapter(Annotated[list[MetricStatus], EACH])
 
 

@@ -21,6 +21,7 @@ from controller.api.status import (
     AnalysisEntry,
     Condition,
     DistributionEntry,
+    LookLog,
     MetricStatus,
     Phase,
     Requests,
@@ -46,7 +47,7 @@ BUCKET_NAME_LIMIT = 63
 #: object over 1.5 MiB, and the spec and metadata need their share. Past it the oldest log entries go.
 STATUS_BYTES_LIMIT = 256 * 1024
 #: Logs given up first when the status outgrows its bound; the decision history keeps its last entry.
-_SHED_ORDER = ("distributions", "analyses", "weights", "history")
+_SHED_ORDER = ("distributions", "looks", "weights", "history")
 #: A metric's reason when even the latest evidence outgrows the bound (50 metrics x 1 KiB of CJK do).
 METRIC_REASON_SHORT = 200
 #: A command id is compared with the annotation's: bounded like a label value, far above any real one.
@@ -97,7 +98,7 @@ def to_status(
     looked = [metric_status(m) for m in evidence.metrics] if evidence is not None else None
     changed = bool(status.history) and status.history[-1].at == now
     if previous.canary_revision not in (None, "", status.canary_revision):
-        previous = previous.model_copy(update={"weights": [], "analyses": [], "distributions": []})
+        previous = previous.model_copy(update={"weights": [], "looks": LookLog(), "distributions": []})
     last_command = command_id if command_id is not None else previous.last_command_id
     written = RolloutStatus(
         phase=status.phase,
@@ -114,7 +115,7 @@ def to_status(
         metrics=looked if looked is not None else previous.metrics,
         history=[transition_status(t) for t in status.history],
         weights=weights_log(previous.weights, routes.canary_weight, now),
-        analyses=analyses_log(previous.analyses, status, routes, looked, now),
+        looks=looks_log(previous.looks, status, routes, looked, now),
         distributions=distributions_log(previous.distributions, status, evidence, now, changed=changed),
         conditions=conditions(status, previous.conditions, now, gate),
     )
@@ -130,6 +131,12 @@ def bounded(body: dict[str, Any], limit: int = STATUS_BYTES_LIMIT) -> dict[str, 
     size = _size(body)
     for key in _SHED_ORDER:
         entries = body.get(key)
+        if key == "looks" and isinstance(entries, dict):
+            while size > limit and (n := len(entries.get("at") or ())) > 0:
+                per_look = _size(entries) / n  # drop about as many as the excess needs, then measure again
+                _drop_oldest_looks(entries, min(n, max(1, math.ceil((size - limit) / per_look))))
+                size = _size(body)
+            continue
         if size <= limit or not isinstance(entries, list):
             continue
         keep = 1 if key == "history" else 0
@@ -141,6 +148,15 @@ def bounded(body: dict[str, Any], limit: int = STATUS_BYTES_LIMIT) -> dict[str, 
             if isinstance(metric, dict) and isinstance(metric.get("reason"), str):
                 metric["reason"] = printable(metric["reason"], METRIC_REASON_SHORT)
     return body
+
+
+def _drop_oldest_looks(looks: dict[str, Any], count: int) -> None:
+    """The stored look log (columns) without its ``count`` oldest looks."""
+    metrics = looks.get("metrics")
+    for part in (looks, *(m for m in metrics if isinstance(m, dict))) if isinstance(metrics, list) else (looks,):
+        for key, column in part.items():
+            if isinstance(column, list) and column is not metrics:
+                part[key] = column[count:]
 
 
 def _size(value: Any) -> int:
@@ -156,16 +172,15 @@ def weights_log(previous: list[WeightEntry], weight: int, now: float) -> list[We
     return log[-WEIGHTS_LIMIT:]
 
 
-def analyses_log(
-    previous: list[AnalysisEntry], status: Status, routes: RouteState, looked: list[MetricStatus] | None, now: float
-) -> list[AnalysisEntry]:
+def looks_log(
+    previous: LookLog, status: Status, routes: RouteState, looked: list[MetricStatus] | None, now: float
+) -> LookLog:
     """Every look's numbers (the e-value paths and estimates the report draws); ``looked``: this
     look's metrics, None when there was no look."""
-    log = list(previous)
-    if looked is not None:
-        metrics = [m.model_copy(update={"reason": None}) for m in looked]
-        log.append(AnalysisEntry(at=now, step=status.step, canary_weight=routes.canary_weight, metrics=metrics))
-    return log[-ANALYSES_LIMIT:]
+    if looked is None:
+        return previous if len(previous) <= ANALYSES_LIMIT else LookLog.of(previous.entries(), ANALYSES_LIMIT)
+    entry = AnalysisEntry.model_construct(at=now, step=status.step, canary_weight=routes.canary_weight, metrics=looked)
+    return previous.appended(entry, ANALYSES_LIMIT)
 
 
 def distributions_log(

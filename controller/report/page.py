@@ -1,7 +1,7 @@
 """``canarist report``: one rollout as an HTML page with PNG plots, from its spec and stored status.
 
 The status the in-cluster controller writes is enough: the decision log (``history``), the weight
-in force over time (``weights``), every look's numbers (``analyses``) and the latency buckets at
+in force over time (``weights``), every look's numbers (``looks``) and the latency buckets at
 each decision (``distributions``). Any of these may be missing in an older status: a plot without
 its data is skipped with a note on the page, never a crash. :mod:`controller.report.series` turns
 the status into plot-ready series (pure) and :mod:`controller.report.drawing` draws them; this

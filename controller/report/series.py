@@ -138,7 +138,7 @@ def timed(log: Sequence[E]) -> list[tuple[float, E]]:
 
 def times(status: RolloutStatus) -> list[float]:
     """Every time the status records, in order."""
-    logs: tuple[Sequence[Timed], ...] = (status.history, status.weights, status.analyses, status.distributions)
+    logs: tuple[Sequence[Timed], ...] = (status.history, status.weights, status.looks.entries(), status.distributions)
     found = [t for log in logs for t, _ in timed(log)]
     found += [t for t in (status.step_started_at, status.last_analysis_at) if t is not None]
     return sorted(found)
@@ -195,8 +195,8 @@ def weight_series(status: RolloutStatus, rollout: ModelRollout | None, t0: float
 
 
 def looks(status: RolloutStatus) -> list[tuple[float, list[MetricStatus]]]:
-    """(time, named metrics) of every look: ``analyses``, else the latest ``metrics`` alone."""
-    found = [(t, [m for m in e.metrics if m.name is not None]) for t, e in timed(status.analyses)]
+    """(time, named metrics) of every look: the look log, else the latest ``metrics`` alone."""
+    found = [(t, [m for m in e.metrics if m.name is not None]) for t, e in timed(status.looks.entries())]
     last = status.last_analysis_at
     if not found and last is not None:
         found.append((last, [m for m in status.metrics if m.name is not None]))

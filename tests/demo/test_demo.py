@@ -115,7 +115,7 @@ def test_an_slo_breach_rolls_back_at_the_first_look_after_it(tmp_path: Path) -> 
     # The first look that can see the breach is the first whose windows (on the interval grid) cover it.
     interval = float(result.rollout["spec"]["strategy"]["interval"].removesuffix("s"))
     seen_from = math.ceil(result.broke_at / interval) * interval
-    looks = [parse_timestamp(a["at"]) for a in status["analyses"] if parse_timestamp(a["at"]) >= seen_from]
+    looks = [parse_timestamp(at) for at in status["looks"]["at"] if parse_timestamp(at) >= seen_from]
     assert looks and parse_timestamp(rollback["at"]) == looks[0], (result.broke_at, looks)
     advances = [t for t in status["history"] if t["action"] == "Advance"]
     # Healthy until then: no look that could see the breach advanced (a look just after the break,

@@ -59,7 +59,7 @@ from controller.traffic.adopt import fqdn
 Key = tuple[str, str, str, str]  # group, plural, namespace, name
 ISTIO = "networking.istio.io"
 ROLLOUTS = ("canarist.io", "modelrollouts")
-LOG_LIMITS = {"history": HISTORY_LIMIT, "weights": WEIGHTS_LIMIT, "analyses": ANALYSES_LIMIT}
+LOG_LIMITS = {"history": HISTORY_LIMIT, "weights": WEIGHTS_LIMIT, "looks": ANALYSES_LIMIT}
 LOG_LIMITS["distributions"] = DISTRIBUTIONS_LIMIT
 PROMOTIONS = ("Advance", "Promote")
 #: The decisions from which the controller analyses a canary afresh (its windows begin there).
@@ -108,6 +108,15 @@ def _analysis_start(history: list[dict[str, Any]]) -> tuple[int, float] | None:
 
 def _dicts(value: Any) -> list[dict[str, Any]]:
     return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+
+
+def _log_length(value: Any) -> int:
+    """Entries of a stored log: a list's mappings, or the look log's looks (its longest column)."""
+    if isinstance(value, dict):
+        columns = [value.get(key) for key in ("at", "step", "canaryWeight")]
+        columns += [column for metric in _dicts(value.get("metrics")) for column in metric.values()]
+        return max((len(c) for c in columns if isinstance(c, list)), default=0)
+    return len(_dicts(value))
 
 
 def _size(value: Any) -> int:
@@ -216,8 +225,8 @@ class InvariantChecker:
         if new == old:
             return
         for log, limit in LOG_LIMITS.items():
-            if len(_dicts(new.get(log))) > limit:
-                self._violate("status-bounds", key, version, f"{log} holds {len(new[log])} entries (limit {limit})")
+            if (length := _log_length(new.get(log))) > limit:
+                self._violate("status-bounds", key, version, f"{log} holds {length} entries (limit {limit})")
         size = _size(new)
         if size > STATUS_BYTES_LIMIT:
             self._violate("status-bounds", key, version, f"status is {size} bytes (limit {STATUS_BYTES_LIMIT})")

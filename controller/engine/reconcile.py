@@ -375,10 +375,11 @@ def analysis_windows(rollout: ModelRollout, status: Status, now: float) -> tuple
     started = next((t.at for t in reversed(status.history) if t.action in ANALYSIS_STARTS), None)
     start = started if started is not None else status.step_started_at
     unsettled = _unsettled(status.history)
+    shares: dict[tuple[Phase, int], float] = {}
     windows = []
     for end in window_ends(interval, now, most=MAX_WINDOWS, since=start):
         steady = not any(end > decided and end - 2 * interval < routed for decided, routed in unsettled)
-        windows.append(Window(end - interval, end, _mean_share(rollout, status, end - interval, end), steady))
+        windows.append(Window(end - interval, end, _mean_share(rollout, status, end - interval, end, shares), steady))
     return tuple(windows)
 
 
@@ -395,11 +396,13 @@ def _unsettled(history: Sequence[Transition]) -> list[tuple[float, float]]:
     return spans
 
 
-def _mean_share(rollout: ModelRollout, status: Status, start: float, end: float) -> float:
+def _mean_share(
+    rollout: ModelRollout, status: Status, start: float, end: float, memo: dict[tuple[Phase, int], float]
+) -> float:
     cuts = sorted({start, end, *(t.at for t in status.history if start < t.at < end)})
     total = 0.0
     for a, b in itertools.pairwise(cuts):
-        total += (b - a) * share_at(rollout, status, a)
+        total += (b - a) * share_at(rollout, status, a, memo)
     return min(max(total / (end - start), 0.0), 1.0)
 
 

@@ -373,16 +373,26 @@ def pending_command(rollout_obj: Mapping[str, Any], now: float) -> tuple[Command
     return (command, found.command_id) if found is not None and command is not None else None
 
 
-def share_at(rollout: ModelRollout, status: Status, moment: float) -> float:
-    """The canary's realized traffic share in force at ``moment``, replayed from the history."""
-    state = Status(phase=Phase.INITIALIZING)
+def share_at(
+    rollout: ModelRollout, status: Status, moment: float, memo: dict[tuple[Phase, int], float] | None = None
+) -> float:
+    """The canary's realized traffic share in force at ``moment``, replayed from the history.
+
+    ``memo`` keeps each phase and step's share across calls for the same rollout and status (the
+    windows of a long analysis replay the same few steps hundreds of times)."""
+    phase, step = Phase.INITIALIZING, 0
     for transition in status.history:
         if transition.at > moment:
             break
-        state = Status(phase=transition.to_phase, step=transition.to_step)
-    if state.phase is Phase.INITIALIZING:
+        phase, step = transition.to_phase, transition.to_step
+    if phase is Phase.INITIALIZING:
         return 0.0
-    return realized_share(rollout, routes_for(rollout, state))
+    if memo is not None and (phase, step) in memo:
+        return memo[phase, step]
+    share = realized_share(rollout, routes_for(rollout, Status(phase=phase, step=step)))
+    if memo is not None:
+        memo[phase, step] = share
+    return share
 
 
 def _e(value: float) -> float:

@@ -80,13 +80,19 @@ class WindowCache:
     def settled(self, window: Window, at: float) -> bool:
         return window.end <= at - self.settle
 
+    def kept(self, signature: int, window: Window) -> dict[Slot, Any] | None:
+        """Every value kept for one window of the rollout, by slot (each as kept: see :func:`unpacked`);
+        None when none is. A look takes each covered window's values once, not once a series."""
+        entry = self.entries.get(_key(signature, window))
+        return entry.values if entry is not None else None
+
     def get(self, signature: int, window: Window, slot: Slot) -> tuple[bool, Any]:
         """(found, value) of one series' version in one window."""
-        entry = self.entries.get(_key(signature, window))
-        if entry is None or slot not in entry.values:
+        values = self.kept(signature, window)
+        if values is None or slot not in values:
             return False, None
         self.hits += 1
-        return True, _unpacked(entry.values[slot])
+        return True, unpacked(values[slot])
 
     def put(self, signature: int, window: Window, slot: Slot, value: Any) -> None:
         """Keep a value built without doubt for a window settled as of the look (the caller checks both)."""
@@ -131,7 +137,8 @@ class WindowCache:
         return value
 
 
-def _unpacked(value: Any) -> Any:
+def unpacked(value: Any) -> Any:
+    """A kept value as it was put (a packed mapping a dict again)."""
     if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], _Packed):
         packed, notes = value
         return dict(zip(packed.keys, packed.values, strict=True)), notes

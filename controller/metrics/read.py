@@ -24,7 +24,7 @@ from typing import ClassVar, Protocol, TypeVar
 from controller.api.kinds import Shape
 from controller.api.metrics_spec import Metric
 from controller.metrics.bounds import MAX_HISTOGRAM_EDGES, coarsen
-from controller.metrics.cache import WindowCache
+from controller.metrics.cache import WindowCache, unpacked
 from controller.metrics.catalog import Ask, MetricPlan, Planner, Role, RolloutAsks
 from controller.metrics.plan import Plan, Target
 from controller.metrics.samples import (
@@ -195,6 +195,8 @@ class Builder:
         #: The windows the look did not ask for: read from the cache. Any other is read afresh from
         #: the answers, every series of it, so a look reads a window either wholly kept or wholly new.
         self._covered = reader.plan.covered.get(target.key, frozenset())
+        #: The covered windows' kept values, by window index: taken from the cache once per look.
+        self._kept = {i: cache.kept(signature, target.windows[i]) for i in self._covered} if cache is not None else {}
 
     def collect(
         self, fn: Callable[[Window, str], Valued[T]], tag: str
@@ -222,11 +224,11 @@ class Builder:
         cache = self.cache
         if cache is None:
             return fn(window, side)
+        kept = self._kept.get(i)
+        if kept is not None and (tag, side) in kept:
+            cache.hits += 1
+            return unpacked(kept[tag, side])  # type: ignore[no-any-return]
         settled = cache.settled(window, self.at)
-        if i in self._covered:
-            found, value = cache.get(self.signature, window, (tag, side))
-            if found:
-                return value  # type: ignore[no-any-return]
         self.reader.doubted = False
         got = fn(window, side)
         if settled and not self.reader.doubted:

@@ -274,6 +274,7 @@ def run_size(n: int, minutes: int, cache: bool) -> dict[str, Any]:
 def summary(record: Mapping[str, Any]) -> dict[str, Any]:
     """The steady passes' medians (the first two start the rollouts and read their whole past)."""
     steady = record["passes"][2:] or record["passes"]
+    late = record["passes"][-10:]
 
     def median(key: str) -> float:
         return float(np.median([p[key] for p in steady]))
@@ -294,6 +295,11 @@ def summary(record: Mapping[str, Any]) -> dict[str, Any]:
         # the first pass starts every rollout (no look): the looks' passes are what the interval bounds
         "every_look_within_a_minute": all(p["pass_seconds"] < 60 for p in record["passes"] if p["looks"]),
         "first_pass_seconds": record["passes"][0]["pass_seconds"] if record["passes"] else None,
+        # the last ten passes: the analyses' oldest, where what grows with age costs most
+        "late_minutes": [late[0]["minute"], late[-1]["minute"]] if late else None,
+        "late_pass_seconds": float(np.median([p["pass_seconds"] for p in late])) if late else None,
+        "late_cpu_seconds_per_minute": float(np.median([p["cpu_seconds"] for p in late])) if late else None,
+        "late_max_pass_seconds": max(p["pass_seconds"] for p in late) if late else None,
     }
 
 
@@ -303,16 +309,19 @@ def plot(records: Sequence[Mapping[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     from matplotlib import pyplot
 
-    figure, (left, right) = pyplot.subplots(1, 2, figsize=(11, 4))
+    figure, (left, middle, right) = pyplot.subplots(1, 3, figsize=(15, 4))
     for r in records:
         label = f"N={r['rollouts']}" + ("" if r["cache"] else " (no cache)")
         minutes = [p["minute"] for p in r["passes"]]
         left.plot(minutes, [p["prometheus_samples"] / r["rollouts"] for p in r["passes"]], marker=".", label=label)
-        right.plot(minutes, [p["pass_seconds"] for p in r["passes"]], marker=".", label=label)
+        middle.plot(minutes, [p["pass_seconds"] for p in r["passes"]], marker=".", label=label)
+        right.plot(minutes, [p["cpu_seconds"] for p in r["passes"]], marker=".", label=label)
     left.set(xlabel="minute of the rollouts' analysis", ylabel="samples fetched per look, per rollout")
-    right.set(xlabel="minute", ylabel="seconds per pass (one look a minute each)")
-    right.axhline(60, color="gray", linestyle="--")
-    for ax in (left, right):
+    middle.set(xlabel="minute", ylabel="seconds per pass (one look a minute each)")
+    right.set(xlabel="minute", ylabel="controller CPU seconds per pass")
+    for ax in (middle, right):
+        ax.axhline(60, color="gray", linestyle="--")  # the interval: a pass, and one core
+    for ax in (left, middle, right):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     figure.tight_layout()

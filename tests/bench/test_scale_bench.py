@@ -18,7 +18,9 @@ def test_a_pass_is_one_look_and_fetches_the_new_windows_only() -> None:
     assert len(set(fetched)) == 1, fetched  # flat: the newest windows only
     grown = [p["prometheus_samples"] for p in again["passes"][1:]]
     assert grown == sorted(grown) and grown[-1] > grown[0]  # every window since the start, every time
-    assert scale.summary(kept)["every_pass_within_a_minute"]
+    summary = scale.summary(kept)
+    assert summary["every_pass_within_a_minute"]
+    assert summary["late_minutes"] == [0, 4] and summary["late_max_pass_seconds"] >= summary["late_pass_seconds"] > 0
 
 
 def test_the_history_holds_what_the_policies_read(tmp_path: Path) -> None:

@@ -66,7 +66,6 @@ records) and ``documents`` (patches, selectors, errors: pure functions over dict
 
 from __future__ import annotations
 
-import copy
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -81,7 +80,7 @@ from kubernetes import client
 
 from controller.sandbox.localapi import discovery
 from controller.sandbox.localapi.calls import ANONYMOUS, Caller, Fault, Request, RequestFilter, WriteObserver
-from controller.sandbox.localapi.documents import ApiError, field_matcher, label_matcher, selected
+from controller.sandbox.localapi.documents import ApiError, clone, field_matcher, label_matcher, selected
 from controller.sandbox.localapi.handler import RequestHandler
 from controller.sandbox.localapi.resources import RESOURCES, Key, Route, now
 from controller.sandbox.localapi.store import Objects, ObjectStore
@@ -146,7 +145,7 @@ class LocalApiServer(ObjectStore):
         """Store ``obj`` as given (status included), filling in the server-set metadata."""
         group = obj["apiVersion"].rpartition("/")[0]
         resource = next(r for r in RESOURCES.values() if r.group == group and r.kind == obj["kind"])
-        stored = copy.deepcopy(obj)
+        stored = clone(obj)
         metadata = stored.setdefault("metadata", {})
         metadata.setdefault("namespace", "default")
         metadata.setdefault("uid", str(uuid.uuid4()))
@@ -154,13 +153,13 @@ class LocalApiServer(ObjectStore):
         metadata.setdefault("generation", 1)
         with self.cond:
             key = (group, resource.plural, metadata["namespace"], metadata["name"])
-            return copy.deepcopy(self._commit(key, stored, "MODIFIED" if key in self.objects else "ADDED"))
+            return clone(self._commit(key, stored, "MODIFIED" if key in self.objects else "ADDED"))
 
     def get(self, group: str, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
         """The stored object, or None (a copy: changing it changes nothing)."""
         with self.cond:
             found = self.objects.get((group, plural, namespace, name))
-            return copy.deepcopy(found) if found is not None else None
+            return clone(found) if found is not None else None
 
     def compact(self) -> None:
         """Forget history: watches from an older resourceVersion get 410 Expired."""

@@ -9,7 +9,6 @@ serves it over HTTP; every method here runs with ``cond`` held by the caller (``
 
 from __future__ import annotations
 
-import copy
 import secrets
 import threading
 import time
@@ -21,6 +20,7 @@ from controller.sandbox.localapi.calls import WriteObserver
 from controller.sandbox.localapi.discovery import patch_types
 from controller.sandbox.localapi.documents import (
     ApiError,
+    clone,
     field_matcher,
     json_patch,
     label_matcher,
@@ -83,7 +83,7 @@ class ObjectStore:
     bookmark_interval: float
 
     def _out(self, route: Route, obj: dict[str, Any]) -> dict[str, Any]:
-        return {**copy.deepcopy(obj), "apiVersion": route.api_version, "kind": route.resource.kind}
+        return {**clone(obj), "apiVersion": route.api_version, "kind": route.resource.kind}
 
     def _existing(self, route: Route, key: Key | None = None) -> dict[str, Any]:
         found = self.objects.get(key or route.key())
@@ -99,7 +99,7 @@ class ObjectStore:
             self.objects.pop(key, None)
         else:
             self.objects[key] = obj
-        self.history.append((self.resource_version, kind, key, copy.deepcopy(obj)))
+        self.history.append((self.resource_version, kind, key, clone(obj)))
         if self.write_observer is not None:
             self.write_observer(self.resource_version, kind, key, self.history[-1][3])
         self.cond.notify_all()
@@ -117,7 +117,7 @@ class ObjectStore:
     def _create(self, route: Route, body: Any, manager: str = "unknown") -> dict[str, Any]:
         if not isinstance(body, dict):
             raise ApiError(400, "the body of the request must be an object")
-        obj = copy.deepcopy(body)
+        obj = clone(body)
         metadata = obj.setdefault("metadata", {})
         if metadata.get("namespace", route.namespace) != route.namespace:
             raise ApiError(400, "the namespace of the provided object does not match the namespace sent on the request")
@@ -180,12 +180,12 @@ class ObjectStore:
         if new_meta.get("uid") not in (None, old["metadata"]["uid"]):
             raise ApiError(409, conflict + "Precondition failed: UID in precondition does not match")
         if route.sub == "status":
-            merged = copy.deepcopy(old)
+            merged = clone(old)
             merged.pop("status", None)
             if body.get("status") is not None:
-                merged["status"] = copy.deepcopy(body["status"])
+                merged["status"] = clone(body["status"])
         else:
-            merged = copy.deepcopy(body)
+            merged = clone(body)
             meta = merged.setdefault("metadata", {})
             for kept in ("name", "namespace", "uid", "creationTimestamp", "generation", "deletionTimestamp"):
                 meta.pop(kept, None)
@@ -193,7 +193,7 @@ class ObjectStore:
                     meta[kept] = old["metadata"][kept]
             merged.pop("status", None)
             if route.resource.status and "status" in old:
-                merged["status"] = copy.deepcopy(old["status"])
+                merged["status"] = clone(old["status"])
             if _content(merged) != _content(old):
                 meta["generation"] = old["metadata"].get("generation", 1) + 1
         merged.update(apiVersion=old["apiVersion"], kind=old["kind"])
@@ -233,12 +233,12 @@ class ObjectStore:
                 )
         if old["metadata"].get("finalizers"):
             if not old["metadata"].get("deletionTimestamp"):
-                marked = copy.deepcopy(old)
+                marked = clone(old)
                 marked["metadata"]["deletionTimestamp"] = now()
                 marked["metadata"]["generation"] = old["metadata"].get("generation", 1) + 1
                 self._commit(key, marked, "MODIFIED")
             return self._out(route, self.objects[key])
-        self._remove(key, copy.deepcopy(old), orphan=options.get("propagationPolicy") == "Orphan")
+        self._remove(key, clone(old), orphan=options.get("propagationPolicy") == "Orphan")
         details = {"name": key[3], "group": key[0], "kind": key[1], "uid": old["metadata"]["uid"]}
         return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": details}
 
@@ -253,7 +253,7 @@ class ObjectStore:
                 continue
             rest = [r for r in refs if r.get("uid") != uid]
             if orphan or any(r.get("uid") in live for r in rest):
-                kept = copy.deepcopy(dependent)
+                kept = clone(dependent)
                 kept["metadata"]["ownerReferences"] = rest
                 if not rest:
                     del kept["metadata"]["ownerReferences"]
@@ -294,7 +294,7 @@ class ObjectStore:
             return reported
 
     def _reconciled(self, key: Key, obj: dict[str, Any], generation: int) -> None:
-        reported = copy.deepcopy(obj)
+        reported = clone(obj)
         condition = {"type": "Reconciled", "status": "True", "lastProbeTime": now(), "lastTransitionTime": now()}
         reported["status"] = {"observedGeneration": generation, "conditions": [condition]}
         self._commit(key, reported, "MODIFIED")

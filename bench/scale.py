@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import multiprocessing
 import platform
 import resource
@@ -34,11 +35,13 @@ from typing import Any
 import numpy as np
 
 from controller.api.model import ModelRollout
+from controller.api.times import timestamp
 from controller.edges.kube import KubeCluster
 from controller.edges.kube.informer import Informer
 from controller.edges.prometheus import PrometheusClient, PrometheusSettings
 from controller.edges.prometheus.client import Points, Sample
 from controller.engine.ports import EdgeFailure, MetricsSource
+from controller.engine.record import ANALYSES_LIMIT
 from controller.manager.loop import Manager
 from controller.manager.wiring import PrometheusSource
 from controller.metrics.cache import WindowCache
@@ -50,6 +53,8 @@ from controller.traffic.templating import default_environment
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "scale.json"
 T0 = 1_800_000_000  # on the minute grid
 SCRAPE = 30
+#: Rollouts per look while a restarted controller first reads their whole past (``--age``).
+AGE_SLICE = 250
 ISTIO_LE = ("5", "10", "25", "50", "100", "250", "500", "1000", "2500", "5000", "+Inf")
 RPS = 2.0  # requests per second per rollout
 CANARY_SHARE = 0.05
@@ -204,14 +209,58 @@ def api_server() -> Iterator[tuple[str, Connection]]:
         process.join(10)
 
 
-def run_size(n: int, minutes: int, cache: bool) -> dict[str, Any]:
-    """One size, in this process: the per-pass numbers and the peak memory."""
+def aged_looks(looks: Mapping[str, Any], count: int) -> dict[str, Any]:
+    """A look log of ``count`` looks a minute apart from T0 on, each the values of ``looks``' last:
+    the status of an analysis that has looked every minute since T0 (its log as long as it would be)."""
+
+    def column(values: Sequence[Any]) -> list[Any]:
+        return [values[-1]] * count
+
+    return {
+        "at": [timestamp(T0 + 60 * (k + 1)) for k in range(count)],
+        "step": column(looks["step"]),
+        "canaryWeight": column(looks["canaryWeight"]),
+        "metrics": [{k: v if k == "name" else column(v) for k, v in m.items()} for m in looks["metrics"]],
+    }
+
+
+def age_rollouts(cluster: KubeCluster, manager: Manager, clock: list[float], n: int, age: int) -> float:
+    """Bring the ``n`` rollouts to ``age`` minutes of analysis as a controller restarted then finds
+    them: started at T0, one look a minute since (their status' look log as long as that makes it),
+    and nothing kept in memory. The first look after a restart reads every window since T0: here in
+    slices of rollouts, so that no one answer holds all of them. Returns the seconds it took."""
+    if age < 3:
+        raise ValueError("an age is at least 3 minutes: the start, a look, and the restart's first look")
+    started = time.perf_counter()
+    for minute in (0, 1):  # the Start, then one look: the shape of a look's numbers
+        clock[0] = T0 + 60 * minute + 1
+        manager.due.clear()
+        manager.tick()
+    objects, _ = cluster.list_rollouts(None)
+    for obj in objects:  # looked at minutes 1 to age - 2; the first look after the restart is at age - 1
+        status = dict(obj["status"])
+        status["looks"] = aged_looks(status["looks"], min(age - 2, ANALYSES_LIMIT - 1))
+        status["lastAnalysisAt"] = timestamp(T0 + 60 * (age - 2))
+        metadata = obj["metadata"]
+        cluster.patch_rollout_status(metadata["namespace"], metadata["name"], status, metadata["resourceVersion"])
+    clock[0] = T0 + 60 * (age - 1) + 1
+    keys = [f"{o['metadata']['namespace']}/{o['metadata']['name']}" for o in objects]
+    for first in range(0, n, AGE_SLICE):
+        due = set(keys[first : first + AGE_SLICE])
+        manager.due = {key: (0.0 if key in due else math.inf) for key in keys}
+        manager.tick()
+    return time.perf_counter() - started
+
+
+def run_size(n: int, minutes: int, cache: bool, age: int = 0) -> dict[str, Any]:
+    """One size, in this process: the per-pass numbers and the peak memory. With ``age``, the passes
+    begin at that minute of the rollouts' analysis (see :func:`age_rollouts`)."""
     from kubernetes import client as kube
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         started = time.time()
-        samples = history(n, minutes + 2, work / "history.om")
+        samples = history(n, age + minutes + 2, work / "history.om")
         subprocess.run(
             [require(PROMTOOL, "prometheus"), "tsdb", "create-blocks-from", "openmetrics", str(work / "history.om"),
              str(work / "prometheus" / "tsdb")],
@@ -236,8 +285,9 @@ def run_size(n: int, minutes: int, cache: bool) -> dict[str, Any]:
                 source = Timed(PrometheusSource(client, None, WindowCache(settle=60.0) if cache else None))
                 clock = [float(T0)]
                 manager = Manager(cluster, source, default_environment(), lambda: clock[0], tick_deadline=3600.0)
+                aging = age_rollouts(cluster, manager, clock, n, age) if age else None
                 passes = []
-                for minute in range(minutes):
+                for minute in range(age, age + minutes):
                     clock[0] = T0 + 60 * minute + 1
                     manager.due.clear()  # every rollout is due: one look a minute each
                     api.send("count")
@@ -267,8 +317,9 @@ def run_size(n: int, minutes: int, cache: bool) -> dict[str, Any]:
         finally:
             prometheus.stop()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"rollouts": n, "cache": cache, "history_samples": samples, "backfill_seconds": round(backfill, 1),
-            "peak_rss_bytes": peak, "passes": passes}  # fmt: skip
+    return {"rollouts": n, "cache": cache, "age": age, "aging_seconds": round(aging, 1) if aging else None,
+            "history_samples": samples, "backfill_seconds": round(backfill, 1), "peak_rss_bytes": peak,
+            "passes": passes}  # fmt: skip
 
 
 def summary(record: Mapping[str, Any]) -> dict[str, Any]:
@@ -283,6 +334,7 @@ def summary(record: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "rollouts": n,
         "cache": record["cache"],
+        "age_minutes": record.get("age", 0),
         "pass_seconds": median("pass_seconds"),
         "look_seconds": median("look_seconds"),
         "cpu_seconds_per_minute": median("cpu_seconds"),
@@ -333,18 +385,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--sizes", default="100,500,2000", help="rollout counts (default 100,500,2000)")
     ap.add_argument("--minutes", type=int, default=12, help="passes (minutes of analysis) per size (default 12)")
     ap.add_argument("--no-cache-size", type=int, default=500, help="also run this size without the cache (0: none)")
+    ap.add_argument(
+        "--age", type=int, default=0, help="begin the passes at this minute of the analyses (a restart then: default 0)"
+    )
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)  # run one size in this process, JSON to stdout
     ap.add_argument("--no-cache", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = ap.parse_args(argv)
     if args.one is not None:
-        print(json.dumps(run_size(args.one, args.minutes, not args.no_cache)))
+        print(json.dumps(run_size(args.one, args.minutes, not args.no_cache, args.age)))
         return 0
     sizes = [int(s) for s in args.sizes.split(",") if s]
     runs = [(n, True) for n in sizes] + ([(args.no_cache_size, False)] if args.no_cache_size else [])
     records = []
     for n, cache in runs:
-        command = [sys.executable, "-m", "bench.scale", "--one", str(n), "--minutes", str(args.minutes)]
+        command = [sys.executable, "-m", "bench.scale", "--one", str(n), "--minutes", str(args.minutes), "--age",
+                   str(args.age)]  # fmt: skip
         done = subprocess.run(
             [*command, *([] if cache else ["--no-cache"])], capture_output=True, text=True, check=False
         )
@@ -357,6 +413,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "settings": {
             "sizes": sizes,
             "minutes": args.minutes,
+            "age_minutes": args.age,
             "scrape_seconds": SCRAPE,
             "rps_per_rollout": RPS,
             "canary_share": CANARY_SHARE,

@@ -23,6 +23,16 @@ def test_a_pass_is_one_look_and_fetches_the_new_windows_only() -> None:
     assert summary["late_minutes"] == [0, 4] and summary["late_max_pass_seconds"] >= summary["late_pass_seconds"] > 0
 
 
+def test_an_aged_run_begins_late_in_the_analyses_and_fetches_the_new_window_only() -> None:
+    young = scale.run_size(4, 4, cache=True)
+    aged = scale.run_size(4, 3, cache=True, age=9)
+    assert [p["minute"] for p in aged["passes"]] == [9, 10, 11] and aged["aging_seconds"] > 0
+    assert all(p["looks"] == 1 and p["reconciles"] == 4 for p in aged["passes"])
+    # the restart's first look read the past: from then on, what a young analysis fetches
+    assert {p["prometheus_samples"] for p in aged["passes"]} == {young["passes"][-1]["prometheus_samples"]}
+    assert scale.summary(aged)["age_minutes"] == 9
+
+
 def test_the_history_holds_what_the_policies_read(tmp_path: Path) -> None:
     path = tmp_path / "h.om"
     samples = scale.history(3, 4, path)

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import types
 import typing
+import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from controller.api.load import Document, PolicyError, validate
 from controller.api.model import ModelRollout
 from controller.api.routing import StringMatch
 from controller.api.schedule import RouteState, schedule, state_for_step
+from controller.api.text import printable
 from controller.cli.main import cli
 from controller.traffic.render import environment, render, render_texts
 from controller.traffic.templating import default_environment, template_dir
@@ -610,3 +612,20 @@ def test_validate_in_its_own_process_prints_no_traceback(tmp_path: Path) -> None
     lines = done.stdout.splitlines()
     assert sorted(line.split(":")[0] for line in lines) == sorted(str(f) for f in files)
     assert all(line.isprintable() for line in lines)
+
+
+def _removed(char: str) -> bool:
+    """What printed text never holds: controls, format characters, surrogates, private or unassigned
+    code points, line and paragraph separators."""
+    category = unicodedata.category(char)
+    return category[0] == "C" or category in ("Zl", "Zp")
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(alphabet=st.characters(max_codepoint=0x9F)) | st.text(), limit=st.integers(1, 40))
+def test_printable_keeps_text_as_it_is_exactly_when_nothing_is_removed_or_cut(text: str, limit: int) -> None:
+    """Class: any text (ASCII with C0 and C1 controls often, any character else): the printed text is
+    bounded and holds nothing removable, and it is the text itself exactly when the text was so."""
+    shown = printable(text, limit)
+    assert len(shown) <= limit and not any(map(_removed, shown))
+    assert (shown == text) == (len(text) <= limit and not any(map(_removed, text)))

@@ -25,6 +25,8 @@ def printable(text: str, limit: int = TEXT_LIMIT) -> str:
     Removed characters become U+FFFD so that an edit stays visible; a cut is marked with an ellipsis.
     """
     cut = len(text) > limit
+    if not cut and text.isascii() and text.isprintable():  # the usual text: nothing to remove or cut
+        return text
     cleaned = _ESCAPES.sub("\ufffd", text[: limit + 16])  # never more work than the bound needs
     cleaned = "".join(ch if _shown(ch) else "\ufffd" for ch in cleaned)
     if cut or len(cleaned) > limit:

@@ -330,6 +330,18 @@ def test_the_report_logs_stay_bounded(cluster: MemoryCluster) -> None:
         now=T0,
     )
     assert len(body["looks"]["at"]) == ANALYSES_LIMIT  # the list form read, and cut to the bound
+    at = [timestamp(T0 - 60 * k) for k in range(5, 0, -1)]
+    edited = {"looks": {"at": at, "metrics": [{"name": "errors", "eValue": [2.0] * 300, "verdict": ["Pass"]}]}}
+    body = to_status(
+        from_status(RolloutStatus.read(obj["status"])),
+        routes=RouteState(5),
+        evidence=None,
+        previous=RolloutStatus.read(edited),
+        generation=1,
+        now=T0,
+    )
+    (errors,) = body["looks"]["metrics"]  # a column longer than the log (edited by hand) cut to it
+    assert body["looks"]["at"] == at and errors["eValue"] == [2.0] * 5 and errors["verdict"] == ["Pass"] + [None] * 4
     assert body["weights"] == [{"at": timestamp(T0), "canaryWeight": 5}]
     assert body["distributions"] == []
 

@@ -219,8 +219,6 @@ def _lenient(value: object, handler: ValidatorFunctionWrapHandler) -> object:
 
 #: A part whose unreadable fields are left out (see :func:`_lenient`).
 LENIENT = WrapValidator(_lenient)
-#: A column of the look log: a value per look, None where that look had none.
-Column = Annotated[list[Any], Field(default_factory=list)]
 #: The look log's numbers keep this many significant digits: a plot's resolution is far coarser, and
 #: the digits past it are a third of the log's bytes. The latest look (``metrics``) keeps every digit.
 LOOK_DIGITS = 6
@@ -273,14 +271,15 @@ class MetricLooks(Part):
         )
 
 
-#: The columns of :class:`MetricLooks` that are :class:`MetricStatus` fields of the same name.
+#: The columns of :class:`MetricLooks` that are :class:`MetricStatus` fields of the same name, and all.
 _METRIC_COLUMNS = ("verdict", "slo_breached", "e_value", "e_value_non_inferiority", "threshold", "estimate")
+_ALL_COLUMNS = (*_METRIC_COLUMNS, "low", "high", "stable", "canary")
 
 
 def _columns(metric: MetricStatus | None) -> dict[str, Any]:
     """A look's metric as one value per column of :class:`MetricLooks` (all None: the look lacks it)."""
     if metric is None:
-        return dict.fromkeys((*_METRIC_COLUMNS, "low", "high", "stable", "canary"))
+        return dict.fromkeys(_ALL_COLUMNS)
     values = {field: _compact(getattr(metric, field)) for field in _METRIC_COLUMNS}
     low, high = metric.interval if metric.interval is not None else (None, None)
     requests = metric.requests or Requests()
@@ -297,8 +296,9 @@ class LookLog(Part):
     """Every look's numbers (the report's e-value and estimate paths), kept as columns: a list per
     field, a value per look. A column shorter than ``at`` (as read) is None past its end.
 
-    Columns, not a list of looks: the field names are written once, not once a look, so the log of a
-    two-hour analysis is half the bytes, and every reconcile writes and reads it whole.
+    Columns, not a list of looks: the field names are written once, not once a look; with numbers to
+    :data:`LOOK_DIGITS` digits the log of a two-hour analysis is a third of the bytes, and every
+    reconcile writes and reads it whole.
     """
 
     at: list[Moment | None] = Field(default_factory=list)
@@ -352,13 +352,35 @@ class LookLog(Part):
             metrics=metrics,
         )
 
+    def within(self, limit: int) -> LookLog:
+        """The log itself when it has at most ``limit`` looks and no column longer than ``at``; else
+        its last ``limit`` looks (a status edited by hand)."""
+        n = len(self.at)
+        columns = [self.step, self.canary_weight, *(getattr(m, f) for m in self.metrics for f in _ALL_COLUMNS)]
+        return self if n <= limit and all(len(c) <= n for c in columns) else LookLog.of(self.entries(), limit)
+
     @classmethod
     def of(cls, entries: list[AnalysisEntry], limit: int) -> LookLog:
-        """The log of looks given as rows (the list form a status stored before the columns)."""
-        log = cls()
-        for entry in entries[-limit:] if limit > 0 else []:
-            log = log.appended(entry, limit)
-        return log
+        """The log of the last ``limit`` looks given as rows (the list form of a status stored before
+        the columns): each metric (the first of a name in a look) a column per field."""
+        rows = entries[-limit:] if limit > 0 else []
+        named: list[dict[str, MetricStatus]] = [{} for _ in rows]
+        for metrics, row in zip(named, rows, strict=True):
+            for metric in row.metrics:
+                if metric.name is not None:
+                    metrics.setdefault(metric.name, metric)
+        kept = []
+        for name in dict.fromkeys(name for metrics in named for name in metrics):
+            values = [_columns(metrics.get(name)) for metrics in named]
+            columns = {field: [v[field] for v in values] for field in _ALL_COLUMNS}
+            if any(v is not None for column in columns.values() for v in column):
+                kept.append(MetricLooks.model_construct(None, name=name, **columns))
+        return cls.model_construct(
+            at=[row.at for row in rows],
+            step=[row.step for row in rows],
+            canary_weight=[row.canary_weight for row in rows],
+            metrics=kept,
+        )
 
 
 class DistributionEntry(Part):

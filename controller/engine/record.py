@@ -36,7 +36,8 @@ from controller.judge.machine import Command, Evidence, MetricEvidence, Status, 
 
 E_VALUE_CAP = 1e300
 #: Bounds on the report's logs in the status, so an object stays far below etcd's 1.5 MiB
-#: (a look is about 1 KiB; 120 looks are two hours of one-minute intervals).
+#: (a look of three metrics is about 330 bytes in the look log's columns; 120 looks are two hours of
+#: one-minute intervals).
 ANALYSES_LIMIT = 120
 WEIGHTS_LIMIT = 100
 DISTRIBUTIONS_LIMIT = 30
@@ -178,7 +179,7 @@ def looks_log(
     """Every look's numbers (the e-value paths and estimates the report draws); ``looked``: this
     look's metrics, None when there was no look."""
     if looked is None:
-        return previous if len(previous) <= ANALYSES_LIMIT else LookLog.of(previous.entries(), ANALYSES_LIMIT)
+        return previous.within(ANALYSES_LIMIT)
     entry = AnalysisEntry.model_construct(at=now, step=status.step, canary_weight=routes.canary_weight, metrics=looked)
     return previous.appended(entry, ANALYSES_LIMIT)
 

@@ -181,7 +181,7 @@ def ready_pods(i: int) -> list[dict[str, Any]]:
 
 def _api_server(pipe: Connection) -> None:
     """The local API stand-in in its own process: its URL out, then on each message its request count
-    ("count"), objects stored as given (("seed", objects)), or the end ("stop")."""
+    and CPU seconds so far ("count"), objects stored as given (("seed", objects)), or the end ("stop")."""
     from controller.sandbox.localapi import LocalApiServer
 
     server = LocalApiServer().start()
@@ -193,8 +193,14 @@ def _api_server(pipe: Connection) -> None:
             pipe.send(len(message[1]))
             continue
         with server.cond:
-            pipe.send(len(server.log))
+            pipe.send((len(server.log), time.process_time()))
     server.stop()
+
+
+def _rss_bytes() -> int:
+    """This process' resident memory now (the peak is ru_maxrss)."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * resource.getpagesize()
 
 
 @contextlib.contextmanager
@@ -291,7 +297,11 @@ def run_size(n: int, minutes: int, cache: bool, age: int = 0) -> dict[str, Any]:
                     clock[0] = T0 + 60 * minute + 1
                     manager.due.clear()  # every rollout is due: one look a minute each
                     api.send("count")
-                    api_before, samples_before, requests_before = api.recv(), client.samples, client.requests_sent
+                    (api_before, api_cpu), samples_before, requests_before = (
+                        api.recv(),
+                        client.samples,
+                        client.requests_sent,
+                    )
                     looks_before = len(source.seconds)
                     cpu = resource.getrusage(resource.RUSAGE_SELF)
                     wall = time.perf_counter()
@@ -299,6 +309,7 @@ def run_size(n: int, minutes: int, cache: bool, age: int = 0) -> dict[str, Any]:
                     wall = time.perf_counter() - wall
                     after = resource.getrusage(resource.RUSAGE_SELF)
                     api.send("count")
+                    api_after, api_cpu_after = api.recv()
                     passes.append(
                         {
                             "minute": minute,
@@ -309,7 +320,9 @@ def run_size(n: int, minutes: int, cache: bool, age: int = 0) -> dict[str, Any]:
                             "cpu_seconds": round(after.ru_utime + after.ru_stime - cpu.ru_utime - cpu.ru_stime, 3),
                             "prometheus_requests": client.requests_sent - requests_before,
                             "prometheus_samples": client.samples - samples_before,
-                            "api_requests": api.recv() - api_before,
+                            "api_requests": api_after - api_before,
+                            "api_server_cpu_seconds": round(api_cpu_after - api_cpu, 3),
+                            "rss_mib": round(_rss_bytes() / 2**20, 1),
                         }
                     )
                     print(f"N={n} minute {minute}: {passes[-1]}", file=sys.stderr, flush=True)
@@ -352,6 +365,8 @@ def summary(record: Mapping[str, Any]) -> dict[str, Any]:
         "late_pass_seconds": float(np.median([p["pass_seconds"] for p in late])) if late else None,
         "late_cpu_seconds_per_minute": float(np.median([p["cpu_seconds"] for p in late])) if late else None,
         "late_max_pass_seconds": max(p["pass_seconds"] for p in late) if late else None,
+        "late_api_server_cpu_seconds": float(np.median([p["api_server_cpu_seconds"] for p in late])) if late else None,
+        "late_rss_mib": late[-1]["rss_mib"] if late else None,
     }
 
 

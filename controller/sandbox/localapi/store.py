@@ -9,6 +9,7 @@ serves it over HTTP; every method here runs with ``cond`` held by the caller (``
 
 from __future__ import annotations
 
+import bisect
 import secrets
 import threading
 import time
@@ -64,6 +65,10 @@ class Objects(dict[Key, dict[str, Any]]):
 def _content(obj: dict[str, Any]) -> dict[str, Any]:
     """What generation tracks: everything but metadata, status and the type."""
     return {k: v for k, v in obj.items() if k not in ("metadata", "status", "apiVersion", "kind")}
+
+
+def _version(entry: tuple[int, str, Key, dict[str, Any]]) -> int:
+    return entry[0]
 
 
 class ObjectStore:
@@ -323,7 +328,10 @@ class ObjectStore:
         while not self.stopping:
             bookmark = None
             with self.cond:
-                batch = [(k, key, o) for rv, k, key, o in self.history if rv > cursor]
+                # the history is in resourceVersion order: the writes after the cursor, without a
+                # look at every write before it (a scan, under the lock, on every write at scale)
+                first = bisect.bisect_right(self.history, cursor, key=_version)
+                batch = [(k, key, o) for _, k, key, o in self.history[first:]]
                 if batch:
                     cursor = self.resource_version
                 elif (remaining := deadline - time.monotonic()) <= 0:

@@ -19,7 +19,7 @@ from controller.api.metrics_spec import RatioQuery
 from controller.api.model import ModelRollout
 from controller.api.routing import ModelVersion
 from controller.metrics.bounds import MAX_HISTOGRAM_EDGES, coarsen
-from controller.metrics.cache import WindowCache
+from controller.metrics.cache import WindowCache, unpacked
 from controller.metrics.catalog import Family, Labels, PodSeries, Reduce, Role
 from controller.metrics.kinds import agent, dcgm, hami, triton
 from controller.metrics.kinds.istio import BUCKETS as ISTIO_BUCKETS
@@ -821,7 +821,8 @@ def test_the_window_cache_stays_bounded_and_never_reuses_a_rollouts_id() -> None
     assert ids == sorted(set(ids))  # all different
     assert cache.signature(b"rollout-release-0") not in ids  # forgotten, then seen again: a new id
     kept = Window(60.0 * 19, 60.0 * 20, 0.1)
-    assert cache.get(ids[19], kept, ("p99", "stable")) == (True, ({19.0: 1}, ()))
+    values = cache.kept(ids[19], kept)
+    assert values is not None and unpacked(values["p99", "stable"]) == ({19.0: 1}, ())
 
 
 def test_a_bound_written_as_minus_zero_is_zero() -> None:

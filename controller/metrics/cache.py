@@ -63,7 +63,7 @@ class WindowCache:
     max_signatures: int = MAX_SIGNATURES
     max_interned: int = MAX_INTERNED
     entries: OrderedDict[WindowKey, _Entry] = field(default_factory=OrderedDict)
-    hits: int = 0
+    hits: int = 0  # values a look took from here instead of the answers (counted by the builder)
     _signatures: dict[Hashable, int] = field(default_factory=dict)
     _interned: dict[Hashable, Any] = field(default_factory=dict)
     _ids: Iterator[int] = field(default_factory=itertools.count)
@@ -85,14 +85,6 @@ class WindowCache:
         None when none is. A look takes each covered window's values once, not once a series."""
         entry = self.entries.get(_key(signature, window))
         return entry.values if entry is not None else None
-
-    def get(self, signature: int, window: Window, slot: Slot) -> tuple[bool, Any]:
-        """(found, value) of one series' version in one window."""
-        values = self.kept(signature, window)
-        if values is None or slot not in values:
-            return False, None
-        self.hits += 1
-        return True, unpacked(values[slot])
 
     def put(self, signature: int, window: Window, slot: Slot, value: Any) -> None:
         """Keep a value built without doubt for a window settled as of the look (the caller checks both)."""

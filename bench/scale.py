@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import multiprocessing
 import platform
 import resource
@@ -53,8 +52,6 @@ from controller.traffic.templating import default_environment
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "scale.json"
 T0 = 1_800_000_000  # on the minute grid
 SCRAPE = 30
-#: Rollouts per look while a restarted controller first reads their whole past (``--age``).
-AGE_SLICE = 250
 ISTIO_LE = ("5", "10", "25", "50", "100", "250", "500", "1000", "2500", "5000", "+Inf")
 RPS = 2.0  # requests per second per rollout
 CANARY_SHARE = 0.05
@@ -230,11 +227,12 @@ def aged_looks(looks: Mapping[str, Any], count: int) -> dict[str, Any]:
     }
 
 
-def age_rollouts(cluster: KubeCluster, manager: Manager, clock: list[float], n: int, age: int) -> float:
+def age_rollouts(manager: Manager, cluster: KubeCluster, clock: list[float], age: int) -> tuple[float, float]:
     """Bring the ``n`` rollouts to ``age`` minutes of analysis as a controller restarted then finds
     them: started at T0, one look a minute since (their status' look log as long as that makes it),
-    and nothing kept in memory. The first look after a restart reads every window since T0: here in
-    slices of rollouts, so that no one answer holds all of them. Returns the seconds it took."""
+    and nothing kept in memory; then the restart's first pass, whose look reads every window since T0
+    (in rounds: :data:`controller.edges.prometheus.look.MAX_LOOK_WINDOWS`). Returns the seconds all
+    of it took, and the restart's first pass."""
     if age < 3:
         raise ValueError("an age is at least 3 minutes: the start, a look, and the restart's first look")
     started = time.perf_counter()
@@ -250,12 +248,10 @@ def age_rollouts(cluster: KubeCluster, manager: Manager, clock: list[float], n: 
         metadata = obj["metadata"]
         cluster.patch_rollout_status(metadata["namespace"], metadata["name"], status, metadata["resourceVersion"])
     clock[0] = T0 + 60 * (age - 1) + 1
-    keys = [f"{o['metadata']['namespace']}/{o['metadata']['name']}" for o in objects]
-    for first in range(0, n, AGE_SLICE):
-        due = set(keys[first : first + AGE_SLICE])
-        manager.due = {key: (0.0 if key in due else math.inf) for key in keys}
-        manager.tick()
-    return time.perf_counter() - started
+    manager.due.clear()
+    restarted = time.perf_counter()
+    manager.tick()  # the restart's first pass: one look, its windows read in rounds by the edge
+    return time.perf_counter() - started, time.perf_counter() - restarted
 
 
 def run_size(n: int, minutes: int, cache: bool, age: int = 0) -> dict[str, Any]:
@@ -292,7 +288,8 @@ def run_size(n: int, minutes: int, cache: bool, age: int = 0) -> dict[str, Any]:
                 source = Timed(PrometheusSource(client, None, WindowCache(settle=60.0) if cache else None))
                 clock = [float(T0)]
                 manager = Manager(cluster, source, default_environment(), lambda: clock[0], tick_deadline=3600.0)
-                aging = age_rollouts(cluster, manager, clock, n, age) if age else None
+                aging, restart = age_rollouts(manager, cluster, clock, age) if age else (None, None)
+                restart_rss = _rss_bytes() if age else None
                 passes = []
                 for minute in range(age, age + minutes):
                     clock[0] = T0 + 60 * minute + 1
@@ -332,6 +329,8 @@ def run_size(n: int, minutes: int, cache: bool, age: int = 0) -> dict[str, Any]:
             prometheus.stop()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {"rollouts": n, "cache": cache, "age": age, "aging_seconds": round(aging, 1) if aging else None,
+            "restart_pass_seconds": round(restart, 1) if restart else None,
+            "restart_rss_mib": round(restart_rss / 2**20, 1) if restart_rss else None,
             "history_samples": samples, "backfill_seconds": round(backfill, 1), "peak_rss_bytes": peak,
             "passes": passes}  # fmt: skip
 
@@ -349,6 +348,7 @@ def summary(record: Mapping[str, Any]) -> dict[str, Any]:
         "rollouts": n,
         "cache": record["cache"],
         "age_minutes": record.get("age", 0),
+        "restart_pass_seconds": record.get("restart_pass_seconds"),
         "pass_seconds": median("pass_seconds"),
         "look_seconds": median("look_seconds"),
         "cpu_seconds_per_minute": median("cpu_seconds"),

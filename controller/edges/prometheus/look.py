@@ -20,13 +20,17 @@ from controller.edges.prometheus.errors import PrometheusError, PrometheusTimeou
 from controller.metrics.cache import WindowCache
 from controller.metrics.catalog import Labels
 from controller.metrics.measure import build_observations, no_data, plan
-from controller.metrics.plan import Query
+from controller.metrics.plan import Plan, Query
 from controller.metrics.read import Results
 from controller.metrics.samples import Observation, Window
 from controller.metrics.selectors import to_millis
 
 #: Prometheus refuses range queries of more than 11,000 points per series.
 MAX_POINTS = 11_000
+#: Most rollout windows one round of a look reads. A steady look reads a window or two per rollout
+#: (the rest are kept): one round. The first look after a restart reads every window of every
+#: analysis (2,000 rollouts two hours in: 240,000); in rounds, no answer holds them all at once.
+MAX_LOOK_WINDOWS = 20_000
 
 
 def grid_step(times_ms: Sequence[int]) -> int | None:
@@ -100,22 +104,49 @@ def observe(
     labels: Labels | None = None,
     look_timeout: float | None = None,
     cache: WindowCache | None = None,
+    max_windows: int = MAX_LOOK_WINDOWS,
 ) -> dict[str, Observation]:
     """One look for all ``rollouts`` together: O(metric kinds x window lengths) requests, not O(rollouts).
 
     Windows of the same length share one range query when their ends lie on a common grid, so a
     caller that aligns window ends to the clock (``end = k x interval``) keeps one request per family.
     The whole look takes at most ``look_timeout`` seconds (default: the client's setting). With a
-    ``cache``, windows seen settled in earlier looks are not asked for again (:mod:`controller.metrics.cache`).
+    ``cache``, windows seen settled in earlier looks are not asked for again (:mod:`controller.metrics.cache`),
+    and a look with more than ``max_windows`` windows to read reads them in rounds (:func:`look_rounds`).
 
     Raises :class:`PrometheusError` (see the module docs); :func:`observe_or_explain` turns it into no data.
     """
     gap_seconds = source.settings.gap_seconds if isinstance(source, PrometheusClient) else None
     the_plan = plan(rollouts, windows_by_rollout, at, labels, gap_seconds=gap_seconds, cache=cache)
+    rounds = look_rounds(the_plan, rollouts, max_windows)
     seconds, deadline = _look_deadline(source, look_timeout)
-    with _bounded(source, deadline):
-        results = fetch(source, the_plan.queries, deadline=deadline, look_timeout=seconds)
-    return build_observations(the_plan, results, cache, at)
+    found: dict[str, Observation] = {}
+    for group in rounds:
+        if len(rounds) > 1:
+            the_plan = plan(group, windows_by_rollout, at, labels, gap_seconds=gap_seconds, cache=cache)
+        with _bounded(source, deadline):
+            results = fetch(source, the_plan.queries, deadline=deadline, look_timeout=seconds)
+        found.update(build_observations(the_plan, results, cache, at))
+        del results  # a round's answers go before the next round's come
+    return found
+
+
+def look_rounds(
+    the_plan: Plan, rollouts: Sequence[ModelRollout], max_windows: int = MAX_LOOK_WINDOWS
+) -> list[list[ModelRollout]]:
+    """The rollouts in rounds of at most ``max_windows`` windows to read (not kept, not in the future)
+    each, in order; a rollout with more reads them in a round without another that reads any. One
+    round when all fit."""
+    rounds: list[list[ModelRollout]] = [[]]
+    reading = 0
+    for rollout, target in zip(rollouts, the_plan.targets, strict=True):
+        windows = len(target.windows) - len(target.future) - len(the_plan.covered.get(target.key, ()))
+        if reading and reading + windows > max_windows:
+            rounds.append([])
+            reading = 0
+        rounds[-1].append(rollout)
+        reading += windows
+    return rounds
 
 
 def observe_or_explain(

@@ -390,6 +390,7 @@ def plot(records: Sequence[Mapping[str, Any]], path: Path) -> None:
     for ax in (middle, right):
         ax.axhline(60, color="gray", linestyle="--")  # the interval: a pass, and one core
     for ax in (left, middle, right):
+        ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     figure.tight_layout()

@@ -117,6 +117,17 @@ def test_generation_follows_the_spec_only_and_a_no_op_write_changes_nothing(api)
     assert made["metadata"]["uid"] == same["metadata"]["uid"]
 
 
+def test_a_no_op_write_of_an_object_holding_a_nan_changes_nothing(server: LocalApiServer) -> None:
+    """A NaN equals nothing, itself included: the stored copies must still compare as the same document."""
+    server.seed({**rollout("a"), "status": {"metrics": [{"eValue": float("nan")}]}})
+    before = server.resource_version
+    path = f"/apis/{GROUP}/{VERSION}/namespaces/{NS}/{PLURAL}/a"
+    for sub in ("", "/status"):
+        code, _ = server.handle("PATCH", path + sub, {}, {}, "application/merge-patch+json")
+        assert code == 200
+    assert server.resource_version == before
+
+
 def test_the_status_subresource_is_isolated(api) -> None:
     made = create(api, rollout("a"))
     both = {**made, "spec": {"v": 9}, "status": {"phase": "Progressing"}}

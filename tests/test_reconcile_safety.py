@@ -29,7 +29,7 @@ from controller.api.status import Action, Phase, RolloutStatus, Verdict
 from controller.api.times import rfc3339, timestamp
 from controller.engine.ports import ClusterUnavailableError, ConflictError, EdgeFailure
 from controller.engine.reconcile import reconcile
-from controller.engine.record import STATUS_BYTES_LIMIT, to_status
+from controller.engine.record import STATUS_BYTES_LIMIT, bounded, to_status
 from controller.judge.machine import Evidence, MetricEvidence, Status
 from controller.manager.loop import Manager
 from controller.metrics.samples import Observation, Window
@@ -224,6 +224,22 @@ def test_the_status_stays_within_its_bytes_whatever_the_metrics_looks_and_string
         assert all(len(column) == len(kept["at"]) for column in columns)
         assert not kept["at"] or kept["at"][-1] == timestamp(T0 + 60 * look)
     assert previous["phase"] == "Progressing" and previous["metrics"]
+
+
+def test_a_status_over_its_bytes_sheds_the_oldest_looks_first_and_every_look_with_its_columns() -> None:
+    looks = {
+        "at": [timestamp(T0 + 60 * k) for k in range(4)],
+        "step": [0, 0, 1, 1],
+        "metrics": [{"name": f"m{i}", "eValue": [1.0, 2.0, 3.0, 4.0], "verdict": ["Pass"] * 4} for i in range(3)],
+    }
+    body = {"phase": "Progressing", "message": "x" * 1000, "looks": copy.deepcopy(looks)}
+    one_look = len(json.dumps(body)) - 100  # about one look less than the whole
+    shed = bounded(copy.deepcopy(body), limit=one_look)
+    kept = shed["looks"]
+    assert kept["at"] == looks["at"][-len(kept["at"]) :] and 0 < len(kept["at"]) < 4
+    assert all(len(m["eValue"]) == len(m["verdict"]) == len(kept["at"]) for m in kept["metrics"])
+    gone = bounded(copy.deepcopy(body), limit=1100)  # room for the message alone
+    assert gone["looks"] == {"at": [], "step": [], "metrics": []} and gone["message"] == body["message"]
 
 
 # --- finding 2: one rollout's failure never stops another's -------------------------------------

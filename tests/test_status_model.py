@@ -474,3 +474,27 @@ def test_a_prediction_distribution_is_recorded_by_bucket_name_and_a_huge_one_not
     assert "edges" not in stored and stored["buckets"][:2] == ["legit", "fraud"]
     assert len(stored["buckets"][2]) <= 63 and "\x1b" not in stored["buckets"][2]
     assert (stored["stable"], stored["canary"]) == ([80, 20, 0], [50, 40, 10])
+
+
+LOOK_TIMES = ["2026-01-01T00:00:00Z", "2026-01-01T00:01:00Z", "2026-01-01T00:02:00Z"]
+
+
+def test_an_unreadable_cell_of_the_look_log_is_none_and_the_rest_of_its_look_and_column_kept() -> None:
+    """Per cell, as the list form was per field: a bad time, step, e-value or an unknown verdict
+    (a newer controller's) loses that cell alone."""
+    latency = {"name": "lat", "eValue": [1.5, True, 3.5], "verdict": ["Pass", "Unheard", "Fail"]}
+    raw = {"looks": {"at": [LOOK_TIMES[0], "yesterday", LOOK_TIMES[2]], "step": [0, -1, 1], "metrics": [latency]}}
+    rows = RolloutStatus.read(raw).looks.entries()
+    assert [(r.at, r.step) for r in rows] == [(T0, 0), (None, None), (T0 + 120, 1)]
+    assert [[(m.e_value, m.verdict) for m in r.metrics] for r in rows] == [
+        [(1.5, Verdict.PASS)],
+        [],  # nothing of it readable: that look had no metric
+        [(3.5, Verdict.FAIL)],
+    ]
+
+
+def test_a_look_log_that_cannot_be_read_leaves_the_list_form_beside_it_read() -> None:
+    listed = [{"at": LOOK_TIMES[0], "step": 1, "canaryWeight": 5, "metrics": [{"name": "lat", "eValue": 2.0}]}]
+    for unreadable in ("x", 3, None, []):
+        looks = RolloutStatus.read({"looks": unreadable, "analyses": listed}).looks
+        assert [(r.at, r.step, [m.e_value for m in r.metrics]) for r in looks.entries()] == [(T0, 1, [2.0])]

@@ -219,6 +219,27 @@ def _lenient(value: object, handler: ValidatorFunctionWrapHandler) -> object:
 
 #: A part whose unreadable fields are left out (see :func:`_lenient`).
 LENIENT = WrapValidator(_lenient)
+
+
+def _cells(value: object, handler: ValidatorFunctionWrapHandler) -> object:
+    """A column read cell by cell: an unreadable value is None (that look's, alone), as a field of
+    one look in the list form was. The whole column is read at once first."""
+    try:
+        return handler(value)
+    except ValidationError:
+        if not isinstance(value, list):
+            raise
+        cells: list[Any] = []
+        for item in value:
+            try:
+                cells += handler([item])
+            except ValidationError:
+                cells.append(None)
+        return cells
+
+
+#: A column of the look log, read cell by cell (see :func:`_cells`).
+CELLS = WrapValidator(_cells)
 #: The look log's numbers keep this many significant digits: a plot's resolution is far coarser, and
 #: the digits past it are a third of the log's bytes. The latest look (``metrics``) keeps every digit.
 LOOK_DIGITS = 6
@@ -243,16 +264,16 @@ class MetricLooks(Part):
     model_config = ConfigDict(allow_inf_nan=True)
 
     name: str
-    verdict: list[Annotated[Verdict, Field(strict=False)] | None] = Field(default_factory=list)
-    slo_breached: list[bool | None] = Field(default_factory=list)
-    e_value: list[Real | None] = Field(default_factory=list)
-    e_value_non_inferiority: list[Real | None] = Field(default_factory=list)
-    threshold: list[Real | None] = Field(default_factory=list)
-    estimate: list[Real | None] = Field(default_factory=list)
-    low: list[Real | None] = Field(default_factory=list)
-    high: list[Real | None] = Field(default_factory=list)
-    stable: list[int | None] = Field(default_factory=list)
-    canary: list[int | None] = Field(default_factory=list)
+    verdict: Annotated[list[Annotated[Verdict, Field(strict=False)] | None], CELLS] = Field(default_factory=list)
+    slo_breached: Annotated[list[bool | None], CELLS] = Field(default_factory=list)
+    e_value: Annotated[list[Real | None], CELLS] = Field(default_factory=list)
+    e_value_non_inferiority: Annotated[list[Real | None], CELLS] = Field(default_factory=list)
+    threshold: Annotated[list[Real | None], CELLS] = Field(default_factory=list)
+    estimate: Annotated[list[Real | None], CELLS] = Field(default_factory=list)
+    low: Annotated[list[Real | None], CELLS] = Field(default_factory=list)
+    high: Annotated[list[Real | None], CELLS] = Field(default_factory=list)
+    stable: Annotated[list[int | None], CELLS] = Field(default_factory=list)
+    canary: Annotated[list[int | None], CELLS] = Field(default_factory=list)
 
     def row(self, i: int) -> MetricStatus | None:
         """The metric at look ``i``; None when that look did not have it (every value None)."""
@@ -301,9 +322,9 @@ class LookLog(Part):
     reconcile writes and reads it whole.
     """
 
-    at: list[Moment | None] = Field(default_factory=list)
-    step: list[Index | None] = Field(default_factory=list)
-    canary_weight: list[Weight | None] = Field(default_factory=list)
+    at: Annotated[list[Moment | None], CELLS] = Field(default_factory=list)
+    step: Annotated[list[Index | None], CELLS] = Field(default_factory=list)
+    canary_weight: Annotated[list[Weight | None], CELLS] = Field(default_factory=list)
     metrics: Annotated[list[MetricLooks], EACH] = Field(default_factory=list)
 
     def __len__(self) -> int:
@@ -437,7 +458,7 @@ class RolloutStatus(Part):
         if not isinstance(raw, Mapping):
             return cls()
         known = {key: raw[key] for key in _WIRE_NAMES if key in raw}
-        if "looks" not in raw and "analyses" in raw:  # the look log as a list: stored before the columns
+        if not isinstance(raw.get("looks"), Mapping) and "analyses" in raw:  # the list form, from before the columns
             entries = (
                 _ANALYSES.validate_python(raw["analyses"], context=_READING)
                 if isinstance(raw["analyses"], list)

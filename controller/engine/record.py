@@ -136,6 +136,8 @@ def bounded(body: dict[str, Any], limit: int = STATUS_BYTES_LIMIT) -> dict[str, 
             while size > limit and (n := len(entries.get("at") or ())) > 0:
                 per_look = _size(entries) / n  # drop about as many as the excess needs, then measure again
                 _drop_oldest_looks(entries, min(n, max(1, math.ceil((size - limit) / per_look))))
+                if not entries.get("at"):  # every look gone: the metrics' empty columns with them
+                    entries["metrics"] = []
                 size = _size(body)
             continue
         if size <= limit or not isinstance(entries, list):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import marshal
+import math
 import re
 from typing import Any, TypeVar, cast
 
@@ -37,6 +38,18 @@ def clone(document: T) -> T:
         return cast(T, marshal.loads(marshal.dumps(cast(Any, document))))
     except ValueError:  # not plain data (an object seeded from Python): copied the slow way
         return copy.deepcopy(document)
+
+
+def same_document(a: Any, b: Any) -> bool:
+    """Whether two JSON documents are the same: ``==``, except that a NaN is the same as a NaN (an
+    object and its copy are the same document; ``==`` finds them equal only where they share the NaN)."""
+    if a is b or a == b:
+        return True
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same_document(a[key], b[key]) for key in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(same_document(x, y) for x, y in zip(a, b, strict=True))
+    return isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b)
 
 
 class ApiError(Exception):

@@ -26,6 +26,7 @@ from controller.sandbox.localapi.documents import (
     json_patch,
     label_matcher,
     merge_patch,
+    same_document,
     selected,
     track_update,
 )
@@ -206,7 +207,7 @@ class ObjectStore:
         merged["metadata"].pop("managedFields", None)  # the server's record: what a client sends is ignored
         if "managedFields" in old["metadata"]:
             merged["metadata"]["managedFields"] = old["metadata"]["managedFields"]
-        if merged == old:
+        if same_document(merged, old):
             return old  # a no-op: no new resourceVersion, no event
         entries = old["metadata"].get("managedFields") or []
         merged["metadata"]["managedFields"] = self._tracked(route, entries, old, merged, manager)

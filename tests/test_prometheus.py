@@ -256,6 +256,11 @@ def test_a_look_over_its_window_bound_reads_in_rounds_exactly_what_one_round_rea
     assert whole_source.requests_sent < in_rounds.requests_sent <= len(rounds) * whole_source.requests_sent
     cache = WindowCache(settle=0.0)
     assert observe(scenario_prometheus.client(), rollouts, windows, at, cache=cache, max_windows=max_windows) == whole
+    small = WindowCache(settle=0.0, max_windows=len(cache.entries) // 3)
+    assert observe(scenario_prometheus.client(), rollouts, windows, at, cache=small, max_windows=max_windows) == whole
+    assert len(small.entries) == len(cache.entries)  # a later round does not drop what an earlier one kept
+    plan(rollouts, windows, at, cache=small)
+    assert len(small.entries) == small.max_windows  # the next look's plan does
     kept = plan(rollouts, windows, at, cache=cache)
     assert len(look_rounds(kept, rollouts, max_windows)) == 1
     # all kept; but on VictoriaMetrics the two windows at the edges of the scrape gap, doubted, are read again

@@ -32,15 +32,18 @@ def plan(
     *,
     gap_seconds: float | None = None,
     cache: WindowCache | None = None,
+    trim: bool = True,
 ) -> Plan:
     """Every query one look needs for all ``rollouts`` together (:func:`controller.metrics.plan.look_plan`).
 
     Windows ending after ``at`` are not asked for (their data is incomplete). ``gap_seconds``: check
     that each counter has a sample that close before each window (a store without Prometheus' ranges).
-    With a ``cache``, the windows whose every series it keeps are not asked for again.
+    With a ``cache``, the windows whose every series it keeps are not asked for again; it is trimmed
+    to its bound first, unless ``trim`` is False (a later round of the same look: what the earlier
+    rounds kept stays until the next look).
     """
     labels = labels or Labels()
-    if cache is not None:
+    if cache is not None and trim:
         cache.trim()
     targets: list[Target] = []
     at_ms = to_millis(at)

@@ -123,7 +123,7 @@ def observe(
     found: dict[str, Observation] = {}
     for group in rounds:
         if len(rounds) > 1:
-            the_plan = plan(group, windows_by_rollout, at, labels, gap_seconds=gap_seconds, cache=cache)
+            the_plan = plan(group, windows_by_rollout, at, labels, gap_seconds=gap_seconds, cache=cache, trim=False)
         with _bounded(source, deadline):
             results = fetch(source, the_plan.queries, deadline=deadline, look_timeout=seconds)
         found.update(build_observations(the_plan, results, cache, at))

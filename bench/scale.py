@@ -8,9 +8,10 @@ ModelRollouts in the local API stand-in (in a child process, as an API server is
 virtual clock over that history, every rollout looking every minute (they hold at their first
 step: too few requests to advance). Each size runs in a process of its own, so its peak memory is
 its own. Per pass: wall seconds of the pass and of its look, controller CPU seconds, HTTP
-requests and samples fetched from Prometheus, API requests. With ``--no-cache`` every look reads
-every window since the analysis began (the cost the cache saves). Writes ``bench/results/scale.json``
-and ``scale.png``.
+requests and samples fetched from Prometheus, API requests, the stand-in's CPU and the controller's
+memory. With ``--no-cache`` every look reads every window since the analysis began (the cost the
+cache saves); with ``--age M`` the passes begin at minute M of the analyses (:func:`age_rollouts`).
+Writes ``bench/results/scale.json`` and ``scale.png``.
 """
 
 from __future__ import annotations
@@ -228,7 +229,7 @@ def aged_looks(looks: Mapping[str, Any], count: int) -> dict[str, Any]:
 
 
 def age_rollouts(manager: Manager, cluster: KubeCluster, clock: list[float], age: int) -> tuple[float, float]:
-    """Bring the ``n`` rollouts to ``age`` minutes of analysis as a controller restarted then finds
+    """Bring the rollouts to ``age`` minutes of analysis as a controller restarted then finds
     them: started at T0, one look a minute since (their status' look log as long as that makes it),
     and nothing kept in memory; then the restart's first pass, whose look reads every window since T0
     (in rounds: :data:`controller.edges.prometheus.look.MAX_LOOK_WINDOWS`). Returns the seconds all
@@ -360,7 +361,10 @@ def summary(record: Mapping[str, Any]) -> dict[str, Any]:
         "every_pass_within_a_minute": all(p["pass_seconds"] < 60 for p in record["passes"]),
         # the first pass starts every rollout (no look): the looks' passes are what the interval bounds
         "every_look_within_a_minute": all(p["pass_seconds"] < 60 for p in record["passes"] if p["looks"]),
-        "first_pass_seconds": record["passes"][0]["pass_seconds"] if record["passes"] else None,
+        # the pass that starts every rollout (with --age, the restart's first pass is restart_pass_seconds)
+        "first_pass_seconds": record["passes"][0]["pass_seconds"]
+        if record["passes"] and not record.get("age")
+        else None,
         # the last ten passes: the analyses' oldest, where what grows with age costs most
         "late_minutes": [late[0]["minute"], late[-1]["minute"]] if late else None,
         "late_pass_seconds": float(np.median([p["pass_seconds"] for p in late])) if late else None,

@@ -3,10 +3,11 @@
 One model for both directions. :meth:`RolloutStatus.read` takes whatever the cluster holds (a status
 edited by hand, or written by an older or newer controller) and never raises: a top-level field it
 cannot read becomes None (a log, empty); a log entry is kept when it is a mapping, its unreadable
-fields None (a decision, only with its phases, steps and action), and dropped on its own otherwise.
-:meth:`RolloutStatus.dump` gives the stored JSON: camelCase keys in a fixed order, times as RFC 3339
-(:mod:`controller.api.times`), a top-level None left out. The phases, actions and verdicts are wire
-values of the status, so they live here; the state machine (:mod:`controller.judge.machine`) uses them.
+fields None (a decision, only with its phases, steps and action), and dropped on its own otherwise;
+an unreadable cell of the look log's columns is None. :meth:`RolloutStatus.dump` gives the stored
+JSON: camelCase keys in a fixed order, times as RFC 3339 (:mod:`controller.api.times`), a top-level
+None left out. The phases, actions and verdicts are wire values of the status, so they live here;
+the state machine (:mod:`controller.judge.machine`) uses them.
 """
 
 from __future__ import annotations

@@ -341,8 +341,8 @@ def summary(record: Mapping[str, Any]) -> dict[str, Any]:
     steady = record["passes"][2:] or record["passes"]
     late = record["passes"][-10:]
 
-    def median(key: str) -> float:
-        return float(np.median([p[key] for p in steady]))
+    def median(key: str, passes: Sequence[Mapping[str, Any]] = steady) -> float:
+        return float(np.median([p[key] for p in passes]))
 
     n = record["rollouts"]
     return {
@@ -367,10 +367,10 @@ def summary(record: Mapping[str, Any]) -> dict[str, Any]:
         else None,
         # the last ten passes: the analyses' oldest, where what grows with age costs most
         "late_minutes": [late[0]["minute"], late[-1]["minute"]] if late else None,
-        "late_pass_seconds": float(np.median([p["pass_seconds"] for p in late])) if late else None,
-        "late_cpu_seconds_per_minute": float(np.median([p["cpu_seconds"] for p in late])) if late else None,
+        "late_pass_seconds": median("pass_seconds", late) if late else None,
+        "late_cpu_seconds_per_minute": median("cpu_seconds", late) if late else None,
         "late_max_pass_seconds": max(p["pass_seconds"] for p in late) if late else None,
-        "late_api_server_cpu_seconds": float(np.median([p["api_server_cpu_seconds"] for p in late])) if late else None,
+        "late_api_server_cpu_seconds": median("api_server_cpu_seconds", late) if late else None,
         "late_rss_mib": late[-1]["rss_mib"] if late else None,
     }
 

@@ -321,29 +321,22 @@ def test_the_report_logs_stay_bounded(cluster: MemoryCluster) -> None:
     drive(cluster, Synthetic(canary_latency=SLOW), minutes=2)
     previous = {"analyses": [{"at": "x", "metrics": []}] * 500, "weights": "not a list", "distributions": [1, 2]}
     (obj,), _ = cluster.list_rollouts(None)
-    body = to_status(
-        from_status(RolloutStatus.read(obj["status"])),
-        routes=RouteState(5),
-        evidence=None,
-        previous=RolloutStatus.read(previous),
-        generation=1,
-        now=T0,
-    )
+
+    def written(stored: dict[str, Any]) -> dict[str, Any]:
+        """The status written over ``stored`` without a look."""
+        status = from_status(RolloutStatus.read(obj["status"]))
+        return to_status(status, routes=RouteState(5), evidence=None, previous=RolloutStatus.read(stored),
+                         generation=1, now=T0)  # fmt: skip
+
+    body = written(previous)
     assert len(body["looks"]["at"]) == ANALYSES_LIMIT  # the list form read, and cut to the bound
-    at = [timestamp(T0 - 60 * k) for k in range(5, 0, -1)]
-    edited = {"looks": {"at": at, "metrics": [{"name": "errors", "eValue": [2.0] * 300, "verdict": ["Pass"]}]}}
-    body = to_status(
-        from_status(RolloutStatus.read(obj["status"])),
-        routes=RouteState(5),
-        evidence=None,
-        previous=RolloutStatus.read(edited),
-        generation=1,
-        now=T0,
-    )
-    (errors,) = body["looks"]["metrics"]  # a column longer than the log (edited by hand) cut to it
-    assert body["looks"]["at"] == at and errors["eValue"] == [2.0] * 5 and errors["verdict"] == ["Pass"] + [None] * 4
     assert body["weights"] == [{"at": timestamp(T0), "canaryWeight": 5}]
     assert body["distributions"] == []
+    at = [timestamp(T0 - 60 * k) for k in range(5, 0, -1)]
+    edited = {"looks": {"at": at, "metrics": [{"name": "errors", "eValue": [2.0] * 300, "verdict": ["Pass"]}]}}
+    looks = written(edited)["looks"]
+    (errors,) = looks["metrics"]  # a column longer than the log (edited by hand) cut to it
+    assert looks["at"] == at and errors["eValue"] == [2.0] * 5 and errors["verdict"] == ["Pass"] + [None] * 4
 
 
 def test_windows_around_a_step_change_are_marked_unsteady(cluster: MemoryCluster) -> None:

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -293,6 +293,8 @@ class MetricLooks(Part):
         )
 
 
+M = TypeVar("M", MetricStatus, MetricLooks)
+
 #: The columns of :class:`MetricLooks` that are :class:`MetricStatus` fields of the same name, and all.
 _METRIC_COLUMNS = ("verdict", "slo_breached", "e_value", "e_value_non_inferiority", "threshold", "estimate")
 _ALL_COLUMNS = (*_METRIC_COLUMNS, "low", "high", "stable", "canary")
@@ -312,6 +314,15 @@ def _columns(metric: MetricStatus | None) -> dict[str, Any]:
         "stable": requests.stable,
         "canary": requests.canary,
     }
+
+
+def _first_of_each_name(metrics: Sequence[M]) -> dict[str, M]:
+    """Metrics by name, the first of a name (a name twice, or none: as a status may be read)."""
+    found: dict[str, M] = {}
+    for metric in metrics:
+        if metric.name is not None:
+            found.setdefault(metric.name, metric)
+    return found
 
 
 class LookLog(Part):
@@ -354,13 +365,8 @@ class LookLog(Part):
         def kept(column: list[Any], value: Any) -> list[Any]:
             return [*(column + [None] * n)[start:n], value]
 
-        looked: dict[str, MetricStatus] = {}
-        for metric in entry.metrics:
-            if metric.name is not None:
-                looked.setdefault(metric.name, metric)  # a name twice (as read): the first
-        before: dict[str, MetricLooks] = {}
-        for metric_looks in self.metrics:
-            before.setdefault(metric_looks.name, metric_looks)  # likewise
+        looked = _first_of_each_name(entry.metrics)
+        before = _first_of_each_name(self.metrics)
         metrics = []
         for name in dict.fromkeys([*before, *looked]):
             old, now = before.get(name), _columns(looked.get(name))
@@ -386,11 +392,7 @@ class LookLog(Part):
         """The log of the last ``limit`` looks given as rows (the list form of a status stored before
         the columns): each metric (the first of a name in a look) a column per field."""
         rows = entries[-limit:] if limit > 0 else []
-        named: list[dict[str, MetricStatus]] = [{} for _ in rows]
-        for metrics, row in zip(named, rows, strict=True):
-            for metric in row.metrics:
-                if metric.name is not None:
-                    metrics.setdefault(metric.name, metric)
+        named = [_first_of_each_name(row.metrics) for row in rows]
         kept = []
         for name in dict.fromkeys(name for metrics in named for name in metrics):
             values = [_columns(metrics.get(name)) for metrics in named]

@@ -7,7 +7,7 @@ import json
 import math
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from controller.api.schedule import RouteState
@@ -150,16 +150,18 @@ look_rows = st.builds(
 
 
 def as_kept(row: AnalysisEntry) -> str:
-    """What the look log keeps of a look, as JSON: each named metric (the first of a name) with a
+    """What the look log keeps of a look, as JSON: the first metric of each name, when it has a
     value, its reals to six significant digits, no reason."""
 
     def real(value: float | None) -> float | None:
         return float(f"{value:.6g}") if value is not None and math.isfinite(value) else value
 
     metrics: dict[str, Any] = {}
+    seen: set[str] = set()
     for m in row.metrics:
-        if m.name is None or m.name in metrics:
+        if m.name is None or m.name in seen:
             continue
+        seen.add(m.name)
         low, high = m.interval or (None, None)
         requests = m.requests or Requests()
         kept = MetricStatus(
@@ -176,6 +178,10 @@ def as_kept(row: AnalysisEntry) -> str:
 
 @settings(max_examples=200, deadline=None)
 @given(rows=st.lists(look_rows, max_size=12), limit=st.integers(1, 8))
+@example(  # a name twice in one look, the first without a value: the first is the one kept (none)
+    rows=[AnalysisEntry(at=0.0, metrics=[MetricStatus(name="errors"), MetricStatus(name="errors", estimate=0.0)])],
+    limit=1,
+)
 def test_the_look_log_keeps_every_looks_numbers_as_columns(rows: list[AnalysisEntry], limit: int) -> None:
     """Class: any looks (metrics missing, repeated, unnamed or all None; NaN, infinities), appended
     one by one through the wire: the log's rows are the last ``limit`` looks, each as kept."""
